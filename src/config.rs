@@ -1,0 +1,591 @@
+//! The configuration file: raw serde structs that mirror the TOML (`deny_unknown_fields`), then
+//! validation into typed [`Settings`]. Every error carries its line and column.
+//!
+//! A relative path resolves against the folder of the config file. Every key is documented in
+//! `config/ctsentry.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ingest::{IngestOptions, Limits};
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    /// 1-based line, when known.
+    pub line: usize,
+    /// 1-based column, when known.
+    pub column: usize,
+    /// What is wrong, for an admin.
+    pub reason: String,
+}
+
+/// Errors of loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file has errors; each is listed with its position.
+    #[error("{}", format_issues(path, issues))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Every error found, in file order.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn format_issues(path: &Path, issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("{}:{}:{}: {}", path.display(), i.line, i.column, i.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw structs: the file as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    paths: RawPaths,
+    model: RawModel,
+    engine: RawEngine,
+    preprocess: RawPreprocess,
+    decision: RawDecision,
+    series: RawSeries,
+    ingest: RawIngest,
+    alert: RawAlert,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPaths {
+    incoming: Spanned<String>,
+    done: Spanned<String>,
+    quarantine: Spanned<String>,
+    results: Spanned<String>,
+    state: Spanned<String>,
+}
+
+impl Default for RawPaths {
+    fn default() -> Self {
+        let s = |p: &str| Spanned::new(0..0, p.to_string());
+        RawPaths {
+            incoming: s("/var/lib/ctsentry/incoming"),
+            done: s("/var/lib/ctsentry/done"),
+            quarantine: s("/var/lib/ctsentry/quarantine"),
+            results: s("/var/lib/ctsentry/results"),
+            state: s("/var/lib/ctsentry/state"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawModel {
+    path: Spanned<String>,
+}
+
+impl Default for RawModel {
+    fn default() -> Self {
+        RawModel { path: Spanned::new(0..0, "/usr/share/ctsentry/models/densenet121-covid.onnx".into()) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEngine {
+    backend: Spanned<String>,
+    threads: Option<Spanned<i64>>,
+}
+
+impl Default for RawEngine {
+    fn default() -> Self {
+        RawEngine { backend: Spanned::new(0..0, "auto".into()), threads: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPreprocess {
+    backend: Spanned<String>,
+}
+
+impl Default for RawPreprocess {
+    fn default() -> Self {
+        RawPreprocess { backend: Spanned::new(0..0, "auto".into()) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDecision {
+    threshold: Option<Spanned<f64>>,
+    min_positive_slices: Spanned<i64>,
+}
+
+impl Default for RawDecision {
+    fn default() -> Self {
+        RawDecision { threshold: None, min_positive_slices: Spanned::new(0..0, 2) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSeries {
+    quiet_seconds: Spanned<f64>,
+}
+
+impl Default for RawSeries {
+    fn default() -> Self {
+        RawSeries { quiet_seconds: Spanned::new(0..0, 10.0) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIngest {
+    modalities: Spanned<Vec<String>>,
+    allow_missing_modality: bool,
+    max_file_mb: Spanned<f64>,
+    max_pixels_per_slice: Spanned<i64>,
+    max_frames: Spanned<i64>,
+    max_decompressed_mb: Spanned<f64>,
+}
+
+impl Default for RawIngest {
+    fn default() -> Self {
+        let l = Limits::default();
+        RawIngest {
+            modalities: Spanned::new(0..0, vec!["CT".into()]),
+            allow_missing_modality: true,
+            max_file_mb: Spanned::new(0..0, (l.max_file_bytes >> 20) as f64),
+            max_pixels_per_slice: Spanned::new(0..0, l.max_pixels_per_slice as i64),
+            max_frames: Spanned::new(0..0, l.max_frames as i64),
+            max_decompressed_mb: Spanned::new(0..0, (l.max_decompressed_bytes >> 20) as f64),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAlert {
+    serial: RawSerial,
+    led: RawLed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSerial {
+    enabled: bool,
+    port: String,
+    baud: Spanned<i64>,
+}
+
+impl Default for RawSerial {
+    fn default() -> Self {
+        RawSerial { enabled: false, port: "/dev/ttyUSB0".into(), baud: Spanned::new(0..0, 115200) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLed {
+    enabled: bool,
+    driver: Spanned<String>,
+    green: String,
+    red: String,
+    amber: String,
+}
+
+impl Default for RawLed {
+    fn default() -> Self {
+        RawLed {
+            enabled: false,
+            driver: Spanned::new(0..0, "sysfs".into()),
+            green: "/sys/class/leds/ctsentry:green".into(),
+            red: "/sys/class/leds/ctsentry:red".into(),
+            amber: "/sys/class/leds/ctsentry:amber".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: Spanned<String>,
+    patient_names: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { level: Spanned::new(0..0, "info".into()), patient_names: false }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed settings.
+
+/// The inference engine to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineBackend {
+    /// The fastest available, chosen and logged at start-up.
+    Auto,
+    /// tract (pure Rust, CPU).
+    Tract,
+    /// TensorRT (GPU).
+    TensorRt,
+    /// ONNX Runtime (CPU).
+    OnnxRuntime,
+}
+
+/// The preprocessing implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreprocessBackend {
+    /// CUDA when usable, else CPU.
+    Auto,
+    /// Plain Rust on the CPU.
+    Cpu,
+    /// CUDA kernels.
+    Cuda,
+}
+
+/// Which LED driver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedDriver {
+    /// Linux LED class (`/sys/class/leds`).
+    Sysfs,
+    /// GPIO character device.
+    Gpio,
+}
+
+/// Folders of the daemon (absolute after loading).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paths {
+    /// The drop folder.
+    pub incoming: PathBuf,
+    /// Scored inputs are moved here.
+    pub done: PathBuf,
+    /// Unreadable inputs are moved here with a `.reason` file.
+    pub quarantine: PathBuf,
+    /// Per-series result JSON.
+    pub results: PathBuf,
+    /// Journal and control files.
+    pub state: PathBuf,
+}
+
+/// Serial alert sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialSettings {
+    /// Whether the sink is on.
+    pub enabled: bool,
+    /// Device path.
+    pub port: String,
+    /// Baud rate.
+    pub baud: u32,
+}
+
+/// LED alert sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedSettings {
+    /// Whether the sink is on.
+    pub enabled: bool,
+    /// Driver.
+    pub driver: LedDriver,
+    /// Green LED.
+    pub green: String,
+    /// Red LED.
+    pub red: String,
+    /// Amber LED.
+    pub amber: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The file it was loaded from (None for built-in defaults).
+    pub source: Option<PathBuf>,
+    /// Folders.
+    pub paths: Paths,
+    /// The model file (its manifest has the same stem and `.toml`).
+    pub model_path: PathBuf,
+    /// Engine choice.
+    pub engine: EngineBackend,
+    /// Engine worker threads (None: sized to the machine).
+    pub engine_threads: Option<usize>,
+    /// Preprocessing choice.
+    pub preprocess: PreprocessBackend,
+    /// Decision threshold override (None: the manifest's calibrated threshold).
+    pub threshold: Option<f64>,
+    /// Positive slices needed for a positive series.
+    pub min_positive_slices: usize,
+    /// Silence after which a series is complete.
+    pub quiet_seconds: f64,
+    /// What ingest accepts.
+    pub ingest: IngestOptions,
+    /// Serial sink.
+    pub serial: SerialSettings,
+    /// LED sink.
+    pub led: LedSettings,
+    /// Log level.
+    pub log_level: log::LevelFilter,
+    /// Whether patient names may appear in logs (off by default).
+    pub log_patient_names: bool,
+}
+
+impl Settings {
+    /// Built-in defaults (the DESIGN.md defaults), as if the file were empty, relative to `base`.
+    pub fn defaults(base: &Path) -> Settings {
+        validate(RawConfig::default(), base, "").expect("defaults are valid")
+    }
+
+    /// Loads and validates a config file. All errors are reported together.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let mut s = Settings::from_str(&text, &base).map_err(|issues| ConfigError::Invalid { path: path.to_path_buf(), issues })?;
+        s.source = Some(path.to_path_buf());
+        Ok(s)
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base`.
+    pub fn from_str(text: &str, base: &Path) -> Result<Settings, Vec<ConfigIssue>> {
+        let (raw, parsed_text, mut issues) = parse_all(text);
+        let Some(raw) = raw else { return Err(issues) };
+        // Validation still runs on what parsed, so semantic errors are reported with the others.
+        match validate(raw, base, &parsed_text) {
+            Ok(s) if issues.is_empty() => Ok(s),
+            Ok(_) => Err(issues),
+            Err(more) => {
+                issues.extend(more);
+                issues.sort_by_key(|i| (i.line, i.column));
+                Err(issues)
+            }
+        }
+    }
+}
+
+/// Line and column (1-based) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Deserializes the raw config, collecting every error: after each error the offending line
+/// (or a whole unknown table) is commented out and parsing is retried. Returns what finally
+/// parsed (None after a syntax error), the text it parsed, and the errors.
+fn parse_all(text: &str) -> (Option<RawConfig>, String, Vec<ConfigIssue>) {
+    let mut issues = Vec::new();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for _ in 0..100 {
+        let current = lines.join("\n");
+        match toml::from_str::<RawConfig>(&current) {
+            Ok(raw) => return (Some(raw), current, issues),
+            Err(e) => {
+                let span = e.span();
+                let (line, column) = span.as_ref().map(|s| position(&current, s.start)).unwrap_or((0, 0));
+                issues.push(ConfigIssue { line, column, reason: e.message().to_string() });
+                if span.is_none() || line == 0 || line > lines.len() || is_syntax_error(e.message()) {
+                    break;
+                }
+                let idx = line - 1;
+                if lines[idx].trim_start().starts_with('[') {
+                    // An unknown or bad table: drop its header and its keys.
+                    lines[idx] = format!("# {}", lines[idx]);
+                    for l in lines.iter_mut().skip(idx + 1) {
+                        if l.trim_start().starts_with('[') {
+                            break;
+                        }
+                        *l = format!("# {l}");
+                    }
+                } else {
+                    lines[idx] = format!("# {}", lines[idx]);
+                }
+            }
+        }
+    }
+    issues.sort_by_key(|i| (i.line, i.column));
+    (None, String::new(), issues)
+}
+
+fn is_syntax_error(msg: &str) -> bool {
+    // Errors from the TOML grammar itself make the rest of the file unreliable: stop there.
+    ["invalid", "expected", "unclosed", "duplicate key"].iter().any(|w| msg.starts_with(w))
+        && !msg.starts_with("invalid type")
+        && !msg.starts_with("invalid value")
+        && !msg.starts_with("expected a")
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    fn fail<T>(&mut self, span: &Spanned<T>, reason: String) {
+        let (line, column) = if span.span().is_empty() { (0, 0) } else { position(self.text, span.span().start) };
+        self.issues.push(ConfigIssue { line, column, reason });
+    }
+
+    fn choice<T: Copy>(&mut self, key: &str, v: &Spanned<String>, options: &[(&str, T)]) -> Option<T> {
+        let found = options.iter().find(|(n, _)| *n == v.get_ref().as_str()).map(|(_, t)| *t);
+        if found.is_none() {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            self.fail(v, format!("{key} = \"{}\" is not one of {}", v.get_ref(), names.join(", ")));
+        }
+        found
+    }
+
+    fn range_i(&mut self, key: &str, v: &Spanned<i64>, lo: i64, hi: i64) -> i64 {
+        let x = *v.get_ref();
+        if x < lo || x > hi {
+            self.fail(v, format!("{key} = {x} is outside {lo}..={hi}"));
+        }
+        x.clamp(lo, hi)
+    }
+
+    fn range_f(&mut self, key: &str, v: &Spanned<f64>, lo: f64, hi: f64) -> f64 {
+        let x = *v.get_ref();
+        if !(x >= lo && x <= hi) {
+            self.fail(v, format!("{key} = {x} is outside {lo}..={hi}"));
+        }
+        if x.is_finite() { x.clamp(lo, hi) } else { lo }
+    }
+
+    fn path(&mut self, key: &str, v: &Spanned<String>, base: &Path) -> PathBuf {
+        if v.get_ref().trim().is_empty() {
+            self.fail(v, format!("{key} must not be empty"));
+        }
+        let p = PathBuf::from(v.get_ref());
+        if p.is_absolute() { p } else { base.join(p) }
+    }
+}
+
+fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<ConfigIssue>> {
+    let mut c = Checker { text, issues: Vec::new() };
+    let paths = Paths {
+        incoming: c.path("paths.incoming", &raw.paths.incoming, base),
+        done: c.path("paths.done", &raw.paths.done, base),
+        quarantine: c.path("paths.quarantine", &raw.paths.quarantine, base),
+        results: c.path("paths.results", &raw.paths.results, base),
+        state: c.path("paths.state", &raw.paths.state, base),
+    };
+    let model_path = c.path("model.path", &raw.model.path, base);
+    let engine = c.choice(
+        "engine.backend",
+        &raw.engine.backend,
+        &[("auto", EngineBackend::Auto), ("tract", EngineBackend::Tract), ("tensorrt", EngineBackend::TensorRt), ("onnxruntime", EngineBackend::OnnxRuntime)],
+    );
+    let engine_threads = raw.engine.threads.as_ref().map(|t| c.range_i("engine.threads", t, 1, 256) as usize);
+    let preprocess = c.choice(
+        "preprocess.backend",
+        &raw.preprocess.backend,
+        &[("auto", PreprocessBackend::Auto), ("cpu", PreprocessBackend::Cpu), ("cuda", PreprocessBackend::Cuda)],
+    );
+    let threshold = raw.decision.threshold.as_ref().map(|t| c.range_f("decision.threshold", t, 0.0, 1.0));
+    let min_positive_slices = c.range_i("decision.min_positive_slices", &raw.decision.min_positive_slices, 1, 10_000) as usize;
+    let quiet_seconds = c.range_f("series.quiet_seconds", &raw.series.quiet_seconds, 0.1, 86_400.0);
+    let ing = &raw.ingest;
+    let modalities: Vec<String> = ing.modalities.get_ref().iter().map(|m| m.trim().to_ascii_uppercase()).collect();
+    if modalities.iter().any(|m| m.is_empty() || m.len() > 16) {
+        c.fail(&ing.modalities, "ingest.modalities holds an empty or over-long code".into());
+    }
+    let mb = |x: f64| (x * 1024.0 * 1024.0) as u64;
+    let limits = Limits {
+        max_file_bytes: mb(c.range_f("ingest.max_file_mb", &ing.max_file_mb, 1.0, 65_536.0)),
+        max_pixels_per_slice: c.range_i("ingest.max_pixels_per_slice", &ing.max_pixels_per_slice, 1, 65_536 * 65_536) as u64,
+        max_frames: c.range_i("ingest.max_frames", &ing.max_frames, 1, 100_000) as u64,
+        max_decompressed_bytes: mb(c.range_f("ingest.max_decompressed_mb", &ing.max_decompressed_mb, 1.0, 65_536.0)),
+    };
+    let baud = c.range_i("alert.serial.baud", &raw.alert.serial.baud, 50, 4_000_000) as u32;
+    let driver = c.choice("alert.led.driver", &raw.alert.led.driver, &[("sysfs", LedDriver::Sysfs), ("gpio", LedDriver::Gpio)]);
+    let log_level = c.choice(
+        "log.level",
+        &raw.log.level,
+        &[
+            ("off", log::LevelFilter::Off),
+            ("error", log::LevelFilter::Error),
+            ("warn", log::LevelFilter::Warn),
+            ("info", log::LevelFilter::Info),
+            ("debug", log::LevelFilter::Debug),
+            ("trace", log::LevelFilter::Trace),
+        ],
+    );
+    if !c.issues.is_empty() {
+        c.issues.sort_by_key(|i| (i.line, i.column));
+        return Err(c.issues);
+    }
+    Ok(Settings {
+        source: None,
+        paths,
+        model_path,
+        engine: engine.expect("checked"),
+        engine_threads,
+        preprocess: preprocess.expect("checked"),
+        threshold,
+        min_positive_slices,
+        quiet_seconds,
+        ingest: IngestOptions { limits, modalities, allow_missing_modality: ing.allow_missing_modality },
+        serial: SerialSettings { enabled: raw.alert.serial.enabled, port: raw.alert.serial.port, baud },
+        led: LedSettings {
+            enabled: raw.alert.led.enabled,
+            driver: driver.expect("checked"),
+            green: raw.alert.led.green,
+            red: raw.alert.led.red,
+            amber: raw.alert.led.amber,
+        },
+        log_level: log_level.expect("checked"),
+        log_patient_names: raw.log.patient_names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_example_is_valid_and_relative_paths_resolve() {
+        let s = Settings::from_str(
+            "[paths]\nincoming = \"in\"\n[decision]\nthreshold = 0.3\nmin_positive_slices = 3\n[engine]\nbackend = \"tract\"\n",
+            Path::new("/etc/ctsentry"),
+        )
+        .unwrap();
+        assert_eq!(s.paths.incoming, PathBuf::from("/etc/ctsentry/in"));
+        assert_eq!(s.paths.done, PathBuf::from("/var/lib/ctsentry/done"));
+        assert_eq!(s.threshold, Some(0.3));
+        assert_eq!(s.min_positive_slices, 3);
+        assert_eq!(s.engine, EngineBackend::Tract);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_position() {
+        let text = "[paths]\nincomming = \"x\"\n[decision]\nthreshold = 1.5\nmin_positive_slices = \"two\"\n[engine]\nbackend = \"gpu\"\n[bogus]\na = 1\n";
+        let issues = Settings::from_str(text, Path::new("/")).unwrap_err();
+        let at: Vec<(usize, usize)> = issues.iter().map(|i| (i.line, i.column)).collect();
+        assert_eq!(at, vec![(2, 1), (4, 13), (5, 23), (7, 11), (8, 2)], "{issues:#?}");
+        assert!(issues[0].reason.contains("incomming"), "{}", issues[0].reason);
+        assert!(issues[1].reason.contains("outside"));
+        assert!(issues[3].reason.contains("\"gpu\" is not one of auto, tract, tensorrt, onnxruntime"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let issues = Settings::from_str("[paths\nincoming = 1", Path::new("/")).unwrap_err();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].line, 1);
+    }
+}

@@ -1,0 +1,12 @@
+//! ctsentry: the software of an edge inference box in a CT scanner room.
+//!
+//! Layers, lower ones free of imports from upper ones:
+//! - [`config`]: the one TOML file an admin edits, parsed and validated.
+//! - [`ingest`]: DICOM and NIfTI files to axial CT slices in Hounsfield units, ordered in series.
+//! - [`inspect`]: what ingest sees, as the `inspect` command reports it.
+//! - [`logging`]: terminal or journald logging.
+
+pub mod config;
+pub mod ingest;
+pub mod inspect;
+pub mod logging;

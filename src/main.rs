@@ -1,0 +1,198 @@
+//! The `ctsentry` command line. Only argument handling lives here; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use ctsentry::config::{ConfigError, Settings};
+use ctsentry::{ingest, inspect, logging};
+
+/// Default config file, relative to the working directory.
+const DEFAULT_CONFIG: &str = "config/ctsentry.toml";
+
+#[derive(Parser)]
+#[command(name = "ctsentry", version, about = "CT triage appliance: scores chest CT slices for COVID-19 pneumonia")]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: watch the drop folder, score, alert.
+    Run,
+    /// Score DICOM files, series folders or NIfTI volumes.
+    Score {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Evaluate against labelled slices (the reference work's table).
+    Eval {
+        /// CSV with columns `file` (relative to ROOT) and `covid` (0/1).
+        #[arg(long)]
+        labels: PathBuf,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Folder for the ROC curve and per-slice scores.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Root the CSV's paths are relative to.
+        root: PathBuf,
+    },
+    /// Show what ingest sees, one object per image or volume.
+    Inspect {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Validate a config file; reports every error with line and column.
+    CheckConfig {
+        /// The config file to check.
+        path: PathBuf,
+    },
+    /// Which backends, devices and ports are usable, and why not.
+    Doctor,
+    /// Throughput per stage.
+    Bench,
+    /// Write preprocessed tensors for training.
+    Prep {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Labels CSV.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Inputs.
+        #[arg(required = true)]
+        roots: Vec<PathBuf>,
+    },
+}
+
+/// A failure with its exit code: 1 runtime, 2 usage or configuration.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure { code: 1, error }
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> Failure {
+    Failure { code: 2, error: anyhow::anyhow!("{msg}") }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbosity = match cli.verbose {
+        0 => None,
+        1 => Some(log::LevelFilter::Debug),
+        _ => Some(log::LevelFilter::Trace),
+    };
+    logging::init(verbosity.unwrap_or(log::LevelFilter::Info));
+    // Never a panic: a bug anywhere becomes an error message and exit code 1.
+    std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));
+    let result = std::panic::catch_unwind(|| dispatch(cli, verbosity)).unwrap_or_else(|_| {
+        Err(Failure { code: 1, error: anyhow::anyhow!("internal error (see the log above); please report it") })
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Loads the config; a missing default config falls back to built-in defaults for read-only commands.
+fn settings(path: &PathBuf, verbosity: Option<log::LevelFilter>, required: bool) -> Result<Settings, Failure> {
+    let s = match Settings::load(path) {
+        Ok(s) => s,
+        Err(ConfigError::Io { .. }) if !required && path.as_os_str() == DEFAULT_CONFIG => {
+            Settings::defaults(std::path::Path::new("."))
+        }
+        Err(e) => return Err(usage(e)),
+    };
+    log::set_max_level(verbosity.unwrap_or(s.log_level));
+    Ok(s)
+}
+
+fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure> {
+    match cli.command {
+        Command::CheckConfig { path } => match Settings::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(2)
+            }
+        },
+        Command::Inspect { json, paths } => {
+            let s = settings(&cli.config, verbosity, false)?;
+            cmd_inspect(&s, json, &paths)
+        }
+        Command::Run => not_yet("run"),
+        Command::Score { .. } => not_yet("score"),
+        Command::Eval { .. } => not_yet("eval"),
+        Command::Doctor => not_yet("doctor"),
+        Command::Bench => not_yet("bench"),
+        Command::Prep { .. } => not_yet("prep"),
+    }
+}
+
+fn not_yet(name: &str) -> Result<u8, Failure> {
+    eprintln!("ctsentry {name}: not yet available in this version");
+    Ok(2)
+}
+
+fn cmd_inspect(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
+    let files = ingest::collect_files(paths).map_err(|e| usage(e))?;
+    let mut failures = 0;
+    if !json {
+        println!("{:<48} {:<6} {:<24} {:<4} {:>9} {:>6} {:>8} {:>8} {:>8}", "file", "kind", "transfer syntax", "mod", "size", "n", "hu_min", "hu_max", "hu_mean");
+    }
+    for f in &files {
+        let r = inspect::inspect_file(f, &s.ingest);
+        failures += usize::from(r.error.is_some());
+        if json {
+            println!("{}", serde_json::to_string(&r).context("serialising report")?);
+        } else if let Some(e) = &r.error {
+            println!("{:<48} error: {e}", r.file);
+        } else {
+            let ts = r.transfer_syntax.as_deref().map(|t| ingest::dicom::transfer_syntax_name(t).to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<48} {:<6} {:<24.24} {:<4} {:>9} {:>6} {:>8.0} {:>8.0} {:>8.1}",
+                r.file,
+                if r.kind == Some(ingest::SourceKind::Dicom) { "dicom" } else { "nifti" },
+                ts,
+                r.modality.as_deref().unwrap_or("-"),
+                format!("{}x{}", r.rows.unwrap_or(0), r.cols.unwrap_or(0)),
+                r.frames.or(r.slices).unwrap_or(0),
+                r.hu_min.unwrap_or(0.0),
+                r.hu_max.unwrap_or(0.0),
+                r.hu_mean.unwrap_or(0.0),
+            );
+        }
+    }
+    Ok(if failures > 0 { 1 } else { 0 })
+}

@@ -1,0 +1,82 @@
+//! The command line as scripts use it: exit codes, `inspect --json` and `check-config`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn ctsentry(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ctsentry"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run ctsentry");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let (code, out, _) = ctsentry(&["check-config", "config/ctsentry.toml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok"));
+}
+
+#[test]
+fn check_config_reports_every_error_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[paths]\nincomming = \"x\"\n[series]\nquiet_seconds = -1\n").unwrap();
+    let (code, _, err) = ctsentry(&["check-config", p.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml:2:1: unknown field `incomming`"), "{err}");
+    assert!(err.contains("bad.toml:4:17: series.quiet_seconds = -1 is outside"), "{err}");
+}
+
+#[test]
+fn inspect_json_follows_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = CtSlice::pattern(4, 4, 1, 7.0);
+    s.rescale = Some((1.0, -1024.0));
+    s.stored = vec![0, 1024, 2048, 1024, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4000];
+    s.write(&dir.path().join("a.dcm"), EXPLICIT_LE);
+    std::fs::write(dir.path().join("junk.dcm"), b"garbage").unwrap();
+    std::fs::write(dir.path().join(".hidden.dcm"), b"garbage").unwrap();
+    let (code, out, _) = ctsentry(&["inspect", "--json", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "a failed file makes the exit code 1");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "dot files are skipped: {out}");
+    let a = &lines[0];
+    assert_eq!(a["kind"], "dicom");
+    assert_eq!(a["transfer_syntax"], EXPLICIT_LE);
+    assert_eq!(a["modality"], "CT");
+    assert_eq!((a["rows"].as_u64(), a["cols"].as_u64(), a["frames"].as_u64()), (Some(4), Some(4), Some(1)));
+    assert_eq!(a["hu_min"], -1024.0);
+    assert_eq!(a["hu_max"], 2976.0);
+    assert_eq!(a["hu_mean"], (-1024.0 * 16.0 + 1024.0 + 2048.0 + 1024.0 + 4000.0) / 16.0);
+    assert_eq!(a["series_uid"], s.series_uid);
+    assert_eq!(a["slice_location"], 7.0);
+    assert!(a["file"].as_str().unwrap().ends_with("a.dcm"));
+    let j = &lines[1];
+    assert!(j["file"].as_str().unwrap().ends_with("junk.dcm"));
+    assert!(j["error"].as_str().unwrap().contains("not a DICOM file"));
+    // NIfTI reports slices rather than frames.
+    let vol = NiftiVol { dims: [3, 2, 5], data: vec![-1000; 30], slope: 1.0, inter: 0.0, srow: [[-1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]] };
+    let p = dir.path().join("v.nii");
+    std::fs::write(&p, vol.bytes(1)).unwrap();
+    let (code, out, _) = ctsentry(&["inspect", "--json", p.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((v["kind"].as_str(), v["slices"].as_u64(), v["hu_max"].as_f64()), (Some("nifti"), Some(5), Some(-1000.0)));
+}
+
+#[test]
+fn later_subcommands_say_so_and_exit_2() {
+    for cmd in [vec!["score", "x"], vec!["doctor"], vec!["bench"]] {
+        let (code, _, err) = ctsentry(&cmd);
+        assert_eq!(code, 2, "{cmd:?}");
+        assert!(err.contains("not yet available"), "{err}");
+    }
+    let (code, _, _) = ctsentry(&["no-such-command"]);
+    assert_eq!(code, 2);
+}

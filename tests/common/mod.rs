@@ -1,0 +1,292 @@
+//! Test fixtures written by the tests themselves: DICOM objects in several encodings and NIfTI
+//! volumes, so that `cargo test` needs no external data.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use dicom_core::value::{DataSetSequence, PixelFragmentSequence, PrimitiveValue, Value};
+use dicom_core::{DataElement, Length, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const ENHANCED_CT_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
+pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+pub const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
+pub const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
+pub const RLE: &str = "1.2.840.10008.1.2.5";
+
+/// A description of one synthetic CT slice.
+#[derive(Clone)]
+pub struct CtSlice {
+    pub rows: u16,
+    pub cols: u16,
+    /// Stored values (signed unless `unsigned`).
+    pub stored: Vec<i32>,
+    pub unsigned: bool,
+    pub bits_stored: u16,
+    pub rescale: Option<(f64, f64)>,
+    pub position: [f64; 3],
+    pub orientation: [f64; 6],
+    pub spacing: [f64; 2],
+    pub modality: Option<&'static str>,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub instance: i32,
+}
+
+impl CtSlice {
+    /// A slice whose stored values are a deterministic pattern of `seed`.
+    pub fn pattern(rows: u16, cols: u16, seed: i32, z: f64) -> CtSlice {
+        let stored = (0..rows as i32 * cols as i32).map(|i| ((i * 37 + seed * 101) % 3000) - 1000).collect();
+        CtSlice {
+            rows,
+            cols,
+            stored,
+            unsigned: false,
+            bits_stored: 16,
+            rescale: Some((1.0, 0.0)),
+            position: [-100.0, -120.0, z],
+            orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            spacing: [0.8, 0.7],
+            modality: Some("CT"),
+            series_uid: "1.2.826.0.1.3680043.8.498.1".into(),
+            sop_uid: format!("1.2.826.0.1.3680043.8.498.1.{seed}"),
+            instance: seed,
+        }
+    }
+
+    /// HU values the file must decode to (before any reorientation).
+    pub fn expected_hu(&self) -> Vec<f32> {
+        let (s, b) = self.rescale.unwrap_or((1.0, 0.0));
+        self.stored.iter().map(|&v| (v as f64 * s + b) as f32).collect()
+    }
+
+    fn pixel_words(&self) -> Vec<u16> {
+        self.stored.iter().map(|&v| v as u16).collect()
+    }
+
+    pub fn object(&self) -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        let put_str = |o: &mut InMemDicomObject, tag: Tag, vr: VR, s: &str| {
+            o.put(DataElement::new(tag, vr, PrimitiveValue::from(s)));
+        };
+        put_str(&mut o, tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE);
+        put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &self.sop_uid);
+        put_str(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.8.498.9");
+        put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &self.series_uid);
+        put_str(&mut o, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\AXIAL");
+        put_str(&mut o, tags::PATIENT_NAME, VR::PN, "Doe^Jane");
+        if let Some(m) = self.modality {
+            put_str(&mut o, tags::MODALITY, VR::CS, m);
+        }
+        put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, &self.instance.to_string());
+        let ds = |v: &[f64]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join("\\");
+        put_str(&mut o, tags::IMAGE_POSITION_PATIENT, VR::DS, &ds(&self.position));
+        put_str(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &ds(&self.orientation));
+        put_str(&mut o, tags::PIXEL_SPACING, VR::DS, &ds(&self.spacing));
+        put_str(&mut o, tags::SLICE_LOCATION, VR::DS, &ds(&[self.position[2]]));
+        put_str(&mut o, tags::SLICE_THICKNESS, VR::DS, "2");
+        put_str(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+        if let Some((s, b)) = self.rescale {
+            put_str(&mut o, tags::RESCALE_SLOPE, VR::DS, &ds(&[s]));
+            put_str(&mut o, tags::RESCALE_INTERCEPT, VR::DS, &ds(&[b]));
+        }
+        o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
+        o.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(self.rows)));
+        o.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(self.cols)));
+        o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)));
+        o.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(self.bits_stored)));
+        o.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(self.bits_stored - 1)));
+        o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(u16::from(!self.unsigned))));
+        o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(self.pixel_words().into())));
+        o
+    }
+
+    /// Writes the slice as a Part 10 file in transfer syntax `ts`.
+    pub fn write(&self, path: &Path, ts: &str) {
+        let mut o = self.object();
+        if ts == RLE {
+            let frame = rle_encode_frame(&self.pixel_words(), self.rows as usize * self.cols as usize);
+            o.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                Value::PixelSequence(PixelFragmentSequence::new(vec![0u32], vec![frame])),
+            ));
+        }
+        let file = o.with_meta(FileMetaTableBuilder::new().transfer_syntax(ts)).expect("meta");
+        file.write_to_file(path).expect("write fixture");
+    }
+}
+
+/// Encodes 16-bit samples as one RLE Lossless frame (two byte segments, high byte first),
+/// with PackBits literal runs only — valid, if not compact.
+pub fn rle_encode_frame(words: &[u16], n: usize) -> Vec<u8> {
+    let planes: [Vec<u8>; 2] = [words.iter().map(|w| (w >> 8) as u8).collect(), words.iter().map(|w| *w as u8).collect()];
+    let mut segments = Vec::new();
+    for p in &planes {
+        let mut seg = Vec::new();
+        for chunk in p[..n].chunks(128) {
+            seg.push((chunk.len() - 1) as u8);
+            seg.extend_from_slice(chunk);
+        }
+        if seg.len() % 2 == 1 {
+            seg.push(0x80); // no-op padding
+        }
+        segments.push(seg);
+    }
+    let mut out = vec![0u8; 64];
+    out[0..4].copy_from_slice(&2u32.to_le_bytes());
+    let mut offset = 64u32;
+    for (i, s) in segments.iter().enumerate() {
+        out[4 + 4 * i..8 + 4 * i].copy_from_slice(&offset.to_le_bytes());
+        offset += s.len() as u32;
+    }
+    for s in segments {
+        out.extend(s);
+    }
+    out
+}
+
+/// An enhanced CT object with `frames` frames, per-frame positions (z = 10·f) and per-frame
+/// rescale intercepts (−1024 − f).
+pub fn enhanced_ct(rows: u16, cols: u16, frames: usize) -> (InMemDicomObject, Vec<Vec<f32>>) {
+    let base = CtSlice::pattern(rows, cols, 1, 0.0);
+    let mut o = base.object();
+    for t in [tags::IMAGE_POSITION_PATIENT, tags::IMAGE_ORIENTATION_PATIENT, tags::PIXEL_SPACING, tags::RESCALE_SLOPE, tags::RESCALE_INTERCEPT, tags::SLICE_LOCATION] {
+        o.remove_element(t);
+    }
+    o.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(ENHANCED_CT_STORAGE)));
+    o.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from(frames.to_string())));
+    let item = |pairs: Vec<(Tag, VR, String)>| {
+        let mut i = InMemDicomObject::new_empty();
+        for (t, vr, v) in pairs {
+            i.put(DataElement::new(t, vr, PrimitiveValue::from(v)));
+        }
+        i
+    };
+    let seq = |t: Tag, items: Vec<InMemDicomObject>| DataElement::new(t, VR::SQ, Value::from(DataSetSequence::new(items, Length::UNDEFINED)));
+    let mut shared = InMemDicomObject::new_empty();
+    shared.put(seq(tags::PLANE_ORIENTATION_SEQUENCE, vec![item(vec![(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0".into())])]));
+    shared.put(seq(tags::PIXEL_MEASURES_SEQUENCE, vec![item(vec![(tags::PIXEL_SPACING, VR::DS, "0.5\\0.5".into()), (tags::SLICE_THICKNESS, VR::DS, "10".into())])]));
+    let mut per_frame = Vec::new();
+    let mut pixels: Vec<u16> = Vec::new();
+    let mut expected = Vec::new();
+    // Frames are stored head first (z descending) to exercise ordering.
+    for f in 0..frames {
+        let z = 10.0 * (frames - 1 - f) as f64;
+        let mut fg = InMemDicomObject::new_empty();
+        fg.put(seq(tags::PLANE_POSITION_SEQUENCE, vec![item(vec![(tags::IMAGE_POSITION_PATIENT, VR::DS, format!("0\\0\\{z}"))])]));
+        let intercept = -1024.0 - f as f64;
+        fg.put(seq(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![item(vec![(tags::RESCALE_SLOPE, VR::DS, "1".into()), (tags::RESCALE_INTERCEPT, VR::DS, format!("{intercept}"))])]));
+        per_frame.push(fg);
+        let stored: Vec<i32> = (0..rows as i32 * cols as i32).map(|i| (i * 7 + f as i32 * 13) % 2000).collect();
+        pixels.extend(stored.iter().map(|&v| v as u16));
+        expected.push(stored.iter().map(|&v| (v as f64 + intercept) as f32).collect());
+    }
+    o.put(seq(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]));
+    o.put(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
+    o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())));
+    (o, expected)
+}
+
+/// Writes an object with file meta in transfer syntax `ts`.
+pub fn write_object(o: InMemDicomObject, path: &Path, ts: &str) {
+    o.with_meta(FileMetaTableBuilder::new().transfer_syntax(ts)).expect("meta").write_to_file(path).expect("write");
+}
+
+/// A NIfTI volume description: int16 voxels in F order (x fastest), with a RAS affine.
+pub struct NiftiVol {
+    pub dims: [usize; 3],
+    pub data: Vec<i16>,
+    pub slope: f64,
+    pub inter: f64,
+    /// srow_x, srow_y, srow_z (RAS).
+    pub srow: [[f64; 4]; 3],
+}
+
+impl NiftiVol {
+    /// Serialises as NIfTI-1 (`version` 1) or NIfTI-2 (`version` 2), little endian, sform set.
+    pub fn bytes(&self, version: u8) -> Vec<u8> {
+        let mut h = Vec::new();
+        let put = |h: &mut Vec<u8>, off: usize, b: &[u8]| {
+            if h.len() < off + b.len() {
+                h.resize(off + b.len(), 0);
+            }
+            h[off..off + b.len()].copy_from_slice(b);
+        };
+        let [nx, ny, nz] = self.dims;
+        if version == 1 {
+            put(&mut h, 0, &348i32.to_le_bytes());
+            let dim: [i16; 8] = [3, nx as i16, ny as i16, nz as i16, 1, 1, 1, 1];
+            for (i, d) in dim.iter().enumerate() {
+                put(&mut h, 40 + 2 * i, &d.to_le_bytes());
+            }
+            put(&mut h, 70, &4i16.to_le_bytes()); // int16
+            put(&mut h, 72, &16i16.to_le_bytes());
+            let pix = [1.0f32, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+            for (i, p) in pix.iter().enumerate() {
+                put(&mut h, 76 + 4 * i, &p.to_le_bytes());
+            }
+            put(&mut h, 108, &352f32.to_le_bytes());
+            put(&mut h, 112, &(self.slope as f32).to_le_bytes());
+            put(&mut h, 116, &(self.inter as f32).to_le_bytes());
+            put(&mut h, 252, &0i16.to_le_bytes());
+            put(&mut h, 254, &1i16.to_le_bytes());
+            for r in 0..3 {
+                for c in 0..4 {
+                    put(&mut h, 280 + 16 * r + 4 * c, &(self.srow[r][c] as f32).to_le_bytes());
+                }
+            }
+            put(&mut h, 344, b"n+1\0");
+            h.resize(352, 0);
+        } else {
+            put(&mut h, 0, &540i32.to_le_bytes());
+            put(&mut h, 4, b"n+2\0\r\n\x1a\n");
+            put(&mut h, 12, &4i16.to_le_bytes());
+            put(&mut h, 14, &16i16.to_le_bytes());
+            let dim: [i64; 8] = [3, nx as i64, ny as i64, nz as i64, 1, 1, 1, 1];
+            for (i, d) in dim.iter().enumerate() {
+                put(&mut h, 16 + 8 * i, &d.to_le_bytes());
+            }
+            for i in 0..8 {
+                put(&mut h, 104 + 8 * i, &1.0f64.to_le_bytes());
+            }
+            put(&mut h, 168, &544i64.to_le_bytes());
+            put(&mut h, 176, &self.slope.to_le_bytes());
+            put(&mut h, 184, &self.inter.to_le_bytes());
+            put(&mut h, 344, &0i32.to_le_bytes());
+            put(&mut h, 348, &1i32.to_le_bytes());
+            for r in 0..3 {
+                for c in 0..4 {
+                    put(&mut h, 400 + 32 * r + 8 * c, &self.srow[r][c].to_le_bytes());
+                }
+            }
+            h.resize(544, 0);
+        }
+        for v in &self.data {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        h
+    }
+}
+
+/// gzip-compresses bytes.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// The shared data folder, when present; prints a notice when it is not.
+pub fn shared_data(what: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if p.join(what).exists() {
+        Some(p)
+    } else {
+        eprintln!("notice: ../shared/data/{what} is absent; skipping this test");
+        None
+    }
+}

@@ -1,0 +1,88 @@
+//! Checks on the real data in ../shared/data, when present (each test prints a notice and passes
+//! when the folder is absent, so that `cargo test` needs no external data).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ctsentry::ingest::{self, series, IngestOptions};
+
+fn read_one(p: &Path) -> ingest::Slice {
+    let mut v = ingest::read_file(p, &IngestOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.len(), 1, "{}", p.display());
+    v.remove(0)
+}
+
+#[test]
+fn every_dicom_codec_decodes_to_the_reference() {
+    let Some(data) = common::shared_data("dicom-codecs") else { return };
+    let dir = data.join("dicom-codecs");
+    let reference = read_one(&dir.join("REF_CT1_UNC.dcm")).hu();
+    for (file, max_diff) in [
+        ("RLE_CT1_RLE.dcm", 0.0),
+        ("JPLL_CT1_JPLL.dcm", 0.0),
+        ("JLSL_CT1_JLSL.dcm", 0.0),
+        ("J2KR_CT1_J2KR.dcm", 0.0),
+        ("JLSN_CT1_JLSN.dcm", 8.0),
+        ("J2KI_CT1_J2KI.dcm", 2000.0),
+    ] {
+        let hu = read_one(&dir.join(file)).hu();
+        assert_eq!(hu.dim(), reference.dim(), "{file}");
+        let d = hu.iter().zip(reference.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("{file}: max |HU - REF| = {d}");
+        assert!(d <= max_diff, "{file}: max difference {d} > {max_diff}");
+    }
+}
+
+#[test]
+fn covid_ct_md_series_decode_and_order_like_the_labels() {
+    let Some(data) = common::shared_data("covid-ct-md/labels.csv") else { return };
+    let root = data.join("covid-ct-md");
+    let csv = std::fs::read_to_string(root.join("labels.csv")).unwrap();
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        expected.insert(f[0].to_string(), f[3].parse().unwrap());
+    }
+    let mut total = 0;
+    for patient in ["P001", "normal001", "cap001"] {
+        let files = ingest::collect_files(&[root.join(patient)]).unwrap();
+        let slices: Vec<_> = files.iter().map(|p| read_one(p)).collect();
+        total += slices.len();
+        let ser = series::assemble(slices);
+        assert_eq!(ser.len(), 1, "{patient}: one series");
+        let ser = &ser[0];
+        assert!(ser.duplicates.is_empty(), "{patient}: {:?}", ser.duplicates);
+        for (i, s) in ser.slices.iter().enumerate() {
+            let rel = s.source.strip_prefix(&root).unwrap().display().to_string();
+            assert_eq!(expected[&rel], i, "{rel}");
+        }
+        println!("{patient}: {} slices ordered by {:?}, gaps {:?}", ser.slices.len(), ser.order_key, ser.gaps);
+    }
+    assert_eq!(total, 470);
+}
+
+#[test]
+fn covid_ct_md_through_dcm2niix_gives_the_same_hu() {
+    let Some(data) = common::shared_data("covid-ct-md/normal001") else { return };
+    if std::process::Command::new("dcm2niix").arg("-h").output().is_err() {
+        eprintln!("notice: dcm2niix is not installed; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = data.join("covid-ct-md/normal001");
+    let st = std::process::Command::new("dcm2niix").args(["-z", "y", "-f", "vol", "-o"]).arg(dir.path()).arg(&src).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let files = ingest::collect_files(&[src]).unwrap();
+    let ds = series::assemble(files.iter().map(|p| read_one(p)).collect()).remove(0);
+    let ns = series::assemble(ingest::read_file(&dir.path().join("vol.nii.gz"), &IngestOptions::default()).unwrap()).remove(0);
+    assert_eq!(ds.slices.len(), ns.slices.len());
+    let mut worst = 0f32;
+    for (a, b) in ds.slices.iter().zip(&ns.slices) {
+        let d = a.hu().iter().zip(b.hu().iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        worst = worst.max(d);
+    }
+    println!("normal001 via dcm2niix: {} slices, max |HU difference| = {worst}", ds.slices.len());
+    assert!(worst <= 1.0);
+}
