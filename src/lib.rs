@@ -6,7 +6,12 @@
 //! - [`inspect`]: what ingest sees, as the `inspect` command reports it.
 //! - [`logging`]: terminal or journald logging.
 
+pub mod alloc_guard;
 pub mod config;
 pub mod ingest;
 pub mod inspect;
 pub mod logging;
+
+/// Every binary linking ctsentry uses the guarded system allocator (see [`alloc_guard`]).
+#[global_allocator]
+static GLOBAL: alloc_guard::GuardedAlloc = alloc_guard::GuardedAlloc;

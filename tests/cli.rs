@@ -80,3 +80,51 @@ fn later_subcommands_say_so_and_exit_2() {
     let (code, _, _) = ctsentry(&["no-such-command"]);
     assert_eq!(code, 2);
 }
+
+/// `inspect` over pydicom's own test-file collection (pip package `pydicom`, installed by
+/// `.ci/run`): every file yields stats or a clear error, and nothing crashes.
+#[test]
+fn inspect_survives_pydicom_test_files() {
+    let out = Command::new("python3")
+        .args(["-c", "import pydicom, os; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))"])
+        .output();
+    let dir = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => {
+            eprintln!("notice: pydicom is not installed (pip install pydicom); skipping");
+            return;
+        }
+    };
+    let files = ctsentry::ingest::collect_files(&[dir.clone().into()]).unwrap();
+    let (code, out, err) = ctsentry(&["inspect", "--json", &dir]);
+    assert!(code == 0 || code == 1, "exit {code}: {err}");
+    assert!(!err.contains("internal error") && !err.contains("panicked"), "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), files.len());
+    let ok = lines.iter().filter(|l| l.get("error").is_none()).count();
+    for l in &lines {
+        match l.get("error") {
+            Some(e) => assert!(!e.as_str().unwrap().is_empty()),
+            None => assert!(l["hu_min"].as_f64().unwrap() <= l["hu_max"].as_f64().unwrap()),
+        }
+    }
+    println!("pydicom test files: {} files, {ok} read, {} refused with a reason", files.len(), files.len() - ok);
+    assert!(ok >= 10, "the CT files among them must read");
+}
+
+/// A 600-byte file that declares a multi-gigabyte element is refused without allocating it.
+#[test]
+fn declared_lengths_past_the_end_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.dcm");
+    CtSlice::pattern(4, 4, 1, 0.0).write(&p, EXPLICIT_LE);
+    let mut b = std::fs::read(&p).unwrap();
+    // Find the Modality element (0008,0060 CS) and make it claim 0xFFF0 bytes.
+    let at = b.windows(6).position(|w| w == [0x08, 0x00, 0x60, 0x00, b'C', b'S']).unwrap();
+    b[at + 6] = 0xF0;
+    b[at + 7] = 0xFF;
+    std::fs::write(&p, &b).unwrap();
+    let (code, out, _) = ctsentry(&["inspect", "--json", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("declares 65520 bytes"), "{out}");
+}

@@ -17,7 +17,7 @@ use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 
-use super::{orient, Geometry, IngestError, IngestOptions, Pixels, Rescale, Slice, SourceKind, Uids};
+use super::{dicom_scan, orient, Geometry, IngestError, IngestOptions, Pixels, Rescale, Slice, SourceKind, Uids};
 
 type Obj = InMemDicomObject;
 
@@ -32,6 +32,12 @@ pub fn open_bytes(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject, Inges
     } else {
         return open_bare_dataset(path, bytes);
     };
+    let (ts_uid, meta_len) = lenient_meta(&body[4..])
+        .ok_or_else(|| IngestError::rejected(path, "not a readable DICOM file: malformed file meta group"))?;
+    if let Some(enc) = dicom_scan::Encoding::of(&ts_uid) {
+        dicom_scan::check(&body[4 + meta_len..], enc)
+            .map_err(|e| IngestError::rejected(path, format!("not a readable DICOM file: {e}")))?;
+    }
     opts().from_reader(body).or_else(|e| {
         // Some writers produce a file meta group dicom-rs will not parse (odd lengths, missing
         // required elements): read it leniently and take the data set from after it.
@@ -75,6 +81,8 @@ fn open_bare_dataset(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject, In
     }
     let explicit = bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
     let ts_uid = if explicit { "1.2.840.10008.1.2.1" } else { "1.2.840.10008.1.2" };
+    dicom_scan::check(bytes, dicom_scan::Encoding { explicit, big_endian: false })
+        .map_err(|e| IngestError::rejected(path, format!("not a readable DICOM data set: {e}")))?;
     dataset_with_meta(path, bytes, ts_uid)
 }
 
@@ -149,7 +157,8 @@ fn sop_class_name(uid: &str) -> String {
 
 /// Reads a DICOM file held in memory into its slices (one per frame), canonically oriented.
 pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec<Slice>, IngestError> {
-    let file = open_bytes(path, bytes)?;
+    // While parsing, no value can legitimately be larger than the file itself.
+    let file = crate::alloc_guard::with_limit(2 * bytes.len() + (16 << 20), || open_bytes(path, bytes))?;
     let ts_uid = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let obj: &Obj = &file;
     let sop_class = str_of(obj, tags::SOP_CLASS_UID).unwrap_or_else(|| file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string());

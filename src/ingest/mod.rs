@@ -8,6 +8,7 @@
 //! and the reason; no input may panic the process.
 
 pub mod dicom;
+pub mod dicom_scan;
 pub mod nifti;
 pub mod orient;
 pub mod series;
