@@ -1,0 +1,13 @@
+//! Fuzzes the NIfTI entry point (plain and gzip): slices or an error, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut limits = ctsentry::ingest::Limits::default();
+    limits.max_decompressed_bytes = 64 << 20;
+    if let Ok(slices) = ctsentry::ingest::nifti::read_bytes(std::path::Path::new("fuzz.nii"), data, &limits) {
+        for s in &slices {
+            let _ = s.hu();
+        }
+    }
+});
