@@ -3,12 +3,18 @@
 //! Layers, lower ones free of imports from upper ones:
 //! - [`config`]: the one TOML file an admin edits, parsed and validated.
 //! - [`ingest`]: DICOM and NIfTI files to axial CT slices in Hounsfield units, ordered in series.
+//! - [`preprocess`]: HU to the classifier's input tensor, lung segmentation.
 //! - [`inspect`]: what ingest sees, as the `inspect` command reports it.
+//! - [`prep`]: the `prep` command, tensors for training.
+//! - [`report`]: PNG pictures.
 //! - [`logging`]: terminal or journald logging.
 
 pub mod alloc_guard;
 pub mod config;
 pub mod ingest;
+pub mod prep;
+pub mod preprocess;
+pub mod report;
 pub mod inspect;
 pub mod logging;
 

@@ -23,16 +23,19 @@ impl Log for Filtered {
     }
 }
 
+/// Sets the level; `RUST_LOG` (a level name), when set, wins.
+pub fn set_level(level: log::LevelFilter) {
+    log::set_max_level(std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or(level));
+}
+
 /// Installs the logger (once per process) and sets the level.
 pub fn init(level: log::LevelFilter) {
-    let level = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or(level);
     let journal = std::env::var_os("JOURNAL_STREAM")
         .and_then(|_| systemd_journal_logger::JournalLog::new().ok())
         .map(|j| Box::new(j.with_syslog_identifier("ctsentry".into())) as Box<dyn Log>);
     let inner = journal.unwrap_or_else(|| {
         Box::new(env_logger::Builder::new().filter_level(log::LevelFilter::Trace).format_timestamp_millis().format_target(false).build())
     });
-    if log::set_boxed_logger(Box::new(Filtered(inner))).is_ok() || log::max_level() != level {
-        log::set_max_level(level);
-    }
+    let _ = log::set_boxed_logger(Box::new(Filtered(inner)));
+    set_level(level);
 }

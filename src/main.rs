@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use ctsentry::config::{ConfigError, Settings};
-use ctsentry::{ingest, inspect, logging};
+use ctsentry::preprocess::{cpu::Cpu, Params};
+use ctsentry::{ingest, inspect, logging, prep};
 
 /// Default config file, relative to the working directory.
 const DEFAULT_CONFIG: &str = "config/ctsentry.toml";
@@ -70,15 +71,30 @@ enum Command {
     Doctor,
     /// Throughput per stage.
     Bench,
-    /// Write preprocessed tensors for training.
+    /// Write preprocessed tensors for training (tensors.npy, index.csv, params.json).
     Prep {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Labels CSV.
+        /// CSV with columns `file` (relative to its ROOT) and `covid` (0/1).
         #[arg(long)]
         labels: Option<PathBuf>,
-        /// Inputs.
+        /// Also write a window + lung-mask picture per slice (png/).
+        #[arg(long)]
+        png: bool,
+        /// Window center (HU).
+        #[arg(long, default_value_t = Params::default().window_center, allow_negative_numbers = true)]
+        window_center: f64,
+        /// Window width (HU).
+        #[arg(long, default_value_t = Params::default().window_width)]
+        window_width: f64,
+        /// Do not mask outside the lungs.
+        #[arg(long)]
+        no_lung_mask: bool,
+        /// Output size (square).
+        #[arg(long, default_value_t = Params::default().size)]
+        size: usize,
+        /// Input files or folders.
         #[arg(required = true)]
         roots: Vec<PathBuf>,
     },
@@ -109,7 +125,13 @@ fn main() -> ExitCode {
     };
     logging::init(verbosity.unwrap_or(log::LevelFilter::Info));
     // Never a panic: a bug anywhere becomes an error message and exit code 1.
-    std::panic::set_hook(Box::new(|info| log::error!("internal error: {info}")));
+    std::panic::set_hook(Box::new(|info| {
+        if ingest::in_guarded_decoder() {
+            log::debug!("decoder panic on malformed input (caught): {info}");
+        } else {
+            log::error!("internal error: {info}");
+        }
+    }));
     let result = std::panic::catch_unwind(|| dispatch(cli, verbosity)).unwrap_or_else(|_| {
         Err(Failure { code: 1, error: anyhow::anyhow!("internal error (see the log above); please report it") })
     });
@@ -131,7 +153,7 @@ fn settings(path: &PathBuf, verbosity: Option<log::LevelFilter>, required: bool)
         }
         Err(e) => return Err(usage(e)),
     };
-    log::set_max_level(verbosity.unwrap_or(s.log_level));
+    logging::set_level(verbosity.unwrap_or(s.log_level));
     Ok(s)
 }
 
@@ -156,7 +178,19 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
         Command::Eval { .. } => not_yet("eval"),
         Command::Doctor => not_yet("doctor"),
         Command::Bench => not_yet("bench"),
-        Command::Prep { .. } => not_yet("prep"),
+        Command::Prep { out, labels, png, window_center, window_width, no_lung_mask, size, roots } => {
+            let s = settings(&cli.config, verbosity, false)?;
+            let params = Params { window_center, window_width, lung_mask: !no_lung_mask, size, ..Params::default() };
+            params.validate().map_err(usage)?;
+            let labels = labels.map(|l| prep::read_labels(&l)).transpose().map_err(usage)?;
+            let t = std::time::Instant::now();
+            let sum = prep::run(&roots, &out, labels.as_ref(), png, &params, &s.ingest, &Cpu).context("prep")?;
+            eprintln!(
+                "prep: {} slices of {} series ({} labelled) in {:.1} s; {} inputs skipped (see skipped.csv) -> {}",
+                sum.slices, sum.series, sum.labelled, t.elapsed().as_secs_f64(), sum.skipped, out.display()
+            );
+            Ok(0)
+        }
     }
 }
 

@@ -339,3 +339,25 @@ pub fn compare_dicom_and_nifti(dicom_dir: &Path, nifti: &Path, tol: f32) {
         assert!(d <= tol, "slice {i}: max HU difference {d}");
     }
 }
+
+/// Regression test for the first `cargo fuzz` crash: a truncated RLE segment made dicom-rs's RLE
+/// decoder index past its buffer (a panic). The crash input was a mutated copy of a shared data
+/// file, so it is reproduced here from a generated fixture instead of being committed.
+#[test]
+fn truncated_rle_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = CtSlice::pattern(16, 16, 1, 0.0);
+    let p = dir.path().join("rle.dcm");
+    let mut frame = rle_encode_frame(&s.stored.iter().map(|&v| v as u16).collect::<Vec<_>>(), 256);
+    frame.truncate(frame.len() - 40);
+    let mut o = s.object();
+    o.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        dicom_core::value::Value::PixelSequence(dicom_core::value::PixelFragmentSequence::new(vec![0u32], vec![frame])),
+    ));
+    write_object(o, &p, RLE);
+    let before = ingest::caught_decoder_panics();
+    assert!(reason(read(&p)).contains("truncated data"), "{}", reason(read(&p)));
+    assert_eq!(ingest::caught_decoder_panics(), before, "no decoder may panic");
+}

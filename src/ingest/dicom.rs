@@ -218,12 +218,18 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
     let (rows, cols, frames) = (rows as usize, cols as usize, frames as usize);
     let frame_px = rows * cols;
 
-    let decoded = super::guard_panics(path, || {
-        file.decode_pixel_data()
-            .map_err(|e| IngestError::rejected(path, format!("pixel data cannot be decoded: {}", first_line(&e))))
-    })?;
     let bytes_per = (bits_allocated / 8) as usize;
-    let data = decoded.data();
+    let (decoded, rle_data);
+    let data: &[u8] = if ts_uid == RLE_LOSSLESS {
+        rle_data = decode_rle(path, obj, frames, frame_px, bytes_per)?;
+        &rle_data
+    } else {
+        decoded = super::guard_panics(path, || {
+            file.decode_pixel_data()
+                .map_err(|e| IngestError::rejected(path, format!("pixel data cannot be decoded: {}", first_line(&e))))
+        })?;
+        decoded.data()
+    };
     let needed = frame_px * frames * bytes_per;
     if data.len() < needed {
         return Err(IngestError::rejected(
@@ -231,10 +237,9 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
             format!("truncated pixel data: {} bytes for {frames} frame(s) of {rows}×{cols} that need {needed}", data.len()),
         ));
     }
-    let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
-    let bits_stored = u32::from(decoded.bits_stored()).clamp(1, 16);
-    let high_bit = u32::from(decoded.high_bit()).min(15);
-    let lut_rescale = decoded.rescale().ok().map(|r| r.to_vec()).unwrap_or_default();
+    let signed = int_of(obj, tags::PIXEL_REPRESENTATION) == Some(1);
+    let bits_stored = int_of(obj, tags::BITS_STORED).unwrap_or(bits_allocated).clamp(1, bits_allocated) as u32;
+    let high_bit = int_of(obj, tags::HIGH_BIT).unwrap_or(bits_stored as i64 - 1).clamp(bits_stored as i64 - 1, bits_allocated - 1) as u32;
 
     let shared = items(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).and_then(|i| i.first());
     let per_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
@@ -252,9 +257,7 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
         let fg = per_frame.and_then(|p| p.get(f));
         let raw = &data[f * frame_px * bytes_per..(f + 1) * frame_px * bytes_per];
         let pixels = stored_values(raw, bytes_per, signed, bits_stored, high_bit);
-        let rescale = rescale_for(obj, fg, shared).or_else(|| {
-            lut_rescale.get(f).or(lut_rescale.first()).map(|r| Rescale { slope: r.slope, intercept: r.intercept })
-        });
+        let rescale = rescale_for(obj, fg, shared);
         let geometry = Geometry {
             position: lookup(obj, fg, shared, tags::PLANE_POSITION_SEQUENCE, |o| floats_of(o, tags::IMAGE_POSITION_PATIENT))
                 .filter(|v| v.len() >= 3)
@@ -287,6 +290,30 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
         slices.push(slice);
     }
     Ok(slices)
+}
+
+/// The RLE Lossless transfer syntax, decoded by [`super::rle`].
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Decodes every frame of RLE Lossless pixel data (one fragment per frame).
+fn decode_rle(path: &Path, obj: &Obj, frames: usize, frame_px: usize, bytes_per: usize) -> Result<Vec<u8>, IngestError> {
+    let Some(seq) = elem(obj, tags::PIXEL_DATA).and_then(|e| match e.value() {
+        dicom_core::value::Value::PixelSequence(s) => Some(s),
+        _ => None,
+    }) else {
+        return Err(IngestError::rejected(path, "RLE transfer syntax but the pixel data is not encapsulated"));
+    };
+    let fragments = seq.fragments();
+    if fragments.len() < frames {
+        return Err(IngestError::rejected(path, format!("truncated pixel data: {} RLE fragments for {frames} frames", fragments.len())));
+    }
+    let mut out = Vec::with_capacity(frames * frame_px * bytes_per);
+    for (f, fragment) in fragments.iter().take(frames).enumerate() {
+        let frame = super::rle::decode_frame(fragment, frame_px, bytes_per)
+            .map_err(|e| IngestError::rejected(path, format!("frame {f}: {e}")))?;
+        out.extend_from_slice(&frame);
+    }
+    Ok(out)
 }
 
 /// Rescale from the functional groups or the top level; None when no tag is present.

@@ -11,6 +11,7 @@ pub mod dicom;
 pub mod dicom_scan;
 pub mod nifti;
 pub mod orient;
+pub mod rle;
 pub mod series;
 
 use std::path::{Path, PathBuf};
@@ -304,11 +305,33 @@ pub fn read_file(path: &Path, opts: &IngestOptions) -> Result<Vec<Slice>, Ingest
     })
 }
 
+static CAUGHT_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many decoder panics [`guard_panics`] has caught in this process (a health figure: each
+/// is a third-party decoder bug that malformed input reached).
+pub fn caught_decoder_panics() -> u64 {
+    CAUGHT_PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+thread_local! {
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while this thread runs third-party decoding code under [`guard_panics`]; a panic hook
+/// uses it to report such panics as rejected input rather than as internal errors.
+pub fn in_guarded_decoder() -> bool {
+    GUARDED.with(std::cell::Cell::get)
+}
+
 /// Runs a decoder, turning a panic inside third-party decoding code into a rejection.
 pub(crate) fn guard_panics<T>(path: &Path, f: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    let was = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    match result {
         Ok(r) => r,
         Err(payload) => {
+            CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let msg = payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
