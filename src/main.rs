@@ -145,7 +145,7 @@ fn main() -> ExitCode {
 }
 
 /// Loads the config; a missing default config falls back to built-in defaults for read-only commands.
-fn settings(path: &PathBuf, verbosity: Option<log::LevelFilter>, required: bool) -> Result<Settings, Failure> {
+fn settings(path: &std::path::Path, verbosity: Option<log::LevelFilter>, required: bool) -> Result<Settings, Failure> {
     let s = match Settings::load(path) {
         Ok(s) => s,
         Err(ConfigError::Io { .. }) if !required && path.as_os_str() == DEFAULT_CONFIG => {
@@ -200,7 +200,7 @@ fn not_yet(name: &str) -> Result<u8, Failure> {
 }
 
 fn cmd_inspect(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
-    let files = ingest::collect_files(paths).map_err(|e| usage(e))?;
+    let files = ingest::collect_files(paths).map_err(usage)?;
     let mut failures = 0;
     if !json {
         println!("{:<48} {:<6} {:<24} {:<4} {:>9} {:>6} {:>8} {:>8} {:>8}", "file", "kind", "transfer syntax", "mod", "size", "n", "hu_min", "hu_max", "hu_mean");

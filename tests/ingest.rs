@@ -226,7 +226,7 @@ fn nifti_1_and_2_match_the_dicom_series() {
     let mut dicom_slices = Vec::new();
     let mut order = vec![2, 0, 3, 1];
     for (k, z) in order.drain(..).enumerate() {
-        let mut s = CtSlice::pattern(rows as u16, cols as u16, z as i32, -50.0 + 2.5 * z as f64);
+        let mut s = CtSlice::pattern(rows as u16, cols as u16, z, -50.0 + 2.5 * z as f64);
         s.rescale = Some((1.0, -1024.0));
         s.stored = s.stored.iter().map(|v| v + 1000).collect();
         s.write(&dir.path().join(format!("{k}.dcm")), EXPLICIT_LE);

@@ -86,3 +86,27 @@ fn covid_ct_md_through_dcm2niix_gives_the_same_hu() {
     println!("normal001 via dcm2niix: {} slices, max |HU difference| = {worst}", ds.slices.len());
     assert!(worst <= 1.0);
 }
+
+/// Lung fractions on the real series: no lung below the diaphragm or in the neck, plenty in
+/// the mid chest.
+#[test]
+fn covid_ct_md_lung_fractions() {
+    use ctsentry::preprocess::{cpu::Cpu, prepare, Params};
+    let Some(data) = common::shared_data("covid-ct-md/normal001") else { return };
+    let params = Params::default();
+    for (patient, abdomen) in [("normal001", 0..15), ("cap001", 0..14)] {
+        let files = ingest::collect_files(&[data.join("covid-ct-md").join(patient)]).unwrap();
+        let ser = series::assemble(files.iter().map(|p| read_one(p)).collect()).remove(0);
+        let n = ser.slices.len();
+        let fractions: Vec<f32> = ser.slices.iter().map(|s| prepare(&Cpu, &params, s).unwrap().0.lung_fraction).collect();
+        for i in abdomen.clone().chain(n - 4..n) {
+            assert!(fractions[i] < 0.01, "{patient} slice {i} (abdomen or neck): lung_fraction {}", fractions[i]);
+        }
+        for (i, f) in fractions.iter().enumerate() {
+            if (0.35..=0.75).contains(&ser.z[i]) {
+                assert!(*f > 0.10, "{patient} slice {i} (mid chest): lung_fraction {f}");
+            }
+        }
+        println!("{patient}: lung_fraction < 0.01 on slices {abdomen:?} and {:?}; > 0.10 for z in [0.35, 0.75]", n - 4..n);
+    }
+}

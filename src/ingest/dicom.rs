@@ -138,7 +138,7 @@ fn items(obj: &Obj, tag: dicom_core::Tag) -> Option<&[Obj]> {
 }
 
 /// The first item of a functional group sequence inside one frame's functional groups.
-fn group<'a>(fg: Option<&'a Obj>, seq: dicom_core::Tag) -> Option<&'a Obj> {
+fn group(fg: Option<&Obj>, seq: dicom_core::Tag) -> Option<&Obj> {
     items(fg?, seq)?.first()
 }
 

@@ -217,7 +217,7 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
     let axis = |i: usize| [lps(0, i), lps(1, i), lps(2, i)];
     let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
     let axes = [axis(0), axis(1), axis(2)];
-    if axes.iter().any(|v| !(norm(*v) > 0.0) || !norm(*v).is_finite()) {
+    if axes.iter().any(|v| norm(*v).partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !norm(*v).is_finite()) {
         return Err(IngestError::rejected(path, "degenerate orientation (a voxel axis has zero or non-finite length)"));
     }
     // Slice axis: the voxel axis most aligned with head-feet; the other two, in order, span the image.

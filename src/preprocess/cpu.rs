@@ -57,13 +57,15 @@ struct Scratch {
     plane: Vec<f32>,
 }
 
-/// Windowed (and masked) values of one row, into `out`.
-fn window_row(pixels: &Pixels, start: usize, out: &mut [f32], scale: f32, offset: f32, mask: Option<&[u8]>) {
+/// Windowed (and masked) values of one row, into `out`. HU is computed in f64 and rounded to
+/// f32 exactly as the definition says; the window then runs in f32.
+fn window_row(pixels: &Pixels, start: usize, out: &mut [f32], w: &Window, mask: Option<&[u8]>) {
     let end = start + out.len();
     macro_rules! go {
         ($v:expr) => {
             for (o, &x) in out.iter_mut().zip(&$v[start..end]) {
-                *o = (x as f32).mul_add(scale, offset).clamp(0.0, 1.0);
+                let hu = (f64::from(x) * w.slope + w.intercept) as f32;
+                *o = ((hu - w.lo) * w.inv_width).clamp(0.0, 1.0);
             }
         };
     }
@@ -81,20 +83,30 @@ fn window_row(pixels: &Pixels, start: usize, out: &mut [f32], scale: f32, offset
     }
 }
 
+/// The modality LUT and window of one slice.
+struct Window {
+    slope: f64,
+    intercept: f64,
+    lo: f32,
+    inv_width: f32,
+}
+
 fn one(p: &Params, input: &Input<'_>, out: &mut [f32], s: &mut Scratch) {
     let (rows, cols, size) = (input.rows, input.cols, p.size);
     let wx = AxisWeights::new(cols, size);
     let wy = AxisWeights::new(rows, size);
-    let lo = p.window_center - p.window_width / 2.0;
-    // v = (stored·slope + intercept − lo) / width, as one multiply-add.
-    let scale = (input.rescale.slope / p.window_width) as f32;
-    let offset = ((input.rescale.intercept - lo) / p.window_width) as f32;
+    let w = Window {
+        slope: input.rescale.slope,
+        intercept: input.rescale.intercept,
+        lo: (p.window_center - p.window_width / 2.0) as f32,
+        inv_width: (1.0 / p.window_width) as f32,
+    };
     s.row.resize(cols, 0.0);
     s.tmp.resize(rows * size, 0.0);
     s.plane.resize(size * size, 0.0);
     // Horizontal pass: rows × size.
     for r in 0..rows {
-        window_row(input.pixels, r * cols, &mut s.row, scale, offset, input.mask);
+        window_row(input.pixels, r * cols, &mut s.row, &w, input.mask);
         let t = &mut s.tmp[r * size..(r + 1) * size];
         for (ox, v) in t.iter_mut().enumerate() {
             let (j0, w) = wx.taps(ox);

@@ -4,12 +4,16 @@
 //!    are holes in the body, so they are inside it now; the air around the patient is not).
 //! 2. **Candidates**: air-density pixels (below −400 HU) inside the body.
 //! 3. **Components**: 4-connected components of the candidates; those touching the image border
-//!    those smaller than 0.1% of the image, and gas (median below −950 HU: stomach and bowel
-//!    gas is air, aerated lung is not) are dropped; the two largest are kept (one when the lungs
+//!    those smaller than 0.25% of the image (bowel gas pockets, the trachea), and gas (median below −950 HU, or more than a quarter
+//!    of its pixels below −980 HU: stomach and bowel gas is air, aerated lung is not) are dropped; the two largest are kept (one when the lungs
 //!    merge at the front).
 //! 4. **Fill and close**: holes filled (vessels, nodules), then a closing with a Euclidean disc of
-//!    radius 2% of the image side (≈ 7 mm on a 512² slice of a 35 cm field) so that dense
+//!    radius 3% of the image side (≈ 10 mm on a 512² slice of a 35 cm field) so that dense
 //!    consolidations and pleural lesions at the lung edge stay inside, then holes filled again.
+//!    A closing cannot restore the outer shell of a bite out of a flat boundary, so the mask is
+//!    finally dilated by 1% of the side (≈ 3.5 mm): the pleural rim is kept and lesions against
+//!    the chest wall stay inside; a triage aid must rather show a little chest wall than hide a
+//!    lesion. Lesions wider than about 2 cm that push the lung boundary in are partly restored.
 //!
 //! `fraction` is the share of the image inside the mask.
 
@@ -20,10 +24,18 @@ pub const AIR_HU: f32 = -400.0;
 /// A candidate whose median is below this is gas (stomach, bowel), not lung: aerated lung
 /// holds vessels and interstitium (median about −830 to −890 HU here); gas is air (about −1000).
 pub const GAS_MEDIAN_HU: f32 = -950.0;
+/// HU below which a pixel is pure air.
+pub const AIR_CORE_HU: f32 = -980.0;
+/// A candidate with more than this share of pure-air pixels is gas (a small bowel pocket whose
+/// wall raises its median), not lung.
+pub const GAS_AIR_SHARE: f64 = 0.25;
 /// Smallest kept lung component, as a share of the image.
-pub const MIN_COMPONENT_FRACTION: f64 = 0.001;
+pub const MIN_COMPONENT_FRACTION: f64 = 0.0025;
 /// Closing radius, as a share of the larger image side.
-pub const CLOSING_RADIUS_FRACTION: f64 = 0.02;
+pub const CLOSING_RADIUS_FRACTION: f64 = 0.03;
+/// Final dilation radius, as a share of the larger image side: the pleural rim is kept so that
+/// lesions against the chest wall stay inside (a triage aid must rather show too much).
+pub const RIM_RADIUS_FRACTION: f64 = 0.01;
 
 /// A lung mask.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,10 +170,15 @@ pub fn distance_sq(feature: &[bool], rows: usize, cols: usize) -> Vec<f32> {
     g
 }
 
+/// Morphological dilation of `m` with a Euclidean disc of `radius` pixels.
+pub fn dilate(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec<bool> {
+    distance_sq(m, rows, cols).iter().map(|&d| d <= radius * radius).collect()
+}
+
 /// Morphological closing of `m` with a Euclidean disc of `radius` pixels.
 pub fn close(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec<bool> {
     let r2 = radius * radius;
-    let dilated: Vec<bool> = distance_sq(m, rows, cols).iter().map(|&d| d <= r2).collect();
+    let dilated = dilate(m, rows, cols, radius);
     let outside: Vec<bool> = dilated.iter().map(|&v| !v).collect();
     let to_outside = distance_sq(&outside, rows, cols);
     // Outside the image counts as background too.
@@ -174,10 +191,48 @@ pub fn close(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec<bool> {
         .collect()
 }
 
+/// Side length (pixels) the segmentation works at: larger slices are averaged down by an integer
+/// factor first (a 512² slice is segmented at 256²) and the mask is scaled back up.
+pub const WORKING_SIDE: usize = 256;
+
 /// Segments the lungs of one slice given in Hounsfield units (`rows × cols`, row-major).
+///
+/// A slice larger than [`WORKING_SIDE`] is reduced by the integer factor `f = side / 256`
+/// (mean of each `f × f` block; leftover edge rows/columns join the last block) and segmented
+/// there; each full-resolution pixel takes the mask value of its block.
 pub fn segment(hu: &[f32], rows: usize, cols: usize) -> LungMask {
+    assert_eq!(hu.len(), rows * cols, "hu has rows × cols values");
+    let f = (rows.max(cols) / WORKING_SIDE).max(1);
+    let (r2, c2) = ((rows / f).max(1), (cols / f).max(1));
+    if f == 1 || r2 < 8 || c2 < 8 {
+        return segment_at_full_resolution(hu, rows, cols);
+    }
+    let mut sum = vec![0f32; r2 * c2];
+    let mut count = vec![0u32; r2 * c2];
+    for r in 0..rows {
+        let br = (r / f).min(r2 - 1);
+        for c in 0..cols {
+            let k = br * c2 + (c / f).min(c2 - 1);
+            sum[k] += hu[r * cols + c];
+            count[k] += 1;
+        }
+    }
+    let small: Vec<f32> = sum.iter().zip(&count).map(|(s, &n)| s / n as f32).collect();
+    let m = segment_at_full_resolution(&small, r2, c2);
+    let mut mask = vec![0u8; rows * cols];
+    for r in 0..rows {
+        let br = (r / f).min(r2 - 1);
+        for c in 0..cols {
+            mask[r * cols + c] = m.mask[br * c2 + (c / f).min(c2 - 1)];
+        }
+    }
+    let fraction = mask.iter().filter(|&&v| v != 0).count() as f32 / (rows * cols) as f32;
+    LungMask { mask, fraction }
+}
+
+/// The segmentation itself, at the resolution given.
+fn segment_at_full_resolution(hu: &[f32], rows: usize, cols: usize) -> LungMask {
     let n = rows * cols;
-    assert_eq!(hu.len(), n, "hu has rows × cols values");
     // 1. Body.
     let above: Vec<bool> = hu.iter().map(|&v| v > BODY_HU).collect();
     let (labels, sizes, _) = components(&above, rows, cols);
@@ -202,10 +257,11 @@ pub fn segment(hu: &[f32], rows: usize, cols: usize) -> LungMask {
             if v.is_empty() {
                 return false;
             }
+            let air = v.iter().filter(|&&h| h < AIR_CORE_HU).count() as f64 / v.len() as f64;
             let mid = v.len() / 2;
             let median = *v.select_nth_unstable_by(mid, f32::total_cmp).1;
-            log::trace!("lung candidate: {} px, median {median} HU", sizes[l]);
-            median >= GAS_MEDIAN_HU
+            log::trace!("lung candidate: {} px, median {median} HU, {:.0}% below {AIR_CORE_HU} HU", sizes[l], air * 100.0);
+            median >= GAS_MEDIAN_HU && air <= GAS_AIR_SHARE
         })
         .collect();
     kept.sort_by_key(|&l| std::cmp::Reverse(sizes[l]));
@@ -216,14 +272,16 @@ pub fn segment(hu: &[f32], rows: usize, cols: usize) -> LungMask {
     }
     // 4. Fill, close, fill.
     fill_holes(&mut lungs, rows, cols);
-    let radius = (CLOSING_RADIUS_FRACTION * rows.max(cols) as f64).max(1.0) as f32;
-    let mut lungs = close(&lungs, rows, cols, radius);
+    let side = rows.max(cols) as f64;
+    let lungs = close(&lungs, rows, cols, (CLOSING_RADIUS_FRACTION * side).max(1.0) as f32);
+    let mut lungs = dilate(&lungs, rows, cols, (RIM_RADIUS_FRACTION * side).max(1.0) as f32);
     fill_holes(&mut lungs, rows, cols);
     let count = lungs.iter().filter(|&&v| v).count();
     LungMask { mask: lungs.iter().map(|&v| u8::from(v)).collect(), fraction: count as f32 / n as f32 }
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
 

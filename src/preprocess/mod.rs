@@ -14,6 +14,7 @@
 //! 5. **Normalise**: channel `c` of 3: `(v − mean[c]) / std[c]`.
 //! 6. **Layout**: NCHW float32, `[N, 3, size, size]`.
 
+pub mod conformance;
 pub mod cpu;
 pub mod lung;
 pub mod npy;
@@ -48,7 +49,7 @@ impl Default for Params {
 impl Params {
     /// Checks the values make sense; the reason names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.window_width.is_finite() && self.window_width > 0.0) || !self.window_center.is_finite() {
+        if !(self.window_width.is_finite() && self.window_width > 0.0 && self.window_center.is_finite()) {
             return Err(format!("window center/width {}/{} is not a valid window", self.window_center, self.window_width));
         }
         if !(1..=4096).contains(&self.size) {
