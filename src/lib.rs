@@ -5,11 +5,14 @@
 //! - [`ingest`]: DICOM and NIfTI files to axial CT slices in Hounsfield units, ordered in series.
 //! - [`preprocess`]: HU to the classifier's input tensor, lung segmentation.
 //! - [`inspect`]: what ingest sees, as the `inspect` command reports it.
+//! - [`bench`], [`doctor`]: throughput per stage; what is usable on this machine and why not.
 //! - [`prep`]: the `prep` command, tensors for training.
 //! - [`report`]: PNG pictures.
 //! - [`logging`]: terminal or journald logging.
 
 pub mod alloc_guard;
+pub mod bench;
+pub mod doctor;
 pub mod config;
 pub mod ingest;
 pub mod prep;

@@ -215,3 +215,35 @@ fn prep_writes_tensors_index_and_pictures() {
     let row: Vec<f32> = npy[128..128 + 3 * 32 * 32 * 4].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     assert_eq!(row, direct.tensor);
 }
+
+/// The CUDA preprocessor, when this build has it and a device is usable: the same conformance
+/// body as the CPU one, at the GPU tolerance.
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+fn cuda_preprocessor() -> Option<ctsentry::preprocess::cuda::CudaPreprocessor> {
+    match ctsentry::preprocess::cuda::CudaPreprocessor::new(0) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("notice: skipping the CUDA preprocessor test: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+conformance_test!(cuda_matches_reference, cuda_preprocessor(), conformance::GPU_TOLERANCE);
+
+/// The kernels compile with NVRTC for the architectures we support (needs only libnvrtc, no GPU).
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+#[test]
+fn cuda_kernels_compile() {
+    for arch in ["compute_87", "compute_90", "compute_100"] {
+        match ctsentry::preprocess::cuda::compile_kernels(arch) {
+            Ok(ptx) => assert!(ptx.contains("preprocess_f32") && ptx.contains("preprocess_f16"), "{arch}"),
+            Err(e) if e.0.contains("cannot be loaded") => {
+                eprintln!("notice: {e}; skipping the NVRTC compile test");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

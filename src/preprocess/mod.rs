@@ -16,6 +16,11 @@
 
 pub mod conformance;
 pub mod cpu;
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+pub mod cuda;
+#[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
+#[path = "cuda_stub.rs"]
+pub mod cuda;
 pub mod lung;
 pub mod npy;
 pub mod reference;
