@@ -109,7 +109,7 @@ pub fn cuda(batch: usize) -> Result<PreprocessBench, String> {
     let rate = end_to_end(pre, &params, &inputs, batch, 5)?;
     let mut dev = pre.alloc_output(&params, batch).map_err(|e| e.to_string())?;
     pre.run_on_device(&params, &inputs, &mut dev).map_err(|e| e.to_string())?;
-    let secs = pre.time_kernel(&params, batch, &mut dev, 20).map_err(|e| e.to_string())?;
+    let secs = pre.time_kernel(&params, &mut dev, 20).map_err(|e| e.to_string())?;
     let copy = pre.copy_bandwidth(1 << 30, 10).map_err(|e| e.to_string())?;
     let i = &pre.info;
     Ok(PreprocessBench {

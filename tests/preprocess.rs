@@ -247,3 +247,33 @@ fn cuda_kernels_compile() {
         }
     }
 }
+
+/// IEEE half bits to f32.
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+fn half_to_f32(h: u16) -> f32 {
+    let (sign, exp, frac) = ((h >> 15) as u32, ((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f32);
+    let v = match exp {
+        0 => frac * 2f32.powi(-24),
+        31 => f32::INFINITY,
+        e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
+    };
+    if sign == 1 { -v } else { v }
+}
+
+/// The float16 output (for FP16 engines) equals the reference within half precision.
+#[cfg(any(feature = "cuda", feature = "cuda-12"))]
+#[test]
+fn cuda_f16_output_matches_reference() {
+    let Some(pre) = cuda_preprocessor() else { return };
+    let params = Params::default();
+    let cases = conformance::cases(5, 6);
+    let inputs: Vec<Input<'_>> = cases.iter().map(conformance::Case::input).collect();
+    let mut want = vec![0f32; inputs.len() * params.slice_len()];
+    Reference.run(&params, &inputs, &mut want).unwrap();
+    let mut dev = pre.stream().alloc_zeros::<u16>(want.len()).unwrap();
+    pre.run_on_device_f16(&params, &inputs, &mut dev).unwrap();
+    let got = pre.stream().clone_dtoh(&dev).unwrap();
+    let worst = want.iter().zip(&got).map(|(a, &b)| (a - half_to_f32(b)).abs() / a.abs().max(1.0)).fold(0f32, f32::max);
+    println!("cuda f16: max relative error against the reference = {worst:e}");
+    assert!(worst <= 1e-3, "{worst}");
+}

@@ -111,6 +111,24 @@ struct Buffers {
     masks: Option<CudaSlice<u8>>,
     mask_staging: Option<PinnedHostSlice<u8>>,
     descs: Option<CudaSlice<SliceDesc>>,
+    last: Option<Batch>,
+}
+
+/// What was uploaded: the slice count and shapes.
+#[derive(Debug, Clone)]
+struct Batch {
+    n: usize,
+    shapes: Vec<(usize, usize)>,
+}
+
+/// Output tile side of the tiled kernel (`TILE` in kernels/preprocess.cu).
+const TILE: u32 = 16;
+/// Shared memory the tiled kernel may use per block (the default limit without opt-in).
+const MAX_TILE_SHARED_BYTES: usize = 48 * 1024;
+
+/// Source pixels along one axis that a tile of outputs can touch (`n` inputs to `m` outputs).
+fn tile_footprint(n: usize, m: usize) -> usize {
+    (TILE as usize * n).div_ceil(m) + 2
 }
 
 /// The CUDA preprocessor.
@@ -119,6 +137,8 @@ pub struct CudaPreprocessor {
     stream: Arc<CudaStream>,
     f32_kernel: CudaFunction,
     f16_kernel: CudaFunction,
+    tiled_f32: CudaFunction,
+    tiled_f16: CudaFunction,
     buffers: Mutex<Buffers>,
     /// Device description, for logs and `doctor`.
     pub info: DeviceInfo,
@@ -183,13 +203,17 @@ impl CudaPreprocessor {
         let module = ctx.load_module(ptx_for(&format!("compute_{major}{minor}"))?).map_err(err)?;
         let f32_kernel = module.load_function("preprocess_f32").map_err(err)?;
         let f16_kernel = module.load_function("preprocess_f16").map_err(err)?;
+        let tiled_f32 = module.load_function("preprocess_tiled_f32").map_err(err)?;
+        let tiled_f16 = module.load_function("preprocess_tiled_f16").map_err(err)?;
         let stream = ctx.new_stream().map_err(err)?;
         Ok(CudaPreprocessor {
             ctx,
             stream,
             f32_kernel,
             f16_kernel,
-            buffers: Mutex::new(Buffers { staging: None, src: None, masks: None, mask_staging: None, descs: None }),
+            tiled_f32,
+            tiled_f16,
+            buffers: Mutex::new(Buffers { staging: None, src: None, masks: None, mask_staging: None, descs: None, last: None }),
             info,
         })
     }
@@ -210,7 +234,7 @@ impl CudaPreprocessor {
     }
 
     /// Uploads a batch (pixels, masks, descriptors) into the reused device buffers.
-    fn upload(&self, b: &mut Buffers, inputs: &[Input<'_>]) -> Result<usize, PreprocessError> {
+    fn upload(&self, b: &mut Buffers, inputs: &[Input<'_>]) -> Result<Batch, PreprocessError> {
         let align = |x: usize| x.div_ceil(16) * 16;
         let mut descs = Vec::with_capacity(inputs.len());
         let (mut src_len, mut mask_len) = (0usize, 0usize);
@@ -260,11 +284,8 @@ impl CudaPreprocessor {
             let masks = b.mask_staging.as_mut().expect("allocated").as_mut_slice().map_err(backend)?;
             for (i, d) in inputs.iter().zip(&descs) {
                 let at = d.src_offset as usize;
-                match i.pixels {
-                    Pixels::U16(v) => v.iter().enumerate().for_each(|(k, x)| staging[at + 2 * k..at + 2 * k + 2].copy_from_slice(&x.to_ne_bytes())),
-                    Pixels::I16(v) => v.iter().enumerate().for_each(|(k, x)| staging[at + 2 * k..at + 2 * k + 2].copy_from_slice(&x.to_ne_bytes())),
-                    Pixels::F32(v) => v.iter().enumerate().for_each(|(k, x)| staging[at + 4 * k..at + 4 * k + 4].copy_from_slice(&x.to_ne_bytes())),
-                }
+                let bytes = pixel_bytes(i.pixels);
+                staging[at..at + bytes.len()].copy_from_slice(bytes);
                 if let Some(m) = i.mask {
                     let mo = d.mask_offset as usize;
                     masks[mo..mo + m.len()].copy_from_slice(m);
@@ -279,10 +300,11 @@ impl CudaPreprocessor {
             b.descs = Some(self.stream.alloc_zeros::<SliceDesc>(descs.len().max(1)).map_err(backend)?);
         }
         self.stream.memcpy_htod(&descs, b.descs.as_mut().expect("allocated")).map_err(backend)?;
-        Ok(inputs.len())
+        Ok(Batch { n: inputs.len(), shapes: inputs.iter().map(|i| (i.rows, i.cols)).collect() })
     }
 
-    fn launch<T>(&self, params: &Params, b: &Buffers, n: usize, kernel: &CudaFunction, out: &mut CudaSlice<T>) -> Result<(), PreprocessError> {
+    fn launch<T>(&self, params: &Params, b: &Buffers, batch: &Batch, half: bool, out: &mut CudaSlice<T>) -> Result<(), PreprocessError> {
+        let n = batch.n;
         if n == 0 {
             return Ok(());
         }
@@ -293,9 +315,18 @@ impl CudaPreprocessor {
             mean: params.mean,
             inv_std: params.std.map(|s| 1.0 / s),
         };
-        let threads = 256u32;
-        let blocks = ((params.size * params.size) as u32).div_ceil(threads).max(1);
-        let cfg = LaunchConfig { grid_dim: (blocks, n as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // The tiled kernel when every slice's tile footprint fits in shared memory.
+        let footprint = batch.shapes.iter().map(|&(r, c)| tile_footprint(r, params.size) * tile_footprint(c, params.size) * 4).max().unwrap_or(0);
+        let tiles = (params.size as u32).div_ceil(TILE);
+        let (kernel, cfg) = if footprint <= MAX_TILE_SHARED_BYTES && n <= 65_535 {
+            let k = if half { &self.tiled_f16 } else { &self.tiled_f32 };
+            (k, LaunchConfig { grid_dim: (tiles, tiles, n as u32), block_dim: (TILE, TILE, 1), shared_mem_bytes: footprint as u32 })
+        } else {
+            let k = if half { &self.f16_kernel } else { &self.f32_kernel };
+            let threads = 256u32;
+            let blocks = ((params.size * params.size) as u32).div_ceil(threads).max(1);
+            (k, LaunchConfig { grid_dim: (blocks, n as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+        };
         let mut l = self.stream.launch_builder(kernel);
         l.arg(b.src.as_ref().expect("uploaded"));
         l.arg(b.masks.as_ref().expect("uploaded"));
@@ -313,28 +344,33 @@ impl CudaPreprocessor {
     pub fn run_on_device(&self, params: &Params, inputs: &[Input<'_>], out: &mut CudaSlice<f32>) -> Result<(), PreprocessError> {
         check_batch_len(params, inputs, out.len())?;
         let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        let n = self.upload(&mut b, inputs)?;
-        self.launch(params, &b, n, &self.f32_kernel, out)
+        let batch = self.upload(&mut b, inputs)?;
+        self.launch(params, &b, &batch, false, out)?;
+        b.last = Some(batch);
+        Ok(())
     }
 
     /// As [`Self::run_on_device`], with IEEE float16 output (bits in u16) for FP16 engines.
     pub fn run_on_device_f16(&self, params: &Params, inputs: &[Input<'_>], out: &mut CudaSlice<u16>) -> Result<(), PreprocessError> {
         check_batch_len(params, inputs, out.len())?;
         let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        let n = self.upload(&mut b, inputs)?;
-        self.launch(params, &b, n, &self.f16_kernel, out)
+        let batch = self.upload(&mut b, inputs)?;
+        self.launch(params, &b, &batch, true, out)?;
+        b.last = Some(batch);
+        Ok(())
     }
 
-    /// Seconds per launch of the float32 kernel on the `n` slices last uploaded (by
+    /// Seconds per launch of the float32 kernel on the batch last uploaded (by
     /// [`Self::run_on_device`]), timed with device events over `reps` launches after a warm-up.
-    pub fn time_kernel(&self, params: &Params, n: usize, out: &mut CudaSlice<f32>, reps: usize) -> Result<f64, PreprocessError> {
+    pub fn time_kernel(&self, params: &Params, out: &mut CudaSlice<f32>, reps: usize) -> Result<f64, PreprocessError> {
         let b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        self.launch(params, &b, n, &self.f32_kernel, out)?;
+        let batch = b.last.clone().ok_or_else(|| PreprocessError::Backend("no batch uploaded yet".into()))?;
+        self.launch(params, &b, &batch, false, out)?;
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let (start, end) = (self.ctx.new_event(timing).map_err(backend)?, self.ctx.new_event(timing).map_err(backend)?);
         start.record(&self.stream).map_err(backend)?;
         for _ in 0..reps {
-            self.launch(params, &b, n, &self.f32_kernel, out)?;
+            self.launch(params, &b, &batch, false, out)?;
         }
         end.record(&self.stream).map_err(backend)?;
         end.synchronize().map_err(backend)?;
@@ -358,6 +394,18 @@ impl CudaPreprocessor {
         let secs = f64::from(start.elapsed_ms(&end).map_err(backend)?) / 1e3;
         Ok(2.0 * bytes as f64 * reps as f64 / secs)
     }
+}
+
+/// The stored values as native-endian bytes (what the kernel reads).
+fn pixel_bytes(p: &Pixels) -> &[u8] {
+    let (ptr, len) = match p {
+        Pixels::U16(v) => (v.as_ptr().cast::<u8>(), v.len() * 2),
+        Pixels::I16(v) => (v.as_ptr().cast::<u8>(), v.len() * 2),
+        Pixels::F32(v) => (v.as_ptr().cast::<u8>(), v.len() * 4),
+    };
+    // SAFETY: the vector's memory is `len` initialised bytes, u8 has no alignment or validity
+    // requirement, and the borrow of `p` outlives the returned slice.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 fn backend(e: impl std::fmt::Display) -> PreprocessError {
