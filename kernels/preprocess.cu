@@ -46,6 +46,8 @@ __device__ void preprocess(const unsigned char* src, const unsigned char* masks,
 // coalesced along rows), then every thread integrates its output rectangle from there.
 // Used when the footprint fits in shared memory (the host checks); same arithmetic as above.
 #define TILE 16
+// Column taps kept in registers (4 suffice for 512 -> 224; more fall back to a loop).
+#define MAX_TAPS 6
 
 template <typename OutT>
 __device__ void preprocess_tiled(const unsigned char* src, const unsigned char* masks, const SliceDesc* descs,
@@ -74,14 +76,28 @@ __device__ void preprocess_tiled(const unsigned char* src, const unsigned char* 
     const double ay = oy * sy, by = (oy + 1) * sy, ax = ox * sx, bx = (ox + 1) * sx;
     const int y0 = (int)floor(ay), y1 = min((int)ceil(by), d.rows);
     const int x0 = (int)floor(ax), x1 = min((int)ceil(bx), d.cols);
+    const int nx = x1 - x0;
+    // The column weights depend on ox only: computed once (the same f64 expressions as above).
+    float wxs[MAX_TAPS];
+#pragma unroll
+    for (int k = 0; k < MAX_TAPS; ++k) {
+        wxs[k] = k < nx ? (float)(fmin(bx, (double)(x0 + k + 1)) - fmax(ax, (double)(x0 + k))) : 0.0f;
+    }
     float acc = 0.0f;
     for (int y = y0; y < y1; ++y) {
         const float wy = (float)(fmin(by, (double)(y + 1)) - fmax(ay, (double)y));
         const float* row_in = tile + (y - fy0) * fw - fx0;
         float row = 0.0f;
-        for (int x = x0; x < x1; ++x) {
-            const float wx = (float)(fmin(bx, (double)(x + 1)) - fmax(ax, (double)x));
-            row = fmaf(wx, row_in[x], row);
+        if (nx <= MAX_TAPS) {
+#pragma unroll
+            for (int k = 0; k < MAX_TAPS; ++k) {
+                if (k < nx) row = fmaf(wxs[k], row_in[x0 + k], row);
+            }
+        } else {
+            for (int x = x0; x < x1; ++x) {
+                const float wx = (float)(fmin(bx, (double)(x + 1)) - fmax(ax, (double)x));
+                row = fmaf(wx, row_in[x], row);
+            }
         }
         acc = fmaf(wy, row, acc);
     }
