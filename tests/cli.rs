@@ -71,8 +71,31 @@ fn inspect_json_follows_the_contract() {
 }
 
 #[test]
+fn doctor_says_why_cuda_is_unavailable() {
+    let (code, out, _) = ctsentry(&["doctor"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("config        ok"), "{out}");
+    let cuda = out.lines().find(|l| l.starts_with("cuda")).expect("a cuda line");
+    // Either a usable device or the reason it is not usable.
+    assert!(cuda.contains("usable: ") || cuda.contains("not usable"), "{cuda}");
+    if cuda.contains("not usable") {
+        assert!(out.contains("preprocess    cpu (auto: no usable GPU"), "{out}");
+    }
+}
+
+#[test]
+fn bench_measures_the_cpu_preprocessor() {
+    let (code, out, _) = ctsentry(&["bench", "--preprocess", "cpu", "--batch", "4", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["backend"], "cpu");
+    assert!(v["max_error_vs_reference"].as_f64().unwrap() <= 1e-5);
+    assert!(v["slices_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn later_subcommands_say_so_and_exit_2() {
-    for cmd in [vec!["score", "x"], vec!["doctor"], vec!["bench"]] {
+    for cmd in [vec!["score", "x"], vec!["run"], vec!["eval", "--labels", "x", "y"]] {
         let (code, _, err) = ctsentry(&cmd);
         assert_eq!(code, 2, "{cmd:?}");
         assert!(err.contains("not yet available"), "{err}");
