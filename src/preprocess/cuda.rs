@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+pub use super::device::{CudaUnavailable, DeviceInfo};
 use super::{check_batch, Input, Params, PreprocessError, Preprocessor};
 use crate::ingest::Pixels;
 
@@ -53,24 +54,6 @@ unsafe impl DeviceRepr for SliceDesc {}
 unsafe impl DeviceRepr for PrepParams {}
 // SAFETY: all-zero bits are a valid SliceDesc (integers and floats).
 unsafe impl cudarc::driver::ValidAsZeroBits for SliceDesc {}
-
-/// Why CUDA cannot be used, in words for an admin.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("CUDA unavailable: {0}")]
-pub struct CudaUnavailable(pub String);
-
-/// What `doctor` reports about a usable device.
-#[derive(Debug, Clone)]
-pub struct DeviceInfo {
-    /// Device name.
-    pub name: String,
-    /// Compute capability.
-    pub compute_capability: (i32, i32),
-    /// Driver API version (e.g. 13000).
-    pub driver_version: i32,
-    /// Device memory in bytes.
-    pub memory: usize,
-}
 
 /// Checks the driver and NVRTC libraries can be loaded, without any CUDA call that would panic.
 pub fn libraries_present() -> Result<(), CudaUnavailable> {
@@ -342,22 +325,32 @@ impl CudaPreprocessor {
     /// Preprocesses `inputs` into the float32 device buffer `out` (`n × 3 × size²`), leaving the
     /// result on the device; work is queued on [`Self::stream`].
     pub fn run_on_device(&self, params: &Params, inputs: &[Input<'_>], out: &mut CudaSlice<f32>) -> Result<(), PreprocessError> {
-        check_batch_len(params, inputs, out.len())?;
-        let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = self.upload(&mut b, inputs)?;
-        self.launch(params, &b, &batch, false, out)?;
-        b.last = Some(batch);
-        Ok(())
+        self.upload_and_launch(params, inputs, false, out)
     }
 
     /// As [`Self::run_on_device`], with IEEE float16 output (bits in u16) for FP16 engines.
     pub fn run_on_device_f16(&self, params: &Params, inputs: &[Input<'_>], out: &mut CudaSlice<u16>) -> Result<(), PreprocessError> {
+        self.upload_and_launch(params, inputs, true, out)
+    }
+
+    fn upload_and_launch<T>(&self, params: &Params, inputs: &[Input<'_>], half: bool, out: &mut CudaSlice<T>) -> Result<(), PreprocessError> {
         check_batch_len(params, inputs, out.len())?;
         let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
         let batch = self.upload(&mut b, inputs)?;
-        self.launch(params, &b, &batch, true, out)?;
+        self.launch(params, &b, &batch, half, out)?;
         b.last = Some(batch);
         Ok(())
+    }
+
+    /// Seconds taken by the work `f` queues on the stream, timed with device events.
+    fn time_on_stream(&self, f: impl FnOnce() -> Result<(), PreprocessError>) -> Result<f64, PreprocessError> {
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (self.ctx.new_event(timing).map_err(backend)?, self.ctx.new_event(timing).map_err(backend)?);
+        start.record(&self.stream).map_err(backend)?;
+        f()?;
+        end.record(&self.stream).map_err(backend)?;
+        end.synchronize().map_err(backend)?;
+        Ok(f64::from(start.elapsed_ms(&end).map_err(backend)?) / 1e3)
     }
 
     /// Seconds per launch of the float32 kernel on the batch last uploaded (by
@@ -366,15 +359,8 @@ impl CudaPreprocessor {
         let b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
         let batch = b.last.clone().ok_or_else(|| PreprocessError::Backend("no batch uploaded yet".into()))?;
         self.launch(params, &b, &batch, false, out)?;
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let (start, end) = (self.ctx.new_event(timing).map_err(backend)?, self.ctx.new_event(timing).map_err(backend)?);
-        start.record(&self.stream).map_err(backend)?;
-        for _ in 0..reps {
-            self.launch(params, &b, &batch, false, out)?;
-        }
-        end.record(&self.stream).map_err(backend)?;
-        end.synchronize().map_err(backend)?;
-        Ok(f64::from(start.elapsed_ms(&end).map_err(backend)?) / 1e3 / reps as f64)
+        let secs = self.time_on_stream(|| (0..reps).try_for_each(|_| self.launch(params, &b, &batch, false, out)))?;
+        Ok(secs / reps as f64)
     }
 
     /// The device's copy bandwidth in bytes/s (bytes read plus bytes written) for a
@@ -383,15 +369,7 @@ impl CudaPreprocessor {
         let src = self.stream.alloc_zeros::<u8>(bytes).map_err(backend)?;
         let mut dst = self.stream.alloc_zeros::<u8>(bytes).map_err(backend)?;
         self.stream.memcpy_dtod(&src, &mut dst).map_err(backend)?;
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let (start, end) = (self.ctx.new_event(timing).map_err(backend)?, self.ctx.new_event(timing).map_err(backend)?);
-        start.record(&self.stream).map_err(backend)?;
-        for _ in 0..reps {
-            self.stream.memcpy_dtod(&src, &mut dst).map_err(backend)?;
-        }
-        end.record(&self.stream).map_err(backend)?;
-        end.synchronize().map_err(backend)?;
-        let secs = f64::from(start.elapsed_ms(&end).map_err(backend)?) / 1e3;
+        let secs = self.time_on_stream(|| (0..reps).try_for_each(|_| self.stream.memcpy_dtod(&src, &mut dst).map_err(backend)))?;
         Ok(2.0 * bytes as f64 * reps as f64 / secs)
     }
 }

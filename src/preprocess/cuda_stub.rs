@@ -3,23 +3,7 @@
 
 use super::{Input, Params, PreprocessError, Preprocessor};
 
-/// Why CUDA cannot be used, in words for an admin.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("CUDA unavailable: {0}")]
-pub struct CudaUnavailable(pub String);
-
-/// What `doctor` reports about a usable device.
-#[derive(Debug, Clone)]
-pub struct DeviceInfo {
-    /// Device name.
-    pub name: String,
-    /// Compute capability.
-    pub compute_capability: (i32, i32),
-    /// Driver API version.
-    pub driver_version: i32,
-    /// Device memory in bytes.
-    pub memory: usize,
-}
+pub use super::device::{CudaUnavailable, DeviceInfo};
 
 const NOT_BUILT: &str = "this build has no CUDA support (rebuild with `--features cuda`, or `cuda-12` for CUDA 12 boxes)";
 

@@ -16,6 +16,7 @@
 
 pub mod conformance;
 pub mod cpu;
+pub mod device;
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
 pub mod cuda;
 #[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
