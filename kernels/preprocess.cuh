@@ -16,6 +16,15 @@ struct SliceDesc {
     int pad;
     double slope;                   // modality LUT
     double intercept;
+    // Area-weight tables of the tiled kernel (host-computed, as in src/preprocess/cpu.rs):
+    // output o along an axis reads `taps` inputs from tab_i[start + o] on, with weights
+    // tab_w[weight + o * taps + k] (zero-padded to `taps`).
+    int taps_y;
+    int taps_x;
+    int start_y;
+    int start_x;
+    int weight_y;
+    int weight_x;
 };
 
 struct PrepParams {

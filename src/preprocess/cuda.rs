@@ -36,6 +36,12 @@ struct SliceDesc {
     pad: i32,
     slope: f64,
     intercept: f64,
+    taps_y: i32,
+    taps_x: i32,
+    start_y: i32,
+    start_x: i32,
+    weight_y: i32,
+    weight_x: i32,
 }
 
 /// Kernel parameters; layout matches `PrepParams` in `kernels/preprocess.cuh`.
@@ -94,14 +100,43 @@ struct Buffers {
     masks: Option<CudaSlice<u8>>,
     mask_staging: Option<PinnedHostSlice<u8>>,
     descs: Option<CudaSlice<SliceDesc>>,
+    tab_i: Option<CudaSlice<i32>>,
+    tab_w: Option<CudaSlice<f32>>,
     last: Option<Batch>,
 }
 
-/// What was uploaded: the slice count and shapes.
+/// What was uploaded: the slice count and the shared memory the tiled kernel needs.
 #[derive(Debug, Clone)]
 struct Batch {
     n: usize,
-    shapes: Vec<(usize, usize)>,
+    tile_bytes: usize,
+}
+
+/// The area weights of one axis (`n` inputs to the output size), padded to a fixed tap count
+/// for the tiled kernel, and the largest source span of a tile of outputs.
+struct AxisTable {
+    taps: usize,
+    start_at: usize,
+    weight_at: usize,
+    span: usize,
+}
+
+/// Appends the weight table of an axis of `n` inputs to `tab_i`/`tab_w`.
+fn axis_table(n: usize, size: usize, tab_i: &mut Vec<i32>, tab_w: &mut Vec<f32>) -> AxisTable {
+    let w = super::cpu::AxisWeights::new(n, size);
+    let taps = (0..size).map(|o| w.taps(o).1.len()).max().unwrap_or(1).max(1);
+    let (start_at, weight_at) = (tab_i.len(), tab_w.len());
+    for o in 0..size {
+        let (j0, ws) = w.taps(o);
+        tab_i.push(j0 as i32);
+        tab_w.extend(ws.iter().copied().chain(std::iter::repeat(0.0)).take(taps));
+    }
+    let span = (0..size)
+        .step_by(TILE as usize)
+        .map(|t| w.start[(t + TILE as usize).min(size) - 1] + taps - w.start[t])
+        .max()
+        .unwrap_or(taps);
+    AxisTable { taps, start_at, weight_at, span }
 }
 
 /// Output tile side of the tiled kernel (`TILE` in kernels/preprocess.cu).
@@ -109,10 +144,6 @@ const TILE: u32 = 16;
 /// Shared memory the tiled kernel may use per block (the default limit without opt-in).
 const MAX_TILE_SHARED_BYTES: usize = 48 * 1024;
 
-/// Source pixels along one axis that a tile of outputs can touch (`n` inputs to `m` outputs).
-fn tile_footprint(n: usize, m: usize) -> usize {
-    (TILE as usize * n).div_ceil(m) + 2
-}
 
 /// The CUDA preprocessor.
 pub struct CudaPreprocessor {
@@ -196,7 +227,7 @@ impl CudaPreprocessor {
             f16_kernel,
             tiled_f32,
             tiled_f16,
-            buffers: Mutex::new(Buffers { staging: None, src: None, masks: None, mask_staging: None, descs: None, last: None }),
+            buffers: Mutex::new(Buffers { staging: None, src: None, masks: None, mask_staging: None, descs: None, tab_i: None, tab_w: None, last: None }),
             info,
         })
     }
@@ -217,11 +248,19 @@ impl CudaPreprocessor {
     }
 
     /// Uploads a batch (pixels, masks, descriptors) into the reused device buffers.
-    fn upload(&self, b: &mut Buffers, inputs: &[Input<'_>]) -> Result<Batch, PreprocessError> {
+    fn upload(&self, b: &mut Buffers, params: &Params, inputs: &[Input<'_>]) -> Result<Batch, PreprocessError> {
         let align = |x: usize| x.div_ceil(16) * 16;
         let mut descs = Vec::with_capacity(inputs.len());
         let (mut src_len, mut mask_len) = (0usize, 0usize);
+        let (mut tab_i, mut tab_w) = (Vec::new(), Vec::new());
+        let mut tables: std::collections::HashMap<usize, AxisTable> = std::collections::HashMap::new();
+        let mut tile_bytes = 0usize;
         for i in inputs {
+            for len in [i.rows, i.cols] {
+                tables.entry(len).or_insert_with(|| axis_table(len, params.size, &mut tab_i, &mut tab_w));
+            }
+            let (ty, tx) = (&tables[&i.rows], &tables[&i.cols]);
+            tile_bytes = tile_bytes.max(ty.span * tx.span * 4);
             let bytes = i.rows * i.cols * if matches!(i.pixels, Pixels::F32(_)) { 4 } else { 2 };
             let kind = match i.pixels {
                 Pixels::U16(_) => 0,
@@ -237,6 +276,12 @@ impl CudaPreprocessor {
                 pad: 0,
                 slope: i.rescale.slope,
                 intercept: i.rescale.intercept,
+                taps_y: ty.taps as i32,
+                taps_x: tx.taps as i32,
+                start_y: ty.start_at as i32,
+                start_x: tx.start_at as i32,
+                weight_y: ty.weight_at as i32,
+                weight_x: tx.weight_at as i32,
             });
             src_len += align(bytes);
             if i.mask.is_some() {
@@ -283,7 +328,10 @@ impl CudaPreprocessor {
             b.descs = Some(self.stream.alloc_zeros::<SliceDesc>(descs.len().max(1)).map_err(backend)?);
         }
         self.stream.memcpy_htod(&descs, b.descs.as_mut().expect("allocated")).map_err(backend)?;
-        Ok(Batch { n: inputs.len(), shapes: inputs.iter().map(|i| (i.rows, i.cols)).collect() })
+        // Small tables: uploaded with each batch.
+        b.tab_i = Some(self.stream.clone_htod(&tab_i).map_err(backend)?);
+        b.tab_w = Some(self.stream.clone_htod(&tab_w).map_err(backend)?);
+        Ok(Batch { n: inputs.len(), tile_bytes })
     }
 
     fn launch<T>(&self, params: &Params, b: &Buffers, batch: &Batch, half: bool, out: &mut CudaSlice<T>) -> Result<(), PreprocessError> {
@@ -299,11 +347,11 @@ impl CudaPreprocessor {
             inv_std: params.std.map(|s| 1.0 / s),
         };
         // The tiled kernel when every slice's tile footprint fits in shared memory.
-        let footprint = batch.shapes.iter().map(|&(r, c)| tile_footprint(r, params.size) * tile_footprint(c, params.size) * 4).max().unwrap_or(0);
         let tiles = (params.size as u32).div_ceil(TILE);
-        let (kernel, cfg) = if footprint <= MAX_TILE_SHARED_BYTES && n <= 65_535 {
+        let tiled = batch.tile_bytes <= MAX_TILE_SHARED_BYTES && n <= 65_535;
+        let (kernel, cfg) = if tiled {
             let k = if half { &self.tiled_f16 } else { &self.tiled_f32 };
-            (k, LaunchConfig { grid_dim: (tiles, tiles, n as u32), block_dim: (TILE, TILE, 1), shared_mem_bytes: footprint as u32 })
+            (k, LaunchConfig { grid_dim: (tiles, tiles, n as u32), block_dim: (TILE, TILE, 1), shared_mem_bytes: batch.tile_bytes as u32 })
         } else {
             let k = if half { &self.f16_kernel } else { &self.f32_kernel };
             let threads = 256u32;
@@ -314,6 +362,10 @@ impl CudaPreprocessor {
         l.arg(b.src.as_ref().expect("uploaded"));
         l.arg(b.masks.as_ref().expect("uploaded"));
         l.arg(b.descs.as_ref().expect("uploaded"));
+        if tiled {
+            l.arg(b.tab_i.as_ref().expect("uploaded"));
+            l.arg(b.tab_w.as_ref().expect("uploaded"));
+        }
         l.arg(&p);
         l.arg(out);
         // SAFETY: argument types and order match the kernel's signature; every offset and size
@@ -336,7 +388,7 @@ impl CudaPreprocessor {
     fn upload_and_launch<T>(&self, params: &Params, inputs: &[Input<'_>], half: bool, out: &mut CudaSlice<T>) -> Result<(), PreprocessError> {
         check_batch_len(params, inputs, out.len())?;
         let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = self.upload(&mut b, inputs)?;
+        let batch = self.upload(&mut b, params, inputs)?;
         self.launch(params, &b, &batch, half, out)?;
         b.last = Some(batch);
         Ok(())
