@@ -8,18 +8,25 @@
 //! - [`bench`], [`doctor`]: throughput per stage; what is usable on this machine and why not.
 //! - [`prep`]: the `prep` command, tensors for training.
 //! - [`report`]: PNG pictures.
+//! - [`model`]: the model bundle (ONNX + manifest), validated.
+//! - [`engine`]: inference engines behind one trait (tract on the CPU).
+//! - [`decide`], [`metrics`]: the decision rule; the evaluation table and ROC.
 //! - [`logging`]: terminal or journald logging.
 
 pub mod alloc_guard;
 pub mod bench;
 pub mod doctor;
 pub mod config;
+pub mod decide;
 pub mod ingest;
 pub mod prep;
 pub mod preprocess;
 pub mod report;
 pub mod inspect;
 pub mod logging;
+pub mod metrics;
+pub mod model;
+pub mod engine;
 
 /// Every binary linking ctsentry uses the guarded system allocator (see [`alloc_guard`]).
 #[global_allocator]

@@ -1,0 +1,41 @@
+//! Inference engines behind one trait: a batch of preprocessed slices in, the probability and
+//! the class activation map of each out. Each engine checks the graph against the manifest
+//! when it loads and refuses a mismatch with a message that says what differs.
+
+pub mod tract;
+
+/// What an engine gives for a batch of `n` slices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Probability of each slice, `[n]`.
+    pub prob: Vec<f32>,
+    /// Class activation map of each slice, `[n, 7, 7]` row-major.
+    pub cam: Vec<f32>,
+}
+
+/// Side of the class activation map.
+pub const CAM_SIDE: usize = 7;
+
+/// Errors of engines.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The graph does not match the manifest, or cannot be loaded.
+    #[error("{model}: {reason}")]
+    Load {
+        /// The model file.
+        model: String,
+        /// What differs or failed.
+        reason: String,
+    },
+    /// Inference failed.
+    #[error("inference: {0}")]
+    Run(String),
+}
+
+/// An inference engine.
+pub trait Engine: Send + Sync {
+    /// Short name (`tract`, `onnxruntime`, `tensorrt`).
+    fn name(&self) -> &'static str;
+    /// Runs `n` slices (`n × 3 × size × size` values, NCHW).
+    fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError>;
+}

@@ -1,0 +1,209 @@
+//! The model bundle: `models/NAME.onnx` and its manifest `models/NAME.toml` (same stem).
+//!
+//! The manifest says what the model expects and how it was made: input name, layout (NCHW),
+//! size and channels; the preprocessing (window, lung mask, mean/std); output names (`prob`
+//! `[N,1]`, `cam` `[N,7,7]`); the decision threshold and how it was chosen; the model's sha256;
+//! the data and metrics it was trained and validated on (free-form tables). The appliance refuses
+//! a model whose hash or manifest does not match, saying what differs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::preprocess::Params;
+
+/// Errors of loading a model bundle; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The manifest is malformed or inconsistent.
+    #[error("{path}: {reason}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model file is not the one the manifest describes.
+    #[error("{path}: sha256 is {actual}, the manifest says {expected}: the model file and its manifest do not belong together")]
+    Hash {
+        /// The model file.
+        path: PathBuf,
+        /// From the manifest.
+        expected: String,
+        /// Of the file.
+        actual: String,
+    },
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// Short name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Lower-case hex sha256 of the ONNX file.
+    pub sha256: String,
+    /// What it is.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputInfo {
+    /// Graph input name.
+    pub name: String,
+    /// Only `NCHW`.
+    pub layout: String,
+    /// Side of the square input.
+    pub size: usize,
+    /// Channels (3).
+    pub channels: usize,
+}
+
+/// `[output]`: graph output names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputInfo {
+    /// Sigmoid probability, `[N,1]`.
+    pub prob: String,
+    /// Class activation map, `[N,7,7]`.
+    pub cam: String,
+}
+
+/// `[preprocess]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessInfo {
+    /// Window center (HU).
+    pub window_center: f64,
+    /// Window width (HU).
+    pub window_width: f64,
+    /// Lung mask on/off.
+    pub lung_mask: bool,
+    /// Per-channel mean.
+    pub mean: [f32; 3],
+    /// Per-channel std.
+    pub std: [f32; 3],
+}
+
+/// `[decision]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionInfo {
+    /// Calibrated slice threshold.
+    pub threshold: f64,
+    /// How it was chosen (e.g. "sensitivity ≥ 0.95 on the validation split").
+    pub method: String,
+}
+
+/// The manifest file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Identity.
+    pub model: ModelInfo,
+    /// Input.
+    pub input: InputInfo,
+    /// Preprocessing.
+    pub preprocess: PreprocessInfo,
+    /// Outputs.
+    pub output: OutputInfo,
+    /// Decision.
+    pub decision: DecisionInfo,
+    /// Training data and settings (free-form).
+    #[serde(default)]
+    pub training: toml::Table,
+    /// Validation metrics (free-form).
+    #[serde(default)]
+    pub validation: toml::Table,
+}
+
+impl Manifest {
+    /// The preprocessing parameters the model was trained with.
+    pub fn params(&self) -> Params {
+        Params {
+            window_center: self.preprocess.window_center,
+            window_width: self.preprocess.window_width,
+            lung_mask: self.preprocess.lung_mask,
+            size: self.input.size,
+            mean: self.preprocess.mean,
+            std: self.preprocess.std,
+        }
+    }
+
+    /// Checks the values, every problem in one message.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut bad = Vec::new();
+        if self.input.layout != "NCHW" {
+            bad.push(format!("input.layout = {:?}: only \"NCHW\" is supported", self.input.layout));
+        }
+        if self.input.channels != 3 {
+            bad.push(format!("input.channels = {}: the model must take 3 channels", self.input.channels));
+        }
+        if let Err(e) = self.params().validate() {
+            bad.push(format!("preprocess: {e}"));
+        }
+        if !(0.0..=1.0).contains(&self.decision.threshold) {
+            bad.push(format!("decision.threshold = {} is outside 0..=1", self.decision.threshold));
+        }
+        if self.model.sha256.len() != 64 || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bad.push(format!("model.sha256 = {:?} is not 64 hex digits", self.model.sha256));
+        }
+        if self.output.prob.is_empty() || self.output.cam.is_empty() || self.input.name.is_empty() {
+            bad.push("input/output names must not be empty".into());
+        }
+        if bad.is_empty() { Ok(()) } else { Err(bad.join("; ")) }
+    }
+}
+
+/// A loaded, hash-checked model bundle.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Its manifest file.
+    pub manifest_path: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The ONNX bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The manifest path of a model path: same stem, `.toml`.
+pub fn manifest_path(model: &Path) -> PathBuf {
+    model.with_extension("toml")
+}
+
+impl Model {
+    /// Reads the model and its manifest, validates the manifest and checks the hash.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let manifest_path = manifest_path(path);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| ModelError::Io { path: manifest_path.clone(), source })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest { path: manifest_path.clone(), reason: e.to_string().trim().replace('\n', " ") })?;
+        manifest.validate().map_err(|reason| ModelError::Manifest { path: manifest_path.clone(), reason })?;
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(&manifest.model.sha256) {
+            return Err(ModelError::Hash { path: path.to_path_buf(), expected: manifest.model.sha256.clone(), actual });
+        }
+        Ok(Model { path: path.to_path_buf(), manifest_path, manifest, bytes })
+    }
+}

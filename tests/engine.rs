@@ -1,0 +1,107 @@
+//! Real inference with the tract engine on the tiny test model (models/testdata), checked
+//! against the same graph computed by hand; model bundle validation.
+
+use std::path::{Path, PathBuf};
+
+use ctsentry::engine::{tract::TractEngine, Engine, EngineError};
+use ctsentry::model::{Model, ModelError};
+use ctsentry::preprocess::conformance::Rng;
+
+const W1: [[f32; 3]; 4] = [[0.9, 0.5, 0.1], [0.2, 0.8, -0.3], [-0.5, 0.4, 0.7], [0.3, -0.2, 0.6]];
+const B1: [f32; 4] = [0.05, -0.1, 0.2, 0.0];
+const W2: [f32; 4] = [1.5, -0.7, 0.9, 0.4];
+const B2: f32 = -0.25;
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx")
+}
+
+/// The tiny graph by hand: (prob, cam[49]) of one CHW slice.
+fn by_hand(x: &[f32]) -> (f32, Vec<f32>) {
+    let s = 224;
+    let mut features = vec![[0f32; 4]; 49];
+    for by in 0..7 {
+        for bx in 0..7 {
+            let mut pooled = [0f32; 3];
+            for (c, p) in pooled.iter_mut().enumerate() {
+                let mut sum = 0.0;
+                for y in 0..32 {
+                    for xx in 0..32 {
+                        sum += x[(c * s + by * 32 + y) * s + bx * 32 + xx];
+                    }
+                }
+                *p = sum / 1024.0;
+            }
+            for k in 0..4 {
+                let v: f32 = B1[k] + (0..3).map(|c| W1[k][c] * pooled[c]).sum::<f32>();
+                features[by * 7 + bx][k] = v.max(0.0);
+            }
+        }
+    }
+    let gap: Vec<f32> = (0..4).map(|k| features.iter().map(|f| f[k]).sum::<f32>() / 49.0).collect();
+    let logit = B2 + (0..4).map(|k| W2[k] * gap[k]).sum::<f32>();
+    let cam = features.iter().map(|f| (0..4).map(|k| W2[k] * f[k]).sum()).collect();
+    (1.0 / (1.0 + (-logit).exp()), cam)
+}
+
+#[test]
+fn tract_matches_the_graph_computed_by_hand() {
+    let model = Model::load(&tiny()).unwrap();
+    let engine = TractEngine::load(&model).unwrap();
+    assert_eq!(engine.name(), "tract");
+    let mut rng = Rng::new(3);
+    let n = 3;
+    let len = 3 * 224 * 224;
+    // Different brightness per slice so the probabilities differ.
+    let batch: Vec<f32> = (0..n * len).map(|i| (rng.unit() as f32 - 0.3) * (1 + i / len) as f32).collect();
+    let out = engine.infer(&batch, n).unwrap();
+    assert_eq!((out.prob.len(), out.cam.len()), (n, n * 49));
+    for k in 0..n {
+        let (p, cam) = by_hand(&batch[k * len..(k + 1) * len]);
+        assert!((out.prob[k] - p).abs() < 1e-5, "slice {k}: {} vs {p}", out.prob[k]);
+        for (a, b) in out.cam[k * 49..(k + 1) * 49].iter().zip(&cam) {
+            assert!((a - b).abs() < 1e-4, "cam {a} vs {b}");
+        }
+    }
+    assert!(out.prob.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "{:?}", out.prob);
+    assert!(engine.infer(&batch[..10], 1).is_err());
+}
+
+/// Copies the tiny bundle into a temp folder with the manifest edited by `edit`.
+fn bundle(edit: impl Fn(String) -> String) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("m.onnx");
+    std::fs::copy(tiny(), &onnx).unwrap();
+    let manifest = std::fs::read_to_string(tiny().with_extension("toml")).unwrap();
+    std::fs::write(dir.path().join("m.toml"), edit(manifest)).unwrap();
+    (dir, onnx)
+}
+
+#[test]
+fn mismatches_are_refused_with_what_differs() {
+    let (_d, p) = bundle(|m| m.replace("prob = \"prob\"", "prob = \"probability\""));
+    let e = TractEngine::load(&Model::load(&p).unwrap()).err().unwrap();
+    assert!(matches!(&e, EngineError::Load { reason, .. } if reason.contains("\"probability\" is not among them")), "{e}");
+
+    let (_d, p) = bundle(|m| m.replace("name = \"input\"", "name = \"image\""));
+    let e = TractEngine::load(&Model::load(&p).unwrap()).err().unwrap();
+    assert!(e.to_string().contains("expects one input \"image\""), "{e}");
+
+    // A smaller input than the graph was made for is refused, naming the shape tried.
+    let (_d, p) = bundle(|m| m.replace("size = 224", "size = 96"));
+    let e = TractEngine::load(&Model::load(&p).unwrap()).err().unwrap();
+    assert!(e.to_string().contains("[1, 3, 96, 96]"), "{e}");
+
+    let (_d, p) = bundle(|m| m.replace("sha256 = \"1", "sha256 = \"0"));
+    assert!(matches!(Model::load(&p), Err(ModelError::Hash { .. })));
+
+    let (_d, p) = bundle(|m| m.replace("layout = \"NCHW\"", "layout = \"NHWC\"").replace("threshold = 0.5", "threshold = 1.5"));
+    let e = Model::load(&p).err().unwrap().to_string();
+    assert!(e.contains("layout") && e.contains("threshold"), "{e}");
+
+    let (_d, p) = bundle(|m| m + "\n[extra]\nx = 1\n");
+    assert!(Model::load(&p).err().unwrap().to_string().contains("unknown field"));
+
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(Model::load(&dir.path().join("none.onnx")), Err(ModelError::Io { .. })));
+}
