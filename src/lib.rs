@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod prep;
 pub mod preprocess;
 pub mod report;
+pub mod score;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;

@@ -47,9 +47,12 @@ enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// Folder for the ROC curve and per-slice scores.
+        /// Folder for the ROC curve (roc.png, roc.csv) and per-slice scores (scores.csv).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also report the threshold meeting a target, e.g. `sensitivity=0.95`.
+        #[arg(long)]
+        pick_threshold: Option<String>,
         /// Root the CSV's paths are relative to.
         root: PathBuf,
     },
@@ -184,8 +187,14 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             cmd_inspect(&s, json, &paths)
         }
         Command::Run => not_yet("run"),
-        Command::Score { .. } => not_yet("score"),
-        Command::Eval { .. } => not_yet("eval"),
+        Command::Score { json, paths } => {
+            let s = settings(&cli.config, verbosity, false)?;
+            cmd_score(&s, json, &paths)
+        }
+        Command::Eval { labels, json, out, pick_threshold, root } => {
+            let s = settings(&cli.config, verbosity, false)?;
+            cmd_eval(&s, &labels, json, out.as_deref(), pick_threshold.as_deref(), &root)
+        }
         Command::Doctor => {
             let report = ctsentry::doctor::run(&cli.config);
             print!("{report}");
@@ -206,6 +215,127 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             Ok(0)
         }
     }
+}
+
+fn scorer(s: &Settings) -> Result<ctsentry::score::Scorer, Failure> {
+    ctsentry::score::Scorer::from_settings(s).map_err(usage)
+}
+
+fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
+    use ctsentry::score::read_all;
+    let sc = scorer(s)?;
+    let files = ingest::collect_files(paths).map_err(usage)?;
+    let (slices, errors) = read_all(&files, &s.ingest);
+    for e in &errors {
+        if json {
+            println!("{}", serde_json::json!({"type": "error", "file": e.path().display().to_string(), "error": e.to_string()}));
+        } else {
+            eprintln!("skipped: {e}");
+        }
+    }
+    let m = &sc.model.manifest.model;
+    for ser in ingest::series::assemble(slices) {
+        let r = sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
+        if json {
+            for sl in &r.slices {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "slice", "file": sl.file.display().to_string(), "series_uid": r.uid, "slice_index": sl.slice_index,
+                        "z": sl.z, "lung_fraction": sl.lung_fraction, "prob": sl.prob, "positive": sl.positive})
+                );
+            }
+            println!(
+                "{}",
+                serde_json::json!({"type": "series", "series_uid": r.uid, "slices": r.decision.slices, "positives": r.decision.positives,
+                    "max_prob": r.decision.max_prob, "verdict": r.decision.verdict, "threshold": sc.rule.threshold,
+                    "threshold_source": sc.rule.threshold_source, "min_positive_slices": sc.rule.min_positive_slices,
+                    "model": {"name": m.name, "version": m.version, "sha256": m.sha256}, "engine": sc.engine.name(), "preprocess": sc.pre.name()})
+            );
+        } else {
+            println!("series {}  ({} slices)", r.uid, r.slices.len());
+            println!("  {:>5} {:>6} {:>6} {:>7}  file", "index", "z", "lung", "prob");
+            for sl in &r.slices {
+                println!("  {:>5} {:>6.3} {:>6.3} {:>7.4}{} {}", sl.slice_index, sl.z, sl.lung_fraction, sl.prob, if sl.positive { "*" } else { " " }, sl.file.display());
+            }
+            println!(
+                "  verdict: {:?} — {} of {} slices ≥ {:.3} ({}), {} needed; max prob {:.4}; model {} {} (sha256 {}…), engine {}, preprocess {}",
+                r.decision.verdict, r.decision.positives, r.decision.slices, sc.rule.threshold, sc.rule.threshold_source,
+                sc.rule.min_positive_slices, r.decision.max_prob, m.name, m.version, &m.sha256[..12], sc.engine.name(), sc.pre.name()
+            );
+        }
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std::path::Path>, pick: Option<&str>, root: &std::path::Path) -> Result<u8, Failure> {
+    use ctsentry::{metrics, score::read_all};
+    let target = pick
+        .map(|p| {
+            p.strip_prefix("sensitivity=").and_then(|v| v.parse::<f64>().ok()).filter(|v| (0.0..=1.0).contains(v)).ok_or_else(|| usage(format!("--pick-threshold {p:?}: expected sensitivity=VALUE with VALUE in [0, 1]")))
+        })
+        .transpose()?;
+    let labels = prep::read_labels(labels).map_err(usage)?;
+    let sc = scorer(s)?;
+    let mut names: Vec<&String> = labels.keys().collect();
+    names.sort();
+    let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
+    let (slices, errors) = read_all(&files, &s.ingest);
+    for e in &errors {
+        eprintln!("skipped: {e}");
+    }
+    let mut rows = Vec::new();
+    for ser in ingest::series::assemble(slices) {
+        let r = sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
+        for sl in r.slices {
+            let rel = prep::relative(&sl.file, root);
+            if let Some(&y) = labels.get(&rel) {
+                rows.push((rel, sl, y == 1));
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let scores: Vec<(f64, bool)> = rows.iter().map(|(_, sl, y)| (f64::from(sl.prob), *y)).collect();
+    let table = metrics::table(&scores, sc.rule.threshold);
+    let picked = target.map(|t| (t, metrics::threshold_for_sensitivity(&scores, t)));
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut csv = String::from("file,slice_index,z,lung_fraction,prob,label,positive\n");
+        for (rel, sl, y) in &rows {
+            csv += &format!("{},{},{:.6},{:.6},{:.6},{},{}\n", prep::csv_field(rel), sl.slice_index, sl.z, sl.lung_fraction, sl.prob, u8::from(*y), u8::from(sl.positive));
+        }
+        std::fs::write(dir.join("scores.csv"), csv).context("writing scores.csv")?;
+        let roc = metrics::roc(&scores);
+        let mut rc = String::from("threshold,fpr,tpr\n");
+        for p in &roc {
+            rc += &format!("{},{:.6},{:.6}\n", p.threshold, p.fpr, p.tpr);
+        }
+        std::fs::write(dir.join("roc.csv"), rc).context("writing roc.csv")?;
+        ctsentry::report::write_roc_png(&dir.join("roc.png"), &roc).context("writing roc.png")?;
+    }
+    let m = &sc.model.manifest.model;
+    if json {
+        let mut v = serde_json::to_value(&table).context("serialising")?;
+        v["slices"] = serde_json::json!(scores.len());
+        v["skipped_files"] = serde_json::json!(errors.len());
+        v["model"] = serde_json::json!({"name": m.name, "version": m.version, "sha256": m.sha256});
+        if let Some((t, p)) = picked {
+            v["picked_threshold"] = serde_json::json!({"sensitivity": t, "threshold": p});
+        }
+        println!("{v}");
+    } else {
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
+        println!("evaluation of {} labelled slices (model {} {}, threshold {} from {})", scores.len(), m.name, m.version, sc.rule.threshold, sc.rule.threshold_source);
+        println!("  TP {}  TN {}  FP {}  FN {}", table.tp, table.tn, table.fp, table.fn_);
+        println!("  accuracy {}  loss {}  misclassification rate {}  AUC {}", f(table.accuracy), f(table.loss), f(table.misclassification_rate), f(table.auc));
+        println!("  sensitivity {}  specificity {}  PPV {}  NPV {}", f(table.sensitivity), f(table.specificity), f(table.ppv), f(table.npv));
+        if let Some((t, p)) = picked {
+            println!("  threshold for sensitivity ≥ {t}: {}", p.map(|x| format!("{x:.6}")).unwrap_or_else(|| "n/a (no positives)".into()));
+        }
+        if !errors.is_empty() {
+            println!("  {} labelled files could not be read (see above)", errors.len());
+        }
+    }
+    Ok(0)
 }
 
 fn cmd_bench(which: &str, batch: usize, json: bool) -> Result<u8, Failure> {

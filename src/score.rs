@@ -1,0 +1,169 @@
+//! Scoring: series in, per-slice probabilities and a verdict out, through one preprocessor and
+//! one engine. Shared by `score`, `eval` and (later) the daemon.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::config::{EngineBackend, PreprocessBackend, Settings};
+use crate::decide::{Rule, SeriesDecision};
+use crate::engine::{tract::TractEngine, Engine};
+use crate::ingest::series::Series;
+use crate::ingest::{self, IngestError};
+use crate::model::Model;
+use crate::preprocess::{cpu::Cpu, lung, Input, Params, Preprocessor};
+
+/// Slices preprocessed and inferred together (bounds memory: 16 × 0.6 MB of tensors).
+pub const CHUNK: usize = 16;
+
+/// Errors of setting up scoring.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The model bundle is unusable.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// The engine could not be made.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// A configured backend is not available.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Everything needed to score: model, engine, preprocessor, rule.
+pub struct Scorer {
+    /// The model bundle.
+    pub model: Model,
+    /// Its preprocessing parameters.
+    pub params: Params,
+    /// The engine.
+    pub engine: Arc<dyn Engine>,
+    /// The preprocessor.
+    pub pre: Arc<dyn Preprocessor>,
+    /// The decision rule.
+    pub rule: Rule,
+}
+
+/// One scored slice.
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceScore {
+    /// The file.
+    pub file: PathBuf,
+    /// Position in the series, feet to head.
+    pub slice_index: usize,
+    /// Normalised position.
+    pub z: f64,
+    /// Share of the image inside the lungs.
+    pub lung_fraction: f32,
+    /// Probability.
+    pub prob: f32,
+    /// prob ≥ threshold.
+    pub positive: bool,
+    /// Class activation map (7 × 7, row-major).
+    #[serde(skip)]
+    pub cam: Vec<f32>,
+}
+
+/// One scored series.
+#[derive(Debug, Clone)]
+pub struct SeriesScore {
+    /// Series Instance UID.
+    pub uid: String,
+    /// Slices, feet to head.
+    pub slices: Vec<SliceScore>,
+    /// The verdict.
+    pub decision: SeriesDecision,
+}
+
+impl Scorer {
+    /// Loads the configured model and picks the engine and preprocessor the config asks for,
+    /// logging the choices. A backend named explicitly but unavailable is an error.
+    pub fn from_settings(s: &Settings) -> Result<Scorer, SetupError> {
+        let model = Model::load(&s.model_path)?;
+        let engine: Arc<dyn Engine> = match s.engine {
+            EngineBackend::Auto | EngineBackend::Tract => {
+                log::info!("engine: tract (the only engine in this build)");
+                Arc::new(TractEngine::load(&model)?)
+            }
+            other => {
+                return Err(SetupError::Unavailable(format!(
+                    "engine.backend = {other:?} is not available in this version; use \"tract\" or \"auto\""
+                )))
+            }
+        };
+        let pre: Arc<dyn Preprocessor> = match s.preprocess {
+            PreprocessBackend::Cpu => Arc::new(Cpu),
+            PreprocessBackend::Cuda => Arc::new(
+                crate::preprocess::cuda::CudaPreprocessor::new(0).map_err(|e| SetupError::Unavailable(format!("preprocess.backend = \"cuda\": {e}")))?,
+            ),
+            PreprocessBackend::Auto => match crate::preprocess::cuda::CudaPreprocessor::new(0) {
+                Ok(c) => {
+                    log::info!("preprocess: cuda on {}", c.info.name);
+                    Arc::new(c)
+                }
+                Err(e) => {
+                    log::info!("preprocess: cpu ({e})");
+                    Arc::new(Cpu)
+                }
+            },
+        };
+        let (threshold, threshold_source) = match s.threshold {
+            Some(t) => (t, "config".to_string()),
+            None => (model.manifest.decision.threshold, "manifest".to_string()),
+        };
+        let rule = Rule { threshold, threshold_source, min_positive_slices: s.min_positive_slices };
+        let params = model.manifest.params();
+        Ok(Scorer { model, params, engine, pre, rule })
+    }
+
+    /// Scores one series, `CHUNK` slices at a time.
+    pub fn score(&self, series: &Series) -> Result<SeriesScore, String> {
+        let mut slices = Vec::with_capacity(series.slices.len());
+        let len = self.params.slice_len();
+        for (c, chunk) in series.slices.chunks(CHUNK).enumerate() {
+            let masks: Vec<Option<lung::LungMask>> = chunk
+                .par_iter()
+                .map(|s| self.params.lung_mask.then(|| lung::segment(&s.hu().into_raw_vec_and_offset().0, s.rows, s.cols)))
+                .collect();
+            let inputs: Vec<Input<'_>> = chunk.iter().zip(&masks).map(|(s, m)| Input::of(s, m.as_ref().map(|m| m.mask.as_slice()))).collect();
+            let mut tensor = vec![0f32; chunk.len() * len];
+            self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| e.to_string())?;
+            let out = self.engine.infer(&tensor, chunk.len()).map_err(|e| e.to_string())?;
+            for (k, s) in chunk.iter().enumerate() {
+                let i = c * CHUNK + k;
+                let prob = out.prob[k];
+                slices.push(SliceScore {
+                    file: s.source.clone(),
+                    slice_index: i,
+                    z: series.z[i],
+                    lung_fraction: masks[k].as_ref().map(|m| m.fraction).unwrap_or(0.0),
+                    prob,
+                    positive: self.rule.slice_positive(f64::from(prob)),
+                    cam: out.cam[k * 49..(k + 1) * 49].to_vec(),
+                });
+            }
+        }
+        let probs: Vec<f64> = slices.iter().map(|s| f64::from(s.prob)).collect();
+        Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&probs), slices })
+    }
+}
+
+/// Reads files in parallel; returns the slices and the files that could not be read.
+pub fn read_all(files: &[PathBuf], opts: &ingest::IngestOptions) -> (Vec<ingest::Slice>, Vec<IngestError>) {
+    let results: Vec<_> = files.par_iter().map(|f| ingest::read_file(f, opts)).collect();
+    let (mut slices, mut errors) = (Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok(s) => slices.extend(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (slices, errors)
+}
+
+/// The file name as shown in results (relative to `root` when below it).
+pub fn shown(file: &Path, root: Option<&Path>) -> String {
+    root.and_then(|r| file.strip_prefix(r).ok()).unwrap_or(file).display().to_string()
+}

@@ -1,0 +1,122 @@
+//! `score` and `eval` end to end: generated DICOM series, the tiny test model, the JSON contract.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ctsentry")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A config using the tiny model (its manifest with the lung mask off: the synthetic slices
+/// have no lungs), with `extra` appended.
+fn config(dir: &Path, extra: &str) -> String {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
+    let model = dir.join("tiny.onnx");
+    std::fs::copy(&src, &model).unwrap();
+    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap().replace("lung_mask = true", "lung_mask = false");
+    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    let p = dir.join("c.toml");
+    std::fs::write(&p, format!("[model]\npath = \"{}\"\n{extra}", model.display())).unwrap();
+    p.display().to_string()
+}
+
+/// Two series of 5 slices; series B is brighter (denser), so the tiny model scores it higher.
+fn series(dir: &Path) {
+    for (name, uid, base) in [("a", "1.2.3.1", -900), ("b", "1.2.3.2", 200)] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        for k in 0..5 {
+            let mut s = CtSlice::pattern(64, 64, k, 3.0 * k as f64);
+            s.series_uid = uid.into();
+            s.rescale = Some((1.0, -1024.0));
+            s.stored = s.stored.iter().map(|v| (v / 10 + base + 1024).max(0)).collect();
+            s.write(&dir.join(format!("{name}/{}.dcm", 4 - k)), EXPLICIT_LE);
+        }
+    }
+}
+
+#[test]
+fn score_json_follows_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    series(&dir.path().join("in"));
+    std::fs::write(dir.path().join("in/readme.txt"), "not an image").unwrap();
+    let cfg = config(dir.path(), "[decision]\nthreshold = 0.5\nmin_positive_slices = 2\n[preprocess]\nbackend = \"cpu\"\n");
+    let (code, out, err) = run(&["--config", &cfg, "score", "--json", dir.path().join("in").to_str().unwrap()]);
+    assert_eq!(code, 1, "an unreadable file makes the exit code 1: {err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let errors: Vec<_> = lines.iter().filter(|l| l["type"] == "error").collect();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["file"].as_str().unwrap().ends_with("readme.txt"));
+    let slices: Vec<_> = lines.iter().filter(|l| l["type"] == "slice").collect();
+    let series: Vec<_> = lines.iter().filter(|l| l["type"] == "series").collect();
+    assert_eq!((slices.len(), series.len()), (10, 2));
+    for s in &slices {
+        for key in ["file", "series_uid", "slice_index", "z", "lung_fraction", "prob", "positive"] {
+            assert!(s.get(key).is_some(), "{key} missing in {s}");
+        }
+        assert_eq!(s["positive"].as_bool().unwrap(), s["prob"].as_f64().unwrap() >= 0.5);
+    }
+    // Feet to head: slice_index 0 has z 0 and the lowest position (file 4.dcm).
+    let first = slices.iter().find(|s| s["series_uid"] == "1.2.3.1" && s["slice_index"] == 0).unwrap();
+    assert_eq!(first["z"], 0.0);
+    assert!(first["file"].as_str().unwrap().ends_with("a/4.dcm"));
+    for s in &series {
+        for key in ["series_uid", "slices", "positives", "max_prob", "verdict", "threshold", "min_positive_slices", "model", "engine"] {
+            assert!(s.get(key).is_some(), "{key} missing in {s}");
+        }
+        assert_eq!(s["threshold_source"], "config");
+        assert_eq!(s["model"]["name"], "tiny-densenet");
+        let positives = s["positives"].as_u64().unwrap();
+        assert_eq!(s["verdict"], if positives >= 2 { "positive" } else { "negative" });
+    }
+    let max = |uid: &str| series.iter().find(|s| s["series_uid"] == uid).unwrap()["max_prob"].as_f64().unwrap();
+    assert!(max("1.2.3.2") > max("1.2.3.1"), "the denser series scores higher");
+}
+
+#[test]
+fn eval_prints_the_table_and_writes_the_roc() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("in");
+    series(&root);
+    let mut labels = String::from("file,covid,note\n");
+    for k in 0..5 {
+        labels += &format!("a/{k}.dcm,0,x\nb/{k}.dcm,1,y\n");
+    }
+    std::fs::write(dir.path().join("labels.csv"), labels).unwrap();
+    let cfg = config(dir.path(), "");
+    let out_dir = dir.path().join("report");
+    let (code, out, err) = run(&["--config", &cfg, "eval", "--json", "--labels", dir.path().join("labels.csv").to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--pick-threshold", "sensitivity=1.0", root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for key in ["tp", "tn", "fp", "fn", "accuracy", "loss", "misclassification_rate", "auc", "sensitivity", "specificity", "ppv", "npv", "threshold"] {
+        assert!(v.get(key).is_some(), "{key} missing in {v}");
+    }
+    assert_eq!(v["tp"].as_u64().unwrap() + v["tn"].as_u64().unwrap() + v["fp"].as_u64().unwrap() + v["fn"].as_u64().unwrap(), 10);
+    assert_eq!(v["auc"], 1.0, "denser slices score higher, so the classes separate: {v}");
+    assert!(v["picked_threshold"]["threshold"].as_f64().is_some());
+    let scores = std::fs::read_to_string(out_dir.join("scores.csv")).unwrap();
+    assert_eq!(scores.lines().count(), 11);
+    assert!(out_dir.join("roc.png").exists() && out_dir.join("roc.csv").exists());
+    // The human table has the reference work's rows.
+    let (code, out, _) = run(&["--config", &cfg, "eval", "--labels", dir.path().join("labels.csv").to_str().unwrap(), root.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("TP ") && out.contains("misclassification rate") && out.contains("AUC") && out.contains("NPV"), "{out}");
+}
+
+#[test]
+fn a_missing_or_mismatched_model_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "[model]\npath = \"nothing.onnx\"\n").unwrap();
+    let (code, _, err) = run(&["--config", p.to_str().unwrap(), "score", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nothing.toml") && err.contains("cannot read"), "{err}");
+    let cfg = config(dir.path(), "[engine]\nbackend = \"tensorrt\"\n");
+    let (code, _, err) = run(&["--config", &cfg, "score", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not available"), "{err}");
+}
