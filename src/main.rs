@@ -47,7 +47,8 @@ enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// Folder for the ROC curve (roc.png, roc.csv) and per-slice scores (scores.csv).
+        /// Folder for the ROC curve (roc.png, roc.csv), per-slice scores (scores.csv) and heat
+        /// maps of the positive slices (heatmaps/).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Also report the threshold meeting a target, e.g. `sensitivity=0.95`.
@@ -284,8 +285,22 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
         eprintln!("skipped: {e}");
     }
     let mut rows = Vec::new();
+    let heatmaps = out.map(|d| d.join("heatmaps"));
+    if let Some(h) = &heatmaps {
+        std::fs::create_dir_all(h).with_context(|| format!("creating {}", h.display()))?;
+    }
     for ser in ingest::series::assemble(slices) {
         let r = sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
+        if let Some(h) = &heatmaps {
+            // The class activation map over the lung window, for each positive slice.
+            let p = &sc.params;
+            for (sl, slice) in r.slices.iter().zip(&ser.slices).filter(|(sl, _)| sl.positive) {
+                let name = format!("{}.png", prep::relative(&sl.file, root).replace('/', "_"));
+                let hu = slice.hu().into_raw_vec_and_offset().0;
+                ctsentry::report::write_heatmap_png(&h.join(name), &hu, slice.rows, slice.cols, (p.window_center, p.window_width), &sl.cam, ctsentry::engine::CAM_SIDE)
+                    .context("writing a heat map")?;
+            }
+        }
         for sl in r.slices {
             let rel = prep::relative(&sl.file, root);
             if let Some(&y) = labels.get(&rel) {

@@ -53,3 +53,49 @@ pub fn write_roc_png(path: &Path, points: &[crate::metrics::RocPoint]) -> std::i
     }
     write_png_rgb(path, S as u32, S as u32, &rgb)
 }
+
+/// A colour for `t` in [0, 1]: blue → cyan → yellow → red (a "jet"-like ramp).
+fn ramp(t: f32) -> [f32; 3] {
+    let t = t.clamp(0.0, 1.0);
+    let r = (1.5 - (4.0 * t - 3.0).abs()).clamp(0.0, 1.0);
+    let g = (1.5 - (4.0 * t - 2.0).abs()).clamp(0.0, 1.0);
+    let b = (1.5 - (4.0 * t - 1.0).abs()).clamp(0.0, 1.0);
+    [r, g, b]
+}
+
+/// The class activation map (`side × side`) over the windowed slice: the map is bilinearly
+/// upsampled to the image (cell centres at the centres of the image's `side × side` blocks),
+/// scaled to its own [min, max] and blended (45%) over the grey image where it is above a
+/// quarter of its range. `hu` is `rows × cols`.
+pub fn write_heatmap_png(path: &Path, hu: &[f32], rows: usize, cols: usize, window: (f64, f64), cam: &[f32], side: usize) -> std::io::Result<()> {
+    let (lo, width) = (window.0 - window.1 / 2.0, window.1);
+    let (mn, mx) = cam.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = if mx > mn { mx - mn } else { 1.0 };
+    let sample = |r: usize, c: usize| -> f32 {
+        let fy = ((r as f32 + 0.5) / rows as f32 * side as f32 - 0.5).clamp(0.0, (side - 1) as f32);
+        let fx = ((c as f32 + 0.5) / cols as f32 * side as f32 - 0.5).clamp(0.0, (side - 1) as f32);
+        let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);
+        let (y1, x1) = ((y0 + 1).min(side - 1), (x0 + 1).min(side - 1));
+        let (ty, tx) = (fy - y0 as f32, fx - x0 as f32);
+        let at = |y: usize, x: usize| cam[y * side + x];
+        let top = at(y0, x0) * (1.0 - tx) + at(y0, x1) * tx;
+        let bottom = at(y1, x0) * (1.0 - tx) + at(y1, x1) * tx;
+        (top * (1.0 - ty) + bottom * ty - mn) / span
+    };
+    let mut rgb = Vec::with_capacity(rows * cols * 3);
+    for r in 0..rows {
+        for c in 0..cols {
+            let g = ((f64::from(hu[r * cols + c]) - lo) / width).clamp(0.0, 1.0) as f32;
+            let t = sample(r, c);
+            let px = if t > 0.25 {
+                let col = ramp(t);
+                [0, 1, 2].map(|k| ((0.55 * g + 0.45 * col[k]) * 255.0).round() as u8)
+            } else {
+                let v = (g * 255.0).round() as u8;
+                [v, v, v]
+            };
+            rgb.extend_from_slice(&px);
+        }
+    }
+    write_png_rgb(path, cols as u32, rows as u32, &rgb)
+}

@@ -101,6 +101,9 @@ fn eval_prints_the_table_and_writes_the_roc() {
     let scores = std::fs::read_to_string(out_dir.join("scores.csv")).unwrap();
     assert_eq!(scores.lines().count(), 11);
     assert!(out_dir.join("roc.png").exists() && out_dir.join("roc.csv").exists());
+    // One heat map per positive slice.
+    let positives = scores.lines().skip(1).filter(|l| l.ends_with(",1")).count();
+    assert_eq!(std::fs::read_dir(out_dir.join("heatmaps")).unwrap().count(), positives);
     // The human table has the reference work's rows.
     let (code, out, _) = run(&["--config", &cfg, "eval", "--labels", dir.path().join("labels.csv").to_str().unwrap(), root.to_str().unwrap()]);
     assert_eq!(code, 0);
