@@ -235,8 +235,10 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
         }
     }
     let m = &sc.model.manifest.model;
+    let mut progress = ctsentry::report::Progress::new("scoring", slices.len());
     for ser in ingest::series::assemble(slices) {
         let r = sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
+        progress.add(r.slices.len());
         if json {
             for sl in &r.slices {
                 println!(
@@ -265,6 +267,7 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
             );
         }
     }
+    progress.finish();
     Ok(if errors.is_empty() { 0 } else { 1 })
 }
 
@@ -289,8 +292,10 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
     if let Some(h) = &heatmaps {
         std::fs::create_dir_all(h).with_context(|| format!("creating {}", h.display()))?;
     }
+    let mut progress = ctsentry::report::Progress::new("evaluating", slices.len());
     for ser in ingest::series::assemble(slices) {
         let r = sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
+        progress.add(r.slices.len());
         if let Some(h) = &heatmaps {
             // The class activation map over the lung window, for each positive slice.
             let p = &sc.params;
@@ -308,6 +313,7 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
             }
         }
     }
+    progress.finish();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let scores: Vec<(f64, bool)> = rows.iter().map(|(_, sl, y)| (f64::from(sl.prob), *y)).collect();
     let table = metrics::table(&scores, sc.rule.threshold);

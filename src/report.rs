@@ -99,3 +99,37 @@ pub fn write_heatmap_png(path: &Path, hu: &[f32], rows: usize, cols: usize, wind
     }
     write_png_rgb(path, cols as u32, rows as u32, &rgb)
 }
+
+/// A one-line progress indicator on stderr, shown only when stderr is a terminal (scripts and
+/// logs never see it), redrawn at most every 100 ms.
+pub struct Progress {
+    label: &'static str,
+    total: usize,
+    done: usize,
+    shown: Option<std::time::Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    /// A progress line for `total` items.
+    pub fn new(label: &'static str, total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress { label, total, done: 0, shown: None, enabled: std::io::stderr().is_terminal() }
+    }
+
+    /// Counts `n` more items done.
+    pub fn add(&mut self, n: usize) {
+        self.done += n;
+        if self.enabled && self.shown.is_none_or(|t| t.elapsed().as_millis() >= 100) {
+            eprint!("\r{} {}/{} ({:.0}%)  ", self.label, self.done, self.total, 100.0 * self.done as f64 / self.total.max(1) as f64);
+            self.shown = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Clears the line.
+    pub fn finish(self) {
+        if self.enabled && self.shown.is_some() {
+            eprint!("\r{}\r", " ".repeat(self.label.len() + 32));
+        }
+    }
+}
