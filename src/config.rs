@@ -108,11 +108,12 @@ impl Default for RawModel {
 struct RawEngine {
     backend: Spanned<String>,
     threads: Option<Spanned<i64>>,
+    onnxruntime_library: Option<Spanned<String>>,
 }
 
 impl Default for RawEngine {
     fn default() -> Self {
-        RawEngine { backend: Spanned::new(0..0, "auto".into()), threads: None }
+        RawEngine { backend: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None }
     }
 }
 
@@ -324,6 +325,8 @@ pub struct Settings {
     pub engine: EngineBackend,
     /// Engine worker threads (None: sized to the machine).
     pub engine_threads: Option<usize>,
+    /// The ONNX Runtime shared library (None: `ORT_DYLIB_PATH`).
+    pub onnxruntime_library: Option<PathBuf>,
     /// Preprocessing choice.
     pub preprocess: PreprocessBackend,
     /// Decision threshold override (None: the manifest's calibrated threshold).
@@ -491,6 +494,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         &[("auto", EngineBackend::Auto), ("tract", EngineBackend::Tract), ("tensorrt", EngineBackend::TensorRt), ("onnxruntime", EngineBackend::OnnxRuntime)],
     );
     let engine_threads = raw.engine.threads.as_ref().map(|t| c.range_i("engine.threads", t, 1, 256) as usize);
+    let onnxruntime_library = raw.engine.onnxruntime_library.as_ref().map(|p| c.path("engine.onnxruntime_library", p, base));
     let preprocess = c.choice(
         "preprocess.backend",
         &raw.preprocess.backend,
@@ -535,6 +539,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         model_path,
         engine: engine.expect("checked"),
         engine_threads,
+        onnxruntime_library,
         preprocess: preprocess.expect("checked"),
         threshold,
         min_positive_slices,

@@ -83,14 +83,23 @@ impl Scorer {
     pub fn from_settings(s: &Settings) -> Result<Scorer, SetupError> {
         let model = Model::load(&s.model_path)?;
         let engine: Arc<dyn Engine> = match s.engine {
-            EngineBackend::Auto | EngineBackend::Tract => {
-                log::info!("engine: tract (the only engine in this build)");
+            EngineBackend::Tract => {
+                log::info!("engine: tract (configured)");
                 Arc::new(TractEngine::load(&model)?)
             }
-            other => {
-                return Err(SetupError::Unavailable(format!(
-                    "engine.backend = {other:?} is not available in this version; use \"tract\" or \"auto\""
-                )))
+            EngineBackend::OnnxRuntime => onnxruntime(&model, s).map_err(SetupError::Unavailable)?,
+            EngineBackend::Auto => match onnxruntime(&model, s) {
+                Ok(e) => {
+                    log::info!("engine: onnxruntime (auto: the fastest available on a CPU)");
+                    e
+                }
+                Err(why) => {
+                    log::info!("engine: tract (auto; onnxruntime not used: {why})");
+                    Arc::new(TractEngine::load(&model)?)
+                }
+            },
+            EngineBackend::TensorRt => {
+                return Err(SetupError::Unavailable("engine.backend = \"tensorrt\" is not available in this version".into()))
             }
         };
         let pre: Arc<dyn Preprocessor> = match s.preprocess {
@@ -148,6 +157,21 @@ impl Scorer {
         let probs: Vec<f64> = slices.iter().map(|s| f64::from(s.prob)).collect();
         Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&probs), slices })
     }
+}
+
+/// The ONNX Runtime engine, or why it cannot be had.
+#[cfg(feature = "onnxruntime")]
+fn onnxruntime(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
+    use crate::engine::onnxruntime::{library, OrtEngine};
+    let lib = library(s.onnxruntime_library.as_deref())?;
+    let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
+    Ok(Arc::new(OrtEngine::load(model, &lib, threads).map_err(|e| e.to_string())?))
+}
+
+/// The ONNX Runtime engine: not in this build.
+#[cfg(not(feature = "onnxruntime"))]
+fn onnxruntime(_model: &Model, _s: &Settings) -> Result<Arc<dyn Engine>, String> {
+    Err("this build has no onnxruntime engine (rebuild with --features onnxruntime)".into())
 }
 
 /// Reads files in parallel; returns the slices and the files that could not be read.

@@ -105,3 +105,24 @@ fn mismatches_are_refused_with_what_differs() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(Model::load(&dir.path().join("none.onnx")), Err(ModelError::Io { .. })));
 }
+
+/// ONNX Runtime gives the same outputs as tract (when this build has it and ORT_DYLIB_PATH
+/// points at a library).
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn onnxruntime_matches_tract() {
+    let Ok(lib) = ctsentry::engine::onnxruntime::library(None) else {
+        eprintln!("notice: ORT_DYLIB_PATH not set; skipping the onnxruntime test");
+        return;
+    };
+    let model = Model::load(&tiny()).unwrap();
+    let ort = ctsentry::engine::onnxruntime::OrtEngine::load(&model, &lib, 2).unwrap();
+    let tract = TractEngine::load(&model).unwrap();
+    let mut rng = Rng::new(11);
+    let n = 11; // more than one ONNX Runtime batch of 8
+    let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
+    let (a, b) = (ort.infer(&batch, n).unwrap(), tract.infer(&batch, n).unwrap());
+    assert_eq!(ort.name(), "onnxruntime");
+    assert!(a.prob.iter().zip(&b.prob).all(|(x, y)| (x - y).abs() < 1e-5), "{:?} vs {:?}", a.prob, b.prob);
+    assert!(a.cam.iter().zip(&b.cam).all(|(x, y)| (x - y).abs() < 1e-4));
+}

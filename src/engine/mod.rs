@@ -2,6 +2,8 @@
 //! the class activation map of each out. Each engine checks the graph against the manifest
 //! when it loads and refuses a mismatch with a message that says what differs.
 
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 pub mod tract;
 
 /// What an engine gives for a batch of `n` slices.

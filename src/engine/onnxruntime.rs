@@ -1,0 +1,98 @@
+//! The ONNX Runtime engine (cargo feature `onnxruntime`): the `ort` crate with dynamic loading,
+//! so nothing is downloaded at build time. The library is found from `engine.onnxruntime_library`
+//! in the config, else `ORT_DYLIB_PATH`; the PyPI `onnxruntime` wheel ships one as
+//! `onnxruntime/capi/libonnxruntime.so.*`. ONNX Runtime is fastest here with batches of 8 on
+//! all cores (intra-op threads), so batches are run in chunks of 8.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::{Engine, EngineError, Output, CAM_SIDE};
+use crate::model::Model;
+
+/// Slices per ONNX Runtime call.
+const BATCH: usize = 8;
+
+/// The ONNX Runtime engine.
+pub struct OrtEngine {
+    _environment: ort::environment::Environment,
+    session: Mutex<Session>,
+    size: usize,
+    input: String,
+    prob: String,
+    cam: String,
+}
+
+/// The library to load: the configured path, else `ORT_DYLIB_PATH`.
+pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
+    let path = configured
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+        .ok_or("no ONNX Runtime library: set engine.onnxruntime_library or ORT_DYLIB_PATH (pip's onnxruntime wheel has onnxruntime/capi/libonnxruntime.so.*)")?;
+    if !path.is_file() {
+        return Err(format!("the ONNX Runtime library {} does not exist", path.display()));
+    }
+    Ok(path)
+}
+
+impl OrtEngine {
+    /// Loads ONNX Runtime from `lib`, then the model, checking names against the manifest.
+    pub fn load(model: &Model, lib: &Path, threads: usize) -> Result<OrtEngine, EngineError> {
+        let m = &model.manifest;
+        let err = |reason: String| EngineError::Load { model: model.path.display().to_string(), reason };
+        let env = ort::init_from(lib)
+            .map_err(|e| err(format!("cannot load ONNX Runtime from {}: {e}", lib.display())))?
+            .build()
+            .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
+        let session = Session::builder(&env)
+            .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_memory(&model.bytes))
+            .map_err(|e| err(format!("ONNX Runtime cannot load the model: {e}")))?;
+        let inputs: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        if inputs != [m.input.name.clone()] {
+            return Err(err(format!("graph inputs are {inputs:?}, the manifest expects one input {:?}", m.input.name)));
+        }
+        for name in [&m.output.prob, &m.output.cam] {
+            if !outputs.contains(name) {
+                return Err(err(format!("graph outputs are {outputs:?}; the manifest's output {name:?} is not among them")));
+            }
+        }
+        Ok(OrtEngine { _environment: env, session: Mutex::new(session), size: m.input.size, input: m.input.name.clone(), prob: m.output.prob.clone(), cam: m.output.cam.clone() })
+    }
+}
+
+impl Engine for OrtEngine {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {
+        let len = 3 * self.size * self.size;
+        if batch.len() != n * len {
+            return Err(EngineError::Run(format!("batch holds {} values, {n} slices need {}", batch.len(), n * len)));
+        }
+        let run = |e: ort::Error| EngineError::Run(e.to_string());
+        let mut out = Output { prob: Vec::with_capacity(n), cam: Vec::with_capacity(n * CAM_SIDE * CAM_SIDE) };
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        for chunk in batch.chunks(BATCH * len) {
+            let k = chunk.len() / len;
+            let tensor = Tensor::from_array(([k, 3, self.size, self.size], chunk.to_vec())).map_err(run)?;
+            let outputs = session.run(ort::inputs![self.input.as_str() => tensor]).map_err(run)?;
+            let (shape, prob) = outputs[self.prob.as_str()].try_extract_tensor::<f32>().map_err(run)?;
+            if prob.len() != k {
+                return Err(EngineError::Run(format!("output {} has shape {shape:?} for {k} slices", self.prob)));
+            }
+            let (shape, cam) = outputs[self.cam.as_str()].try_extract_tensor::<f32>().map_err(run)?;
+            if cam.len() != k * CAM_SIDE * CAM_SIDE {
+                return Err(EngineError::Run(format!("output {} has shape {shape:?} for {k} slices", self.cam)));
+            }
+            out.prob.extend_from_slice(prob);
+            out.cam.extend_from_slice(cam);
+        }
+        Ok(out)
+    }
+}
