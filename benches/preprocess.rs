@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use ctsentry::ingest::{self, IngestOptions, Pixels, Rescale, Slice};
-use ctsentry::preprocess::{cpu::Cpu, lung, Input, Params, Preprocessor};
+use ctsentry::preprocess::{cpu::Cpu, mask_for, Input, Params, Preprocessor};
 use rayon::prelude::*;
 
 fn slices() -> (Vec<Slice>, &'static str) {
@@ -37,7 +37,7 @@ fn slices() -> (Vec<Slice>, &'static str) {
 }
 
 fn work(s: &Slice, params: &Params, out: &mut [f32]) {
-    let mask = params.lung_mask.then(|| lung::segment(&s.hu().into_raw_vec_and_offset().0, s.rows, s.cols));
+    let mask = mask_for(params, s);
     Cpu.run(params, &[Input::of(s, mask.as_ref().map(|m| m.mask.as_slice()))], out).unwrap();
 }
 

@@ -13,7 +13,7 @@ use crate::engine::{tract::TractEngine, Engine};
 use crate::ingest::series::Series;
 use crate::ingest::{self, IngestError};
 use crate::model::Model;
-use crate::preprocess::{cpu::Cpu, lung, Input, Params, Preprocessor};
+use crate::preprocess::{cpu::Cpu, lung, mask_for, Input, Params, Preprocessor};
 
 /// Slices preprocessed and inferred together (bounds memory: 16 × 0.6 MB of tensors).
 pub const CHUNK: usize = 16;
@@ -134,7 +134,7 @@ impl Scorer {
         for (c, chunk) in series.slices.chunks(CHUNK).enumerate() {
             let masks: Vec<Option<lung::LungMask>> = chunk
                 .par_iter()
-                .map(|s| self.params.lung_mask.then(|| lung::segment(&s.hu().into_raw_vec_and_offset().0, s.rows, s.cols)))
+                .map(|s| mask_for(&self.params, s))
                 .collect();
             let inputs: Vec<Input<'_>> = chunk.iter().zip(&masks).map(|(s, m)| Input::of(s, m.as_ref().map(|m| m.mask.as_slice()))).collect();
             let mut tensor = vec![0f32; chunk.len() * len];

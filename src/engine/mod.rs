@@ -34,6 +34,15 @@ pub enum EngineError {
     Run(String),
 }
 
+/// Checks that `batch` holds `n` slices of `3 × size × size` values; returns the slice length.
+pub fn check_batch(batch: &[f32], n: usize, size: usize) -> Result<usize, EngineError> {
+    let len = 3 * size * size;
+    if batch.len() != n * len {
+        return Err(EngineError::Run(format!("batch holds {} values, {n} slices need {}", batch.len(), n * len)));
+    }
+    Ok(len)
+}
+
 /// An inference engine.
 pub trait Engine: Send + Sync {
     /// Short name (`tract`, `onnxruntime`, `tensorrt`).

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{Engine, EngineError, Output, CAM_SIDE};
+use super::{check_batch, Engine, EngineError, Output, CAM_SIDE};
 use crate::model::Model;
 
 /// Slices per ONNX Runtime call.
@@ -71,10 +71,7 @@ impl Engine for OrtEngine {
     }
 
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {
-        let len = 3 * self.size * self.size;
-        if batch.len() != n * len {
-            return Err(EngineError::Run(format!("batch holds {} values, {n} slices need {}", batch.len(), n * len)));
-        }
+        let len = check_batch(batch, n, self.size)?;
         let run = |e: ort::Error| EngineError::Run(e.to_string());
         let mut out = Output { prob: Vec::with_capacity(n), cam: Vec::with_capacity(n * CAM_SIDE * CAM_SIDE) };
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use tract_onnx::prelude::*;
 
-use super::{Engine, EngineError, Output, CAM_SIDE};
+use super::{check_batch, Engine, EngineError, Output, CAM_SIDE};
 use crate::model::Model;
 
 type Plan = Arc<TypedRunnableModel>;
@@ -76,10 +76,7 @@ impl Engine for TractEngine {
     }
 
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {
-        let len = 3 * self.size * self.size;
-        if batch.len() != n * len {
-            return Err(EngineError::Run(format!("batch holds {} values, {n} slices need {}", batch.len(), n * len)));
-        }
+        let len = check_batch(batch, n, self.size)?;
         let results: Vec<(f32, Vec<f32>)> = batch.par_chunks(len).map(|s| self.one(s)).collect::<Result<_, _>>()?;
         let mut out = Output { prob: Vec::with_capacity(n), cam: Vec::with_capacity(n * CAM_SIDE * CAM_SIDE) };
         for (p, c) in results {

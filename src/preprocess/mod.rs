@@ -154,9 +154,14 @@ pub struct Prepared {
     pub lung_fraction: f32,
 }
 
+/// The lung mask of `slice` when the model asks for one.
+pub fn mask_for(params: &Params, slice: &Slice) -> Option<lung::LungMask> {
+    params.lung_mask.then(|| lung::segment(&slice.hu().into_raw_vec_and_offset().0, slice.rows, slice.cols))
+}
+
 /// Segments (when the model masks) and preprocesses one slice with `pre`; also returns the mask.
 pub fn prepare(pre: &dyn Preprocessor, params: &Params, slice: &Slice) -> Result<(Prepared, Option<lung::LungMask>), PreprocessError> {
-    let mask = params.lung_mask.then(|| lung::segment(&slice.hu().into_raw_vec_and_offset().0, slice.rows, slice.cols));
+    let mask = mask_for(params, slice);
     let mut tensor = vec![0f32; params.slice_len()];
     pre.run(params, &[Input::of(slice, mask.as_ref().map(|m| m.mask.as_slice()))], &mut tensor)?;
     let lung_fraction = mask.as_ref().map(|m| m.fraction).unwrap_or(0.0);
