@@ -47,10 +47,27 @@ pub fn run(config: &Path) -> String {
             (PreprocessBackend::Auto, false) => "cpu (auto: no usable GPU; status LED amber)".to_string(),
         };
         let _ = writeln!(r, "preprocess    {choice}");
-        let model = &s.model_path;
-        let _ = writeln!(r, "model         {}: {}", model.display(), if model.exists() { "present" } else { "MISSING" });
+        match crate::model::Model::load(&s.model_path) {
+            Ok(m) => {
+                let i = &m.manifest.model;
+                let _ = writeln!(r, "model         {} {} (sha256 {}…): ok", i.name, i.version, &i.sha256[..12]);
+            }
+            Err(e) => {
+                let _ = writeln!(r, "model         NOT USABLE: {e}");
+            }
+        }
+        let _ = writeln!(r, "engine tract  usable (built in)");
+        let ort = if cfg!(feature = "onnxruntime") {
+            match crate::engine::onnxruntime_library(s.onnxruntime_library.as_deref()) {
+                Ok(p) => format!("library {} found", p.display()),
+                Err(e) => format!("not usable: {e}"),
+            }
+        } else {
+            "not usable: this build has no onnxruntime engine (rebuild with --features onnxruntime)".into()
+        };
+        let _ = writeln!(r, "engine ort    {ort}");
     }
-    let _ = writeln!(r, "engines       not yet available in this version (tract, onnxruntime, tensorrt)");
+    let _ = writeln!(r, "engine trt    not available in this version (TensorRT)");
     let _ = writeln!(r, "alerts        not yet available in this version (serial ports, LEDs)");
     r
 }

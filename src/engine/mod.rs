@@ -34,6 +34,19 @@ pub enum EngineError {
     Run(String),
 }
 
+/// The ONNX Runtime library the onnxruntime engine would load (configured path, else
+/// `ORT_DYLIB_PATH`), or why there is none. Available in every build, for `doctor`.
+pub fn onnxruntime_library(configured: Option<&std::path::Path>) -> Result<std::path::PathBuf, String> {
+    let path = configured
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from))
+        .ok_or("no ONNX Runtime library: set engine.onnxruntime_library or ORT_DYLIB_PATH (pip's onnxruntime wheel has onnxruntime/capi/libonnxruntime.so.*)")?;
+    if !path.is_file() {
+        return Err(format!("the ONNX Runtime library {} does not exist", path.display()));
+    }
+    Ok(path)
+}
+
 /// Checks that `batch` holds `n` slices of `3 × size × size` values; returns the slice length.
 pub fn check_batch(batch: &[f32], n: usize, size: usize) -> Result<usize, EngineError> {
     let len = 3 * size * size;

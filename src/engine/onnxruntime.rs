@@ -4,7 +4,7 @@
 //! `onnxruntime/capi/libonnxruntime.so.*`. ONNX Runtime is fastest here with batches of 8 on
 //! all cores (intra-op threads), so batches are run in chunks of 8.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use ort::session::Session;
@@ -26,17 +26,7 @@ pub struct OrtEngine {
     cam: String,
 }
 
-/// The library to load: the configured path, else `ORT_DYLIB_PATH`.
-pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
-    let path = configured
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-        .ok_or("no ONNX Runtime library: set engine.onnxruntime_library or ORT_DYLIB_PATH (pip's onnxruntime wheel has onnxruntime/capi/libonnxruntime.so.*)")?;
-    if !path.is_file() {
-        return Err(format!("the ONNX Runtime library {} does not exist", path.display()));
-    }
-    Ok(path)
-}
+pub use super::onnxruntime_library as library;
 
 impl OrtEngine {
     /// Loads ONNX Runtime from `lib`, then the model, checking names against the manifest.
