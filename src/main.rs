@@ -223,10 +223,9 @@ fn scorer(s: &Settings) -> Result<ctsentry::score::Scorer, Failure> {
 }
 
 fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
-    use ctsentry::score::read_all;
-    let sc = scorer(s)?;
+        let sc = scorer(s)?;
     let files = ingest::collect_files(paths).map_err(usage)?;
-    let (slices, errors) = read_all(&files, &s.ingest);
+    let (slices, errors) = ingest::read_files(&files, &s.ingest);
     for e in &errors {
         if json {
             println!("{}", serde_json::json!({"type": "error", "file": e.path().display().to_string(), "error": e.to_string()}));
@@ -272,7 +271,7 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
 }
 
 fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std::path::Path>, pick: Option<&str>, root: &std::path::Path) -> Result<u8, Failure> {
-    use ctsentry::{metrics, score::read_all};
+    use ctsentry::metrics;
     let target = pick
         .map(|p| {
             p.strip_prefix("sensitivity=").and_then(|v| v.parse::<f64>().ok()).filter(|v| (0.0..=1.0).contains(v)).ok_or_else(|| usage(format!("--pick-threshold {p:?}: expected sensitivity=VALUE with VALUE in [0, 1]")))
@@ -283,7 +282,7 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
     let mut names: Vec<&String> = labels.keys().collect();
     names.sort();
     let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
-    let (slices, errors) = read_all(&files, &s.ingest);
+    let (slices, errors) = ingest::read_files(&files, &s.ingest);
     for e in &errors {
         eprintln!("skipped: {e}");
     }

@@ -119,17 +119,11 @@ pub fn run(
 
     for root in roots {
         let files = ingest::collect_files(std::slice::from_ref(root))?;
-        let read: Vec<_> = files.par_iter().map(|f| (f, ingest::read_file(f, ingest_opts))).collect();
-        let mut slices: Vec<Slice> = Vec::new();
-        for (f, r) in read {
-            match r {
-                Ok(s) => slices.extend(s),
-                Err(e) => {
-                    log::warn!("{e}");
-                    summary.skipped += 1;
-                    writeln!(skipped, "{},{}", csv_field(&relative(f, root)), csv_field(&e.to_string())).map_err(io(&skipped_path))?;
-                }
-            }
+        let (slices, errors) = ingest::read_files(&files, ingest_opts);
+        for e in errors {
+            log::warn!("{e}");
+            summary.skipped += 1;
+            writeln!(skipped, "{},{}", csv_field(&relative(e.path(), root)), csv_field(&e.to_string())).map_err(io(&skipped_path))?;
         }
         for ser in series::assemble(slices) {
             let done: Vec<_> = ser

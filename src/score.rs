@@ -11,7 +11,6 @@ use crate::config::{EngineBackend, PreprocessBackend, Settings};
 use crate::decide::{Rule, SeriesDecision};
 use crate::engine::{tract::TractEngine, Engine};
 use crate::ingest::series::Series;
-use crate::ingest::{self, IngestError};
 use crate::model::Model;
 use crate::preprocess::{cpu::Cpu, lung, mask_for, Input, Params, Preprocessor};
 
@@ -172,19 +171,6 @@ fn onnxruntime(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
 #[cfg(not(feature = "onnxruntime"))]
 fn onnxruntime(_model: &Model, _s: &Settings) -> Result<Arc<dyn Engine>, String> {
     Err("this build has no onnxruntime engine (rebuild with --features onnxruntime)".into())
-}
-
-/// Reads files in parallel; returns the slices and the files that could not be read.
-pub fn read_all(files: &[PathBuf], opts: &ingest::IngestOptions) -> (Vec<ingest::Slice>, Vec<IngestError>) {
-    let results: Vec<_> = files.par_iter().map(|f| ingest::read_file(f, opts)).collect();
-    let (mut slices, mut errors) = (Vec::new(), Vec::new());
-    for r in results {
-        match r {
-            Ok(s) => slices.extend(s),
-            Err(e) => errors.push(e),
-        }
-    }
-    (slices, errors)
 }
 
 /// The file name as shown in results (relative to `root` when below it).

@@ -342,6 +342,21 @@ pub(crate) fn guard_panics<T>(path: &Path, f: impl FnOnce() -> Result<T, IngestE
     }
 }
 
+/// Reads files in parallel; returns the slices (in file order) and the files that could not be
+/// read, each error naming its file.
+pub fn read_files(files: &[PathBuf], opts: &IngestOptions) -> (Vec<Slice>, Vec<IngestError>) {
+    use rayon::prelude::*;
+    let results: Vec<_> = files.par_iter().map(|f| read_file(f, opts)).collect();
+    let (mut slices, mut errors) = (Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok(s) => slices.extend(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (slices, errors)
+}
+
 /// Lists the input files under `roots` (files are taken as given, folders walked recursively),
 /// sorted, skipping temporary names. Symbolic links are neither followed nor listed.
 pub fn collect_files(roots: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {

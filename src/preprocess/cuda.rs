@@ -443,16 +443,9 @@ fn backend(e: impl std::fmt::Display) -> PreprocessError {
 }
 
 fn check_batch_len(params: &Params, inputs: &[Input<'_>], out_len: usize) -> Result<(), PreprocessError> {
-    // Shape checks as for every preprocessor, against a buffer of the device output's length.
-    let want = inputs.len() * params.slice_len();
-    if out_len < want {
-        return Err(PreprocessError::OutputSize { got: out_len, want });
-    }
+    // The shape checks of every preprocessor, then the kernel's own index range.
+    super::check_shapes(params, inputs, out_len, true)?;
     for (index, i) in inputs.iter().enumerate() {
-        let n = i.rows * i.cols;
-        if n == 0 || i.pixels.len() != n || i.mask.is_some_and(|m| m.len() != n) {
-            return Err(PreprocessError::BadInput { index, reason: format!("{} pixels (mask {:?}) for {}×{}", i.pixels.len(), i.mask.map(<[u8]>::len), i.rows, i.cols) });
-        }
         if i.rows > i32::MAX as usize / 2 || i.cols > i32::MAX as usize / 2 {
             return Err(PreprocessError::BadInput { index, reason: "too large for the kernel's indices".into() });
         }

@@ -127,11 +127,12 @@ pub trait Preprocessor: Send + Sync {
     fn run(&self, params: &Params, inputs: &[Input<'_>], out: &mut [f32]) -> Result<(), PreprocessError>;
 }
 
-/// Checks a batch's shapes against the output buffer.
-pub(crate) fn check_batch(params: &Params, inputs: &[Input<'_>], out: &[f32]) -> Result<(), PreprocessError> {
+/// Checks a batch's shapes against an output buffer of `out_len` values (exactly the batch's
+/// size, or at least it when `at_least`, for reused device buffers).
+pub(crate) fn check_shapes(params: &Params, inputs: &[Input<'_>], out_len: usize, at_least: bool) -> Result<(), PreprocessError> {
     let want = inputs.len() * params.slice_len();
-    if out.len() != want {
-        return Err(PreprocessError::OutputSize { got: out.len(), want });
+    if out_len < want || (!at_least && out_len != want) {
+        return Err(PreprocessError::OutputSize { got: out_len, want });
     }
     for (index, i) in inputs.iter().enumerate() {
         let n = i.rows * i.cols;
@@ -143,6 +144,11 @@ pub(crate) fn check_batch(params: &Params, inputs: &[Input<'_>], out: &[f32]) ->
         }
     }
     Ok(())
+}
+
+/// Checks a batch's shapes against the host output buffer.
+pub(crate) fn check_batch(params: &Params, inputs: &[Input<'_>], out: &[f32]) -> Result<(), PreprocessError> {
+    check_shapes(params, inputs, out.len(), false)
 }
 
 /// A slice made ready for an engine, with what preprocessing learnt about it.
