@@ -544,7 +544,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         threshold,
         min_positive_slices,
         quiet_seconds,
-        ingest: IngestOptions { limits, modalities, allow_missing_modality: ing.allow_missing_modality },
+        ingest: IngestOptions { limits, modalities, allow_missing_modality: ing.allow_missing_modality, display_window: None },
         serial: SerialSettings { enabled: raw.alert.serial.enabled, port: raw.alert.serial.port, baud },
         led: LedSettings {
             enabled: raw.alert.led.enabled,

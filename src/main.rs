@@ -54,6 +54,10 @@ enum Command {
         /// Also report the threshold meeting a target, e.g. `sensitivity=0.95`.
         #[arg(long)]
         pick_threshold: Option<String>,
+        /// Also read 8-bit PNG images, mapping grey 0–255 linearly onto this display window
+        /// `CENTER,WIDTH` in HU (e.g. `-600,1500`); training material without Hounsfield units.
+        #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
+        assume_window: Option<(f64, f64)>,
         /// Root the CSV's paths are relative to.
         root: PathBuf,
     },
@@ -108,10 +112,22 @@ enum Command {
         /// Output size (square).
         #[arg(long, default_value_t = Params::default().size)]
         size: usize,
+        /// Also read 8-bit PNG images, mapping grey 0–255 linearly onto this display window
+        /// `CENTER,WIDTH` in HU (e.g. `-600,1500`); training material without Hounsfield units.
+        #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
+        assume_window: Option<(f64, f64)>,
         /// Input files or folders.
         #[arg(required = true)]
         roots: Vec<PathBuf>,
     },
+}
+
+/// Parses `CENTER,WIDTH` (HU) with a positive width.
+fn parse_window(v: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("{v:?}: expected CENTER,WIDTH in HU with WIDTH > 0, e.g. -600,1500");
+    let (c, w) = v.split_once(',').ok_or_else(bad)?;
+    let (c, w) = (c.trim().parse::<f64>().map_err(|_| bad())?, w.trim().parse::<f64>().map_err(|_| bad())?);
+    if w > 0.0 && c.is_finite() && w.is_finite() { Ok((c, w)) } else { Err(bad()) }
 }
 
 /// A failure with its exit code: 1 runtime, 2 usage or configuration.
@@ -192,8 +208,9 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             let s = settings(&cli.config, verbosity, false)?;
             cmd_score(&s, json, &paths)
         }
-        Command::Eval { labels, json, out, pick_threshold, root } => {
-            let s = settings(&cli.config, verbosity, false)?;
+        Command::Eval { labels, json, out, pick_threshold, assume_window, root } => {
+            let mut s = settings(&cli.config, verbosity, false)?;
+            s.ingest.display_window = assume_window;
             cmd_eval(&s, &labels, json, out.as_deref(), pick_threshold.as_deref(), &root)
         }
         Command::Doctor => {
@@ -202,8 +219,9 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             Ok(0)
         }
         Command::Bench { preprocess, batch, json } => cmd_bench(&preprocess, batch.max(1), json),
-        Command::Prep { out, labels, png, window_center, window_width, no_lung_mask, size, roots } => {
-            let s = settings(&cli.config, verbosity, false)?;
+        Command::Prep { out, labels, png, window_center, window_width, no_lung_mask, size, assume_window, roots } => {
+            let mut s = settings(&cli.config, verbosity, false)?;
+            s.ingest.display_window = assume_window;
             let params = Params { window_center, window_width, lung_mask: !no_lung_mask, size, ..Params::default() };
             params.validate().map_err(usage)?;
             let labels = labels.map(|l| prep::read_labels(&l)).transpose().map_err(usage)?;
@@ -432,7 +450,11 @@ fn cmd_inspect(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failur
             println!(
                 "{:<48} {:<6} {:<24.24} {:<4} {:>9} {:>6} {:>8.0} {:>8.0} {:>8.1}",
                 r.file,
-                if r.kind == Some(ingest::SourceKind::Dicom) { "dicom" } else { "nifti" },
+                match r.kind {
+                    Some(ingest::SourceKind::Dicom) => "dicom",
+                    Some(ingest::SourceKind::Image) => "image",
+                    _ => "nifti",
+                },
                 ts,
                 r.modality.as_deref().unwrap_or("-"),
                 format!("{}x{}", r.rows.unwrap_or(0), r.cols.unwrap_or(0)),

@@ -361,3 +361,30 @@ fn truncated_rle_is_refused_with_the_reason() {
     assert!(reason(read(&p)).contains("truncated data"), "{}", reason(read(&p)));
     assert_eq!(ingest::caught_decoder_panics(), before, "no decoder may panic");
 }
+
+#[test]
+fn display_images_need_an_assumed_window_and_map_grey_onto_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("figure.png");
+    {
+        let f = std::fs::File::create(&path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 4, 2);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header().unwrap().write_image_data(&[0, 51, 102, 255, 255, 0, 17, 34]).unwrap();
+    }
+    // Without a window (the daemon's case): refused with the reason.
+    let why = reason(read(&path));
+    assert!(why.contains("no Hounsfield units") && why.contains("--assume-window"), "{why}");
+    // With the lung window: HU = -1350 + g * 1500/255.
+    let opts = IngestOptions { display_window: Some((-600.0, 1500.0)), ..Default::default() };
+    let s = ingest::read_file(&path, &opts).unwrap();
+    assert_eq!((s.len(), s[0].rows, s[0].cols, s[0].kind), (1, 2, 4, SourceKind::Image));
+    let hu = s[0].hu();
+    assert!((hu[[0, 0]] + 1350.0).abs() < 1e-3 && (hu[[0, 3]] - 150.0).abs() < 1e-3, "{hu:?}");
+    assert!((hu[[0, 1]] - (-1350.0 + 51.0 * 1500.0 / 255.0)).abs() < 1e-3);
+    // The window's grey ramp comes back from the preprocessing window unchanged: g/255.
+    let p = ctsentry::preprocess::Params { lung_mask: false, ..Default::default() };
+    let w = |h: f32| ((f64::from(h) - (p.window_center - p.window_width / 2.0)) / p.window_width).clamp(0.0, 1.0);
+    assert!((w(hu[[1, 2]]) - 17.0 / 255.0).abs() < 1e-6);
+}

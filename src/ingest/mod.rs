@@ -9,6 +9,7 @@
 
 pub mod dicom;
 pub mod dicom_scan;
+pub mod image8;
 pub mod nifti;
 pub mod orient;
 pub mod rle;
@@ -52,6 +53,9 @@ pub struct IngestOptions {
     pub modalities: Vec<String>,
     /// Accept DICOM objects without a Modality element (common in research exports).
     pub allow_missing_modality: bool,
+    /// Read 8-bit display images (PNG) as if shown in this window (center, width in HU); see
+    /// [`image8`]. `None` (the default, and always in the daemon) refuses them.
+    pub display_window: Option<(f64, f64)>,
 }
 
 impl Default for IngestOptions {
@@ -60,6 +64,7 @@ impl Default for IngestOptions {
             limits: Limits::default(),
             modalities: vec!["CT".to_string()],
             allow_missing_modality: true,
+            display_window: None,
         }
     }
 }
@@ -215,6 +220,8 @@ pub enum SourceKind {
     Dicom,
     /// A NIfTI-1 or NIfTI-2 volume.
     Nifti,
+    /// An 8-bit display image (PNG) read under an assumed window; training material only.
+    Image,
 }
 
 /// One axial slice as ingest delivers it.
@@ -297,7 +304,15 @@ pub fn read_file(path: &Path, opts: &IngestOptions) -> Result<Vec<Slice>, Ingest
     }
     let bytes = std::fs::read(path).map_err(|source| IngestError::Io { path: path.to_path_buf(), source })?;
     guard_panics(path, || {
-        if is_nifti_name(path) || nifti::looks_like_nifti(&bytes) {
+        if image8::is_image_name(path) {
+            match opts.display_window {
+                Some(w) => image8::read_bytes(path, &bytes, w, &opts.limits),
+                None => Err(IngestError::rejected(
+                    path,
+                    "an 8-bit display image carries no Hounsfield units; only prep and eval read it, with --assume-window",
+                )),
+            }
+        } else if is_nifti_name(path) || nifti::looks_like_nifti(&bytes) {
             nifti::read_bytes(path, &bytes, &opts.limits)
         } else {
             dicom::read_bytes(path, &bytes, opts)

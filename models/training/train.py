@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Trains the shipped DenseNet121 COVID-19 pneumonia slice classifier.
+
+Reads ONLY tensors written by `ctsentry prep` (tensors.npy, index.csv, params.json): the
+appliance's own preprocessing, so training and serving cannot drift apart. See models/README.md
+for the full, reproducible recipe (prep commands, the validation run, the shipped run).
+
+    python3 models/training/train.py --prep /tmp/prep/ct --prep /tmp/prep/ucsd \
+        --ucsd-labels ../shared/data/ucsd-covid-ct/labels.csv \
+        --train-series cap001 --eval-series P001,normal001 --epochs 12 --out /tmp/run-val
+
+Data selection (one rule per source, recorded in the run's summary.json):
+- CT series (COVID-CT-MD): a row's series is the first folder of its `file`; `--train-series`
+  and `--eval-series` name which go where (`all` for every one), so no patient is ever on both
+  sides of a split. Every slice is used with its expert label (slices of the COVID-19 patient
+  without visible infection are negatives; CAP slices are hard negatives).
+- UCSD 2D images: the collection's official split (`--ucsd-train-splits`, default train;
+  `--ucsd-eval-splits`, default val); images whose lung mask covers < `--min-ucsd-lung` of the
+  image are left out (the HU-threshold segmentation fails on ~1/4 of these cropped, variously
+  windowed figures; training on a missing mask would teach the model a picture the appliance
+  never shows it).
+"""
+import argparse
+import csv
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+def load_prep(folder):
+    x = np.load(os.path.join(folder, "tensors.npy"), mmap_mode="r")
+    rows = list(csv.DictReader(open(os.path.join(folder, "index.csv"))))
+    params = json.load(open(os.path.join(folder, "params.json")))
+    assert len(rows) == x.shape[0], f"{folder}: index.csv has {len(rows)} rows, tensors {x.shape[0]}"
+    return x, rows, params
+
+
+class Net(nn.Module):
+    """DenseNet121 with a 1-output head; forward returns (logit [N], cam [N,7,7])."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torchvision.models.densenet121(weights=None, num_classes=1)
+
+    def forward(self, x):
+        f = F.relu(self.backbone.features(x))  # [N,1024,7,7], the last dense block after norm5
+        pooled = f.mean(dim=(2, 3))
+        logit = self.backbone.classifier(pooled)[:, 0]
+        w = self.backbone.classifier.weight[0]  # [1024]
+        cam = torch.einsum("nkhw,k->nhw", f, w)  # class activation map (= Grad-CAM at this layer up to scale)
+        return logit, cam
+
+
+def augment(x, g):
+    """CT-suited augmentation on a normalised [B,3,H,W] batch: rotation ±10°, shift ±6%,
+    scale 0.9–1.1, left-right flip, contrast ×0.9–1.1 and brightness ±0.1 (normalised units)."""
+    b = x.shape[0]
+    ang = (torch.rand(b, generator=g) * 2 - 1) * (10 * np.pi / 180)
+    sc = 0.9 + torch.rand(b, generator=g) * 0.2
+    tx, ty = [(torch.rand(b, generator=g) * 2 - 1) * 0.12 for _ in range(2)]
+    flip = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, x.shape, align_corners=False)
+    # Fill outside with each image's background (its corner value: masked-out area or air).
+    bg = x[:, :, :1, :1]
+    y = F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
+    c = 0.9 + torch.rand(b, 1, 1, 1, generator=g) * 0.2
+    d = (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * 0.1
+    return y * c + d
+
+
+def evaluate(model, x, idx, bs=16):
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(idx), bs):
+            xb = torch.from_numpy(np.ascontiguousarray(x[idx[i : i + bs]]))
+            out.append(torch.sigmoid(model(xb)[0]))
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def auc(p, y):
+    pos, neg = p[y == 1], p[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(gt / (len(pos) * len(neg)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prep", action="append", required=True, help="a ctsentry prep output folder (repeatable)")
+    ap.add_argument("--ucsd-labels", help="labels.csv of the UCSD collection (for its split column)")
+    ap.add_argument("--ucsd-train-splits", default="train")
+    ap.add_argument("--ucsd-eval-splits", default="val")
+    ap.add_argument("--min-ucsd-lung", type=float, default=0.10)
+    ap.add_argument("--train-series", default="all", help="CT series used for training: all, none or a comma list")
+    ap.add_argument("--eval-series", default="none", help="CT series held out for validation")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    random.seed(a.seed)
+    np.random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.out, exist_ok=True)
+
+    ucsd_split = {}
+    if a.ucsd_labels:
+        for r in csv.DictReader(open(a.ucsd_labels)):
+            ucsd_split[r["file"]] = r["split"]
+    sets = lambda s: None if s == "all" else set() if s == "none" else set(s.split(","))
+    tr_series, ev_series = sets(a.train_series), sets(a.eval_series)
+
+    xs, train, held, params = [], [], [], None
+    for k, folder in enumerate(a.prep):
+        x, rows, p = load_prep(folder)
+        if params is None:
+            params = p
+        assert p == params, f"{folder}: preprocessing parameters differ from {a.prep[0]}"
+        xs.append(x)
+        for i, r in enumerate(rows):
+            if r["label"] == "":
+                continue
+            y = int(r["label"])
+            if r["file"] in ucsd_split:
+                if float(r["lung_fraction"]) < a.min_ucsd_lung:
+                    continue
+                sp = ucsd_split[r["file"]]
+                dst = train if sp in a.ucsd_train_splits.split(",") else held if sp in a.ucsd_eval_splits.split(",") else None
+                group = "ucsd-" + sp
+            else:
+                series = r["file"].split("/")[0]
+                dst = train if tr_series is None or series in tr_series else held if ev_series is None or series in ev_series else None
+                group = series
+            if dst is not None:
+                dst.append((k, i, y, group, r["file"]))
+    assert not ({g for *_, g, _ in train if not g.startswith("ucsd")} & {g for *_, g, _ in held if not g.startswith("ucsd")}), "a series on both sides"
+
+    def gather(items):
+        return np.stack([xs[k][i] for k, i, *_ in items]).astype(np.float32) if items else np.zeros((0, 3, 224, 224), np.float32)
+
+    xtr, ytr = gather(train), np.array([y for _, _, y, _, _ in train], np.float32)
+    xev, yev = gather(held), np.array([y for _, _, y, _, _ in held], np.float32)
+    count = lambda items: {g: sum(1 for *_, gg, _ in items if gg == g) for g in sorted({it[3] for it in items})}
+    print(f"train {len(train)} ({int(ytr.sum())} positive) {count(train)}; held out {len(held)} ({int(yev.sum())} positive) {count(held)}", flush=True)
+
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
+    pos_weight = torch.tensor((len(ytr) - ytr.sum()) / max(1.0, ytr.sum()))
+    g = torch.Generator().manual_seed(a.seed)
+    history = []
+    t0 = time.time()
+    for epoch in range(a.epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=g).numpy()
+        total, n = 0.0, 0
+        for s in range(0, len(order), a.batch):
+            b = order[s : s + a.batch]
+            if len(b) < 2:
+                continue  # batch norm needs two
+            xb = augment(torch.from_numpy(xtr[b]), g)
+            yb = torch.from_numpy(ytr[b])
+            logit, _ = model(xb)
+            loss = F.binary_cross_entropy_with_logits(logit, yb, pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+            n += len(b)
+        rec = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0)}
+        if len(held):
+            p = evaluate(model, xev, np.arange(len(held)))
+            acc = float(((p >= 0.5) == (yev == 1)).mean())
+            eps = 1e-7
+            rec.update(val_acc=acc, val_auc=auc(p, yev), val_loss=float(-np.mean(yev * np.log(p + eps) + (1 - yev) * np.log(1 - p + eps))))
+            sched.step(acc)
+        else:
+            # No held-out data (the shipped run): follow the training loss, as validation did.
+            sched.step(-rec["train_loss"])
+        history.append(rec)
+        print(json.dumps(rec), flush=True)
+        torch.save(model.state_dict(), os.path.join(a.out, "model.pt"))
+
+    summary = {
+        "args": vars(a),
+        "params": params,
+        "train": count(train),
+        "train_positive": int(ytr.sum()),
+        "held_out": count(held),
+        "history": history,
+        "seconds": round(time.time() - t0),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+    if len(held):
+        p = evaluate(model, xev, np.arange(len(held)))
+        with open(os.path.join(a.out, "held_out_scores.csv"), "w") as f:
+            f.write("file,group,label,prob\n")
+            for (k, i, y, grp, file), pp in zip(held, p):
+                f.write(f"{file},{grp},{y},{pp:.6f}\n")
+    json.dump(summary, open(os.path.join(a.out, "summary.json"), "w"), indent=2)
+    print(f"done in {summary['seconds']} s -> {a.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
