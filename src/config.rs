@@ -63,6 +63,9 @@ struct RawConfig {
     preprocess: RawPreprocess,
     decision: RawDecision,
     series: RawSeries,
+    watch: RawWatch,
+    results: RawResults,
+    disk: RawDisk,
     ingest: RawIngest,
     alert: RawAlert,
     log: RawLog,
@@ -156,6 +159,44 @@ impl Default for RawSeries {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawWatch {
+    mode: Spanned<String>,
+    poll_seconds: Spanned<f64>,
+    stable_seconds: Spanned<f64>,
+}
+
+impl Default for RawWatch {
+    fn default() -> Self {
+        RawWatch { mode: Spanned::new(0..0, "inotify".into()), poll_seconds: Spanned::new(0..0, 2.0), stable_seconds: Spanned::new(0..0, 2.0) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawResults {
+    heatmaps: bool,
+}
+
+impl Default for RawResults {
+    fn default() -> Self {
+        RawResults { heatmaps: true }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDisk {
+    min_free_mb: Spanned<f64>,
+}
+
+impl Default for RawDisk {
+    fn default() -> Self {
+        RawDisk { min_free_mb: Spanned::new(0..0, 1024.0) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawIngest {
     modalities: Spanned<Vec<String>>,
     allow_missing_modality: bool,
@@ -192,11 +233,23 @@ struct RawSerial {
     enabled: bool,
     port: String,
     baud: Spanned<i64>,
+    framing: Spanned<String>,
+    heartbeat_seconds: Spanned<f64>,
+    ack: bool,
+    ack_timeout_seconds: Spanned<f64>,
 }
 
 impl Default for RawSerial {
     fn default() -> Self {
-        RawSerial { enabled: false, port: "/dev/ttyUSB0".into(), baud: Spanned::new(0..0, 115200) }
+        RawSerial {
+            enabled: false,
+            port: "/dev/ttyUSB0".into(),
+            baud: Spanned::new(0..0, 115200),
+            framing: Spanned::new(0..0, "8N1".into()),
+            heartbeat_seconds: Spanned::new(0..0, 30.0),
+            ack: false,
+            ack_timeout_seconds: Spanned::new(0..0, 2.0),
+        }
     }
 }
 
@@ -208,6 +261,7 @@ struct RawLed {
     green: String,
     red: String,
     amber: String,
+    active_low: bool,
 }
 
 impl Default for RawLed {
@@ -218,6 +272,7 @@ impl Default for RawLed {
             green: "/sys/class/leds/ctsentry:green".into(),
             red: "/sys/class/leds/ctsentry:red".into(),
             amber: "/sys/class/leds/ctsentry:amber".into(),
+            active_low: false,
         }
     }
 }
@@ -295,6 +350,42 @@ pub struct SerialSettings {
     pub port: String,
     /// Baud rate.
     pub baud: u32,
+    /// Data bits (5–8).
+    pub data_bits: u8,
+    /// Parity: `N`, `E` or `O`.
+    pub parity: char,
+    /// Stop bits (1 or 2).
+    pub stop_bits: u8,
+    /// Seconds between HEARTBEAT messages.
+    pub heartbeat_seconds: f64,
+    /// Wait for `$CTACK` of every message and retransmit until it comes.
+    pub ack: bool,
+    /// First retransmission delay in ACK mode (doubles up to 30 s).
+    pub ack_timeout_seconds: f64,
+}
+
+/// How the drop folder is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// inotify events (local file systems), with a periodic rescan as a safety net.
+    Inotify,
+    /// Periodic scans only (network shares, where inotify sees nothing).
+    Poll,
+}
+
+/// The daemon's watching, results and disk settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    /// How the drop folder is watched.
+    pub watch: WatchMode,
+    /// Seconds between scans of the drop folder.
+    pub poll_seconds: f64,
+    /// A file seen only by a scan is taken once its size and mtime have not changed for this long.
+    pub stable_seconds: f64,
+    /// Write heat-map PNGs of positive slices into results/.
+    pub heatmaps: bool,
+    /// Below this much free space (MiB) on any output folder's file system, new files wait.
+    pub min_free_mb: f64,
 }
 
 /// LED alert sink.
@@ -310,6 +401,8 @@ pub struct LedSettings {
     pub red: String,
     /// Amber LED.
     pub amber: String,
+    /// GPIO lines drive the LED on when low.
+    pub active_low: bool,
 }
 
 /// The validated configuration.
@@ -335,6 +428,8 @@ pub struct Settings {
     pub min_positive_slices: usize,
     /// Silence after which a series is complete.
     pub quiet_seconds: f64,
+    /// Watching, results and disk settings of the daemon.
+    pub daemon: DaemonSettings,
     /// What ingest accepts.
     pub ingest: IngestOptions,
     /// Serial sink.
@@ -516,6 +611,25 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         max_decompressed_bytes: mb(c.range_f("ingest.max_decompressed_mb", &ing.max_decompressed_mb, 1.0, 65_536.0)),
     };
     let baud = c.range_i("alert.serial.baud", &raw.alert.serial.baud, 50, 4_000_000) as u32;
+    let sr = &raw.alert.serial;
+    let fr: Vec<char> = sr.framing.get_ref().to_ascii_uppercase().chars().collect();
+    let framing = match fr.as_slice() {
+        [d @ '5'..='8', p @ ('N' | 'E' | 'O'), s @ ('1' | '2')] => (*d as u8 - b'0', *p, *s as u8 - b'0'),
+        _ => {
+            c.fail(&sr.framing, format!("alert.serial.framing = \"{}\" is not DATA BITS (5-8), PARITY (N/E/O), STOP BITS (1/2), e.g. 8N1", sr.framing.get_ref()));
+            (8, 'N', 1)
+        }
+    };
+    let heartbeat_seconds = c.range_f("alert.serial.heartbeat_seconds", &sr.heartbeat_seconds, 1.0, 3600.0);
+    let ack_timeout_seconds = c.range_f("alert.serial.ack_timeout_seconds", &sr.ack_timeout_seconds, 0.05, 60.0);
+    let watch = c.choice("watch.mode", &raw.watch.mode, &[("inotify", WatchMode::Inotify), ("poll", WatchMode::Poll)]);
+    let daemon = DaemonSettings {
+        watch: watch.unwrap_or(WatchMode::Poll),
+        poll_seconds: c.range_f("watch.poll_seconds", &raw.watch.poll_seconds, 0.05, 3600.0),
+        stable_seconds: c.range_f("watch.stable_seconds", &raw.watch.stable_seconds, 0.0, 3600.0),
+        heatmaps: raw.results.heatmaps,
+        min_free_mb: c.range_f("disk.min_free_mb", &raw.disk.min_free_mb, 0.0, 1e9),
+    };
     let driver = c.choice("alert.led.driver", &raw.alert.led.driver, &[("sysfs", LedDriver::Sysfs), ("gpio", LedDriver::Gpio)]);
     let log_level = c.choice(
         "log.level",
@@ -545,13 +659,25 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         min_positive_slices,
         quiet_seconds,
         ingest: IngestOptions { limits, modalities, allow_missing_modality: ing.allow_missing_modality, display_window: None },
-        serial: SerialSettings { enabled: raw.alert.serial.enabled, port: raw.alert.serial.port, baud },
+        daemon,
+        serial: SerialSettings {
+            enabled: sr.enabled,
+            port: sr.port.clone(),
+            baud,
+            data_bits: framing.0,
+            parity: framing.1,
+            stop_bits: framing.2,
+            heartbeat_seconds,
+            ack: sr.ack,
+            ack_timeout_seconds,
+        },
         led: LedSettings {
             enabled: raw.alert.led.enabled,
             driver: driver.expect("checked"),
             green: raw.alert.led.green,
             red: raw.alert.led.red,
             amber: raw.alert.led.amber,
+            active_low: raw.alert.led.active_low,
         },
         log_level: log_level.expect("checked"),
         log_patient_names: raw.log.patient_names,

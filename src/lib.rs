@@ -14,9 +14,11 @@
 //! - [`logging`]: terminal or journald logging.
 
 pub mod alloc_guard;
+pub mod alert;
 pub mod bench;
 pub mod doctor;
 pub mod config;
+pub mod daemon;
 pub mod decide;
 pub mod ingest;
 pub mod prep;

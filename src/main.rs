@@ -30,6 +30,12 @@ struct Cli {
 enum Command {
     /// Run the daemon: watch the drop folder, score, alert.
     Run,
+    /// Acknowledge the latched alert (red LED steady): clears it and journals who did.
+    Ack {
+        /// Who acknowledges (kept in the journal).
+        #[arg(long, default_value = "ctsentry ack")]
+        by: String,
+    },
     /// Score DICOM files, series folders or NIfTI volumes.
     Score {
         /// One JSON object per line instead of a table.
@@ -203,7 +209,24 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             let s = settings(&cli.config, verbosity, false)?;
             cmd_inspect(&s, json, &paths)
         }
-        Command::Run => not_yet("run"),
+        Command::Run => {
+            let s = settings(&cli.config, verbosity, true)?;
+            match ctsentry::daemon::run(s, &cli.config) {
+                Ok(()) => Ok(0),
+                Err(e @ (ctsentry::daemon::DaemonError::Setup(_) | ctsentry::daemon::DaemonError::Locked(_))) => Err(usage(e)),
+                Err(e) => Err(Failure::from(anyhow::Error::new(e))),
+            }
+        }
+        Command::Ack { by } => {
+            let s = settings(&cli.config, verbosity, true)?;
+            let p = ctsentry::daemon::request_ack(&s.paths.state, &by).with_context(|| format!("writing to {}", s.paths.state.display()))?;
+            if ctsentry::daemon::is_running(&s.paths.state) {
+                eprintln!("acknowledgement requested ({}); the daemon clears the alert within a second", p.display());
+            } else {
+                eprintln!("acknowledgement stored ({}); no daemon is running on this state folder: it applies at its next start", p.display());
+            }
+            Ok(0)
+        }
         Command::Score { json, paths } => {
             let s = settings(&cli.config, verbosity, false)?;
             cmd_score(&s, json, &paths)
@@ -427,10 +450,6 @@ fn cmd_bench(which: &str, batch: usize, json: bool) -> Result<u8, Failure> {
     Ok(if failed { 1 } else { 0 })
 }
 
-fn not_yet(name: &str) -> Result<u8, Failure> {
-    eprintln!("ctsentry {name}: not yet available in this version");
-    Ok(2)
-}
 
 fn cmd_inspect(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
     let files = ingest::collect_files(paths).map_err(usage)?;

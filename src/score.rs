@@ -126,36 +126,59 @@ impl Scorer {
         Ok(Scorer { model, params, engine, pre, rule })
     }
 
-    /// Scores one series, `CHUNK` slices at a time.
-    pub fn score(&self, series: &Series) -> Result<SeriesScore, String> {
-        let mut slices = Vec::with_capacity(series.slices.len());
+    /// Scores slices in the order given (no series needed), `CHUNK` at a time: probability,
+    /// lung fraction and class activation map of each.
+    pub fn score_slices(&self, slices: &[crate::ingest::Slice]) -> Result<Vec<SliceOutput>, String> {
+        let mut out = Vec::with_capacity(slices.len());
         let len = self.params.slice_len();
-        for (c, chunk) in series.slices.chunks(CHUNK).enumerate() {
-            let masks: Vec<Option<lung::LungMask>> = chunk
-                .par_iter()
-                .map(|s| mask_for(&self.params, s))
-                .collect();
+        for chunk in slices.chunks(CHUNK) {
+            let masks: Vec<Option<lung::LungMask>> = chunk.par_iter().map(|s| mask_for(&self.params, s)).collect();
             let inputs: Vec<Input<'_>> = chunk.iter().zip(&masks).map(|(s, m)| Input::of(s, m.as_ref().map(|m| m.mask.as_slice()))).collect();
             let mut tensor = vec![0f32; chunk.len() * len];
             self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| e.to_string())?;
-            let out = self.engine.infer(&tensor, chunk.len()).map_err(|e| e.to_string())?;
-            for (k, s) in chunk.iter().enumerate() {
-                let i = c * CHUNK + k;
-                let prob = out.prob[k];
-                slices.push(SliceScore {
-                    file: s.source.clone(),
-                    slice_index: i,
-                    z: series.z[i],
-                    lung_fraction: masks[k].as_ref().map(|m| m.fraction).unwrap_or(0.0),
-                    prob,
-                    positive: self.rule.slice_positive(f64::from(prob)),
-                    cam: out.cam[k * 49..(k + 1) * 49].to_vec(),
+            let r = self.engine.infer(&tensor, chunk.len()).map_err(|e| e.to_string())?;
+            for (k, m) in masks.iter().enumerate() {
+                out.push(SliceOutput {
+                    prob: r.prob[k],
+                    lung_fraction: m.as_ref().map(|m| m.fraction).unwrap_or(0.0),
+                    cam: r.cam[k * 49..(k + 1) * 49].to_vec(),
                 });
             }
         }
+        Ok(out)
+    }
+
+    /// Scores one series, `CHUNK` slices at a time.
+    pub fn score(&self, series: &Series) -> Result<SeriesScore, String> {
+        let outs = self.score_slices(&series.slices)?;
+        let slices: Vec<SliceScore> = outs
+            .into_iter()
+            .zip(&series.slices)
+            .enumerate()
+            .map(|(i, (o, s))| SliceScore {
+                file: s.source.clone(),
+                slice_index: i,
+                z: series.z[i],
+                lung_fraction: o.lung_fraction,
+                prob: o.prob,
+                positive: self.rule.slice_positive(f64::from(o.prob)),
+                cam: o.cam,
+            })
+            .collect();
         let probs: Vec<f64> = slices.iter().map(|s| f64::from(s.prob)).collect();
         Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&probs), slices })
     }
+}
+
+/// What the engine says about one slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceOutput {
+    /// Probability.
+    pub prob: f32,
+    /// Share of the image inside the lungs.
+    pub lung_fraction: f32,
+    /// Class activation map (7 × 7, row-major).
+    pub cam: Vec<f32>,
 }
 
 /// The ONNX Runtime engine, or why it cannot be had.

@@ -174,7 +174,7 @@ impl Default for Rescale {
 }
 
 /// Where a slice lies in the patient, in DICOM patient coordinates (LPS, millimetres).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Geometry {
     /// Image Position (Patient): the centre of the first pixel (row 0, column 0) as delivered.
     pub position: Option<[f64; 3]>,

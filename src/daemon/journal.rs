@@ -1,0 +1,375 @@
+//! The journal: an append-only file of JSON lines in `state/journal.jsonl`, each written and
+//! `fsync`ed before the action it records is considered done. On start the journal is replayed
+//! into a [`State`] (the same [`State::apply`] serves replay and live running, so the two cannot
+//! disagree), then compacted: only what is still open, and what was closed in the last 24 hours,
+//! is kept.
+//!
+//! Order of work, and what a crash between two steps leaves (every case resumes):
+//! - scoring a file: `Scored` → move to done/ → `Done`. A file with `Scored` but no `Done` is
+//!   moved without rescoring; a file without `Scored` is scored again (same result).
+//! - an unreadable file: `.reason` written → moved to quarantine/ → `Quarantined`.
+//! - an early alert: `Alert` → sinks. A restart never repeats an `Alert` recorded here.
+//! - a final verdict: result JSON written (atomically) → `Final` → sinks.
+//!
+//! A torn last line (power cut while writing) is dropped at replay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::Geometry;
+
+/// What the journal knows about one scored slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceRec {
+    /// Frame (multi-frame DICOM) or slice (NIfTI) within the file.
+    pub frame: usize,
+    /// SOP Instance UID, as received.
+    pub sop: String,
+    /// Geometry, for ordering the series at its end.
+    pub geometry: Geometry,
+    /// Probability.
+    pub prob: f32,
+    /// Share of the image inside the lungs.
+    pub lung_fraction: f32,
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Record {
+    /// The daemon started.
+    Start {
+        /// Unix time (s).
+        t: f64,
+        /// ctsentry version.
+        version: String,
+        /// Model name and version.
+        model: String,
+        /// Model sha256.
+        sha256: String,
+    },
+    /// A file was scored (not yet moved).
+    Scored {
+        /// Unix time (s).
+        t: f64,
+        /// Path relative to incoming/.
+        file: String,
+        /// Series Instance UID.
+        series: String,
+        /// Part of the series.
+        part: u16,
+        /// Its slices.
+        slices: Vec<SliceRec>,
+    },
+    /// A scored file was moved to done/.
+    Done {
+        /// Unix time (s).
+        t: f64,
+        /// Path relative to incoming/.
+        file: String,
+        /// Where it went.
+        to: String,
+    },
+    /// An unreadable file was moved to quarantine/.
+    Quarantined {
+        /// Unix time (s).
+        t: f64,
+        /// Path relative to incoming/.
+        file: String,
+        /// Where it went.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+    /// An early alert was raised for a series part.
+    Alert {
+        /// Unix time (s).
+        t: f64,
+        /// Series Instance UID.
+        series: String,
+        /// Part.
+        part: u16,
+        /// Positive slices then.
+        positives: usize,
+        /// Slices then.
+        slices: usize,
+        /// Largest probability then.
+        max_prob: f64,
+    },
+    /// A series part got its final verdict.
+    Final {
+        /// Unix time (s).
+        t: f64,
+        /// Series Instance UID.
+        series: String,
+        /// Part.
+        part: u16,
+        /// `positive` or `negative`.
+        verdict: String,
+        /// Positive slices.
+        positives: usize,
+        /// Slices.
+        slices: usize,
+        /// Largest probability.
+        max_prob: f64,
+        /// The result file.
+        result: String,
+    },
+    /// A person acknowledged the latched alert.
+    Ack {
+        /// Unix time (s).
+        t: f64,
+        /// Where the acknowledgement came from (`ctsentry ack`, button).
+        by: String,
+    },
+}
+
+/// A series part still collecting slices.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OpenSeries {
+    /// Part number (1 unless slices came after a final verdict).
+    pub part: u16,
+    /// Scored files and their slices, in arrival order.
+    pub files: Vec<(String, Vec<SliceRec>)>,
+    /// First and last scoring time (unix s).
+    pub first_t: f64,
+    /// Last scoring time: the series is final after `quiet_seconds` past this.
+    pub last_t: f64,
+    /// When the early alert was raised, if it was.
+    pub alert_t: Option<f64>,
+}
+
+impl OpenSeries {
+    /// Probabilities of every slice so far.
+    pub fn probs(&self) -> Vec<f64> {
+        self.files.iter().flat_map(|(_, s)| s.iter().map(|r| f64::from(r.prob))).collect()
+    }
+}
+
+/// Everything the journal says is in progress.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct State {
+    /// Open series parts by Series Instance UID.
+    pub open: BTreeMap<String, OpenSeries>,
+    /// Series whose last part is final: UID → (last part, time of its final verdict).
+    pub closed: HashMap<String, (u16, f64)>,
+    /// Files scored but not yet moved: relative path → series UID.
+    pub unmoved: BTreeMap<String, String>,
+    /// Files handled since start (done or quarantined): relative path → time.
+    pub handled: u64,
+    /// An alert is latched (not acknowledged).
+    pub latched: bool,
+}
+
+impl State {
+    /// The part a newly scored slice of `series` belongs to.
+    pub fn part_for(&self, series: &str) -> u16 {
+        match (self.open.get(series), self.closed.get(series)) {
+            (Some(o), _) => o.part,
+            (None, Some((p, _))) => p + 1,
+            (None, None) => 1,
+        }
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, r: &Record) {
+        match r {
+            Record::Start { .. } => {}
+            Record::Scored { t, file, series, part, slices } => {
+                let o = self.open.entry(series.clone()).or_insert_with(|| OpenSeries { part: *part, first_t: *t, ..Default::default() });
+                o.files.push((file.clone(), slices.clone()));
+                o.last_t = *t;
+                self.unmoved.insert(file.clone(), series.clone());
+            }
+            Record::Done { file, .. } => {
+                self.unmoved.remove(file);
+                self.handled += 1;
+            }
+            Record::Quarantined { .. } => self.handled += 1,
+            Record::Alert { t, series, .. } => {
+                if let Some(o) = self.open.get_mut(series) {
+                    o.alert_t = Some(*t);
+                }
+                self.latched = true;
+            }
+            Record::Final { t, series, part, .. } => {
+                self.open.remove(series);
+                self.closed.insert(series.clone(), (*part, *t));
+            }
+            Record::Ack { .. } => self.latched = false,
+        }
+    }
+}
+
+/// Errors of the journal.
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {source}")]
+pub struct JournalError {
+    /// The journal file.
+    pub path: PathBuf,
+    /// The I/O error.
+    pub source: std::io::Error,
+}
+
+/// The open journal.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+}
+
+/// How long closed series are remembered (to number late parts).
+pub const KEEP_CLOSED_SECONDS: f64 = 24.0 * 3600.0;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl Journal {
+    /// Opens (creating) `state/journal.jsonl`, replays it, compacts it, and returns it with the
+    /// state it describes and the records kept.
+    pub fn open(state_dir: &Path) -> Result<(Journal, State), JournalError> {
+        let path = state_dir.join("journal.jsonl");
+        let err = |source| JournalError { path: path.clone(), source };
+        std::fs::create_dir_all(state_dir).map_err(err)?;
+        let records = Self::read(&path).map_err(err)?;
+        let mut state = State::default();
+        for r in &records {
+            state.apply(r);
+        }
+        // Compact: keep records of open series and unmoved files, the latest alert/ack state,
+        // and a Final per recently closed series (for part numbering).
+        let cutoff = now() - KEEP_CLOSED_SECONDS;
+        // The latch outlives its series: the last alert is kept while it is unacknowledged.
+        let last_alert = records.iter().rposition(|r| matches!(r, Record::Alert { .. })).filter(|_| state.latched);
+        let keep: Vec<&Record> = records
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| match r {
+                Record::Alert { .. } if Some(*i) == last_alert => true,
+                Record::Scored { series, file, .. } => state.open.contains_key(series) || state.unmoved.contains_key(file),
+                Record::Alert { series, .. } => state.open.contains_key(series),
+                Record::Final { series, part, t, .. } => state.closed.get(series) == Some(&(*part, *t)) && *t >= cutoff,
+                _ => false,
+            })
+            .map(|(_, r)| r)
+            .collect();
+        let mut text = String::new();
+        for r in keep {
+            text += &serde_json::to_string(r).expect("records serialise");
+            text.push('\n');
+        }
+        let tmp = state_dir.join("journal.jsonl.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(err)?;
+            f.write_all(text.as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        sync_dir(state_dir).map_err(err)?;
+        let mut state2 = State::default();
+        for line in text.lines() {
+            state2.apply(&serde_json::from_str(line).expect("just written"));
+        }
+        state2.handled = 0;
+        let file = OpenOptions::new().append(true).open(&path).map_err(err)?;
+        Ok((Journal { path, file }, state2))
+    }
+
+    /// Reads every complete record; a torn or corrupt line is logged and skipped.
+    pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for (n, line) in BufReader::new(f).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(&line) {
+                Ok(r) => out.push(r),
+                Err(e) => log::warn!("{}:{}: unreadable journal line skipped ({e}); a torn write from a crash", path.display(), n + 1),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends `r` and makes it durable before returning.
+    pub fn append(&mut self, r: &Record) -> Result<(), JournalError> {
+        let mut line = serde_json::to_string(r).expect("records serialise");
+        line.push('\n');
+        let err = |source| JournalError { path: self.path.clone(), source };
+        self.file.write_all(line.as_bytes()).map_err(err)?;
+        self.file.sync_data().map_err(err)
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Makes a directory's entries (renames, creations) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(file: &str, series: &str, prob: f32) -> Record {
+        Record::Scored {
+            t: now(),
+            file: file.into(),
+            series: series.into(),
+            part: 1,
+            slices: vec![SliceRec { frame: 0, sop: String::new(), geometry: Geometry::default(), prob, lung_fraction: 0.2 }],
+        }
+    }
+
+    #[test]
+    fn replay_resumes_and_compacts_and_survives_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, s) = Journal::open(dir.path()).unwrap();
+            assert_eq!(s, State::default());
+            j.append(&scored("a/1.dcm", "S1", 0.9)).unwrap();
+            j.append(&Record::Done { t: now(), file: "a/1.dcm".into(), to: "x".into() }).unwrap();
+            j.append(&scored("a/2.dcm", "S1", 0.8)).unwrap();
+            j.append(&Record::Alert { t: now(), series: "S1".into(), part: 1, positives: 2, slices: 2, max_prob: 0.9 }).unwrap();
+            j.append(&scored("b/1.dcm", "S2", 0.1)).unwrap();
+            j.append(&Record::Done { t: now(), file: "b/1.dcm".into(), to: "y".into() }).unwrap();
+            j.append(&Record::Final { t: now(), series: "S2".into(), part: 1, verdict: "negative".into(), positives: 0, slices: 1, max_prob: 0.1, result: "r".into() }).unwrap();
+        }
+        // A torn write at the end.
+        let p = dir.path().join("journal.jsonl");
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text += "{\"ev\":\"scored\",\"t\":1";
+        std::fs::write(&p, text).unwrap();
+        let (_, s) = Journal::open(dir.path()).unwrap();
+        assert_eq!(s.open.len(), 1);
+        let o = &s.open["S1"];
+        assert_eq!((o.files.len(), o.alert_t.is_some()), (2, true));
+        assert_eq!(s.unmoved.keys().collect::<Vec<_>>(), vec!["a/2.dcm"]);
+        assert_eq!(s.closed["S2"].0, 1);
+        assert_eq!(s.part_for("S2"), 2);
+        assert!(s.latched);
+        // Compaction dropped the finished file's Done and S2's scored lines.
+        let lines = std::fs::read_to_string(&p).unwrap().lines().count();
+        assert_eq!(lines, 4, "{}", std::fs::read_to_string(&p).unwrap());
+        // Re-opening the compacted journal gives the same state.
+        let (mut j, s2) = Journal::open(dir.path()).unwrap();
+        assert_eq!((s2.open, s2.unmoved, s2.closed.len(), s2.latched), (s.open, s.unmoved, 1, true));
+        j.append(&Record::Ack { t: now(), by: "test".into() }).unwrap();
+        let (_, s3) = Journal::open(dir.path()).unwrap();
+        assert!(!s3.latched);
+    }
+}

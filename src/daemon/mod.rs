@@ -1,0 +1,803 @@
+//! The daemon (`ctsentry run`): drop folder in, verdicts and alerts out, unattended.
+//!
+//! One controller thread owns the journal, the series state and the file moves; worker threads
+//! read, preprocess and score one file at a time. At most `2 × workers` files are decoded or
+//! scored at once, so memory stays bounded however many files arrive (the waiting ones are only
+//! paths). Series are assembled as slices arrive; an EARLY alert goes out as soon as the series
+//! rule is met, the final verdict after `series.quiet_seconds` without a new slice (and only once
+//! every file that arrived in that window has been scored).
+//!
+//! Crash safety is the journal's ([`journal`]); watching is [`watch`]'s; signals: SIGTERM and
+//! SIGINT finish the files in flight, flush and exit 0; SIGHUP reloads the config.
+
+pub mod journal;
+pub mod outbox;
+pub mod systemd;
+pub mod watch;
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::alert::{self, Alerts, Cleared, Event, FaultKind, SeriesKey, Stage};
+use crate::config::{Settings, WatchMode};
+use crate::decide::{Rule, Verdict};
+use crate::ingest::{self, series, IngestOptions, Pixels, Rescale, Slice, SourceKind, Uids};
+use crate::score::Scorer;
+use journal::{now, Journal, Record, SliceRec, State};
+
+/// Errors that stop the daemon from starting (exit 1, or 2 for configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A folder cannot be created or used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The folder or file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Another daemon holds the state folder.
+    #[error("{0}")]
+    Locked(String),
+    /// Scoring cannot be set up (model, engine).
+    #[error(transparent)]
+    Setup(#[from] crate::score::SetupError),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io { path: path.to_path_buf(), source }
+}
+
+/// Settings a worker reads on each file (changed by a reload).
+#[derive(Debug, Clone)]
+struct Live {
+    rule: Rule,
+    heatmaps: bool,
+    ingest: IngestOptions,
+}
+
+struct Job {
+    path: PathBuf,
+    rel: String,
+}
+
+enum Outcome {
+    Scored { series: String, slices: Vec<SliceRec>, heatmaps: usize },
+    /// The file cannot be read: quarantine it.
+    Unreadable(String),
+    /// Scoring failed for a reason that is not the file's (engine): keep it, retry later.
+    EngineFailed(String),
+}
+
+struct Finished {
+    path: PathBuf,
+    rel: String,
+    outcome: Outcome,
+}
+
+/// The name a file has relative to `root`, `/`-separated.
+fn rel_of(path: &Path, root: &Path) -> String {
+    crate::prep::relative(path, root)
+}
+
+/// Moves `src` to `dst_root/rel`, never overwriting: on a name collision `NAME.dupN.EXT` is
+/// used. Falls back to copy + fsync + remove across file systems. Returns the destination.
+pub fn move_unique(src: &Path, dst_root: &Path, rel: &str) -> std::io::Result<PathBuf> {
+    let dst = unique_path(&dst_root.join(rel));
+    let parent = dst.parent().unwrap_or(dst_root);
+    std::fs::create_dir_all(parent)?;
+    match std::fs::rename(src, &dst) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let tmp = parent.join(format!(".{}.part", dst.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+            std::fs::copy(src, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &dst)?;
+            std::fs::remove_file(src)?;
+        }
+        Err(e) => return Err(e),
+    }
+    journal::sync_dir(parent)?;
+    if let Some(p) = src.parent() {
+        let _ = journal::sync_dir(p);
+    }
+    Ok(dst)
+}
+
+/// `path`, or `NAME.dupN.EXT` (N = 1, 2, …) when it exists.
+pub fn unique_path(path: &Path) -> PathBuf {
+    if std::fs::symlink_metadata(path).is_err() {
+        return path.to_path_buf();
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let (stem, ext) = match name.find('.') {
+        Some(0) | None => (name.as_str(), ""),
+        Some(i) => (&name[..i], &name[i..]),
+    };
+    (1..)
+        .map(|n| path.with_file_name(format!("{stem}.dup{n}{ext}")))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .expect("some free name")
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    journal::sync_dir(dir)
+}
+
+/// Free space (MiB) of the file system holding `path`.
+pub fn free_mb(path: &Path) -> Option<f64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs with a valid C string and a zeroed out-struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (r == 0).then(|| st.f_bavail as f64 * st.f_frsize as f64 / (1024.0 * 1024.0))
+}
+
+/// The file `ctsentry ack` creates in the state folder.
+pub const ACK_FILE: &str = "ack.request";
+
+/// Asks the daemon (running or next to start) to clear the latched alert.
+pub fn request_ack(state_dir: &Path, by: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(state_dir)?;
+    let p = state_dir.join(ACK_FILE);
+    write_atomic(&p, by.as_bytes())?;
+    Ok(p)
+}
+
+/// Whether a daemon holds `state/lock` now.
+pub fn is_running(state_dir: &Path) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(state_dir.join("lock")) else { return false };
+    // SAFETY: flock on an open descriptor.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0
+}
+
+fn lock(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
+    let p = state_dir.join("lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p).map_err(io(&p))?;
+    // SAFETY: flock on an open descriptor; the lock lives as long as the file.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DaemonError::Locked(format!("{}: another `ctsentry run` uses this state folder", p.display())));
+    }
+    Ok(f)
+}
+
+/// Signals, as flags the controller polls.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        let (stop, reload) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            let _ = signal_hook::flag::register(sig, stop.clone());
+        }
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone());
+        Signals { stop, reload }
+    }
+}
+
+fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, jobs: Arc<Mutex<Receiver<Job>>>, done: SyncSender<Finished>) {
+    loop {
+        let job = { jobs.lock().expect("job queue").recv() };
+        let Ok(job) = job else { return };
+        let live = live.lock().expect("live settings").clone();
+        let outcome = score_file(&scorer, &live, &results_dir, &job);
+        if done.send(Finished { path: job.path, rel: job.rel, outcome }).is_err() {
+            return;
+        }
+    }
+}
+
+fn score_file(scorer: &Scorer, live: &Live, results_dir: &Path, job: &Job) -> Outcome {
+    let slices = match ingest::read_file(&job.path, &live.ingest) {
+        Ok(s) if s.is_empty() => return Outcome::Unreadable("no image in the file".into()),
+        Ok(s) => s,
+        Err(e) => return Outcome::Unreadable(e.to_string()),
+    };
+    let uid = series_uid(&slices[0]);
+    if slices.iter().any(|s| series_uid(s) != uid) {
+        return Outcome::Unreadable("slices of several series in one file".into());
+    }
+    let outs = match scorer.score_slices(&slices) {
+        Ok(o) => o,
+        Err(e) => return Outcome::EngineFailed(e),
+    };
+    let mut heatmaps = 0;
+    if live.heatmaps {
+        let key = SeriesKey::of(&uid, 1);
+        let dir = results_dir.join(key.hash_str()).join("heatmaps");
+        let p = &scorer.params;
+        for (s, o) in slices.iter().zip(&outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
+            let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
+            let hu = s.hu().into_raw_vec_and_offset().0;
+            let _ = std::fs::create_dir_all(&dir);
+            match crate::report::write_heatmap_png(&dir.join(&name), &hu, s.rows, s.cols, (p.window_center, p.window_width), &o.cam, crate::engine::CAM_SIDE) {
+                Ok(()) => heatmaps += 1,
+                Err(e) => log::error!("{}: heat map not written: {e}", dir.join(&name).display()),
+            }
+        }
+    }
+    let recs = slices
+        .iter()
+        .zip(outs)
+        .map(|(s, o)| SliceRec { frame: s.frame, sop: s.uids.sop.clone(), geometry: s.geometry, prob: o.prob, lung_fraction: o.lung_fraction })
+        .collect();
+    Outcome::Scored { series: uid, slices: recs, heatmaps }
+}
+
+/// The series a slice belongs to (as `series::assemble` groups them).
+fn series_uid(s: &Slice) -> String {
+    if s.uids.series.is_empty() {
+        format!("unknown:{}", s.source.parent().map(|p| p.display().to_string()).unwrap_or_default())
+    } else {
+        s.uids.series.clone()
+    }
+}
+
+/// The daemon.
+pub struct Daemon {
+    settings: Settings,
+    config_path: PathBuf,
+    scorer: Arc<Scorer>,
+    live: Arc<Mutex<Live>>,
+    journal: Journal,
+    state: State,
+    outbox: outbox::Outbox,
+    alerts: Alerts,
+    serial_up: Option<Arc<AtomicBool>>,
+    faults: HashSet<FaultKind>,
+    /// Files waiting: path → (relative name, time detected).
+    waiting: BTreeMap<PathBuf, (String, f64)>,
+    /// Files being scored: path → time detected.
+    in_flight: BTreeMap<PathBuf, f64>,
+    /// Files that could not be moved, or whose engine run failed: retry after this time.
+    retry_after: BTreeMap<PathBuf, Instant>,
+    busy: bool,
+    degraded: bool,
+    started: f64,
+}
+
+impl Daemon {
+    /// Sets everything up: folders, lock, model and engine, journal, alert sinks.
+    pub fn start(settings: Settings, config_path: &Path) -> Result<(Daemon, std::fs::File), DaemonError> {
+        let p = &settings.paths;
+        for d in [&p.incoming, &p.done, &p.quarantine, &p.results, &p.state] {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        let lock = lock(&p.state)?;
+        let scorer = Arc::new(Scorer::from_settings(&settings)?);
+        let (journal, state) = Journal::open(&p.state)?;
+        let outbox = outbox::Outbox::open(&p.results).map_err(io(&p.results))?;
+        let m = &scorer.model.manifest.model;
+        let version = format!("{};{}-{}", env!("CARGO_PKG_VERSION"), m.name, m.version);
+        let mut sinks: Vec<Box<dyn alert::AlertSink>> = vec![Box::new(alert::LogSink)];
+        let mut serial_up = None;
+        if settings.serial.enabled {
+            let s = alert::serial::SerialSink::new(settings.serial.clone(), &version);
+            serial_up = Some(s.port_up());
+            sinks.push(Box::new(s));
+        }
+        if settings.led.enabled {
+            match open_leds(&settings) {
+                Ok(d) => sinks.push(Box::new(alert::led::LedSink::new(d))),
+                Err(e) => log::error!("LEDs not available: {e} (see `ctsentry doctor`)"),
+            }
+        }
+        let alerts = Alerts::start(sinks);
+        let live = Arc::new(Mutex::new(Live { rule: scorer.rule.clone(), heatmaps: settings.daemon.heatmaps, ingest: settings.ingest.clone() }));
+        let degraded = cfg!(any(feature = "cuda", feature = "cuda-12")) && scorer.pre.name() == "cpu";
+        let d = Daemon {
+            config_path: config_path.to_path_buf(),
+            scorer,
+            live,
+            journal,
+            state,
+            outbox,
+            alerts,
+            serial_up,
+            faults: HashSet::new(),
+            waiting: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            retry_after: BTreeMap::new(),
+            busy: false,
+            degraded,
+            started: now(),
+            settings,
+        };
+        Ok((d, lock))
+    }
+
+    fn emit(&mut self, e: Event) {
+        if !self.alerts.emit(e) {
+            self.fault(FaultKind::Queue, true);
+        }
+    }
+
+    fn fault(&mut self, kind: FaultKind, on: bool) {
+        let changed = if on { self.faults.insert(kind) } else { self.faults.remove(&kind) };
+        if changed {
+            let e = if on { Event::Fault { kind } } else { Event::Clear { what: Cleared::Fault(kind) } };
+            // Queue faults are reported in the log only when the queue itself is the problem.
+            let _ = self.alerts.emit(e);
+        }
+    }
+
+    /// Puts a verdict event in the feed (exactly once) and, when it was not there yet, hands it
+    /// to the sinks.
+    #[allow(clippy::too_many_arguments)]
+    fn publish(&mut self, uid: &str, part: u16, stage: Stage, positive: bool, positives: usize, slices: usize, max_prob: f64) {
+        let key = SeriesKey::of(uid, part);
+        let stage_name = if stage == Stage::Early { "EARLY" } else { "FINAL" };
+        let id = format!("{key}:{stage_name}");
+        if self.outbox.contains(&id) {
+            return;
+        }
+        let rule = self.rule();
+        let m = &self.scorer.model.manifest.model;
+        let line = serde_json::json!({"id": id, "t": now(), "event": if positive { "ALERT" } else { "NEGATIVE" }, "stage": stage_name,
+            "series_uid": uid, "series_key": key.to_string(), "part": part, "positives": positives, "slices": slices, "max_prob": max_prob,
+            "threshold": rule.threshold, "min_positive_slices": rule.min_positive_slices, "model": format!("{} {}", m.name, m.version)});
+        if let Err(e) = self.outbox.append(&line) {
+            log::error!("{}: {e}", self.outbox.path().display());
+            self.fault(FaultKind::Disk, true);
+        }
+        let (positives, slices, max_prob) = (positives as u32, slices as u32, max_prob as f32);
+        self.emit(if positive {
+            Event::Alert { key, positives, slices, max_prob, stage }
+        } else {
+            Event::Negative { key, positives, slices, max_prob }
+        });
+    }
+
+    /// Re-publishes events the journal holds but the feed lacks (a crash between the two).
+    fn republish(&mut self) {
+        let open: Vec<(String, u16, Vec<f64>)> = self.state.open.iter().filter(|(_, o)| o.alert_t.is_some()).map(|(k, o)| (k.clone(), o.part, o.probs())).collect();
+        for (uid, part, probs) in open {
+            let d = self.rule().series(&probs);
+            self.publish(&uid, part, Stage::Early, true, d.positives, d.slices, d.max_prob);
+        }
+        let finals: Vec<Record> = Journal::read(self.journal.path()).unwrap_or_default().into_iter().filter(|r| matches!(r, Record::Final { .. })).collect();
+        for r in finals {
+            if let Record::Final { series, part, verdict, positives, slices, max_prob, .. } = r {
+                self.publish(&series, part, Stage::Final, verdict == "positive", positives, slices, max_prob);
+            }
+        }
+    }
+
+    fn record(&mut self, r: Record) -> bool {
+        match self.journal.append(&r) {
+            Ok(()) => {
+                self.state.apply(&r);
+                true
+            }
+            Err(e) => {
+                log::error!("{e}");
+                self.fault(FaultKind::Disk, true);
+                false
+            }
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT (flags registered before start-up, so that a signal during
+    /// start-up is honoured too). Returns after flushing.
+    fn run(mut self, signals: Signals) -> Result<(), DaemonError> {
+        let workers = self.settings.engine_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, 16);
+        let max_in_flight = 2 * workers;
+        let (job_tx, job_rx) = sync_channel::<Job>(max_in_flight);
+        let (done_tx, done_rx) = sync_channel::<Finished>(max_in_flight);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let (sc, live, res, jr, dt) = (self.scorer.clone(), self.live.clone(), self.settings.paths.results.clone(), job_rx.clone(), done_tx.clone());
+            threads.push(std::thread::Builder::new().name(format!("score-{i}")).spawn(move || worker(sc, live, res, jr, dt)).expect("spawning a worker"));
+        }
+        drop(done_tx);
+
+        let m = self.scorer.model.manifest.model.clone();
+        self.record(Record::Start { t: now(), version: env!("CARGO_PKG_VERSION").into(), model: format!("{} {}", m.name, m.version), sha256: m.sha256.clone() });
+        let mut watcher = watch::Watcher::new(&self.settings.paths.incoming, self.settings.daemon.watch, self.settings.daemon.poll_seconds, self.settings.daemon.stable_seconds);
+        if self.settings.daemon.watch == WatchMode::Inotify && watcher.degraded.is_some() {
+            self.degraded = true;
+        }
+        self.resume_unmoved();
+        self.republish();
+        // An unacknowledged alert from before the restart stays latched.
+        self.emit(Event::Ready { latched: self.state.latched });
+        if self.degraded {
+            self.emit(Event::Degraded { on: true });
+        }
+        log::info!(
+            "ready: watching {} ({:?}), {} workers, model {} {} (sha256 {}…), threshold {:.4} ({}), {} positive slices per series, engine {}, preprocess {}; {} series open from before",
+            self.settings.paths.incoming.display(), self.settings.daemon.watch, workers, m.name, m.version, &m.sha256[..12.min(m.sha256.len())],
+            self.scorer.rule.threshold, self.scorer.rule.threshold_source, self.scorer.rule.min_positive_slices, self.scorer.engine.name(), self.scorer.pre.name(),
+            self.state.open.len()
+        );
+        let sd = systemd::Notifier::from_env();
+        sd.send("READY=1\nSTATUS=watching");
+        let last_journal_t = self.state.open.values().map(|o| o.last_t).fold(0.0, f64::max);
+        let mut first_scan = true;
+        let mut last_disk_check: Option<Instant> = None;
+        let mut last_status = Instant::now();
+
+        loop {
+            if signals.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if signals.reload.swap(false, Ordering::Relaxed) {
+                self.reload(&mut watcher);
+            }
+            self.check_ack();
+            if let Some(up) = &self.serial_up {
+                let up = up.load(Ordering::Relaxed);
+                // A port that never opened since start is a fault too (after a grace second).
+                if up || now() - self.started > 2.0 {
+                    self.fault(FaultKind::Serial, !up);
+                }
+            }
+            if last_disk_check.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                last_disk_check = Some(Instant::now());
+                self.check_disk();
+            }
+            // New files.
+            let t = now();
+            for path in watcher.ready() {
+                if self.in_flight.contains_key(&path) || self.waiting.contains_key(&path) {
+                    continue;
+                }
+                if self.retry_after.get(&path).is_some_and(|r| Instant::now() < *r) {
+                    continue;
+                }
+                let rel = rel_of(&path, &self.settings.paths.incoming);
+                // Files there before a restart arrived before the journal's last record.
+                let detected = if first_scan && last_journal_t > 0.0 { last_journal_t.min(t) } else { t };
+                self.waiting.insert(path, (rel, detected));
+            }
+            first_scan = false;
+            // Dispatch.
+            while self.in_flight.len() < max_in_flight && !self.faults.contains(&FaultKind::Disk) {
+                let Some((path, (rel, detected))) = self.waiting.pop_first() else { break };
+                if self.state.unmoved.contains_key(&rel) {
+                    self.move_done(&path, &rel);
+                    continue;
+                }
+                if std::fs::symlink_metadata(&path).is_err() {
+                    continue; // gone (moved away by someone else)
+                }
+                match job_tx.try_send(Job { path: path.clone(), rel: rel.clone() }) {
+                    Ok(()) => {
+                        self.in_flight.insert(path, detected);
+                    }
+                    Err(_) => {
+                        self.waiting.insert(path, (rel, detected));
+                        break;
+                    }
+                }
+            }
+            let busy = !self.in_flight.is_empty() || !self.waiting.is_empty();
+            if busy != self.busy {
+                self.busy = busy;
+                self.emit(Event::Scoring { busy });
+            }
+            // Results.
+            match done_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(f) => {
+                    self.finish(f);
+                    while let Ok(f) = done_rx.try_recv() {
+                        self.finish(f);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.finalize_quiet_series(false);
+            sd.watchdog();
+            if last_status.elapsed() > Duration::from_secs(5) {
+                last_status = Instant::now();
+                sd.send(&format!("STATUS={} waiting, {} scoring, {} series open, {} files handled", self.waiting.len(), self.in_flight.len(), self.state.open.len(), self.state.handled));
+            }
+        }
+
+        // Shutdown: finish what is in flight, flush, stop.
+        sd.send("STOPPING=1");
+        log::info!("stopping: finishing {} file(s) in flight", self.in_flight.len());
+        drop(job_tx);
+        while !self.in_flight.is_empty() {
+            match done_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(f) => self.finish(f),
+                Err(_) => break,
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        log::info!("stopped; {} series open (resumed at next start)", self.state.open.len());
+        self.alerts.stop();
+        Ok(())
+    }
+
+    fn resume_unmoved(&mut self) {
+        let unmoved: Vec<String> = self.state.unmoved.keys().cloned().collect();
+        for rel in unmoved {
+            let path = self.settings.paths.incoming.join(&rel);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                self.move_done(&path, &rel);
+            } else {
+                // Moved before the crash, not yet recorded.
+                self.record(Record::Done { t: now(), file: rel, to: String::new() });
+            }
+        }
+    }
+
+    fn move_done(&mut self, path: &Path, rel: &str) {
+        match move_unique(path, &self.settings.paths.done, rel) {
+            Ok(to) => {
+                self.record(Record::Done { t: now(), file: rel.to_string(), to: to.display().to_string() });
+            }
+            Err(e) => {
+                log::error!("{}: scored but cannot be moved to {}: {e}; retrying in 30 s", path.display(), self.settings.paths.done.display());
+                self.retry_after.insert(path.to_path_buf(), Instant::now() + Duration::from_secs(30));
+                self.fault(FaultKind::Disk, true);
+            }
+        }
+    }
+
+    fn finish(&mut self, f: Finished) {
+        self.in_flight.remove(&f.path);
+        match f.outcome {
+            Outcome::Scored { series, slices, heatmaps } => {
+                self.fault(FaultKind::Engine, false);
+                let part = self.state.part_for(&series);
+                let n = slices.len();
+                if !self.record(Record::Scored { t: now(), file: f.rel.clone(), series: series.clone(), part, slices }) {
+                    self.retry_after.insert(f.path, Instant::now() + Duration::from_secs(10));
+                    return;
+                }
+                log::debug!("{}: {n} slice(s) scored, {heatmaps} heat map(s)", f.rel);
+                self.move_done(&f.path, &f.rel);
+                self.check_early(&series);
+            }
+            Outcome::Unreadable(reason) => self.quarantine(&f.path, &f.rel, &reason),
+            Outcome::EngineFailed(e) => {
+                log::error!("{}: scoring failed: {e}; the file stays and is retried in 10 s", f.rel);
+                self.fault(FaultKind::Engine, true);
+                self.retry_after.insert(f.path, Instant::now() + Duration::from_secs(10));
+            }
+        }
+    }
+
+    fn quarantine(&mut self, path: &Path, rel: &str, reason: &str) {
+        log::warn!("quarantined {rel}: {reason}");
+        let q = &self.settings.paths.quarantine;
+        let dst = unique_path(&q.join(rel));
+        let reason_file = PathBuf::from(format!("{}.reason", dst.display()));
+        let text = format!("file: {rel}\nreason: {reason}\ntime: {}\nctsentry: {}\n", now(), env!("CARGO_PKG_VERSION"));
+        let dst_rel = dst.strip_prefix(q).map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|_| rel.to_string());
+        let moved = write_atomic(&reason_file, text.as_bytes()).and_then(|_| move_unique(path, q, &dst_rel));
+        match moved {
+            Ok(to) => {
+                self.record(Record::Quarantined { t: now(), file: rel.to_string(), to: to.display().to_string(), reason: reason.to_string() });
+            }
+            Err(e) => {
+                log::error!("{}: cannot quarantine: {e}; retrying in 30 s", path.display());
+                self.retry_after.insert(path.to_path_buf(), Instant::now() + Duration::from_secs(30));
+                self.fault(FaultKind::Disk, true);
+            }
+        }
+    }
+
+    fn rule(&self) -> Rule {
+        self.live.lock().expect("live settings").rule.clone()
+    }
+
+    fn check_early(&mut self, series: &str) {
+        let Some(o) = self.state.open.get(series) else { return };
+        if o.alert_t.is_some() {
+            return;
+        }
+        let d = self.rule().series(&o.probs());
+        if d.verdict == Verdict::Positive {
+            let part = o.part;
+            if self.record(Record::Alert { t: now(), series: series.to_string(), part, positives: d.positives, slices: d.slices, max_prob: d.max_prob }) {
+                self.publish(series, part, Stage::Early, true, d.positives, d.slices, d.max_prob);
+            }
+        }
+    }
+
+    /// Gives the final verdict to every series quiet for `quiet_seconds` whose window holds no
+    /// unscored file (`all`: every open series, regardless).
+    fn finalize_quiet_series(&mut self, all: bool) {
+        let quiet = self.settings.quiet_seconds;
+        let oldest_waiting = self.waiting.values().map(|(_, d)| *d).chain(self.in_flight.values().copied()).fold(f64::INFINITY, f64::min);
+        let t = now();
+        let due: Vec<String> = self
+            .state
+            .open
+            .iter()
+            .filter(|(_, o)| all || (t - o.last_t >= quiet && oldest_waiting > o.last_t + quiet))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for uid in due {
+            self.finalize(&uid);
+        }
+    }
+
+    fn finalize(&mut self, uid: &str) {
+        let Some(o) = self.state.open.get(uid).cloned() else { return };
+        let rule = self.rule();
+        let key = SeriesKey::of(uid, o.part);
+        // Order the slices as `score` does, from the journal's geometry.
+        let mut stubs = Vec::new();
+        let mut recs = Vec::new();
+        for (file, slices) in &o.files {
+            for r in slices {
+                stubs.push(Slice {
+                    source: PathBuf::from(file),
+                    frame: r.frame,
+                    rows: 0,
+                    cols: 0,
+                    pixels: Pixels::I16(Vec::new()),
+                    rescale: Rescale::default(),
+                    geometry: r.geometry,
+                    uids: Uids { series: uid.to_string(), ..Default::default() },
+                    modality: None,
+                    image_type: Vec::new(),
+                    transfer_syntax: None,
+                    kind: SourceKind::Dicom,
+                });
+                recs.push(((file.clone(), r.frame), r.clone()));
+            }
+        }
+        let by_name: std::collections::HashMap<(String, usize), SliceRec> = recs.into_iter().collect();
+        let ordered = series::order(uid.to_string(), stubs);
+        let probs: Vec<f64> = ordered.slices.iter().map(|s| f64::from(by_name[&(s.source.display().to_string(), s.frame)].prob)).collect();
+        let d = rule.series(&probs);
+        let m = &self.scorer.model.manifest.model;
+        let slices: Vec<serde_json::Value> = ordered
+            .slices
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let r = &by_name[&(s.source.display().to_string(), s.frame)];
+                serde_json::json!({"file": s.source.display().to_string(), "frame": s.frame, "slice_index": i, "z": ordered.z[i],
+                    "lung_fraction": r.lung_fraction, "prob": r.prob, "positive": rule.slice_positive(f64::from(r.prob))})
+            })
+            .collect();
+        let t = now();
+        let result = serde_json::json!({
+            "type": "series", "series_uid": uid, "series_key": key.to_string(), "part": o.part,
+            "verdict": d.verdict, "positives": d.positives, "slices": d.slices, "max_prob": d.max_prob,
+            "threshold": rule.threshold, "threshold_source": rule.threshold_source, "min_positive_slices": rule.min_positive_slices,
+            "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
+            "engine": self.scorer.engine.name(), "preprocess": self.scorer.pre.name(), "ctsentry": env!("CARGO_PKG_VERSION"),
+            "order_key": ordered.order_key, "duplicates": ordered.duplicates, "gaps": ordered.gaps,
+            "times": {"first_scored": o.first_t, "last_scored": o.last_t, "early_alert": o.alert_t, "final": t,
+                      "early_alert_after_first_s": o.alert_t.map(|a| a - o.first_t), "final_after_last_s": t - o.last_t},
+            "slice_scores": slices,
+        });
+        let path = self.settings.paths.results.join(format!("{key}.json"));
+        if let Err(e) = write_atomic(&path, serde_json::to_string_pretty(&result).expect("json").as_bytes()) {
+            log::error!("{}: result not written: {e}; retrying", path.display());
+            self.fault(FaultKind::Disk, true);
+            return;
+        }
+        let verdict = if d.verdict == Verdict::Positive { "positive" } else { "negative" };
+        if !self.record(Record::Final { t, series: uid.to_string(), part: o.part, verdict: verdict.into(), positives: d.positives, slices: d.slices, max_prob: d.max_prob, result: path.display().to_string() }) {
+            return;
+        }
+        log::info!("series {key}: {verdict} ({} of {} slices ≥ {:.4}, {} needed) -> {}", d.positives, d.slices, rule.threshold, rule.min_positive_slices, path.display());
+        self.publish(uid, o.part, Stage::Final, d.verdict == Verdict::Positive, d.positives, d.slices, d.max_prob);
+    }
+
+    fn check_ack(&mut self) {
+        let p = self.settings.paths.state.join(ACK_FILE);
+        let Ok(by) = std::fs::read_to_string(&p) else { return };
+        let by = by.trim().chars().take(64).collect::<String>();
+        if self.record(Record::Ack { t: now(), by: if by.is_empty() { "ctsentry ack".into() } else { by } }) {
+            let _ = std::fs::remove_file(&p);
+            log::info!("alert acknowledged");
+            self.emit(Event::Clear { what: Cleared::Ack });
+        }
+    }
+
+    fn check_disk(&mut self) {
+        let p = &self.settings.paths;
+        let min = self.settings.daemon.min_free_mb;
+        let low: Vec<String> = [&p.done, &p.quarantine, &p.results, &p.state]
+            .iter()
+            .filter_map(|d| free_mb(d).filter(|f| *f < min).map(|f| format!("{} ({f:.0} MiB free)", d.display())))
+            .collect();
+        let was = self.faults.contains(&FaultKind::Disk);
+        if !low.is_empty() && !was {
+            log::error!("disk space below disk.min_free_mb = {min}: {}; new files wait until space returns", low.join(", "));
+        } else if low.is_empty() && was {
+            log::info!("disk space is back above {min} MiB; taking files again");
+        }
+        self.fault(FaultKind::Disk, !low.is_empty());
+    }
+
+    fn reload(&mut self, watcher: &mut watch::Watcher) {
+        let new = match Settings::load(&self.config_path) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("reload refused, keeping the running config:\n{e}");
+                return;
+            }
+        };
+        let old = &self.settings;
+        let mut fixed = Vec::new();
+        if new.paths != old.paths {
+            fixed.push("paths.*");
+        }
+        if new.model_path != old.model_path {
+            fixed.push("model.path");
+        }
+        if new.engine != old.engine || new.engine_threads != old.engine_threads || new.onnxruntime_library != old.onnxruntime_library {
+            fixed.push("engine.*");
+        }
+        if new.preprocess != old.preprocess {
+            fixed.push("preprocess.backend");
+        }
+        if new.serial != old.serial || new.led != old.led {
+            fixed.push("alert.*");
+        }
+        if new.daemon.watch != old.daemon.watch {
+            fixed.push("watch.mode");
+        }
+        if !fixed.is_empty() {
+            log::warn!("reload: {} cannot change while running; restart ctsentry to apply them (the other changes are applied)", fixed.join(", "));
+        }
+        let threshold = new.threshold.map(|t| (t, "config".to_string())).unwrap_or_else(|| (self.scorer.model.manifest.decision.threshold, "manifest".into()));
+        let rule = Rule { threshold: threshold.0, threshold_source: threshold.1, min_positive_slices: new.min_positive_slices };
+        *self.live.lock().expect("live settings") = Live { rule: rule.clone(), heatmaps: new.daemon.heatmaps, ingest: new.ingest.clone() };
+        watcher.set_timing(new.daemon.poll_seconds, new.daemon.stable_seconds);
+        log::set_max_level(new.log_level);
+        let s = &mut self.settings;
+        s.threshold = new.threshold;
+        s.min_positive_slices = new.min_positive_slices;
+        s.quiet_seconds = new.quiet_seconds;
+        s.ingest = new.ingest;
+        s.daemon.poll_seconds = new.daemon.poll_seconds;
+        s.daemon.stable_seconds = new.daemon.stable_seconds;
+        s.daemon.heatmaps = new.daemon.heatmaps;
+        s.daemon.min_free_mb = new.daemon.min_free_mb;
+        s.log_level = new.log_level;
+        log::info!("config reloaded: threshold {:.4} ({}), {} positive slices per series, quiet {} s", rule.threshold, rule.threshold_source, rule.min_positive_slices, s.quiet_seconds);
+    }
+}
+
+fn open_leds(s: &Settings) -> std::io::Result<Box<dyn alert::led::LedDriver>> {
+    use crate::config::LedDriver;
+    let l = &s.led;
+    Ok(match l.driver {
+        LedDriver::Sysfs => Box::new(alert::led::SysfsLeds::open([l.green.clone().into(), l.red.clone().into(), l.amber.clone().into()])?),
+        LedDriver::Gpio => Box::new(alert::led::GpioLeds::open([&l.green, &l.red, &l.amber], l.active_low)?),
+    })
+}
+
+/// Runs the daemon with `settings` (loaded from `config_path`, reloaded from it on SIGHUP).
+pub fn run(settings: Settings, config_path: &Path) -> Result<(), DaemonError> {
+    let signals = Signals::register();
+    let (d, _lock) = Daemon::start(settings, config_path)?;
+    d.run(signals)
+}

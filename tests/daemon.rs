@@ -1,0 +1,278 @@
+//! The daemon end to end, as a separate process: drop folder to verdicts, SIGKILL at random
+//! moments, SIGTERM, SIGHUP, `ctsentry ack`, the burst of many files.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ctsentry"))
+}
+
+/// A daemon config over `root/var` with the tiny model (lung mask off: synthetic slices have no
+/// lungs), `extra` appended.
+fn config(root: &Path, extra: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
+    let model = root.join("tiny.onnx");
+    std::fs::copy(&src, &model).unwrap();
+    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap().replace("lung_mask = true", "lung_mask = false");
+    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    let p = root.join("c.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[paths]\nincoming = \"var/incoming\"\ndone = \"var/done\"\nquarantine = \"var/quarantine\"\nresults = \"var/results\"\nstate = \"var/state\"\n\
+             [model]\npath = \"{}\"\n[preprocess]\nbackend = \"cpu\"\n[engine]\nbackend = \"tract\"\nthreads = 2\n\
+             [decision]\nthreshold = 0.5\nmin_positive_slices = 2\n[series]\nquiet_seconds = 1.0\n\
+             [watch]\nmode = \"inotify\"\npoll_seconds = 0.2\nstable_seconds = 0.2\n[disk]\nmin_free_mb = 0\n{extra}",
+            model.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Writes series `name` (6 slices) under `dir/name/`; `base` HU shifts its density (the tiny
+/// model scores denser series higher).
+fn write_series(dir: &Path, name: &str, uid: &str, base: i32, n: i32) {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    for k in 0..n {
+        let mut s = CtSlice::pattern(48, 48, k, 2.5 * k as f64);
+        s.series_uid = uid.into();
+        s.sop_uid = format!("{uid}.{k}");
+        s.rescale = Some((1.0, -1024.0));
+        s.stored = s.stored.iter().map(|v| (v / 10 + base + 1024).max(0)).collect();
+        s.write(&dir.join(format!("{name}/{k}.dcm")), EXPLICIT_LE);
+    }
+}
+
+/// Moves every file of `src` into `incoming` the way a careful sender does: write under a
+/// temporary name, then rename.
+fn drop_into(src: &Path, incoming: &Path) {
+    for f in walk(src) {
+        let rel = f.strip_prefix(src).unwrap();
+        let dst = incoming.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let tmp = dst.with_file_name(format!(".{}.part", dst.file_name().unwrap().to_string_lossy()));
+        std::fs::copy(&f, &tmp).unwrap();
+        std::fs::rename(&tmp, &dst).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn rels(dir: &Path) -> Vec<String> {
+    walk(dir).iter().map(|p| p.strip_prefix(dir).unwrap().display().to_string()).collect()
+}
+
+fn start(cfg: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    bin().args(["--config", cfg.to_str().unwrap(), "run"]).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn events(results: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(results.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("events.jsonl line {l:?}: {e}")))
+        .collect()
+}
+
+/// What `ctsentry score --json` says about each series (the batch path; the daemon must agree).
+fn batch_verdicts(cfg: &Path, src: &Path) -> BTreeMap<String, (String, u64)> {
+    let out = bin().args(["--config", cfg.to_str().unwrap(), "score", "--json", src.to_str().unwrap()]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "series")
+        .map(|v| (v["series_uid"].as_str().unwrap().to_string(), (v["verdict"].as_str().unwrap().to_string(), v["positives"].as_u64().unwrap())))
+        .collect()
+}
+
+fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    let src = root.join("src");
+    // Three series: two dense (positive under the tiny model), one light (negative), arriving
+    // in three waves, one of them nested as scanner exports do; plus a file that is not DICOM.
+    write_series(&src.join("w1"), "light", "1.2.826.0.1.3680043.8.498.10", -900, 6);
+    std::fs::write(src.join("w1/light/notes.dcm"), b"not a dicom file").unwrap();
+    write_series(&src.join("w2/study1"), "dense", "1.2.826.0.1.3680043.8.498.11", 200, 6);
+    write_series(&src.join("w3"), "dense2", "1.2.826.0.1.3680043.8.498.12", 300, 6);
+    let expected = batch_verdicts(&cfg, &src);
+    assert_eq!(expected.len(), 3, "{expected:?}");
+    assert!(expected.values().filter(|v| v.0 == "positive").count() >= 1 && expected.values().any(|v| v.0 == "negative"), "{expected:?}");
+
+    let var = root.join("var");
+    let incoming = var.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    let log = root.join("daemon.log");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261127);
+    let kills = 24;
+    for k in 0..kills {
+        match k {
+            0 => drop_into(&src.join("w1"), &incoming),
+            6 => drop_into(&src.join("w2"), &incoming),
+            12 => drop_into(&src.join("w3"), &incoming),
+            _ => {}
+        }
+        let mut child = start(&cfg, &log);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..700)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    // Let it finish, then stop it politely (once it is up: a signal before its handlers exist
+    // kills any process).
+    let readies = |log: &Path| std::fs::read_to_string(log).unwrap_or_default().matches("] ready: ").count();
+    let before = readies(&log);
+    let mut child = start(&cfg, &log);
+    assert!(wait_until(Duration::from_secs(30), || readies(&log) > before));
+    let results = var.join("results");
+    let done = wait_until(Duration::from_secs(120), || {
+        walk(&incoming).is_empty() && events(&results).iter().filter(|e| e["stage"] == "FINAL").count() >= 3
+    });
+    signal(&child, libc::SIGTERM);
+    let code = wait_exit(&mut child, Duration::from_secs(20));
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert!(done, "not finished; log:\n{logtext}");
+    let resumed = logtext.matches("] ready: ").filter(|_| true).count();
+    let mid = logtext.lines().filter(|l| l.contains("] ready: ") && !l.ends_with("; 0 series open from before")).count();
+    eprintln!("{kills} kills; {resumed} starts reached ready, {mid} of them resumed open series");
+    assert!(mid >= 5, "the kills should hit while series are open:\n{logtext}");
+    assert_eq!(code, Some(0), "SIGTERM exits 0");
+
+    // Every input is in done/ or quarantine/, exactly once, under its own name.
+    let mut inputs: Vec<String> = rels(&src).iter().map(|r| r.split_once('/').unwrap().1.to_string()).collect();
+    inputs.sort();
+    let mut outputs: Vec<String> = rels(&var.join("done"));
+    let quarantined: Vec<String> = rels(&var.join("quarantine")).into_iter().filter(|r| !r.ends_with(".reason")).collect();
+    outputs.extend(quarantined.iter().cloned());
+    outputs.sort();
+    assert_eq!(outputs, inputs, "log:\n{logtext}");
+    assert_eq!(quarantined, vec!["light/notes.dcm".to_string()]);
+    let reason = std::fs::read_to_string(var.join("quarantine/light/notes.dcm.reason")).unwrap();
+    assert!(reason.contains("notes.dcm") && reason.contains("not a DICOM"), "{reason}");
+    assert!(walk(&incoming).is_empty());
+
+    // Exactly one final verdict per series, agreeing with `score`; exactly one early alert per
+    // positive series; nothing for the negative one.
+    let ev = events(&results);
+    let finals: Vec<&serde_json::Value> = ev.iter().filter(|e| e["stage"] == "FINAL").collect();
+    let earlies: Vec<&serde_json::Value> = ev.iter().filter(|e| e["stage"] == "EARLY").collect();
+    assert_eq!(finals.len(), 3, "{ev:#?}");
+    let ids: BTreeSet<&str> = ev.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), ev.len(), "no event twice");
+    for (uid, (verdict, positives)) in &expected {
+        let f: Vec<_> = finals.iter().filter(|e| e["series_uid"] == uid.as_str()).collect();
+        assert_eq!(f.len(), 1, "{uid}: {ev:#?}");
+        assert_eq!(f[0]["event"], if verdict == "positive" { "ALERT" } else { "NEGATIVE" });
+        assert_eq!(f[0]["positives"].as_u64().unwrap(), *positives, "{uid}");
+        assert_eq!(f[0]["part"], 1);
+        let e = earlies.iter().filter(|e| e["series_uid"] == uid.as_str()).count();
+        assert_eq!(e, usize::from(verdict == "positive"), "{uid}: {ev:#?}");
+        // The result file.
+        let key = f[0]["series_key"].as_str().unwrap();
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{key}.json"))).unwrap()).unwrap();
+        assert_eq!(r["verdict"], verdict.as_str());
+        assert_eq!(r["slice_scores"].as_array().unwrap().len(), 6);
+        assert_eq!(r["threshold"], 0.5);
+        assert_eq!(r["model"]["name"], "tiny-densenet");
+        let idx: Vec<u64> = r["slice_scores"].as_array().unwrap().iter().map(|s| s["slice_index"].as_u64().unwrap()).collect();
+        assert_eq!(idx, (0..6).collect::<Vec<_>>());
+    }
+    assert_eq!(walk(&results).iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count(), 3);
+    // Heat maps for positive slices only.
+    let maps = walk(&results).iter().filter(|p| p.extension().is_some_and(|e| e == "png")).count();
+    let positives: u64 = expected.values().map(|v| v.1).sum();
+    assert_eq!(maps as u64, positives);
+    // No patient data in the log.
+    assert!(!logtext.contains("PatientName") && !logtext.to_lowercase().contains("doe^"), "{logtext}");
+}
+
+#[test]
+fn ack_reload_and_bad_reload_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    let log = root.join("daemon.log");
+    let var = root.join("var");
+    let mut child = start(&cfg, &log);
+    write_series(&root.join("src"), "dense", "1.2.826.0.1.3680043.8.498.21", 200, 4);
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    drop_into(&root.join("src"), &var.join("incoming"));
+    let results = var.join("results");
+    assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", std::fs::read_to_string(&log).unwrap());
+    // A broken config on SIGHUP is refused and the daemon keeps running.
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, good.replace("min_positive_slices = 2", "min_positive_slices = \"x\"")).unwrap();
+    signal(&child, libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log).unwrap().contains("reload refused")));
+    // A good one with a fixed field changed: applied, the fixed field named.
+    std::fs::write(&cfg, good.replace("threshold = 0.5", "threshold = 0.6").replace("threads = 2", "threads = 1")).unwrap();
+    signal(&child, libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log).unwrap().contains("threshold 0.6000 (config)")));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("engine.* cannot change while running"));
+    // Acknowledge the latched alert.
+    let out = bin().args(["--config", cfg.to_str().unwrap(), "ack", "--by", "tech 12"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("daemon clears the alert"));
+    assert!(wait_until(Duration::from_secs(10), || !var.join("state/ack.request").exists()));
+    let journal = std::fs::read_to_string(var.join("state/journal.jsonl")).unwrap();
+    assert!(journal.contains("\"ev\":\"ack\"") && journal.contains("tech 12"), "{journal}");
+    // A second daemon on the same state folder refuses to start.
+    let second = bin().args(["--config", cfg.to_str().unwrap(), "run"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another `ctsentry run`"));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
