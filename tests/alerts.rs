@@ -1,0 +1,279 @@
+//! Alert sinks on real kernel objects: the serial sink on a pseudo-terminal (the reading side
+//! parses and checksum-verifies every message, acknowledges, drops and reconnects the line), and
+//! the LED sink on a directory tree shaped like /sys/class/leds.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ctsentry::alert::led::{LedSink, LedState, SysfsLeds, Lamp};
+use ctsentry::alert::protocol::{self, Line};
+use ctsentry::alert::serial::SerialSink;
+use ctsentry::alert::{AlertSink, Alerts, Cleared, Event, FaultKind, Health, SeriesKey, Stage};
+use ctsentry::config::SerialSettings;
+use serialport::{SerialPort, TTYPort};
+
+fn settings(port: &Path, ack: bool) -> SerialSettings {
+    SerialSettings {
+        enabled: true,
+        port: port.display().to_string(),
+        baud: 115200,
+        data_bits: 8,
+        parity: 'N',
+        stop_bits: 1,
+        heartbeat_seconds: 3600.0,
+        ack,
+        ack_timeout_seconds: 0.15,
+    }
+}
+
+/// A pseudo-terminal pair whose device is reachable through the symlink `link` (as
+/// /dev/serial/by-id/... names a USB adapter): returns the master side.
+fn plug(link: &Path) -> TTYPort {
+    let (master, slave) = TTYPort::pair().unwrap();
+    let name = slave.name().unwrap();
+    drop(slave);
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(&name, link).unwrap();
+    master
+}
+
+/// Reads whole lines from `port` until `n` lines or `within` passed; each line is parsed and
+/// its checksum verified (panics otherwise). Returns the fields of each.
+fn read_lines(port: &mut TTYPort, buf: &mut Vec<u8>, n: usize, within: Duration) -> Vec<Vec<String>> {
+    let t = Instant::now();
+    let mut out = Vec::new();
+    port.set_timeout(Duration::from_millis(50)).unwrap();
+    while out.len() < n && t.elapsed() < within {
+        let mut b = [0u8; 256];
+        if let Ok(k) = port.read(&mut b) {
+            buf.extend_from_slice(&b[..k]);
+        }
+        while let Some(i) = buf.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let text = String::from_utf8(line).unwrap();
+            assert!(text.ends_with("\r\n"), "{text:?}");
+            let f = protocol::parse(&text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            assert_eq!(f[0], "CTSEN");
+            out.push(f.iter().map(|s| s.to_string()).collect());
+        }
+    }
+    out
+}
+
+fn ack(port: &mut TTYPort, seq: &str) {
+    let mut l = Line::new();
+    protocol::format_ack(seq.parse().unwrap(), &mut l);
+    port.write_all(l.as_bytes()).unwrap();
+}
+
+fn key() -> SeriesKey {
+    SeriesKey::of("1.2.826.0.1.3680043.8.498.77", 1)
+}
+
+#[test]
+fn every_message_arrives_parsed_and_checksummed_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyCTS");
+    let mut master = plug(&link);
+    let alerts = Alerts::start(vec![Box::new(SerialSink::new(settings(&link, false), "0.1.0;tiny-1"))]);
+    let events = [
+        Event::Ready { latched: false },
+        Event::Scoring { busy: true }, // LED only: not on the line
+        Event::Alert { key: key(), positives: 3, slices: 20, max_prob: 0.93, stage: Stage::Early },
+        Event::Alert { key: key(), positives: 9, slices: 60, max_prob: 0.97, stage: Stage::Final },
+        Event::Negative { key: SeriesKey::of("x", 2), positives: 0, slices: 150, max_prob: 0.2 },
+        Event::Fault { kind: FaultKind::Disk },
+        Event::Clear { what: Cleared::Fault(FaultKind::Disk) },
+        Event::Clear { what: Cleared::Ack },
+    ];
+    for e in events {
+        assert!(alerts.emit(e));
+    }
+    let mut buf = Vec::new();
+    let lines = read_lines(&mut master, &mut buf, 7, Duration::from_secs(5));
+    let k = key().to_string();
+    let want: Vec<Vec<&str>> = vec![
+        vec!["CTSEN", "1", "READY", "0.1.0;tiny-1", "CLEAR"],
+        vec!["CTSEN", "2", "ALERT", &k, "3", "20", "0.930", "EARLY"],
+        vec!["CTSEN", "3", "ALERT", &k, "9", "60", "0.970", "FINAL"],
+        vec!["CTSEN", "4", "NEGATIVE", "2d711642.2", "0", "150", "0.200", "FINAL"],
+        vec!["CTSEN", "5", "FAULT", "DISK"],
+        vec!["CTSEN", "6", "CLEAR", "DISK"],
+        vec!["CTSEN", "7", "CLEAR", "ACK"],
+    ];
+    assert_eq!(lines, want);
+    // The series key is the hash of the UID, never a name.
+    assert_eq!(k.len(), 8);
+    alerts.stop();
+}
+
+#[test]
+fn heartbeats_report_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyCTS");
+    let mut master = plug(&link);
+    let mut cfg = settings(&link, false);
+    cfg.heartbeat_seconds = 1.0;
+    let alerts = Alerts::start(vec![Box::new(SerialSink::new(cfg, "v"))]);
+    alerts.emit(Event::Fault { kind: FaultKind::Engine });
+    alerts.emit(Event::Alert { key: key(), positives: 2, slices: 2, max_prob: 0.9, stage: Stage::Early });
+    let mut buf = Vec::new();
+    let lines = read_lines(&mut master, &mut buf, 3, Duration::from_secs(4));
+    assert_eq!(lines[2][2..], ["HEARTBEAT", "FAULT", "LATCHED"], "{lines:?}");
+    let _ = Health::Ok;
+    alerts.stop();
+}
+
+#[test]
+fn ack_mode_repeats_with_backoff_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyCTS");
+    let mut master = plug(&link);
+    // The sink's timer ticks every 100 ms: a 0.2 s first wait keeps the doubling measurable.
+    let alerts = Alerts::start(vec![Box::new(SerialSink::new(SerialSettings { ack_timeout_seconds: 0.2, ..settings(&link, true) }, "v"))]);
+    alerts.emit(Event::Alert { key: key(), positives: 2, slices: 5, max_prob: 0.8, stage: Stage::Early });
+    alerts.emit(Event::Fault { kind: FaultKind::Engine });
+    let mut buf = Vec::new();
+    // Not acknowledged: the same message (same seq) again after 0.2 s, 0.4 s, 0.8 s ...
+    let t0 = Instant::now();
+    let mut times = Vec::new();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let l = read_lines(&mut master, &mut buf, 1, Duration::from_secs(3));
+        assert_eq!(l.len(), 1, "a repeat must come");
+        times.push(t0.elapsed().as_secs_f64());
+        seen.push(l[0].clone());
+    }
+    assert!(seen.iter().all(|f| f[1] == "1" && f[2] == "ALERT"), "{seen:?}");
+    let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[1] > gaps[0] * 1.5 && gaps[2] > gaps[1] * 1.5, "back-off doubles: {gaps:?}");
+    // A corrupt ACK is ignored; a good one releases the next message.
+    master.write_all(b"$CTACK,1*00\r\n").unwrap();
+    ack(&mut master, "1");
+    let l = read_lines(&mut master, &mut buf, 1, Duration::from_secs(3));
+    assert_eq!(l[0][1..], ["2", "FAULT", "ENGINE"], "{l:?}");
+    ack(&mut master, "2");
+    alerts.stop();
+}
+
+#[test]
+fn port_unplugged_and_replugged_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyCTS");
+    let mut master = plug(&link);
+    let sink = SerialSink::new(settings(&link, true), "v");
+    let up = sink.port_up();
+    let alerts = Alerts::start(vec![Box::new(sink)]);
+    let mut buf = Vec::new();
+    let mut received = Vec::new();
+    for i in 0..3u32 {
+        alerts.emit(Event::Alert { key: SeriesKey::of(&i.to_string(), 1), positives: i, slices: 10, max_prob: 0.9, stage: Stage::Early });
+    }
+    // Take two, acknowledge them; the third arrives but is not acknowledged before the unplug.
+    for _ in 0..3 {
+        let l = read_lines(&mut master, &mut buf, 1, Duration::from_secs(3));
+        received.push(l[0][1].clone());
+        if received.len() < 3 {
+            ack(&mut master, &l[0][1]);
+        }
+    }
+    // Unplug: the device and its name vanish; events keep coming.
+    drop(master);
+    std::fs::remove_file(&link).unwrap();
+    for i in 3..6u32 {
+        alerts.emit(Event::Alert { key: SeriesKey::of(&i.to_string(), 1), positives: i, slices: 10, max_prob: 0.9, stage: Stage::Early });
+    }
+    assert!(wait(|| !up.load(std::sync::atomic::Ordering::Relaxed)), "the sink notices the port is gone");
+    std::thread::sleep(Duration::from_millis(300));
+    // Replug (a new device behind the same name): the unacknowledged message and the rest come.
+    let mut master = plug(&link);
+    buf.clear();
+    let mut after = Vec::new();
+    while after.len() < 4 {
+        let l = read_lines(&mut master, &mut buf, 1, Duration::from_secs(5));
+        assert_eq!(l.len(), 1, "messages after replug: {after:?}");
+        let seq = l[0][1].clone();
+        if after.last() != Some(&seq) {
+            after.push(seq.clone());
+        }
+        ack(&mut master, &seq);
+    }
+    assert_eq!(received, ["1", "2", "3"]);
+    assert_eq!(after, ["3", "4", "5", "6"], "the unacknowledged one again, then the rest, in order");
+    assert!(up.load(std::sync::atomic::Ordering::Relaxed));
+    alerts.stop();
+}
+
+fn wait(mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A /sys/class/leds-shaped tree: `name/{brightness,max_brightness,trigger,delay_on,delay_off}`.
+fn led_tree(root: &Path) -> [PathBuf; 3] {
+    ["green", "red", "amber"].map(|c| {
+        let d = root.join(format!("ctsentry:{c}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, v) in [("brightness", "0"), ("max_brightness", "255"), ("trigger", "none"), ("delay_on", "0"), ("delay_off", "0")] {
+            std::fs::write(d.join(f), v).unwrap();
+        }
+        d
+    })
+}
+
+fn look(dirs: &[PathBuf; 3]) -> [String; 3] {
+    dirs.clone().map(|d| {
+        let r = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        match r("trigger").as_str() {
+            "timer" => {
+                assert_eq!((r("delay_on").as_str(), r("delay_off").as_str()), ("500", "500"));
+                "blink".to_string()
+            }
+            "none" => if r("brightness") == "255" { "on" } else { assert_eq!(r("brightness"), "0"); "off" }.to_string(),
+            t => panic!("trigger {t}"),
+        }
+    })
+}
+
+#[test]
+fn leds_follow_every_state_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = led_tree(dir.path());
+    let mut sink = LedSink::new(Box::new(SysfsLeds::open(dirs.clone()).unwrap()));
+    let s = |v: [&str; 3]| v.map(String::from);
+    assert_eq!(look(&dirs), s(["off", "off", "off"]), "not running");
+    let steps: Vec<(Event, [&str; 3])> = vec![
+        (Event::Ready { latched: false }, ["on", "off", "off"]),
+        (Event::Scoring { busy: true }, ["blink", "off", "off"]),
+        (Event::Alert { key: key(), positives: 2, slices: 3, max_prob: 0.9, stage: Stage::Early }, ["blink", "on", "off"]),
+        (Event::Scoring { busy: false }, ["on", "on", "off"]),
+        (Event::Degraded { on: true }, ["on", "on", "on"]),
+        (Event::Fault { kind: FaultKind::Disk }, ["off", "blink", "on"]),
+        (Event::Fault { kind: FaultKind::Serial }, ["off", "blink", "on"]),
+        (Event::Clear { what: Cleared::Fault(FaultKind::Disk) }, ["off", "blink", "on"]),
+        (Event::Clear { what: Cleared::Fault(FaultKind::Serial) }, ["on", "on", "on"]),
+        (Event::Clear { what: Cleared::Ack }, ["on", "off", "on"]),
+        (Event::Degraded { on: false }, ["on", "off", "off"]),
+        (Event::Negative { key: key(), positives: 0, slices: 9, max_prob: 0.1 }, ["on", "off", "off"]),
+    ];
+    for (e, want) in steps {
+        sink.handle(&e);
+        assert_eq!(look(&dirs), s(want), "after {e:?}");
+    }
+    sink.shutdown();
+    assert_eq!(look(&dirs), s(["off", "off", "off"]), "stopped");
+    // A latched alert from before a restart shows at once.
+    let mut st = LedState::default();
+    st.apply(&Event::Ready { latched: true });
+    assert_eq!(st.lamps(), [Lamp::On, Lamp::On, Lamp::Off]);
+    // A missing LED is a clear error naming the file.
+    let err = SysfsLeds::open([dir.path().join("nope"), dirs[1].clone(), dirs[2].clone()]).err().unwrap().to_string();
+    assert!(err.contains("nope/brightness"), "{err}");
+}
