@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Exports a trained run (train.py's model.pt) to the model bundle: NAME.onnx + NAME.toml.
+
+    python3 models/training/export.py --run /tmp/run-final --threshold-from /tmp/run-final \
+        --name densenet121-covid --version 1.0.0 --out models/
+
+- ONNX opset 17, input `input` [N,3,224,224] (dynamic N), outputs `prob` [N,1] (sigmoid) and
+  `cam` [N,7,7]: the class activation map, sum_k w_k * F_k over the last dense block's features
+  (after norm5 + ReLU) with the linear head's weights w (equal to Grad-CAM at that layer for a
+  global-average-pool + linear head, up to a positive scale).
+- Checked against PyTorch on real prep tensors with onnxruntime: max |prob difference| <= 1e-4.
+- The decision threshold: the largest threshold whose sensitivity on the held-out scores of
+  `--threshold-from` (held_out_scores.csv) is >= --sensitivity (0.95).
+"""
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train import Net, load_prep  # noqa: E402
+
+
+class Exported(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logit, cam = self.net(x)
+        return torch.sigmoid(logit)[:, None], cam
+
+
+def pick_threshold(scores_csv, target):
+    rows = list(csv.DictReader(open(scores_csv)))
+    pos = sorted((float(r["prob"]) for r in rows if r["label"] == "1"), reverse=True)
+    neg = [float(r["prob"]) for r in rows if r["label"] == "0"]
+    if not pos:
+        raise SystemExit(f"{scores_csv}: no positives to choose a threshold on")
+    k = int(np.ceil(target * len(pos)))  # this many positives must be at or above it
+    t = pos[k - 1]
+    sens = sum(p >= t for p in pos) / len(pos)
+    spec = sum(n < t for n in neg) / len(neg) if neg else float("nan")
+    return t, sens, spec, len(pos), len(neg)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--threshold-from", required=True, help="a run folder with held_out_scores.csv")
+    ap.add_argument("--sensitivity", type=float, default=0.95)
+    ap.add_argument("--name", default="densenet121-covid")
+    ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--out", default="models")
+    ap.add_argument("--validation", action="append", default=[], help="KEY=VALUE lines for [validation] (repeatable)")
+    a = ap.parse_args()
+
+    summary = json.load(open(os.path.join(a.run, "summary.json")))
+    net = Net()
+    net.load_state_dict(torch.load(os.path.join(a.run, "model.pt"), map_location="cpu"))
+    net.eval()
+    model = Exported(net).eval()
+    onnx_path = os.path.join(a.out, a.name + ".onnx")
+    x = torch.zeros(2, 3, 224, 224)
+    torch.onnx.export(
+        model, (x,), onnx_path, input_names=["input"], output_names=["prob", "cam"], opset_version=17,
+        dynamic_axes={"input": {0: "N"}, "prob": {0: "N"}, "cam": {0: "N"}}, dynamo=False,
+    )
+    # Parity on real tensors.
+    import onnxruntime as ort
+
+    prep = summary["args"]["prep"][0]
+    xs, _, _ = load_prep(prep)
+    idx = np.linspace(0, xs.shape[0] - 1, 16).astype(int)
+    batch = np.ascontiguousarray(xs[idx]).astype(np.float32)
+    with torch.no_grad():
+        p_t, c_t = model(torch.from_numpy(batch))
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    p_o, c_o = sess.run(["prob", "cam"], {"input": batch})
+    dp, dc = float(np.abs(p_o - p_t.numpy()).max()), float(np.abs(c_o - c_t.numpy()).max())
+    print(f"onnx vs pytorch on {len(idx)} slices of {prep}: max |dprob| {dp:.2e}, max |dcam| {dc:.2e}")
+    assert p_o.shape == (16, 1) and c_o.shape == (16, 7, 7)
+    assert dp <= 1e-4, dp
+
+    t, sens, spec, npos, nneg = pick_threshold(os.path.join(a.threshold_from, "held_out_scores.csv"), a.sensitivity)
+    sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
+    p = summary["params"]
+    args = summary["args"]
+    hist = summary["history"][-1]
+    val_lines = "\n".join(a.validation)
+    text = f'''# The shipped model: DenseNet121 (torchvision, trained from scratch: no pretrained weights can
+# be downloaded here), a 1-output sigmoid head, and its class activation map. Contract, training
+# and evaluation: models/README.md.
+[model]
+name = "{a.name}"
+version = "{a.version}"
+sha256 = "{sha}"
+description = "DenseNet121 COVID-19 pneumonia slice classifier (sigmoid) with class activation map"
+
+[input]
+name = "input"
+layout = "NCHW"
+size = {p["size"]}
+channels = 3
+
+[preprocess]
+window_center = {p["window_center"]}
+window_width = {p["window_width"]}
+lung_mask = {str(p["lung_mask"]).lower()}
+mean = {p["mean"]}
+std = {p["std"]}
+
+[output]
+prob = "prob"
+cam = "cam"
+
+[decision]
+threshold = {t:.6f}
+method = "largest threshold with sensitivity >= {a.sensitivity} on held-out slices ({a.threshold_from}: {npos} positive, {nneg} negative; sensitivity {sens:.3f}, specificity {spec:.3f} there)"
+
+[training]
+program = "models/training/train.py"
+data = "{'; '.join(f'{k}: {v}' for k, v in summary['train'].items())}"
+positives = {summary["train_positive"]}
+epochs = {args["epochs"]}
+batch = {args["batch"]}
+learning_rate = {args["lr"]}
+seed = {args["seed"]}
+seconds = {summary["seconds"]}
+torch = "{summary["torch"]}"
+final_train_loss = {hist["train_loss"]:.4f}
+onnx_vs_pytorch_max_prob_diff = {dp:.2e}
+
+[validation]
+{val_lines}
+'''
+    open(os.path.join(a.out, a.name + ".toml"), "w").write(text)
+    print(f"wrote {onnx_path} (sha256 {sha}) and its manifest; threshold {t:.4f} (sensitivity {sens:.3f}, specificity {spec:.3f} on {npos}+{nneg} held-out slices)")
+
+
+if __name__ == "__main__":
+    main()
