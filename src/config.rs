@@ -112,11 +112,13 @@ struct RawEngine {
     backend: Spanned<String>,
     threads: Option<Spanned<i64>>,
     onnxruntime_library: Option<Spanned<String>>,
+    tensorrt_plan: Option<Spanned<String>>,
+    tensorrt_library: Option<Spanned<String>>,
 }
 
 impl Default for RawEngine {
     fn default() -> Self {
-        RawEngine { backend: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None }
+        RawEngine { backend: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None, tensorrt_plan: None, tensorrt_library: None }
     }
 }
 
@@ -420,6 +422,10 @@ pub struct Settings {
     pub engine_threads: Option<usize>,
     /// The ONNX Runtime shared library (None: `ORT_DYLIB_PATH`).
     pub onnxruntime_library: Option<PathBuf>,
+    /// The TensorRT plan (None: the model path with `.plan`).
+    pub tensorrt_plan: Option<PathBuf>,
+    /// libnvinfer to load (None: `libnvinfer.so.11`, then `.so.10`, from the loader's path).
+    pub tensorrt_library: Option<PathBuf>,
     /// Preprocessing choice.
     pub preprocess: PreprocessBackend,
     /// Decision threshold override (None: the manifest's calibrated threshold).
@@ -590,6 +596,8 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
     );
     let engine_threads = raw.engine.threads.as_ref().map(|t| c.range_i("engine.threads", t, 1, 256) as usize);
     let onnxruntime_library = raw.engine.onnxruntime_library.as_ref().map(|p| c.path("engine.onnxruntime_library", p, base));
+    let tensorrt_plan = raw.engine.tensorrt_plan.as_ref().map(|p| c.path("engine.tensorrt_plan", p, base));
+    let tensorrt_library = raw.engine.tensorrt_library.as_ref().map(|p| c.path("engine.tensorrt_library", p, base));
     let preprocess = c.choice(
         "preprocess.backend",
         &raw.preprocess.backend,
@@ -654,6 +662,8 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         engine: engine.expect("checked"),
         engine_threads,
         onnxruntime_library,
+        tensorrt_plan,
+        tensorrt_library,
         preprocess: preprocess.expect("checked"),
         threshold,
         min_positive_slices,

@@ -67,7 +67,53 @@ pub fn run(config: &Path) -> String {
         };
         let _ = writeln!(r, "engine ort    {ort}");
     }
-    let _ = writeln!(r, "engine trt    not available in this version (TensorRT)");
-    let _ = writeln!(r, "alerts        not yet available in this version (serial ports, LEDs)");
+    let lib = settings.as_ref().and_then(|s| s.tensorrt_library.clone());
+    let _ = writeln!(r, "engine trt    {}", crate::engine::tensorrt_status(lib.as_deref()));
+    if let Some(s) = &settings {
+        alerts(&mut r, s);
+        let p = &s.paths;
+        for (name, d) in [("incoming", &p.incoming), ("done", &p.done), ("quarantine", &p.quarantine), ("results", &p.results), ("state", &p.state)] {
+            let free = crate::daemon::free_mb(d).or_else(|| d.parent().and_then(crate::daemon::free_mb));
+            let state = match std::fs::metadata(d) {
+                Ok(m) if m.is_dir() => if m.permissions().readonly() { "read-only".to_string() } else { "ok".to_string() },
+                Ok(_) => "NOT A FOLDER".to_string(),
+                Err(_) => "missing (created at start)".to_string(),
+            };
+            let _ = writeln!(r, "folder {name:<10} {} {state}{}", d.display(), free.map(|f| format!(", {f:.0} MiB free (watermark {:.0})", s.daemon.min_free_mb)).unwrap_or_default());
+        }
+    }
     r
+}
+
+/// Serial ports and LEDs: the configured ones, whether they open, and what else is present.
+fn alerts(r: &mut String, s: &Settings) {
+    use crate::alert::{led, serial::SerialSink};
+    let sc = &s.serial;
+    let cfg = if sc.enabled { "enabled" } else { "disabled" };
+    match SerialSink::open(sc) {
+        Ok(_) => {
+            let _ = writeln!(r, "serial        {} ({cfg}): opens ({} baud, {}{}{})", sc.port, sc.baud, sc.data_bits, sc.parity, sc.stop_bits);
+        }
+        Err(e) => {
+            let _ = writeln!(r, "serial        {} ({cfg}): cannot open: {e}", sc.port);
+        }
+    }
+    let ports: Vec<String> = serialport::available_ports().map(|v| v.into_iter().map(|p| p.port_name).collect()).unwrap_or_default();
+    let _ = writeln!(r, "serial ports  {}", if ports.is_empty() { "none found".to_string() } else { ports.join(", ") });
+    let l = &s.led;
+    let cfg = if l.enabled { "enabled" } else { "disabled" };
+    let opened = match l.driver {
+        crate::config::LedDriver::Sysfs => led::SysfsLeds::open([l.green.clone().into(), l.red.clone().into(), l.amber.clone().into()]).map(|_| ()),
+        crate::config::LedDriver::Gpio => led::GpioLeds::open([&l.green, &l.red, &l.amber], l.active_low).map(|_| ()),
+    };
+    match opened {
+        Ok(()) => {
+            let _ = writeln!(r, "leds          {:?} ({cfg}): green, red, amber open", l.driver);
+        }
+        Err(e) => {
+            let _ = writeln!(r, "leds          {:?} ({cfg}): cannot open: {e}", l.driver);
+        }
+    }
+    let present: Vec<String> = std::fs::read_dir("/sys/class/leds").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    let _ = writeln!(r, "leds present  {}", if present.is_empty() { "none in /sys/class/leds".to_string() } else { present.join(", ") });
 }

@@ -87,19 +87,23 @@ impl Scorer {
                 Arc::new(TractEngine::load(&model)?)
             }
             EngineBackend::OnnxRuntime => onnxruntime(&model, s).map_err(SetupError::Unavailable)?,
-            EngineBackend::Auto => match onnxruntime(&model, s) {
+            EngineBackend::Auto => match tensorrt(&model, s) {
                 Ok(e) => {
-                    log::info!("engine: onnxruntime (auto: the fastest available on a CPU)");
+                    log::info!("engine: tensorrt (auto: a usable GPU plan)");
                     e
                 }
-                Err(why) => {
-                    log::info!("engine: tract (auto; onnxruntime not used: {why})");
-                    Arc::new(TractEngine::load(&model)?)
-                }
+                Err(trt) => match onnxruntime(&model, s) {
+                    Ok(e) => {
+                        log::info!("engine: onnxruntime (auto: the fastest available on a CPU; tensorrt not used: {trt})");
+                        e
+                    }
+                    Err(why) => {
+                        log::info!("engine: tract (auto; tensorrt not used: {trt}; onnxruntime not used: {why})");
+                        Arc::new(TractEngine::load(&model)?)
+                    }
+                },
             },
-            EngineBackend::TensorRt => {
-                return Err(SetupError::Unavailable("engine.backend = \"tensorrt\" is not available in this version".into()))
-            }
+            EngineBackend::TensorRt => tensorrt(&model, s).map_err(|e| SetupError::Unavailable(format!("engine.backend = \"tensorrt\": {e}")))?,
         };
         let pre: Arc<dyn Preprocessor> = match s.preprocess {
             PreprocessBackend::Cpu => Arc::new(Cpu),
@@ -179,6 +183,23 @@ pub struct SliceOutput {
     pub lung_fraction: f32,
     /// Class activation map (7 × 7, row-major).
     pub cam: Vec<f32>,
+}
+
+/// The TensorRT engine on the configured plan, or why it cannot be had.
+fn tensorrt(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
+    let plan = s.tensorrt_plan.clone().unwrap_or_else(|| model.path.with_extension("plan"));
+    #[cfg(feature = "tensorrt")]
+    {
+        if !plan.is_file() {
+            return Err(format!("no plan at {} (build one with trtexec: models/README.md)", plan.display()));
+        }
+        Ok(Arc::new(crate::engine::tensorrt::TrtEngine::load(model, &plan, s.tensorrt_library.as_deref())?))
+    }
+    #[cfg(not(feature = "tensorrt"))]
+    {
+        let _ = (model, plan);
+        Err(crate::engine::tensorrt::unavailable())
+    }
 }
 
 /// The ONNX Runtime engine, or why it cannot be had.

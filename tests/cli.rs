@@ -94,10 +94,13 @@ fn bench_measures_the_cpu_preprocessor() {
 }
 
 #[test]
-fn later_subcommands_say_so_and_exit_2() {
-    let (code, _, err) = ctsentry(&["run"]);
+fn run_without_a_usable_model_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, format!("[paths]\nincoming = \"in\"\nstate = \"st\"\ndone = \"d\"\nquarantine = \"q\"\nresults = \"r\"\n[model]\npath = \"none.onnx\"\n")).unwrap();
+    let (code, _, err) = ctsentry(&["--config", p.to_str().unwrap(), "run"]);
     assert_eq!(code, 2);
-    assert!(err.contains("not yet available"), "{err}");
+    assert!(err.contains("none.toml") && err.contains("cannot read"), "{err}");
     let (code, _, _) = ctsentry(&["no-such-command"]);
     assert_eq!(code, 2);
 }

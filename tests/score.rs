@@ -121,5 +121,5 @@ fn a_missing_or_mismatched_model_is_a_configuration_error() {
     let cfg = config(dir.path(), "[engine]\nbackend = \"tensorrt\"\n");
     let (code, _, err) = run(&["--config", &cfg, "score", dir.path().to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("not available"), "{err}");
+    assert!(err.contains("engine.backend = \"tensorrt\"") && (err.contains("--features tensorrt") || err.contains("no plan at")), "{err}");
 }

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+pub mod tensorrt;
 pub mod tract;
 
 /// What an engine gives for a batch of `n` slices.
@@ -45,6 +46,14 @@ pub fn onnxruntime_library(configured: Option<&std::path::Path>) -> Result<std::
         return Err(format!("the ONNX Runtime library {} does not exist", path.display()));
     }
     Ok(path)
+}
+
+/// The TensorRT engine's availability, in words (for `doctor`).
+pub fn tensorrt_status(library: Option<&std::path::Path>) -> String {
+    match tensorrt::library_version(library) {
+        Ok(v) => format!("library TensorRT {} loads", tensorrt::version_string(v)),
+        Err(e) => format!("not usable: {e}"),
+    }
 }
 
 /// Checks that `batch` holds `n` slices of `3 × size × size` values; returns the slice length.
