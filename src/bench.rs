@@ -1,5 +1,5 @@
-//! `ctsentry bench`: throughput per stage. This version measures the preprocessing stage (CPU and
-//! CUDA); decoding and inference stages come with the engines.
+//! `ctsentry bench`: throughput per stage: preprocessing (CPU and CUDA) and inference (each
+//! engine on the configured model). Decoding is measured by `cargo bench --bench decode`.
 
 use std::time::Instant;
 
@@ -129,4 +129,32 @@ pub fn cuda(batch: usize) -> Result<PreprocessBench, String> {
 #[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
 pub fn cuda(_batch: usize) -> Result<PreprocessBench, String> {
     Err(crate::preprocess::cuda::probe().err().map(|e| e.to_string()).unwrap_or_default())
+}
+
+/// One measured engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct InferBench {
+    /// Engine name.
+    pub engine: String,
+    /// Model name and version.
+    pub model: String,
+    /// Slices per call.
+    pub batch: usize,
+    /// Slices per second.
+    pub images_per_s: f64,
+}
+
+/// Runs `engine` on batches of `batch` zero-mean random slices for about `seconds` (after one
+/// warm-up call) and reports images/s.
+pub fn infer(engine: &dyn crate::engine::Engine, model: &str, size: usize, batch: usize, seconds: f64) -> Result<InferBench, String> {
+    let mut rng = Rng::new(7);
+    let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| (rng.next_u64() % 2000) as f32 / 1000.0 - 1.0).collect();
+    engine.infer(&x, batch).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut n = 0;
+    while t.elapsed().as_secs_f64() < seconds || n == 0 {
+        engine.infer(&x, batch).map_err(|e| e.to_string())?;
+        n += batch;
+    }
+    Ok(InferBench { engine: engine.name().into(), model: model.into(), batch, images_per_s: n as f64 / t.elapsed().as_secs_f64() })
 }

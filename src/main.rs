@@ -94,6 +94,13 @@ enum Command {
         /// One JSON object per backend instead of a table.
         #[arg(long)]
         json: bool,
+        /// Measure inference instead, with the configured model: tract, onnxruntime, tensorrt or
+        /// all (those available).
+        #[arg(long, value_parser = ["tract", "onnxruntime", "tensorrt", "all"])]
+        engine: Option<String>,
+        /// Seconds per engine measurement.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
     },
     /// Write preprocessed tensors for training (tensors.npy, index.csv, params.json).
     Prep {
@@ -241,7 +248,11 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             print!("{report}");
             Ok(0)
         }
-        Command::Bench { preprocess, batch, json } => cmd_bench(&preprocess, batch.max(1), json),
+        Command::Bench { engine: Some(engine), batch, json, seconds, .. } => {
+            let s = settings(&cli.config, verbosity, true)?;
+            cmd_bench_engines(&s, &engine, batch.max(1), json, seconds)
+        }
+        Command::Bench { preprocess, batch, json, .. } => cmd_bench(&preprocess, batch.max(1), json),
         Command::Prep { out, labels, png, window_center, window_width, no_lung_mask, size, assume_window, roots } => {
             let mut s = settings(&cli.config, verbosity, false)?;
             s.ingest.display_window = assume_window;
@@ -446,7 +457,28 @@ fn cmd_bench(which: &str, batch: usize, json: bool) -> Result<u8, Failure> {
             }
         }
     }
-    eprintln!("(decode and inference stages: not yet available in this version)");
+    eprintln!("(inference: ctsentry bench --engine all; decoding: cargo bench --bench decode)");
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn cmd_bench_engines(s: &Settings, which: &str, batch: usize, json: bool, seconds: f64) -> Result<u8, Failure> {
+    let model = ctsentry::model::Model::load(&s.model_path).map_err(usage)?;
+    let m = &model.manifest;
+    let label = format!("{} {}", m.model.name, m.model.version);
+    let names: Vec<&str> = if which == "all" { vec!["tract", "onnxruntime", "tensorrt"] } else { vec![which] };
+    let mut failed = false;
+    for name in names {
+        let r = ctsentry::score::engine_named(&model, s, name).and_then(|e| ctsentry::bench::infer(e.as_ref(), &label, m.input.size, batch, seconds));
+        match r {
+            Ok(b) if json => println!("{}", serde_json::to_string(&b).context("serialising")?),
+            Ok(b) => println!("{:<12} {:<28} batch {:>3}  {:>8.1} images/s", b.engine, b.model, b.batch, b.images_per_s),
+            Err(e) if which == "all" => eprintln!("{name}: skipped: {e}"),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                failed = true;
+            }
+        }
+    }
     Ok(if failed { 1 } else { 0 })
 }
 

@@ -185,6 +185,16 @@ pub struct SliceOutput {
     pub cam: Vec<f32>,
 }
 
+/// The engine called `name` (`tract`, `onnxruntime`, `tensorrt`) for `model`, or why not.
+pub fn engine_named(model: &Model, s: &Settings, name: &str) -> Result<Arc<dyn Engine>, String> {
+    match name {
+        "tract" => Ok(Arc::new(TractEngine::load(model).map_err(|e| e.to_string())?)),
+        "onnxruntime" => onnxruntime(model, s),
+        "tensorrt" => tensorrt(model, s),
+        other => Err(format!("no engine called {other:?}")),
+    }
+}
+
 /// The TensorRT engine on the configured plan, or why it cannot be had.
 fn tensorrt(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
     let plan = s.tensorrt_plan.clone().unwrap_or_else(|| model.path.with_extension("plan"));
