@@ -97,7 +97,7 @@ fn bench_measures_the_cpu_preprocessor() {
 fn run_without_a_usable_model_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
-    std::fs::write(&p, format!("[paths]\nincoming = \"in\"\nstate = \"st\"\ndone = \"d\"\nquarantine = \"q\"\nresults = \"r\"\n[model]\npath = \"none.onnx\"\n")).unwrap();
+    std::fs::write(&p, "[paths]\nincoming = \"in\"\nstate = \"st\"\ndone = \"d\"\nquarantine = \"q\"\nresults = \"r\"\n[model]\npath = \"none.onnx\"\n").unwrap();
     let (code, _, err) = ctsentry(&["--config", p.to_str().unwrap(), "run"]);
     assert_eq!(code, 2);
     assert!(err.contains("none.toml") && err.contains("cannot read"), "{err}");
