@@ -277,3 +277,13 @@ fn leds_follow_every_state_transition() {
     let err = SysfsLeds::open([dir.path().join("nope"), dirs[1].clone(), dirs[2].clone()]).err().unwrap().to_string();
     assert!(err.contains("nope/brightness"), "{err}");
 }
+
+#[test]
+fn readme_examples_carry_valid_checksums() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let examples: Vec<&str> = readme.lines().filter(|l| l.starts_with("$CTSEN,")).collect();
+    assert!(examples.len() >= 3, "the README shows example messages");
+    for l in examples {
+        protocol::parse(l).unwrap_or_else(|e| panic!("README example {l:?}: {e:?}"));
+    }
+}

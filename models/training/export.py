@@ -52,7 +52,8 @@ def pick_threshold(scores_csv, target):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
-    ap.add_argument("--threshold-from", required=True, help="a run folder with held_out_scores.csv")
+    ap.add_argument("--threshold-from", help="a run folder with held_out_scores.csv")
+    ap.add_argument("--threshold", type=float, help="a fixed threshold instead (for evaluation bundles, not for shipping)")
     ap.add_argument("--sensitivity", type=float, default=0.95)
     ap.add_argument("--name", default="densenet121-covid")
     ap.add_argument("--version", default="1.0.0")
@@ -87,7 +88,13 @@ def main():
     assert p_o.shape == (16, 1) and c_o.shape == (16, 7, 7)
     assert dp <= 1e-4, dp
 
-    t, sens, spec, npos, nneg = pick_threshold(os.path.join(a.threshold_from, "held_out_scores.csv"), a.sensitivity)
+    if a.threshold is not None:
+        t, sens, spec, npos, nneg = a.threshold, float("nan"), float("nan"), 0, 0
+        method = "fixed (an evaluation bundle, not calibrated)"
+    else:
+        t, sens, spec, npos, nneg = pick_threshold(os.path.join(a.threshold_from, "held_out_scores.csv"), a.sensitivity)
+        method = f"largest threshold with sensitivity >= {a.sensitivity} on held-out slices ({a.threshold_from}: {npos} positive, {nneg} negative; sensitivity {sens:.3f}, specificity {spec:.3f} there)"
+
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     p = summary["params"]
     args = summary["args"]
@@ -121,7 +128,7 @@ cam = "cam"
 
 [decision]
 threshold = {t:.6f}
-method = "largest threshold with sensitivity >= {a.sensitivity} on held-out slices ({a.threshold_from}: {npos} positive, {nneg} negative; sensitivity {sens:.3f}, specificity {spec:.3f} there)"
+method = "{method}"
 
 [training]
 program = "models/training/train.py"
