@@ -264,6 +264,7 @@ struct RawLed {
     red: String,
     amber: String,
     active_low: bool,
+    button: String,
 }
 
 impl Default for RawLed {
@@ -275,6 +276,7 @@ impl Default for RawLed {
             red: "/sys/class/leds/ctsentry:red".into(),
             amber: "/sys/class/leds/ctsentry:amber".into(),
             active_low: false,
+            button: String::new(),
         }
     }
 }
@@ -403,8 +405,10 @@ pub struct LedSettings {
     pub red: String,
     /// Amber LED.
     pub amber: String,
-    /// GPIO lines drive the LED on when low.
+    /// GPIO lines drive the LED on when low (and the button reads pressed when low).
     pub active_low: bool,
+    /// Acknowledge button on a GPIO input line (`CHIP:LINE`); empty: none.
+    pub button: String,
 }
 
 /// The validated configuration.
@@ -688,6 +692,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
             red: raw.alert.led.red,
             amber: raw.alert.led.amber,
             active_low: raw.alert.led.active_low,
+            button: raw.alert.led.button.clone(),
         },
         log_level: log_level.expect("checked"),
         log_patient_names: raw.log.patient_names,

@@ -190,6 +190,41 @@ impl LedDriver for GpioLeds {
     }
 }
 
+/// An acknowledge push-button on a GPIO input line (`CHIP:LINE`); a press is a release-to-pressed
+/// edge, debounced by requiring 3 equal reads (the daemon polls every ~100 ms).
+pub struct AckButton {
+    line: gpio::Line,
+    pressed: bool,
+    same: u8,
+}
+
+impl AckButton {
+    /// Requests the line as an input.
+    pub fn open(spec: &str, active_low: bool) -> std::io::Result<AckButton> {
+        let (chip, off) = spec.rsplit_once(':').ok_or_else(|| std::io::Error::other(format!("{spec:?}: expected CHIP:LINE, e.g. /dev/gpiochip0:27")))?;
+        let off: u32 = off.parse().map_err(|_| std::io::Error::other(format!("{spec:?}: line offset is not a number")))?;
+        let mut line = gpio::Line::request_input(chip, off, active_low).map_err(|e| std::io::Error::new(e.kind(), format!("{spec}: {e}")))?;
+        let pressed = line.get()?;
+        Ok(AckButton { line, pressed, same: 0 })
+    }
+
+    /// True once per press.
+    pub fn poll(&mut self) -> std::io::Result<bool> {
+        let now = self.line.get()?;
+        if now == self.pressed {
+            self.same = 0;
+            return Ok(false);
+        }
+        self.same += 1;
+        if self.same < 3 {
+            return Ok(false);
+        }
+        self.same = 0;
+        self.pressed = now;
+        Ok(now)
+    }
+}
+
 /// The LED sink: applies events to a [`LedState`] and drives the LEDs on change.
 pub struct LedSink {
     state: LedState,
@@ -268,6 +303,7 @@ mod gpio {
     const GPIO_MAX_NAME_SIZE: usize = 32;
     const GPIO_V2_LINE_NUM_ATTRS_MAX: usize = 10;
     const GPIO_V2_LINE_FLAG_ACTIVE_LOW: u64 = 1 << 1;
+    const GPIO_V2_LINE_FLAG_INPUT: u64 = 1 << 2;
     const GPIO_V2_LINE_FLAG_OUTPUT: u64 = 1 << 3;
 
     #[repr(C)]
@@ -321,12 +357,20 @@ mod gpio {
 
     impl Line {
         pub fn request_output(chip: &str, offset: u32, active_low: bool) -> std::io::Result<Line> {
+            Self::request(chip, offset, GPIO_V2_LINE_FLAG_OUTPUT | if active_low { GPIO_V2_LINE_FLAG_ACTIVE_LOW } else { 0 })
+        }
+
+        pub fn request_input(chip: &str, offset: u32, active_low: bool) -> std::io::Result<Line> {
+            Self::request(chip, offset, GPIO_V2_LINE_FLAG_INPUT | if active_low { GPIO_V2_LINE_FLAG_ACTIVE_LOW } else { 0 })
+        }
+
+        fn request(chip: &str, offset: u32, flags: u64) -> std::io::Result<Line> {
             let chip = std::fs::OpenOptions::new().read(true).write(true).open(chip)?;
             // SAFETY: LineRequest is plain old data; all-zero is a valid value.
             let mut req: LineRequest = unsafe { std::mem::zeroed() };
             req.offsets[0] = offset;
             req.consumer[..8].copy_from_slice(b"ctsentry");
-            req.config.flags = GPIO_V2_LINE_FLAG_OUTPUT | if active_low { GPIO_V2_LINE_FLAG_ACTIVE_LOW } else { 0 };
+            req.config.flags = flags;
             req.num_lines = 1;
             let code = iowr(0x07, std::mem::size_of::<LineRequest>());
             // SAFETY: GPIO_V2_GET_LINE_IOCTL with a correctly sized, initialised request.
@@ -336,6 +380,17 @@ mod gpio {
             }
             // SAFETY: the kernel returned a new file descriptor we now own.
             Ok(Line { fd: unsafe { OwnedFd::from_raw_fd(req.fd) } })
+        }
+
+        pub fn get(&mut self) -> std::io::Result<bool> {
+            let mut v = LineValues { bits: 0, mask: 1 };
+            let code = iowr(0x0E, std::mem::size_of::<LineValues>());
+            // SAFETY: GPIO_V2_LINE_GET_VALUES_IOCTL on our line fd with a valid struct.
+            let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), code as _, &mut v as *mut LineValues) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(v.bits & 1 == 1)
         }
 
         pub fn set(&mut self, on: bool) -> std::io::Result<()> {

@@ -266,6 +266,7 @@ pub struct Daemon {
     outbox: outbox::Outbox,
     alerts: Alerts,
     serial_up: Option<Arc<AtomicBool>>,
+    button: Option<alert::led::AckButton>,
     faults: HashSet<FaultKind>,
     /// Files waiting: path → (relative name, time detected).
     waiting: BTreeMap<PathBuf, (String, f64)>,
@@ -305,6 +306,9 @@ impl Daemon {
             }
         }
         let alerts = Alerts::start(sinks);
+        let button = (!settings.led.button.is_empty())
+            .then(|| alert::led::AckButton::open(&settings.led.button, settings.led.active_low))
+            .and_then(|r| r.map_err(|e| log::error!("acknowledge button not available: {e}")).ok());
         let live = Arc::new(Mutex::new(Live { rule: scorer.rule.clone(), heatmaps: settings.daemon.heatmaps, ingest: settings.ingest.clone() }));
         let degraded = cfg!(any(feature = "cuda", feature = "cuda-12")) && scorer.pre.name() == "cpu";
         let d = Daemon {
@@ -316,6 +320,7 @@ impl Daemon {
             outbox,
             alerts,
             serial_up,
+            button,
             faults: HashSet::new(),
             waiting: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -710,6 +715,19 @@ impl Daemon {
     }
 
     fn check_ack(&mut self) {
+        let pressed = match self.button.as_mut().map(|b| b.poll()) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                log::error!("acknowledge button: {e}; no longer read");
+                self.button = None;
+                false
+            }
+            None => false,
+        };
+        if pressed && self.record(Record::Ack { t: now(), by: "button".into() }) {
+            log::info!("alert acknowledged (button)");
+            self.emit(Event::Clear { what: Cleared::Ack });
+        }
         let p = self.settings.paths.state.join(ACK_FILE);
         let Ok(by) = std::fs::read_to_string(&p) else { return };
         let by = by.trim().chars().take(64).collect::<String>();
