@@ -246,13 +246,25 @@ impl Journal {
         let cutoff = now() - KEEP_CLOSED_SECONDS;
         // The latch outlives its series: the last alert is kept while it is unacknowledged.
         let last_alert = records.iter().rposition(|r| matches!(r, Record::Alert { .. })).filter(|_| state.latched);
+        // An acknowledgement after the alerts of open series is kept, or they would latch again.
+        let last_ack = records.iter().rposition(|r| matches!(r, Record::Ack { .. })).filter(|_| !state.latched);
+        // Files of the open series keep their Done records (else they would look unmoved).
+        let open_files: std::collections::HashSet<&str> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Scored { series, file, .. } if state.open.contains_key(series) => Some(file.as_str()),
+                _ => None,
+            })
+            .collect();
         let keep: Vec<&Record> = records
             .iter()
             .enumerate()
             .filter(|(i, r)| match r {
                 Record::Alert { .. } if Some(*i) == last_alert => true,
+                Record::Ack { .. } => Some(*i) == last_ack,
                 Record::Scored { series, file, .. } => state.open.contains_key(series) || state.unmoved.contains_key(file),
                 Record::Alert { series, .. } => state.open.contains_key(series),
+                Record::Done { file, .. } => open_files.contains(file.as_str()),
                 Record::Final { series, part, t, .. } => state.closed.get(series) == Some(&(*part, *t)) && *t >= cutoff,
                 _ => false,
             })
@@ -362,9 +374,9 @@ mod tests {
         assert_eq!(s.closed["S2"].0, 1);
         assert_eq!(s.part_for("S2"), 2);
         assert!(s.latched);
-        // Compaction dropped the finished file's Done and S2's scored lines.
+        // Compaction dropped S2's lines (its Final kept for part numbering) and nothing of S1.
         let lines = std::fs::read_to_string(&p).unwrap().lines().count();
-        assert_eq!(lines, 4, "{}", std::fs::read_to_string(&p).unwrap());
+        assert_eq!(lines, 5, "{}", std::fs::read_to_string(&p).unwrap());
         // Re-opening the compacted journal gives the same state.
         let (mut j, s2) = Journal::open(dir.path()).unwrap();
         assert_eq!((s2.open, s2.unmoved, s2.closed.len(), s2.latched), (s.open, s.unmoved, 1, true));
