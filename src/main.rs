@@ -101,6 +101,10 @@ enum Command {
         /// Seconds per engine measurement.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Measure decoding and end to end (decode, lung mask, preprocess, infer with the
+        /// configured engine) on these files or folders instead.
+        #[arg(long)]
+        input: Vec<PathBuf>,
     },
     /// Write preprocessed tensors for training (tensors.npy, index.csv, params.json).
     Prep {
@@ -247,6 +251,10 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             let report = ctsentry::doctor::run(&cli.config);
             print!("{report}");
             Ok(0)
+        }
+        Command::Bench { input, json, .. } if !input.is_empty() => {
+            let s = settings(&cli.config, verbosity, true)?;
+            cmd_bench_files(&s, &input, json)
         }
         Command::Bench { engine: Some(engine), batch, json, seconds, .. } => {
             let s = settings(&cli.config, verbosity, true)?;
@@ -459,6 +467,32 @@ fn cmd_bench(which: &str, batch: usize, json: bool) -> Result<u8, Failure> {
     }
     eprintln!("(inference: ctsentry bench --engine all; decoding: cargo bench --bench decode)");
     Ok(if failed { 1 } else { 0 })
+}
+
+fn cmd_bench_files(s: &Settings, input: &[PathBuf], json: bool) -> Result<u8, Failure> {
+    let files = ingest::collect_files(input).map_err(usage)?;
+    let t = std::time::Instant::now();
+    let (slices, errors) = ingest::read_files(&files, &s.ingest);
+    let decode = slices.len() as f64 / t.elapsed().as_secs_f64();
+    drop(slices);
+    let sc = scorer(s)?;
+    let t = std::time::Instant::now();
+    let (slices, _) = ingest::read_files(&files, &s.ingest);
+    let n = slices.len();
+    for ser in ingest::series::assemble(slices) {
+        sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
+    }
+    let e2e = n as f64 / t.elapsed().as_secs_f64();
+    let v = serde_json::json!({"slices": n, "unreadable": errors.len(), "decode_slices_per_s": decode, "end_to_end_slices_per_s": e2e,
+        "engine": sc.engine.name(), "preprocess": sc.pre.name(), "threads": rayon::current_num_threads()});
+    if json {
+        println!("{v}");
+    } else {
+        println!("{n} slices ({} unreadable files), {} threads", errors.len(), rayon::current_num_threads());
+        println!("decode      {decode:8.1} slices/s");
+        println!("end to end  {e2e:8.1} slices/s (decode, lung mask, preprocess {}, infer {})", sc.pre.name(), sc.engine.name());
+    }
+    Ok(0)
 }
 
 fn cmd_bench_engines(s: &Settings, which: &str, batch: usize, json: bool, seconds: f64) -> Result<u8, Failure> {

@@ -123,3 +123,16 @@ fn a_missing_or_mismatched_model_is_a_configuration_error() {
     assert_eq!(code, 2);
     assert!(err.contains("engine.backend = \"tensorrt\"") && (err.contains("--features tensorrt") || err.contains("no plan at")), "{err}");
 }
+
+#[test]
+fn bench_measures_decode_and_end_to_end_on_files() {
+    let dir = tempfile::tempdir().unwrap();
+    series(&dir.path().join("in"));
+    let cfg = config(dir.path(), "[preprocess]\nbackend = \"cpu\"\n");
+    let (code, out, err) = run(&["--config", &cfg, "bench", "--json", "--input", dir.path().join("in").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["slices"], 10);
+    assert!(v["decode_slices_per_s"].as_f64().unwrap() > 0.0 && v["end_to_end_slices_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["engine"], "tract");
+}
