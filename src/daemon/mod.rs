@@ -1,7 +1,7 @@
 //! The daemon (`ctsentry run`): drop folder in, verdicts and alerts out, unattended.
 //!
 //! One controller thread owns the journal, the series state and the file moves; worker threads
-//! read, preprocess and score one file at a time. At most `2 × workers` files are decoded or
+//! read, preprocess and score up to 8 files at a time. At most `8 × workers` files are decoded or
 //! scored at once, so memory stays bounded however many files arrive (the waiting ones are only
 //! paths). Series are assembled as slices arrive; an EARLY alert goes out as soon as the series
 //! rule is met, the final verdict after `series.quiet_seconds` without a new slice (and only once
@@ -197,53 +197,97 @@ impl Signals {
     }
 }
 
+/// Files a worker scores together (one engine call for all their slices: engines such as
+/// onnxruntime are faster on batches than on single slices).
+pub const WORKER_BATCH: usize = 8;
+
 fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, jobs: Arc<Mutex<Receiver<Job>>>, done: SyncSender<Finished>) {
     loop {
-        let job = { jobs.lock().expect("job queue").recv() };
-        let Ok(job) = job else { return };
+        let batch: Vec<Job> = {
+            let rx = jobs.lock().expect("job queue");
+            let Ok(first) = rx.recv() else { return };
+            let mut b = vec![first];
+            while b.len() < WORKER_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => b.push(j),
+                    Err(_) => break,
+                }
+            }
+            b
+        };
         let live = live.lock().expect("live settings").clone();
-        let outcome = score_file(&scorer, &live, &results_dir, &job);
-        if done.send(Finished { path: job.path, rel: job.rel, outcome }).is_err() {
-            return;
+        for (job, outcome) in score_files(&scorer, &live, &results_dir, batch) {
+            if done.send(Finished { path: job.path, rel: job.rel, outcome }).is_err() {
+                return;
+            }
         }
     }
 }
 
-fn score_file(scorer: &Scorer, live: &Live, results_dir: &Path, job: &Job) -> Outcome {
+/// Reads one file: its series and slices, or why it is unreadable.
+fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), String> {
     let slices = match ingest::read_file(&job.path, &live.ingest) {
-        Ok(s) if s.is_empty() => return Outcome::Unreadable("no image in the file".into()),
+        Ok(s) if s.is_empty() => return Err("no image in the file".into()),
         Ok(s) => s,
-        Err(e) => return Outcome::Unreadable(e.to_string()),
+        Err(e) => return Err(e.to_string()),
     };
     let uid = series_uid(&slices[0]);
     if slices.iter().any(|s| series_uid(s) != uid) {
-        return Outcome::Unreadable("slices of several series in one file".into());
+        return Err("slices of several series in one file".into());
     }
-    let outs = match scorer.score_slices(&slices) {
-        Ok(o) => o,
-        Err(e) => return Outcome::EngineFailed(e),
-    };
-    let mut heatmaps = 0;
-    if live.heatmaps {
-        let key = SeriesKey::of(&uid, 1);
-        let dir = results_dir.join(key.hash_str()).join("heatmaps");
-        let p = &scorer.params;
-        for (s, o) in slices.iter().zip(&outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
-            let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
-            let hu = s.hu().into_raw_vec_and_offset().0;
-            let _ = std::fs::create_dir_all(&dir);
-            match crate::report::write_heatmap_png(&dir.join(&name), &hu, s.rows, s.cols, (p.window_center, p.window_width), &o.cam, crate::engine::CAM_SIDE) {
-                Ok(()) => heatmaps += 1,
-                Err(e) => log::error!("{}: heat map not written: {e}", dir.join(&name).display()),
+    Ok((uid, slices))
+}
+
+/// Reads and scores a batch of files, all their slices in one engine call.
+fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
+    let mut all = Vec::new();
+    let mut parts = Vec::new();
+    let mut out = Vec::new();
+    for job in jobs {
+        match read_job(live, &job) {
+            Ok((uid, slices)) => {
+                let start = all.len();
+                all.extend(slices);
+                parts.push((job, uid, start..all.len()));
             }
+            Err(why) => out.push((job, Outcome::Unreadable(why))),
         }
     }
-    let recs = slices
-        .iter()
-        .zip(outs)
-        .map(|(s, o)| SliceRec { frame: s.frame, sop: s.uids.sop.clone(), geometry: s.geometry, prob: o.prob, lung_fraction: o.lung_fraction })
-        .collect();
-    Outcome::Scored { series: uid, slices: recs, heatmaps }
+    if parts.is_empty() {
+        return out;
+    }
+    let outs = match scorer.score_slices(&all) {
+        Ok(o) => o,
+        Err(e) => {
+            out.extend(parts.into_iter().map(|(job, _, _)| (job, Outcome::EngineFailed(e.clone()))));
+            return out;
+        }
+    };
+    for (job, uid, range) in parts {
+        let (slices, outs) = (&all[range.clone()], &outs[range]);
+        let mut heatmaps = 0;
+        if live.heatmaps {
+            let key = SeriesKey::of(&uid, 1);
+            let dir = results_dir.join(key.hash_str()).join("heatmaps");
+            let p = &scorer.params;
+            for (s, o) in slices.iter().zip(outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
+                let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
+                let hu = s.hu().into_raw_vec_and_offset().0;
+                let _ = std::fs::create_dir_all(&dir);
+                match crate::report::write_heatmap_png(&dir.join(&name), &hu, s.rows, s.cols, (p.window_center, p.window_width), &o.cam, crate::engine::CAM_SIDE) {
+                    Ok(()) => heatmaps += 1,
+                    Err(e) => log::error!("{}: heat map not written: {e}", dir.join(&name).display()),
+                }
+            }
+        }
+        let recs = slices
+            .iter()
+            .zip(outs)
+            .map(|(s, o)| SliceRec { frame: s.frame, sop: s.uids.sop.clone(), geometry: s.geometry, prob: o.prob, lung_fraction: o.lung_fraction })
+            .collect();
+        out.push((job, Outcome::Scored { series: uid, slices: recs, heatmaps }));
+    }
+    out
 }
 
 /// The series a slice belongs to (as `series::assemble` groups them).
@@ -408,7 +452,7 @@ impl Daemon {
     /// start-up is honoured too). Returns after flushing.
     fn run(mut self, signals: Signals) -> Result<(), DaemonError> {
         let workers = self.settings.engine_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, 16);
-        let max_in_flight = 2 * workers;
+        let max_in_flight = WORKER_BATCH * workers;
         let (job_tx, job_rx) = sync_channel::<Job>(max_in_flight);
         let (done_tx, done_rx) = sync_channel::<Finished>(max_in_flight);
         let job_rx = Arc::new(Mutex::new(job_rx));
