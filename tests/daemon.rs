@@ -18,11 +18,7 @@ fn bin() -> Command {
 /// A daemon config over `root/var` with the tiny model (lung mask off: synthetic slices have no
 /// lungs), `extra` appended.
 fn config(root: &Path, extra: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
-    let model = root.join("tiny.onnx");
-    std::fs::copy(&src, &model).unwrap();
-    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap().replace("lung_mask = true", "lung_mask = false");
-    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    let model = tiny_model_unmasked(root);
     let p = root.join("c.toml");
     std::fs::write(
         &p,

@@ -15,11 +15,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 /// A config using the tiny model (its manifest with the lung mask off: the synthetic slices
 /// have no lungs), with `extra` appended.
 fn config(dir: &Path, extra: &str) -> String {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
-    let model = dir.join("tiny.onnx");
-    std::fs::copy(&src, &model).unwrap();
-    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap().replace("lung_mask = true", "lung_mask = false");
-    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    let model = tiny_model_unmasked(dir);
     let p = dir.join("c.toml");
     std::fs::write(&p, format!("[model]\npath = \"{}\"\n{extra}", model.display())).unwrap();
     p.display().to_string()

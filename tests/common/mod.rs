@@ -290,3 +290,14 @@ pub fn shared_data(what: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// Copies the tiny test model into `dir` with its manifest's lung mask turned off (synthetic
+/// slices have no lungs); returns the model path.
+pub fn tiny_model_unmasked(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
+    let model = dir.join("tiny.onnx");
+    std::fs::copy(&src, &model).unwrap();
+    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap().replace("lung_mask = true", "lung_mask = false");
+    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    model
+}
