@@ -357,11 +357,9 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
         progress.add(r.slices.len());
         if let Some(h) = &heatmaps {
             // The class activation map over the lung window, for each positive slice.
-            let p = &sc.params;
             for (sl, slice) in r.slices.iter().zip(&ser.slices).filter(|(sl, _)| sl.positive) {
                 let name = format!("{}.png", prep::relative(&sl.file, root).replace('/', "_"));
-                let hu = slice.hu().into_raw_vec_and_offset().0;
-                ctsentry::report::write_heatmap_png(&h.join(name), &hu, slice.rows, slice.cols, (p.window_center, p.window_width), &sl.cam, ctsentry::engine::CAM_SIDE)
+                ctsentry::report::write_slice_heatmap(&h.join(name), slice, &sc.params, &sl.cam)
                     .context("writing a heat map")?;
             }
         }

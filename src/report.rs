@@ -133,3 +133,10 @@ impl Progress {
         }
     }
 }
+
+/// The heat map of one slice: its class activation map `cam` (7 × 7) over the slice shown in the
+/// model's window (`params`); see [`write_heatmap_png`].
+pub fn write_slice_heatmap(path: &Path, slice: &crate::ingest::Slice, params: &crate::preprocess::Params, cam: &[f32]) -> std::io::Result<()> {
+    let hu = slice.hu().into_raw_vec_and_offset().0;
+    write_heatmap_png(path, &hu, slice.rows, slice.cols, (params.window_center, params.window_width), cam, crate::engine::CAM_SIDE)
+}

@@ -121,11 +121,7 @@ impl Scorer {
                 }
             },
         };
-        let (threshold, threshold_source) = match s.threshold {
-            Some(t) => (t, "config".to_string()),
-            None => (model.manifest.decision.threshold, "manifest".to_string()),
-        };
-        let rule = Rule { threshold, threshold_source, min_positive_slices: s.min_positive_slices };
+        let rule = rule_for(s, &model.manifest);
         let params = model.manifest.params();
         Ok(Scorer { model, params, engine, pre, rule })
     }
@@ -183,6 +179,15 @@ pub struct SliceOutput {
     pub lung_fraction: f32,
     /// Class activation map (7 × 7, row-major).
     pub cam: Vec<f32>,
+}
+
+/// The decision rule of `s` for a model: the config's threshold when set, else the manifest's.
+pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest) -> Rule {
+    let (threshold, threshold_source) = match s.threshold {
+        Some(t) => (t, "config".to_string()),
+        None => (manifest.decision.threshold, "manifest".to_string()),
+    };
+    Rule { threshold, threshold_source, min_positive_slices: s.min_positive_slices }
 }
 
 /// The engine called `name` (`tract`, `onnxruntime`, `tensorrt`) for `model`, or why not.

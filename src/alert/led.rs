@@ -153,6 +153,13 @@ impl LedDriver for SysfsLeds {
     }
 }
 
+/// Splits a GPIO line name `CHIP:LINE` (e.g. `/dev/gpiochip0:17`).
+fn gpio_spec(spec: &str) -> std::io::Result<(&str, u32)> {
+    let (chip, off) = spec.rsplit_once(':').ok_or_else(|| std::io::Error::other(format!("{spec:?}: expected CHIP:LINE, e.g. /dev/gpiochip0:17")))?;
+    let off = off.parse().map_err(|_| std::io::Error::other(format!("{spec:?}: line offset is not a number")))?;
+    Ok((chip, off))
+}
+
 /// LEDs on GPIO lines (`/dev/gpiochipN`, line offset), driven through the GPIO v2 character
 /// device ioctl; `active_low` inverts them. Blinking is done by the sink's timer.
 pub struct GpioLeds {
@@ -165,8 +172,7 @@ impl GpioLeds {
     pub fn open(specs: [&str; 3], active_low: bool) -> std::io::Result<GpioLeds> {
         let mut lines = Vec::new();
         for s in specs {
-            let (chip, off) = s.rsplit_once(':').ok_or_else(|| std::io::Error::other(format!("{s:?}: expected CHIP:LINE, e.g. /dev/gpiochip0:17")))?;
-            let off: u32 = off.parse().map_err(|_| std::io::Error::other(format!("{s:?}: line offset is not a number")))?;
+            let (chip, off) = gpio_spec(s)?;
             lines.push(gpio::Line::request_output(chip, off, active_low).map_err(|e| std::io::Error::new(e.kind(), format!("{s}: {e}")))?);
         }
         let lines: [gpio::Line; 3] = lines.try_into().map_err(|_| std::io::Error::other("three LEDs"))?;
@@ -201,8 +207,7 @@ pub struct AckButton {
 impl AckButton {
     /// Requests the line as an input.
     pub fn open(spec: &str, active_low: bool) -> std::io::Result<AckButton> {
-        let (chip, off) = spec.rsplit_once(':').ok_or_else(|| std::io::Error::other(format!("{spec:?}: expected CHIP:LINE, e.g. /dev/gpiochip0:27")))?;
-        let off: u32 = off.parse().map_err(|_| std::io::Error::other(format!("{spec:?}: line offset is not a number")))?;
+        let (chip, off) = gpio_spec(spec)?;
         let mut line = gpio::Line::request_input(chip, off, active_low).map_err(|e| std::io::Error::new(e.kind(), format!("{spec}: {e}")))?;
         let pressed = line.get()?;
         Ok(AckButton { line, pressed, same: 0 })

@@ -83,11 +83,6 @@ struct Finished {
     outcome: Outcome,
 }
 
-/// The name a file has relative to `root`, `/`-separated.
-fn rel_of(path: &Path, root: &Path) -> String {
-    crate::prep::relative(path, root)
-}
-
 /// Moves `src` to `dst_root/rel`, never overwriting: on a name collision `NAME.dupN.EXT` is
 /// used. Falls back to copy + fsync + remove across file systems. Returns the destination.
 pub fn move_unique(src: &Path, dst_root: &Path, rel: &str) -> std::io::Result<PathBuf> {
@@ -231,8 +226,8 @@ fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), String> {
         Ok(s) => s,
         Err(e) => return Err(e.to_string()),
     };
-    let uid = series_uid(&slices[0]);
-    if slices.iter().any(|s| series_uid(s) != uid) {
+    let uid = series::series_of(&slices[0]);
+    if slices.iter().any(|s| series::series_of(s) != uid) {
         return Err("slices of several series in one file".into());
     }
     Ok((uid, slices))
@@ -269,12 +264,10 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
         if live.heatmaps {
             let key = SeriesKey::of(&uid, 1);
             let dir = results_dir.join(key.hash_str()).join("heatmaps");
-            let p = &scorer.params;
             for (s, o) in slices.iter().zip(outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
                 let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
-                let hu = s.hu().into_raw_vec_and_offset().0;
                 let _ = std::fs::create_dir_all(&dir);
-                match crate::report::write_heatmap_png(&dir.join(&name), &hu, s.rows, s.cols, (p.window_center, p.window_width), &o.cam, crate::engine::CAM_SIDE) {
+                match crate::report::write_slice_heatmap(&dir.join(&name), s, &scorer.params, &o.cam) {
                     Ok(()) => heatmaps += 1,
                     Err(e) => log::error!("{}: heat map not written: {e}", dir.join(&name).display()),
                 }
@@ -290,14 +283,6 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
     out
 }
 
-/// The series a slice belongs to (as `series::assemble` groups them).
-fn series_uid(s: &Slice) -> String {
-    if s.uids.series.is_empty() {
-        format!("unknown:{}", s.source.parent().map(|p| p.display().to_string()).unwrap_or_default())
-    } else {
-        s.uids.series.clone()
-    }
-}
 
 /// The daemon.
 pub struct Daemon {
@@ -517,7 +502,7 @@ impl Daemon {
                 if self.retry_after.get(&path).is_some_and(|r| Instant::now() < *r) {
                     continue;
                 }
-                let rel = rel_of(&path, &self.settings.paths.incoming);
+                let rel = crate::prep::relative(&path, &self.settings.paths.incoming);
                 // Files there before a restart arrived before the journal's last record.
                 let detected = if first_scan && last_journal_t > 0.0 { last_journal_t.min(t) } else { t };
                 self.waiting.insert(path, (rel, detected));
@@ -829,8 +814,7 @@ impl Daemon {
         if !fixed.is_empty() {
             log::warn!("reload: {} cannot change while running; restart ctsentry to apply them (the other changes are applied)", fixed.join(", "));
         }
-        let threshold = new.threshold.map(|t| (t, "config".to_string())).unwrap_or_else(|| (self.scorer.model.manifest.decision.threshold, "manifest".into()));
-        let rule = Rule { threshold: threshold.0, threshold_source: threshold.1, min_positive_slices: new.min_positive_slices };
+        let rule = crate::score::rule_for(&new, &self.scorer.model.manifest);
         *self.live.lock().expect("live settings") = Live { rule: rule.clone(), heatmaps: new.daemon.heatmaps, ingest: new.ingest.clone() };
         watcher.set_timing(new.daemon.poll_seconds, new.daemon.stable_seconds);
         log::set_max_level(new.log_level);

@@ -58,16 +58,20 @@ pub struct Series {
 /// Tolerance (mm) under which two positions are the same.
 const SAME_POSITION_MM: f64 = 1e-3;
 
-/// Groups `slices` by series and orders each series. Series come out sorted by UID.
+/// The series a slice belongs to: its Series Instance UID, or `unknown:` and its folder.
+pub fn series_of(s: &Slice) -> String {
+    if s.uids.series.is_empty() {
+        format!("unknown:{}", s.source.parent().map(|p| p.display().to_string()).unwrap_or_default())
+    } else {
+        s.uids.series.clone()
+    }
+}
+
+/// Groups `slices` by series ([`series_of`]) and orders each series. Series come out sorted by UID.
 pub fn assemble(slices: Vec<Slice>) -> Vec<Series> {
     let mut groups: BTreeMap<String, Vec<Slice>> = BTreeMap::new();
     for s in slices {
-        let uid = if s.uids.series.is_empty() {
-            format!("unknown:{}", s.source.parent().map(|p| p.display().to_string()).unwrap_or_default())
-        } else {
-            s.uids.series.clone()
-        };
-        groups.entry(uid).or_default().push(s);
+        groups.entry(series_of(&s)).or_default().push(s);
     }
     groups.into_iter().map(|(uid, slices)| order(uid, slices)).collect()
 }
