@@ -463,6 +463,8 @@ impl Settings {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        // The config's folder exists (the file was just read): resolve symbolic links in it once.
+        let base = base.canonicalize().unwrap_or(base);
         let mut s = Settings::from_str(&text, &base).map_err(|issues| ConfigError::Invalid { path: path.to_path_buf(), issues })?;
         s.source = Some(path.to_path_buf());
         Ok(s)
@@ -506,7 +508,8 @@ fn parse_all(text: &str) -> (Option<RawConfig>, String, Vec<ConfigIssue>) {
             Err(e) => {
                 let span = e.span();
                 let (line, column) = span.as_ref().map(|s| position(&current, s.start)).unwrap_or((0, 0));
-                issues.push(ConfigIssue { line, column, reason: e.message().to_string() });
+                let text = current.lines().nth(line.wrapping_sub(1)).unwrap_or("");
+                issues.push(ConfigIssue { line, column, reason: plain_words(e.message(), text) });
                 if span.is_none() || line == 0 || line > lines.len() || is_syntax_error(e.message()) {
                     break;
                 }
@@ -528,6 +531,43 @@ fn parse_all(text: &str) -> (Option<RawConfig>, String, Vec<ConfigIssue>) {
     }
     issues.sort_by_key(|i| (i.line, i.column));
     (None, String::new(), issues)
+}
+
+/// The TOML parser's message, with the common mistakes said in plain words: an unquoted word,
+/// a quoted number, a decimal comma, a word where a number or a yes/no belongs. `line` is the
+/// offending line of the file.
+fn plain_words(msg: &str, line: &str) -> String {
+    let (key, value) = match line.split_once('=') {
+        Some((k, v)) => (k.trim(), v.split('#').next().unwrap_or("").trim()),
+        None => ("", ""),
+    };
+    let unquoted = value.trim_matches('"');
+    let kind = |expected: &str| match expected {
+        "i64" | "u64" | "usize" | "u32" => Some(("a whole number", "2")),
+        "f64" | "f32" => Some(("a number", "0.5")),
+        "a boolean" => Some(("true or false", "true")),
+        "a string" => Some(("text in double quotes", "\"text\"")),
+        _ => None,
+    };
+    if msg.starts_with("invalid string") && !key.is_empty() {
+        return format!("{key} = {value}: text must be in double quotes, e.g. {key} = \"{value}\" (numbers are plain digits, e.g. 2 or 0.5; yes/no is true or false)");
+    }
+    if msg.starts_with("expected newline") && !key.is_empty() && value.contains(',') && value.replace(',', "").chars().all(|c| c.is_ascii_digit() || c == '-') {
+        return format!("{key} = {value}: a decimal number takes a point, not a comma: {key} = {}", value.replacen(',', ".", 1));
+    }
+    if let Some(rest) = msg.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.rsplit_once(", expected ") {
+            if let Some((what, example)) = kind(expected) {
+                let hint = if found.starts_with("string") && unquoted.parse::<f64>().is_ok() {
+                    format!("remove the quotes: {key} = {unquoted}")
+                } else {
+                    format!("e.g. {key} = {example}")
+                };
+                return format!("{key} = {value}: expected {what}; {hint}");
+            }
+        }
+    }
+    msg.replace('\n', "; ")
 }
 
 fn is_syntax_error(msg: &str) -> bool {
@@ -578,8 +618,121 @@ impl Checker<'_> {
         if v.get_ref().trim().is_empty() {
             self.fail(v, format!("{key} must not be empty"));
         }
-        let p = PathBuf::from(v.get_ref());
-        if p.is_absolute() { p } else { base.join(p) }
+        normalize(&base.join(v.get_ref()))
+    }
+}
+
+/// The environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "CTSENTRY_CONFIG";
+/// The config of a checkout, relative to the working directory.
+pub const CHECKOUT_CONFIG: &str = "config/ctsentry.toml";
+/// The config of an installed box.
+pub const SYSTEM_CONFIG: &str = "/etc/ctsentry/ctsentry.toml";
+
+/// Where the config file was found, and by which rule (DESIGN.md: `--config`,
+/// `$CTSENTRY_CONFIG`, `config/ctsentry.toml` in the working directory, `/etc/ctsentry/ctsentry.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Given with `--config`.
+    Flag(PathBuf),
+    /// Named by `$CTSENTRY_CONFIG`.
+    Env(PathBuf),
+    /// `config/ctsentry.toml` in the working directory (a checkout).
+    Checkout(PathBuf),
+    /// `/etc/ctsentry/ctsentry.toml` (an installed box).
+    System(PathBuf),
+    /// None of them exists: built-in defaults.
+    None,
+}
+
+impl ConfigSource {
+    /// Applies the lookup order. An explicit `--config` or `$CTSENTRY_CONFIG` is taken even when
+    /// the file is missing (loading it then says so); the two default places only when they exist.
+    pub fn locate(flag: Option<&Path>) -> ConfigSource {
+        if let Some(p) = flag {
+            return ConfigSource::Flag(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+            return ConfigSource::Env(PathBuf::from(p));
+        }
+        if Path::new(CHECKOUT_CONFIG).is_file() {
+            return ConfigSource::Checkout(PathBuf::from(CHECKOUT_CONFIG));
+        }
+        if Path::new(SYSTEM_CONFIG).is_file() {
+            return ConfigSource::System(PathBuf::from(SYSTEM_CONFIG));
+        }
+        ConfigSource::None
+    }
+
+    /// The file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::Flag(p) | ConfigSource::Env(p) | ConfigSource::Checkout(p) | ConfigSource::System(p) => Some(p),
+            ConfigSource::None => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::Flag(p) => write!(f, "{} (--config)", p.display()),
+            ConfigSource::Env(p) => write!(f, "{} (${CONFIG_ENV})", p.display()),
+            ConfigSource::Checkout(p) => write!(f, "{} (working directory)", normalize(p).display()),
+            ConfigSource::System(p) => write!(f, "{}", p.display()),
+            ConfigSource::None => write!(f, "none: no --config, no ${CONFIG_ENV}, no ./{CHECKOUT_CONFIG}, no {SYSTEM_CONFIG}"),
+        }
+    }
+}
+
+/// `path` made absolute (against the working directory) with `.` and `..` resolved lexically,
+/// so that two spellings of one folder compare equal and a path derived from a watched one
+/// strips its prefix (a relative `config/../var/incoming` once made every scored file "move"
+/// back into the drop folder under a new name).
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Folders that must not lie inside one another: a scored file moved into a `done/` inside the
+/// drop folder would be picked up again, forever.
+fn check_folders(c: &mut Checker<'_>, raw: &RawPaths, paths: &Paths) {
+    let named = [
+        ("paths.incoming", &raw.incoming, &paths.incoming),
+        ("paths.done", &raw.done, &paths.done),
+        ("paths.quarantine", &raw.quarantine, &paths.quarantine),
+        ("paths.results", &raw.results, &paths.results),
+        ("paths.state", &raw.state, &paths.state),
+    ];
+    for (i, (key, span, p)) in named.iter().enumerate() {
+        for (other_key, other_span, q) in named.iter().skip(i + 1) {
+            // The error points at the later key (same folder) or the inner one (nested).
+            let clash = if p == q {
+                Some((*other_span, format!("{key} and {other_key} are the same folder ({})", p.display())))
+            } else if p.starts_with(q) || q.starts_with(p) {
+                let (inner, outer) = if p.starts_with(q) { ((key, p, *span), (other_key, q)) } else { ((other_key, q, *other_span), (key, p)) };
+                // Only the drop folder is walked: other folders may nest (results inside state, say).
+                (*outer.0 == "paths.incoming" || *inner.0 == "paths.incoming").then(|| {
+                    (inner.2, format!("{} ({}) lies inside {} ({}): the drop folder and the daemon's own folders must be apart", inner.0, inner.1.display(), outer.0, outer.1.display()))
+                })
+            } else {
+                None
+            };
+            if let Some((at, reason)) = clash {
+                c.fail(at, reason);
+            }
+        }
     }
 }
 
@@ -592,6 +745,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         results: c.path("paths.results", &raw.paths.results, base),
         state: c.path("paths.state", &raw.paths.state, base),
     };
+    check_folders(&mut c, &raw.paths, &paths);
     let model_path = c.path("model.path", &raw.model.path, base);
     let engine = c.choice(
         "engine.backend",
@@ -733,5 +887,37 @@ mod tests {
         let issues = Settings::from_str("[paths\nincoming = 1", Path::new("/")).unwrap_err();
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].line, 1);
+    }
+
+    #[test]
+    fn relative_paths_become_absolute_and_normalised() {
+        let s = Settings::from_str("[paths]\nincoming = \"../var/./incoming\"\n", Path::new("config")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(s.paths.incoming, cwd.join("var/incoming"));
+        assert!(s.paths.incoming.components().all(|c| !matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir)));
+        assert_eq!(normalize(Path::new("/a/b/../../c/./d")), PathBuf::from("/c/d"));
+    }
+
+    #[test]
+    fn daemon_folders_inside_the_drop_folder_are_refused() {
+        let issues = Settings::from_str("[paths]\nincoming = \"/d/in\"\ndone = \"/d/in/done\"\n", Path::new("/")).unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        assert!(issues[0].reason.contains("paths.done (/d/in/done) lies inside paths.incoming"), "{}", issues[0].reason);
+        assert_eq!(issues[0].line, 3);
+        let issues = Settings::from_str("[paths]\nincoming = \"/d/x\"\nquarantine = \"/d/./x\"\n", Path::new("/")).unwrap_err();
+        assert!(issues[0].reason.contains("are the same folder"), "{}", issues[0].reason);
+        // Other folders may nest in each other.
+        Settings::from_str("[paths]\nincoming = \"/d/in\"\nstate = \"/d/res/state\"\nresults = \"/d/res\"\n", Path::new("/")).unwrap();
+    }
+
+    #[test]
+    fn common_toml_mistakes_are_said_in_plain_words() {
+        let one = |text: &str| Settings::from_str(text, Path::new("/")).unwrap_err().remove(0).reason;
+        assert_eq!(one("[engine]\nbackend = tract\n"), "backend = tract: text must be in double quotes, e.g. backend = \"tract\" (numbers are plain digits, e.g. 2 or 0.5; yes/no is true or false)");
+        assert_eq!(one("[decision]\nthreshold = 0,5\n"), "threshold = 0,5: a decimal number takes a point, not a comma: threshold = 0.5");
+        assert_eq!(one("[decision]\nmin_positive_slices = \"two\"\n"), "min_positive_slices = \"two\": expected a whole number; e.g. min_positive_slices = 2");
+        assert_eq!(one("[series]\nquiet_seconds = \"10\"\n"), "quiet_seconds = \"10\": expected a number; remove the quotes: quiet_seconds = 10");
+        assert_eq!(one("[alert.serial]\nenabled = \"yes\"\n"), "enabled = \"yes\": expected true or false; e.g. enabled = true");
+        assert_eq!(one("[engine]\nbackend = 3\n"), "backend = 3: expected text in double quotes; e.g. backend = \"text\"");
     }
 }

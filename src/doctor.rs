@@ -1,21 +1,203 @@
-//! `ctsentry doctor`: what this machine can use and, for what it cannot, why.
+//! `ctsentry doctor`: what this machine can use and, for what it cannot, why; and the deep
+//! check of a config ([`check`], also `ctsentry check-config --deep`): everything the config
+//! names is tried as the daemon would use it, each problem with one fix.
 
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::config::{PreprocessBackend, Settings};
+use crate::config::{ConfigSource, PreprocessBackend, Settings};
 use crate::preprocess::cuda;
 
-/// The report, as text for a person.
-pub fn run(config: &Path) -> String {
+/// Something configured that is not usable, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What (e.g. `model /usr/share/ctsentry/models/densenet121-covid.onnx`).
+    pub what: String,
+    /// Why it is not usable.
+    pub why: String,
+    /// One fix, in words an admin can act on.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}\n  fix: {}", self.what, self.why, self.fix)
+    }
+}
+
+/// The doctor's findings: the text for a person and the problems (exit 1 when there are any).
+pub struct Report {
+    /// The report.
+    pub text: String,
+    /// What is configured but unusable.
+    pub problems: Vec<Problem>,
+}
+
+/// The user the daemon runs as: the `ctsentry` system user when it exists and this is root (an
+/// installed box: checks then answer for the service, not for root), else the current user.
+#[derive(Debug, Clone)]
+pub struct ServiceUser {
+    /// Name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary and supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// The system user the package creates.
+pub const SERVICE_USER: &str = "ctsentry";
+
+impl ServiceUser {
+    /// See [`ServiceUser`].
+    pub fn guess() -> ServiceUser {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid == 0 {
+            if let Some(u) = ServiceUser::lookup(SERVICE_USER) {
+                return u;
+            }
+        }
+        // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
+        let name = unsafe {
+            let pw = libc::getpwuid(euid);
+            if pw.is_null() { euid.to_string() } else { std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned() }
+        };
+        ServiceUser::lookup(&name).unwrap_or(ServiceUser { name, uid: euid, groups: vec![unsafe { libc::getegid() }] })
+    }
+
+    /// The user `name` with its groups, if it exists.
+    pub fn lookup(name: &str) -> Option<ServiceUser> {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: getpwnam with a valid C string; the result is copied out before any other call.
+        let (uid, gid) = unsafe {
+            let pw = libc::getpwnam(c.as_ptr());
+            if pw.is_null() {
+                return None;
+            }
+            ((*pw).pw_uid, (*pw).pw_gid)
+        };
+        let mut n: libc::c_int = 64;
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        // SAFETY: the buffer holds n entries; getgrouplist writes at most n and updates n.
+        let r = unsafe { libc::getgrouplist(c.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        groups.truncate(if r < 0 { 0 } else { n as usize });
+        if groups.is_empty() {
+            groups.push(gid);
+        }
+        Some(ServiceUser { name: name.to_string(), uid, groups })
+    }
+
+    /// Whether this user may create files in the folder `dir` (by its mode bits; root may).
+    pub fn can_write(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::metadata(dir) else { return false };
+        let mode = m.mode();
+        self.uid == 0
+            || (m.uid() == self.uid && mode & 0o300 == 0o300)
+            || (m.uid() != self.uid && self.groups.contains(&m.gid()) && mode & 0o030 == 0o030)
+            || (m.uid() != self.uid && !self.groups.contains(&m.gid()) && mode & 0o003 == 0o003)
+    }
+
+    /// Whether this user is in the group `name`.
+    pub fn in_group(&self, name: &str) -> bool {
+        let Ok(c) = std::ffi::CString::new(name) else { return false };
+        // SAFETY: getgrnam with a valid C string; the gid is copied out at once.
+        let gid = unsafe {
+            let g = libc::getgrnam(c.as_ptr());
+            if g.is_null() {
+                return false;
+            }
+            (*g).gr_gid
+        };
+        self.groups.contains(&gid)
+    }
+}
+
+/// Tries everything `s` names as the daemon would use it, as `user`: the model and engine (loaded
+/// for real), the folders (writable, or creatable), and the serial port and LEDs when enabled.
+pub fn check(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
+    use crate::score::SetupError;
+    let mut out = Vec::new();
+    match crate::score::Scorer::from_settings(s) {
+        Ok(_) => {}
+        Err(SetupError::Model(e)) => out.push(Problem {
+            what: format!("model {}", s.model_path.display()),
+            why: e.to_string(),
+            fix: "put the model bundle there (NAME.onnx with its NAME.toml manifest, unchanged: the package installs it in /usr/share/ctsentry/models) or point model.path at it".into(),
+        }),
+        Err(e) => out.push(Problem {
+            what: format!("engine {:?}", s.engine).to_lowercase(),
+            why: e.to_string(),
+            fix: "set engine.backend = \"auto\" (the fastest engine this machine has), or install what the named engine needs (README: Engines)".into(),
+        }),
+    }
+    let p = &s.paths;
+    for (key, d) in [("paths.incoming", &p.incoming), ("paths.done", &p.done), ("paths.quarantine", &p.quarantine), ("paths.results", &p.results), ("paths.state", &p.state)] {
+        let existing = d.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+        if existing.is_dir() && user.can_write(existing) {
+            continue;
+        }
+        let why = if existing == d.as_path() {
+            format!("not writable by user {}", user.name)
+        } else {
+            format!("missing, and {} is not writable by user {} to create it", existing.display(), user.name)
+        };
+        out.push(Problem {
+            what: format!("{key} {}", d.display()),
+            why,
+            fix: format!("mkdir -p {0} && chown {1}: {0} && chmod 750 {0}", d.display(), user.name),
+        });
+    }
+    if s.serial.enabled {
+        if let Err(e) = crate::alert::serial::SerialSink::open(&s.serial) {
+            let port = Path::new(&s.serial.port);
+            let fix = if !port.exists() {
+                let present: Vec<String> = serialport::available_ports().map(|v| v.into_iter().map(|p| p.port_name).collect()).unwrap_or_default();
+                format!("plug the serial adapter in, or set alert.serial.port to one that exists (present: {})", if present.is_empty() { "none".into() } else { present.join(", ") })
+            } else if !user.in_group("dialout") {
+                format!("usermod -aG dialout {} (then restart ctsentry)", user.name)
+            } else {
+                "check that no other program holds the port (fuser -v PORT)".into()
+            };
+            out.push(Problem { what: format!("alert.serial.port {}", s.serial.port), why: e.to_string(), fix });
+        }
+    }
+    if s.led.enabled {
+        if let Err(e) = crate::daemon::open_leds(s) {
+            let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                match s.led.driver {
+                    crate::config::LedDriver::Sysfs => format!(
+                        "a udev rule giving {0} the LEDs, e.g. /etc/udev/rules.d/90-ctsentry-leds.rules: SUBSYSTEM==\"leds\", KERNEL==\"ctsentry:*\", RUN+=\"/bin/chgrp {0} /sys%p/brightness /sys%p/trigger /sys%p/delay_on /sys%p/delay_off\", RUN+=\"/bin/chmod g+w /sys%p/brightness /sys%p/trigger /sys%p/delay_on /sys%p/delay_off\"",
+                        user.name
+                    ),
+                    crate::config::LedDriver::Gpio => format!("a udev rule: SUBSYSTEM==\"gpio\", KERNEL==\"gpiochip*\", GROUP=\"{}\", MODE=\"0660\"", user.name),
+                }
+            } else {
+                "set alert.led.green/red/amber to LEDs that exist (see \"leds present\" above: /sys/class/leds)".into()
+            };
+            out.push(Problem { what: format!("alert.led ({:?})", s.led.driver).to_lowercase(), why: e.to_string(), fix });
+        }
+    }
+    out
+}
+
+/// The report, as text for a person, with the problems of what is configured.
+pub fn run(source: &ConfigSource) -> Report {
     let mut r = String::new();
-    let settings = match Settings::load(config) {
+    let mut problems = Vec::new();
+    let loaded = match source.path() {
+        Some(p) => Settings::load(p),
+        None => Ok(Settings::defaults(Path::new("."))),
+    };
+    let settings = match loaded {
         Ok(s) => {
-            let _ = writeln!(r, "config        ok: {}", config.display());
+            let _ = writeln!(r, "config        ok: {source}");
             Some(s)
         }
         Err(e) => {
             let _ = writeln!(r, "config        NOT USABLE: {}", e.to_string().replace('\n', "\n              "));
+            problems.push(Problem { what: format!("config {source}"), why: e.to_string(), fix: "correct the lines named (ctsentry check-config PATH lists them all)".into() });
             None
         }
     };
@@ -81,13 +263,24 @@ pub fn run(config: &Path) -> String {
             };
             let _ = writeln!(r, "folder {name:<10} {} {state}{}", d.display(), free.map(|f| format!(", {f:.0} MiB free (watermark {:.0})", s.daemon.min_free_mb)).unwrap_or_default());
         }
+        let user = ServiceUser::guess();
+        let _ = writeln!(r, "checked as    user {} (the service user)", user.name);
+        problems.extend(check(s, &user));
     }
-    r
+    if problems.is_empty() {
+        let _ = writeln!(r, "problems      none");
+    } else {
+        let _ = writeln!(r, "problems      {}", problems.len());
+        for p in &problems {
+            let _ = writeln!(r, "- {}", p.to_string().replace('\n', "\n  "));
+        }
+    }
+    Report { text: r, problems }
 }
 
 /// Serial ports and LEDs: the configured ones, whether they open, and what else is present.
 fn alerts(r: &mut String, s: &Settings) {
-    use crate::alert::{led, serial::SerialSink};
+    use crate::alert::serial::SerialSink;
     let sc = &s.serial;
     let cfg = if sc.enabled { "enabled" } else { "disabled" };
     match SerialSink::open(sc) {
@@ -102,11 +295,7 @@ fn alerts(r: &mut String, s: &Settings) {
     let _ = writeln!(r, "serial ports  {}", if ports.is_empty() { "none found".to_string() } else { ports.join(", ") });
     let l = &s.led;
     let cfg = if l.enabled { "enabled" } else { "disabled" };
-    let opened = match l.driver {
-        crate::config::LedDriver::Sysfs => led::SysfsLeds::open([l.green.clone().into(), l.red.clone().into(), l.amber.clone().into()]).map(|_| ()),
-        crate::config::LedDriver::Gpio => led::GpioLeds::open([&l.green, &l.red, &l.amber], l.active_low).map(|_| ()),
-    };
-    match opened {
+    match crate::daemon::open_leds(s).map(|_| ()) {
         Ok(()) => {
             let _ = writeln!(r, "leds          {:?} ({cfg}): green, red, amber open", l.driver);
         }

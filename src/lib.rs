@@ -25,6 +25,7 @@ pub mod prep;
 pub mod preprocess;
 pub mod report;
 pub mod score;
+pub mod status;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;

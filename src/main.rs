@@ -6,19 +6,17 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use ctsentry::config::{ConfigError, Settings};
+use ctsentry::config::{ConfigSource, Settings};
 use ctsentry::preprocess::{cpu::Cpu, Params};
 use ctsentry::{ingest, inspect, logging, prep};
-
-/// Default config file, relative to the working directory.
-const DEFAULT_CONFIG: &str = "config/ctsentry.toml";
 
 #[derive(Parser)]
 #[command(name = "ctsentry", version, about = "CT triage appliance: scores chest CT slices for COVID-19 pneumonia")]
 struct Cli {
-    /// Config file.
-    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Config file; without it: $CTSENTRY_CONFIG, then ./config/ctsentry.toml (a checkout), then
+    /// /etc/ctsentry/ctsentry.toml (an installed box). Accepted before or after the subcommand.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -35,6 +33,13 @@ enum Command {
         /// Who acknowledges (kept in the journal).
         #[arg(long, default_value = "ctsentry ack")]
         by: String,
+    },
+    /// What the running daemon is doing: latched alert, faults, queue, engine, recent verdicts.
+    /// Exit 0 while it runs, 1 when it does not.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Score DICOM files, series folders or NIfTI volumes.
     Score {
@@ -78,8 +83,12 @@ enum Command {
     },
     /// Validate a config file; reports every error with line and column.
     CheckConfig {
-        /// The config file to check.
-        path: PathBuf,
+        /// Also try what it names as the daemon would: load the model and engine, check the
+        /// folders are writable by the service user, open the serial port and LEDs if enabled.
+        #[arg(long)]
+        deep: bool,
+        /// The config file to check (default: the one the other commands use).
+        path: Option<PathBuf>,
     },
     /// Which backends, devices and ports are usable, and why not.
     Doctor,
@@ -191,45 +200,68 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the config; a missing default config falls back to built-in defaults for read-only commands.
-fn settings(path: &std::path::Path, verbosity: Option<log::LevelFilter>, required: bool) -> Result<Settings, Failure> {
-    let s = match Settings::load(path) {
-        Ok(s) => s,
-        Err(ConfigError::Io { .. }) if !required && path.as_os_str() == DEFAULT_CONFIG => {
-            Settings::defaults(std::path::Path::new("."))
-        }
-        Err(e) => return Err(usage(e)),
+/// Loads the config found by the lookup order; where there is none, read-only commands use the
+/// built-in defaults and the others (`required`) refuse, naming the places tried.
+fn settings(source: &ConfigSource, verbosity: Option<log::LevelFilter>, required: bool) -> Result<Settings, Failure> {
+    let s = match source.path() {
+        Some(path) => Settings::load(path).map_err(usage)?,
+        None if !required => Settings::defaults(std::path::Path::new(".")),
+        None => return Err(usage(format!("no config file: {source}"))),
     };
+    log::debug!("config: {source}");
     logging::set_level(verbosity.unwrap_or(s.log_level));
     Ok(s)
 }
 
 fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure> {
+    let config = ConfigSource::locate(cli.config.as_deref());
     match cli.command {
-        Command::CheckConfig { path } => match Settings::load(&path) {
-            Ok(_) => {
-                println!("{}: ok", path.display());
-                Ok(0)
+        Command::CheckConfig { path, deep } => {
+            let source = path.map(ConfigSource::Flag).unwrap_or(config);
+            let Some(path) = source.path() else { return Err(usage(format!("no config file to check: {source}"))) };
+            match Settings::load(path) {
+                Ok(s) if deep => {
+                    let problems = ctsentry::doctor::check(&s, &ctsentry::doctor::ServiceUser::guess());
+                    for p in &problems {
+                        eprintln!("{}: {p}", path.display());
+                    }
+                    if problems.is_empty() {
+                        println!("{}: ok (model, engine, folders, alert devices checked)", path.display());
+                    }
+                    Ok(if problems.is_empty() { 0 } else { 2 })
+                }
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(2)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(2)
-            }
-        },
+        }
         Command::Inspect { json, paths } => {
-            let s = settings(&cli.config, verbosity, false)?;
+            let s = settings(&config, verbosity, false)?;
             cmd_inspect(&s, json, &paths)
         }
         Command::Run => {
-            let s = settings(&cli.config, verbosity, true)?;
-            match ctsentry::daemon::run(s, &cli.config) {
+            let s = settings(&config, verbosity, true)?;
+            let path = config.path().expect("run requires a config file");
+            match ctsentry::daemon::run(s, path) {
                 Ok(()) => Ok(0),
                 Err(e @ (ctsentry::daemon::DaemonError::Setup(_) | ctsentry::daemon::DaemonError::Locked(_))) => Err(usage(e)),
                 Err(e) => Err(Failure::from(anyhow::Error::new(e))),
             }
         }
         Command::Ack { by } => {
-            let s = settings(&cli.config, verbosity, true)?;
+            let s = settings(&config, verbosity, true)?;
+            // The daemon's last word on the latch (written every second and at stop).
+            if let Ok(snap) = ctsentry::status::read(&s.paths.state) {
+                if snap.latched.is_none() {
+                    eprintln!("no alert is latched; nothing to acknowledge (nothing sent)");
+                    return Ok(0);
+                }
+            }
             let p = ctsentry::daemon::request_ack(&s.paths.state, &by).with_context(|| format!("writing to {}", s.paths.state.display()))?;
             if ctsentry::daemon::is_running(&s.paths.state) {
                 eprintln!("acknowledgement requested ({}); the daemon clears the alert within a second", p.display());
@@ -238,31 +270,43 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             }
             Ok(0)
         }
+        Command::Status { json } => {
+            let s = settings(&config, verbosity, true)?;
+            let snap = ctsentry::status::read(&s.paths.state).map_err(|e| Failure::from(anyhow::Error::new(e)))?;
+            let running = ctsentry::daemon::is_running(&s.paths.state);
+            let now = ctsentry::daemon::journal::now();
+            if json {
+                println!("{}", ctsentry::status::to_json(&snap, running, now));
+            } else {
+                print!("{}", ctsentry::status::to_text(&snap, running, now));
+            }
+            Ok(if running { 0 } else { 1 })
+        }
         Command::Score { json, paths } => {
-            let s = settings(&cli.config, verbosity, false)?;
+            let s = settings(&config, verbosity, false)?;
             cmd_score(&s, json, &paths)
         }
         Command::Eval { labels, json, out, pick_threshold, assume_window, root } => {
-            let mut s = settings(&cli.config, verbosity, false)?;
+            let mut s = settings(&config, verbosity, false)?;
             s.ingest.display_window = assume_window;
             cmd_eval(&s, &labels, json, out.as_deref(), pick_threshold.as_deref(), &root)
         }
         Command::Doctor => {
-            let report = ctsentry::doctor::run(&cli.config);
-            print!("{report}");
-            Ok(0)
+            let report = ctsentry::doctor::run(&config);
+            print!("{}", report.text);
+            Ok(if report.problems.is_empty() { 0 } else { 1 })
         }
         Command::Bench { input, json, .. } if !input.is_empty() => {
-            let s = settings(&cli.config, verbosity, true)?;
+            let s = settings(&config, verbosity, true)?;
             cmd_bench_files(&s, &input, json)
         }
         Command::Bench { engine: Some(engine), batch, json, seconds, .. } => {
-            let s = settings(&cli.config, verbosity, true)?;
+            let s = settings(&config, verbosity, true)?;
             cmd_bench_engines(&s, &engine, batch.max(1), json, seconds)
         }
         Command::Bench { preprocess, batch, json, .. } => cmd_bench(&preprocess, batch.max(1), json),
         Command::Prep { out, labels, png, window_center, window_width, no_lung_mask, size, assume_window, roots } => {
-            let mut s = settings(&cli.config, verbosity, false)?;
+            let mut s = settings(&config, verbosity, false)?;
             s.ingest.display_window = assume_window;
             let params = Params { window_center, window_width, lung_mask: !no_lung_mask, size, ..Params::default() };
             params.validate().map_err(usage)?;

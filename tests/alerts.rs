@@ -2,8 +2,8 @@
 //! parses and checksum-verifies every message, acknowledges, drops and reconnects the line), and
 //! the LED sink on a directory tree shaped like /sys/class/leds.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ctsentry::alert::led::{LedSink, LedState, SysfsLeds, Lamp};
@@ -11,7 +11,10 @@ use ctsentry::alert::protocol::{self, Line};
 use ctsentry::alert::serial::SerialSink;
 use ctsentry::alert::{AlertSink, Alerts, Cleared, Event, FaultKind, Health, SeriesKey, Stage};
 use ctsentry::config::SerialSettings;
-use serialport::{SerialPort, TTYPort};
+use serialport::TTYPort;
+
+mod common;
+use common::{led_tree, look, plug, read_lines};
 
 fn settings(port: &Path, ack: bool) -> SerialSettings {
     SerialSettings {
@@ -27,39 +30,7 @@ fn settings(port: &Path, ack: bool) -> SerialSettings {
     }
 }
 
-/// A pseudo-terminal pair whose device is reachable through the symlink `link` (as
-/// /dev/serial/by-id/... names a USB adapter): returns the master side.
-fn plug(link: &Path) -> TTYPort {
-    let (master, slave) = TTYPort::pair().unwrap();
-    let name = slave.name().unwrap();
-    drop(slave);
-    let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(&name, link).unwrap();
-    master
-}
 
-/// Reads whole lines from `port` until `n` lines or `within` passed; each line is parsed and
-/// its checksum verified (panics otherwise). Returns the fields of each.
-fn read_lines(port: &mut TTYPort, buf: &mut Vec<u8>, n: usize, within: Duration) -> Vec<Vec<String>> {
-    let t = Instant::now();
-    let mut out = Vec::new();
-    port.set_timeout(Duration::from_millis(50)).unwrap();
-    while out.len() < n && t.elapsed() < within {
-        let mut b = [0u8; 256];
-        if let Ok(k) = port.read(&mut b) {
-            buf.extend_from_slice(&b[..k]);
-        }
-        while let Some(i) = buf.iter().position(|&c| c == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let text = String::from_utf8(line).unwrap();
-            assert!(text.ends_with("\r\n"), "{text:?}");
-            let f = protocol::parse(&text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
-            assert_eq!(f[0], "CTSEN");
-            out.push(f.iter().map(|s| s.to_string()).collect());
-        }
-    }
-    out
-}
 
 fn ack(port: &mut TTYPort, seq: &str) {
     let mut l = Line::new();
@@ -78,7 +49,7 @@ fn every_message_arrives_parsed_and_checksummed_in_order() {
     let mut master = plug(&link);
     let alerts = Alerts::start(vec![Box::new(SerialSink::new(settings(&link, false), "0.1.0;tiny-1"))]);
     let events = [
-        Event::Ready { latched: false },
+        Event::Ready { latched: None },
         Event::Scoring { busy: true }, // LED only: not on the line
         Event::Alert { key: key(), positives: 3, slices: 20, max_prob: 0.93, stage: Stage::Early },
         Event::Alert { key: key(), positives: 9, slices: 60, max_prob: 0.97, stage: Stage::Final },
@@ -120,7 +91,7 @@ fn heartbeats_report_health() {
     alerts.emit(Event::Alert { key: key(), positives: 2, slices: 2, max_prob: 0.9, stage: Stage::Early });
     let mut buf = Vec::new();
     let lines = read_lines(&mut master, &mut buf, 3, Duration::from_secs(4));
-    assert_eq!(lines[2][2..], ["HEARTBEAT", "FAULT", "LATCHED"], "{lines:?}");
+    assert_eq!(lines[2][2..], ["HEARTBEAT".to_string(), "FAULT".into(), "LATCHED".into(), key().to_string()], "{lines:?}");
     let _ = Health::Ok;
     alerts.stop();
 }
@@ -216,31 +187,7 @@ fn wait(mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// A /sys/class/leds-shaped tree: `name/{brightness,max_brightness,trigger,delay_on,delay_off}`.
-fn led_tree(root: &Path) -> [PathBuf; 3] {
-    ["green", "red", "amber"].map(|c| {
-        let d = root.join(format!("ctsentry:{c}"));
-        std::fs::create_dir_all(&d).unwrap();
-        for (f, v) in [("brightness", "0"), ("max_brightness", "255"), ("trigger", "none"), ("delay_on", "0"), ("delay_off", "0")] {
-            std::fs::write(d.join(f), v).unwrap();
-        }
-        d
-    })
-}
 
-fn look(dirs: &[PathBuf; 3]) -> [String; 3] {
-    dirs.clone().map(|d| {
-        let r = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-        match r("trigger").as_str() {
-            "timer" => {
-                assert_eq!((r("delay_on").as_str(), r("delay_off").as_str()), ("500", "500"));
-                "blink".to_string()
-            }
-            "none" => if r("brightness") == "255" { "on" } else { assert_eq!(r("brightness"), "0"); "off" }.to_string(),
-            t => panic!("trigger {t}"),
-        }
-    })
-}
 
 #[test]
 fn leds_follow_every_state_transition() {
@@ -250,7 +197,7 @@ fn leds_follow_every_state_transition() {
     let s = |v: [&str; 3]| v.map(String::from);
     assert_eq!(look(&dirs), s(["off", "off", "off"]), "not running");
     let steps: Vec<(Event, [&str; 3])> = vec![
-        (Event::Ready { latched: false }, ["on", "off", "off"]),
+        (Event::Ready { latched: None }, ["on", "off", "off"]),
         (Event::Scoring { busy: true }, ["blink", "off", "off"]),
         (Event::Alert { key: key(), positives: 2, slices: 3, max_prob: 0.9, stage: Stage::Early }, ["blink", "on", "off"]),
         (Event::Scoring { busy: false }, ["on", "on", "off"]),
@@ -271,7 +218,7 @@ fn leds_follow_every_state_transition() {
     assert_eq!(look(&dirs), s(["off", "off", "off"]), "stopped");
     // A latched alert from before a restart shows at once.
     let mut st = LedState::default();
-    st.apply(&Event::Ready { latched: true });
+    st.apply(&Event::Ready { latched: Some(key()) });
     assert_eq!(st.lamps(), [Lamp::On, Lamp::On, Lamp::Off]);
     // A missing LED is a clear error naming the file.
     let err = SysfsLeds::open([dir.path().join("nope"), dirs[1].clone(), dirs[2].clone()]).err().unwrap().to_string();

@@ -273,6 +273,97 @@ fn ack_reload_and_bad_reload_while_running() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }
 
+fn status_json(cfg: &Path) -> serde_json::Value {
+    let out = bin().args(["status", "--json", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Reads serial lines until one satisfies `done` (or `within` passes); returns all read.
+fn read_until(port: &mut serialport::TTYPort, buf: &mut Vec<u8>, within: Duration, done: impl Fn(&[String]) -> bool) -> Vec<Vec<String>> {
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    while t.elapsed() < within {
+        let lines = read_lines(port, buf, 1, Duration::from_millis(200));
+        let hit = lines.iter().any(|l| done(l));
+        seen.extend(lines);
+        if hit {
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let link = root.join("ttyCTS");
+    let mut port = plug(&link);
+    let leds = led_tree(&root.join("leds"));
+    let extra = format!(
+        "[alert.serial]\nenabled = true\nport = \"{}\"\nheartbeat_seconds = 3600\n[alert.led]\nenabled = true\ndriver = \"sysfs\"\ngreen = \"{}\"\nred = \"{}\"\namber = \"{}\"\n",
+        link.display(),
+        leds[0].display(),
+        leds[1].display(),
+        leds[2].display()
+    );
+    let cfg = config(root, &extra);
+    let model = root.join("tiny.onnx");
+    std::fs::rename(&model, root.join("tiny.onnx.aside")).unwrap();
+    let log = root.join("daemon.log");
+    let var = root.join("var");
+    let mut child = start(&cfg, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut buf = Vec::new();
+
+    // Up, and saying what is wrong: READY, FAULT,MODEL, red blinking, status naming the fault.
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(30), |l| l[2] == "FAULT");
+    let kinds: Vec<&str> = lines.iter().map(|l| l[2].as_str()).collect();
+    assert_eq!(kinds, ["READY", "FAULT"], "{lines:?}\n{}", read_log());
+    assert_eq!(lines[1][3], "MODEL");
+    assert!(wait_until(Duration::from_secs(5), || look(&leds) == ["off", "blink", "off"]), "{:?}", look(&leds));
+    assert!(wait_until(Duration::from_secs(5), || var.join("state/status.json").exists()));
+    let st = status_json(&cfg);
+    assert_eq!((st["running"].as_bool(), st["faults"].clone()), (Some(true), serde_json::json!(["MODEL"])), "{st:#}");
+    assert!(child.try_wait().unwrap().is_none(), "{}", read_log());
+    assert!(read_log().contains("staying up with FAULT MODEL"), "{}", read_log());
+
+    // Files that arrive meanwhile wait, untouched.
+    write_series(&root.join("src"), "s", "1.2.826.0.1.3680043.8.498.31", 0, 3);
+    drop_into(&root.join("src"), &var.join("incoming"));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(rels(&var.join("incoming")).len(), 3);
+
+    // The model put back, SIGHUP: CLEAR,MODEL, then the waiting series is scored.
+    std::fs::rename(root.join("tiny.onnx.aside"), &model).unwrap();
+    signal(&child, libc::SIGHUP);
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(60), |l| l.get(7).is_some_and(|s| s == "FINAL"));
+    assert_eq!(lines[0][2..4], ["CLEAR".to_string(), "MODEL".to_string()], "{lines:?}\n{}", read_log());
+    assert!(lines.last().is_some_and(|l| l[2] == "NEGATIVE" || l[2] == "ALERT"), "{lines:?}\n{}", read_log());
+    assert!(look(&leds)[1] != "blink", "{:?}", look(&leds));
+    assert_eq!(status_json(&cfg)["faults"], serde_json::json!([]));
+
+    // SIGTERM: STOPPING on the line, exit 0.
+    signal(&child, libc::SIGTERM);
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(20), |l| l[2] == "STOPPING");
+    assert!(lines.iter().any(|l| l[2] == "STOPPING"), "{lines:?}");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn a_missing_model_is_also_a_fault_when_stopped_while_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    std::fs::remove_file(root.join("tiny.onnx")).unwrap();
+    let log = root.join("daemon.log");
+    let mut child = start(&cfg, &log);
+    assert!(wait_until(Duration::from_secs(30), || root.join("var/state/status.json").exists()), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(status_json(&cfg)["faults"], serde_json::json!(["MODEL"]));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
 /// Peak resident memory (VmHWM) of a process, in MiB.
 fn peak_rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -46,7 +46,7 @@ impl LedState {
         match *event {
             Event::Ready { latched } => {
                 self.running = true;
-                self.latched |= latched;
+                self.latched |= latched.is_some();
             }
             Event::Scoring { busy } => self.scoring = busy,
             Event::Alert { .. } => self.latched = true,
@@ -58,7 +58,7 @@ impl LedState {
                 self.faults.remove(&kind);
             }
             Event::Degraded { on } => self.degraded = on,
-            Event::Heartbeat { .. } | Event::Negative { .. } => {}
+            Event::Heartbeat { .. } | Event::Negative { .. } | Event::Stopping | Event::Reject { .. } => {}
         }
     }
 

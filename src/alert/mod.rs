@@ -68,7 +68,9 @@ pub enum Stage {
 /// What went wrong, on the wire as the upper-case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FaultKind {
-    /// The engine failed to score.
+    /// The model bundle cannot be loaded (missing, wrong hash, bad manifest): nothing is scored.
+    Model,
+    /// The engine cannot start, or failed to score.
     Engine,
     /// Free disk space under the watermark, or an output folder not writable.
     Disk,
@@ -84,11 +86,36 @@ impl FaultKind {
     /// The wire name.
     pub fn name(self) -> &'static str {
         match self {
+            FaultKind::Model => "MODEL",
             FaultKind::Engine => "ENGINE",
             FaultKind::Disk => "DISK",
             FaultKind::Serial => "SERIAL",
             FaultKind::Queue => "QUEUE",
             FaultKind::Watch => "WATCH",
+        }
+    }
+}
+
+/// Why a file was quarantined, in one word for the serial line (the full reason is in the
+/// file's `.reason` and the log; file names are not sent: they may carry patient data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// The file could not be read from disk.
+    Read,
+    /// Read, but not an acceptable image (not DICOM/NIfTI, no pixels, wrong modality, corrupt,
+    /// over a size cap, an encoding not supported).
+    Content,
+    /// Slices of several series in one file.
+    Mixed,
+}
+
+impl RejectKind {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectKind::Read => "READ",
+            RejectKind::Content => "CONTENT",
+            RejectKind::Mixed => "MIXED",
         }
     }
 }
@@ -118,15 +145,15 @@ pub enum Health {
 pub enum Event {
     /// The daemon started and can score.
     Ready {
-        /// An alert from before the start is still latched (not acknowledged).
-        latched: bool,
+        /// The series whose alert is still latched from before the start (not acknowledged).
+        latched: Option<SeriesKey>,
     },
     /// Periodic sign of life.
     Heartbeat {
         /// Overall health.
         health: Health,
-        /// An alert is latched (not yet acknowledged).
-        latched: bool,
+        /// The series whose alert is latched (not yet acknowledged).
+        latched: Option<SeriesKey>,
     },
     /// Work started or stopped (green LED blinks while scoring; not sent on the serial line).
     Scoring {
@@ -171,6 +198,13 @@ pub enum Event {
     Degraded {
         /// Degraded (true) or back to full capability (false).
         on: bool,
+    },
+    /// Orderly shutdown (SIGTERM): the daemon finishes the files in flight and exits.
+    Stopping,
+    /// A file was quarantined (kept in quarantine/ with a `.reason`), for this kind of reason.
+    Reject {
+        /// Why, in one word.
+        why: RejectKind,
     },
 }
 
@@ -301,7 +335,7 @@ impl AlertSink for LogSink {
             Event::Fault { kind } => log::error!(target: "ctsentry::alert", "FAULT {}", kind.name()),
             Event::Clear { what } => log::info!(target: "ctsentry::alert", "CLEAR {what:?}"),
             Event::Scoring { .. } | Event::Heartbeat { .. } => log::debug!(target: "ctsentry::alert", "{event:?}"),
-            Event::Ready { .. } | Event::Degraded { .. } => log::info!(target: "ctsentry::alert", "{event:?}"),
+            Event::Ready { .. } | Event::Degraded { .. } | Event::Stopping | Event::Reject { .. } => log::info!(target: "ctsentry::alert", "{event:?}"),
         }
     }
 }

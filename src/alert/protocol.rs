@@ -32,7 +32,7 @@ pub fn format(seq: u32, event: &Event, version: &str, out: &mut Line) -> Option<
                 for c in version.chars().take(40) {
                     out.push(if c == ',' || c == '*' || c == '$' || !c.is_ascii_graphic() { '_' } else { c }).map_err(|_| core::fmt::Error)?;
                 }
-                write!(out, ",{}", if *latched { "LATCHED" } else { "CLEAR" })
+                write_latch(out, latched)
             }
             Event::Heartbeat { health, latched } => {
                 let h = match health {
@@ -40,7 +40,8 @@ pub fn format(seq: u32, event: &Event, version: &str, out: &mut Line) -> Option<
                     Health::Degraded => "DEGRADED",
                     Health::Fault => "FAULT",
                 };
-                write!(out, "HEARTBEAT,{h},{}", if *latched { "LATCHED" } else { "CLEAR" })
+                write!(out, "HEARTBEAT,{h}")?;
+                write_latch(out, latched)
             }
             Event::Alert { key, positives, slices, max_prob, stage } => write!(
                 out,
@@ -53,6 +54,8 @@ pub fn format(seq: u32, event: &Event, version: &str, out: &mut Line) -> Option<
                 Cleared::Ack => write!(out, "CLEAR,ACK"),
                 Cleared::Fault(k) => write!(out, "CLEAR,{}", k.name()),
             },
+            Event::Stopping => write!(out, "STOPPING"),
+            Event::Reject { why } => write!(out, "REJECT,{}", why.name()),
             Event::Scoring { .. } | Event::Degraded { .. } => Err(core::fmt::Error),
         }
     };
@@ -61,6 +64,14 @@ pub fn format(seq: u32, event: &Event, version: &str, out: &mut Line) -> Option<
     let cs = checksum(b.as_bytes());
     write!(out, "${b}*{cs:02X}\r\n").ok()?;
     Some(())
+}
+
+/// `,LATCHED,<key>` or `,CLEAR`.
+fn write_latch(out: &mut Line, latched: &Option<super::SeriesKey>) -> core::fmt::Result {
+    match latched {
+        Some(key) => write!(out, ",LATCHED,{key}"),
+        None => write!(out, ",CLEAR"),
+    }
 }
 
 /// Formats an acknowledgement of `seq` (what a receiver sends back).
@@ -129,8 +140,14 @@ mod tests {
         assert_eq!(checksum(b"CTACK,5"), b"CTACK,5".iter().fold(0u8, |a, b| a ^ b));
         format(8, &Event::Fault { kind: FaultKind::Disk }, "", &mut l).unwrap();
         assert!(l.starts_with("$CTSEN,8,FAULT,DISK*"));
-        format(9, &Event::Ready { latched: true }, "0.1.0;model,x*", &mut l).unwrap();
-        assert!(l.starts_with("$CTSEN,9,READY,0.1.0;model_x_,LATCHED*"), "{l}");
+        format(9, &Event::Ready { latched: Some(key) }, "0.1.0;model,x*", &mut l).unwrap();
+        assert!(l.starts_with("$CTSEN,9,READY,0.1.0;model_x_,LATCHED,1a2b3c4d*"), "{l}");
+        format(9, &Event::Heartbeat { health: Health::Ok, latched: None }, "", &mut l).unwrap();
+        assert!(l.starts_with("$CTSEN,9,HEARTBEAT,OK,CLEAR*"), "{l}");
+        format(9, &Event::Reject { why: super::super::RejectKind::Content }, "", &mut l).unwrap();
+        assert!(l.starts_with("$CTSEN,9,REJECT,CONTENT*"), "{l}");
+        format(9, &Event::Stopping, "", &mut l).unwrap();
+        assert!(l.starts_with("$CTSEN,9,STOPPING*"), "{l}");
         assert!(format(10, &Event::Scoring { busy: true }, "", &mut l).is_none());
         let key2 = SeriesKey { part: 2, ..key };
         format(11, &Event::Negative { key: key2, positives: 1, slices: 150, max_prob: 0.5 }, "", &mut l).unwrap();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serialport::{DataBits, Parity, SerialPort, StopBits, TTYPort};
 
 use super::protocol::{self, Line};
-use super::{AlertSink, Cleared, Event, FaultKind, Health};
+use super::{AlertSink, Cleared, Event, FaultKind, Health, SeriesKey};
 use crate::config::SerialSettings;
 
 /// Messages the sink holds before it must drop.
@@ -56,7 +56,7 @@ pub struct SerialSink {
     input: heapless::Vec<u8, 128>,
     faults: heapless::FnvIndexSet<u8, 8>,
     degraded: bool,
-    latched: bool,
+    latched: Option<SeriesKey>,
     up: Arc<AtomicBool>,
     down_logged: bool,
 }
@@ -84,7 +84,7 @@ impl SerialSink {
             input: heapless::Vec::new(),
             faults: heapless::FnvIndexSet::new(),
             degraded: false,
-            latched: false,
+            latched: None,
             up: Arc::new(AtomicBool::new(false)),
             down_logged: false,
         }
@@ -158,9 +158,9 @@ impl SerialSink {
             Event::Clear { what: Cleared::Fault(kind) } => {
                 self.faults.remove(&(kind as u8));
             }
-            Event::Clear { what: Cleared::Ack } => self.latched = false,
-            Event::Alert { .. } => self.latched = true,
-            Event::Ready { latched } => self.latched |= latched,
+            Event::Clear { what: Cleared::Ack } => self.latched = None,
+            Event::Alert { key, .. } => self.latched = Some(key),
+            Event::Ready { latched: Some(key) } => self.latched = Some(key),
             Event::Degraded { on } => self.degraded = on,
             _ => {}
         }

@@ -144,9 +144,30 @@ pub struct OpenSeries {
 }
 
 impl OpenSeries {
-    /// Probabilities of every slice so far.
+    /// Every slice so far, each instance once, with the file it came from: a SOP instance (and
+    /// frame) received again replaces its earlier scoring instead of counting twice. Slices
+    /// without a SOP Instance UID (NIfTI) count by file and frame. Arrival order is kept.
+    pub fn slices(&self) -> Vec<(&str, &SliceRec)> {
+        let mut at: HashMap<(bool, &str, usize), usize> = HashMap::new();
+        let mut out: Vec<(&str, &SliceRec)> = Vec::new();
+        for (file, recs) in &self.files {
+            for r in recs {
+                let key = if r.sop.is_empty() { (false, file.as_str(), r.frame) } else { (true, r.sop.as_str(), r.frame) };
+                match at.get(&key) {
+                    Some(&i) => out[i] = (file.as_str(), r),
+                    None => {
+                        at.insert(key, out.len());
+                        out.push((file.as_str(), r));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Probabilities of every slice so far (each instance once, see [`OpenSeries::slices`]).
     pub fn probs(&self) -> Vec<f64> {
-        self.files.iter().flat_map(|(_, s)| s.iter().map(|r| f64::from(r.prob))).collect()
+        self.slices().into_iter().map(|(_, r)| f64::from(r.prob)).collect()
     }
 }
 
@@ -161,8 +182,19 @@ pub struct State {
     pub unmoved: BTreeMap<String, String>,
     /// Files handled since start (done or quarantined): relative path → time.
     pub handled: u64,
-    /// An alert is latched (not acknowledged).
-    pub latched: bool,
+    /// The alert latched (not acknowledged), if any: the last series that alerted.
+    pub latched: Option<Latched>,
+}
+
+/// A latched alert: which series raised it, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latched {
+    /// Series Instance UID.
+    pub series: String,
+    /// Its part.
+    pub part: u16,
+    /// When it alerted (unix s).
+    pub since: f64,
 }
 
 impl State {
@@ -190,17 +222,17 @@ impl State {
                 self.handled += 1;
             }
             Record::Quarantined { .. } => self.handled += 1,
-            Record::Alert { t, series, .. } => {
+            Record::Alert { t, series, part, .. } => {
                 if let Some(o) = self.open.get_mut(series) {
                     o.alert_t = Some(*t);
                 }
-                self.latched = true;
+                self.latched = Some(Latched { series: series.clone(), part: *part, since: *t });
             }
             Record::Final { t, series, part, .. } => {
                 self.open.remove(series);
                 self.closed.insert(series.clone(), (*part, *t));
             }
-            Record::Ack { .. } => self.latched = false,
+            Record::Ack { .. } => self.latched = None,
         }
     }
 }
@@ -245,9 +277,9 @@ impl Journal {
         // and a Final per recently closed series (for part numbering).
         let cutoff = now() - KEEP_CLOSED_SECONDS;
         // The latch outlives its series: the last alert is kept while it is unacknowledged.
-        let last_alert = records.iter().rposition(|r| matches!(r, Record::Alert { .. })).filter(|_| state.latched);
+        let last_alert = records.iter().rposition(|r| matches!(r, Record::Alert { .. })).filter(|_| state.latched.is_some());
         // An acknowledgement after the alerts of open series is kept, or they would latch again.
-        let last_ack = records.iter().rposition(|r| matches!(r, Record::Ack { .. })).filter(|_| !state.latched);
+        let last_ack = records.iter().rposition(|r| matches!(r, Record::Ack { .. })).filter(|_| state.latched.is_none());
         // Files of the open series keep their Done records (else they would look unmoved).
         let open_files: std::collections::HashSet<&str> = records
             .iter()
@@ -373,15 +405,33 @@ mod tests {
         assert_eq!(s.unmoved.keys().collect::<Vec<_>>(), vec!["a/2.dcm"]);
         assert_eq!(s.closed["S2"].0, 1);
         assert_eq!(s.part_for("S2"), 2);
-        assert!(s.latched);
+        assert_eq!(s.latched.as_ref().map(|l| (l.series.as_str(), l.part)), Some(("S1", 1)));
         // Compaction dropped S2's lines (its Final kept for part numbering) and nothing of S1.
         let lines = std::fs::read_to_string(&p).unwrap().lines().count();
         assert_eq!(lines, 5, "{}", std::fs::read_to_string(&p).unwrap());
         // Re-opening the compacted journal gives the same state.
         let (mut j, s2) = Journal::open(dir.path()).unwrap();
-        assert_eq!((s2.open, s2.unmoved, s2.closed.len(), s2.latched), (s.open, s.unmoved, 1, true));
+        assert_eq!((s2.open, s2.unmoved, s2.closed.len(), s2.latched), (s.open, s.unmoved, 1, s.latched));
         j.append(&Record::Ack { t: now(), by: "test".into() }).unwrap();
         let (_, s3) = Journal::open(dir.path()).unwrap();
-        assert!(!s3.latched);
+        assert!(s3.latched.is_none());
+    }
+
+    #[test]
+    fn an_instance_received_twice_counts_once() {
+        let rec = |sop: &str, frame: usize, prob: f32| SliceRec { frame, sop: sop.into(), geometry: Geometry::default(), prob, lung_fraction: 0.2 };
+        let mut s = State::default();
+        let scored = |file: &str, slices: Vec<SliceRec>| Record::Scored { t: now(), file: file.into(), series: "S".into(), part: 1, slices };
+        s.apply(&scored("a.dcm", vec![rec("1.2.3", 0, 0.9)]));
+        s.apply(&scored("b.dcm", vec![rec("1.2.4", 0, 0.1)]));
+        // The scanner sends 1.2.3 again (a new file name): it replaces the first scoring.
+        s.apply(&scored("a.dup1.dcm", vec![rec("1.2.3", 0, 0.2)]));
+        // Two NIfTI slices without UIDs in two files stay two slices each.
+        s.apply(&scored("v1.nii", vec![rec("", 0, 0.3), rec("", 1, 0.4)]));
+        s.apply(&scored("v2.nii", vec![rec("", 0, 0.5)]));
+        let o = &s.open["S"];
+        let files: Vec<&str> = o.slices().iter().map(|(f, _)| *f).collect();
+        assert_eq!(files, vec!["a.dup1.dcm", "b.dcm", "v1.nii", "v1.nii", "v2.nii"]);
+        assert_eq!(o.probs(), vec![0.2f32 as f64, 0.1f32 as f64, 0.3f32 as f64, 0.4f32 as f64, 0.5f32 as f64]);
     }
 }

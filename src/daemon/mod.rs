@@ -71,8 +71,8 @@ struct Job {
 
 enum Outcome {
     Scored { series: String, slices: Vec<SliceRec>, heatmaps: usize },
-    /// The file cannot be read: quarantine it.
-    Unreadable(String),
+    /// The file cannot be read: quarantine it, for this kind of reason, in these words.
+    Unreadable(alert::RejectKind, String),
     /// Scoring failed for a reason that is not the file's (engine): keep it, retry later.
     EngineFailed(String),
 }
@@ -85,8 +85,14 @@ struct Finished {
 
 /// Moves `src` to `dst_root/rel`, never overwriting: on a name collision `NAME.dupN.EXT` is
 /// used. Falls back to copy + fsync + remove across file systems. Returns the destination.
+/// `rel` must be a plain relative path (no root, no `..`): the destination is always inside
+/// `dst_root`.
 pub fn move_unique(src: &Path, dst_root: &Path, rel: &str) -> std::io::Result<PathBuf> {
-    let dst = unique_path(&dst_root.join(rel));
+    let rel_path = Path::new(rel);
+    if rel.is_empty() || !rel_path.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{rel:?} is not a plain relative path under {}", dst_root.display())));
+    }
+    let dst = unique_path(&dst_root.join(rel_path));
     let parent = dst.parent().unwrap_or(dst_root);
     std::fs::create_dir_all(parent)?;
     match std::fs::rename(src, &dst) {
@@ -107,6 +113,17 @@ pub fn move_unique(src: &Path, dst_root: &Path, rel: &str) -> std::io::Result<Pa
     Ok(dst)
 }
 
+/// The path of `file` relative to the drop folder `root`, `/`-separated; `None` when `file` is
+/// not inside `root` (the daemon then leaves it alone rather than guess a destination).
+fn relative_in(file: &Path, root: &Path) -> Option<String> {
+    let rel = file.strip_prefix(root).ok()?;
+    let parts: Option<Vec<_>> = rel.components().map(|c| match c {
+        std::path::Component::Normal(p) => Some(p.to_string_lossy()),
+        _ => None,
+    }).collect();
+    parts.filter(|p| !p.is_empty()).map(|p| p.join("/"))
+}
+
 /// `path`, or `NAME.dupN.EXT` (N = 1, 2, …) when it exists.
 pub fn unique_path(path: &Path) -> PathBuf {
     if std::fs::symlink_metadata(path).is_err() {
@@ -123,7 +140,9 @@ pub fn unique_path(path: &Path) -> PathBuf {
         .expect("some free name")
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` through a temporary file, fsync and rename: readers see the old or
+/// the new content, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -220,15 +239,17 @@ fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, job
 }
 
 /// Reads one file: its series and slices, or why it is unreadable.
-fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), String> {
+fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), (alert::RejectKind, String)> {
+    use alert::RejectKind;
     let slices = match ingest::read_file(&job.path, &live.ingest) {
-        Ok(s) if s.is_empty() => return Err("no image in the file".into()),
+        Ok(s) if s.is_empty() => return Err((RejectKind::Content, "no image in the file".into())),
         Ok(s) => s,
-        Err(e) => return Err(e.to_string()),
+        Err(e @ ingest::IngestError::Io { .. }) => return Err((RejectKind::Read, e.to_string())),
+        Err(e) => return Err((RejectKind::Content, e.to_string())),
     };
     let uid = series::series_of(&slices[0]);
     if slices.iter().any(|s| series::series_of(s) != uid) {
-        return Err("slices of several series in one file".into());
+        return Err((RejectKind::Mixed, "slices of several series in one file".into()));
     }
     Ok((uid, slices))
 }
@@ -245,7 +266,7 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
                 all.extend(slices);
                 parts.push((job, uid, start..all.len()));
             }
-            Err(why) => out.push((job, Outcome::Unreadable(why))),
+            Err((kind, why)) => out.push((job, Outcome::Unreadable(kind, why))),
         }
     }
     if parts.is_empty() {
@@ -306,21 +327,30 @@ pub struct Daemon {
     busy: bool,
     degraded: bool,
     started: f64,
+    /// Recent final verdicts, newest first (for `ctsentry status`).
+    last_verdicts: std::collections::VecDeque<crate::status::VerdictView>,
 }
 
 impl Daemon {
     /// Sets everything up: folders, lock, model and engine, journal, alert sinks.
-    pub fn start(settings: Settings, config_path: &Path) -> Result<(Daemon, std::fs::File), DaemonError> {
+    ///
+    /// A model or engine that cannot start does not stop the daemon: it stays up with the alert
+    /// sinks running, says READY then FAULT,MODEL or FAULT,ENGINE (red LED blinking), and tries
+    /// again on SIGHUP (re-reading the config) and every [`SETUP_RETRY`]; once it works, CLEAR.
+    /// Returns `None` when asked to stop while waiting.
+    fn start(mut settings: Settings, config_path: &Path, signals: &Signals) -> Result<Option<(Daemon, std::fs::File)>, DaemonError> {
         let p = &settings.paths;
         for d in [&p.incoming, &p.done, &p.quarantine, &p.results, &p.state] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
         let lock = lock(&p.state)?;
-        let scorer = Arc::new(Scorer::from_settings(&settings)?);
+        let first = Scorer::from_settings(&settings);
         let (journal, state) = Journal::open(&p.state)?;
         let outbox = outbox::Outbox::open(&p.results).map_err(io(&p.results))?;
-        let m = &scorer.model.manifest.model;
-        let version = format!("{};{}-{}", env!("CARGO_PKG_VERSION"), m.name, m.version);
+        let version = match &first {
+            Ok(sc) => format!("{};{}-{}", env!("CARGO_PKG_VERSION"), sc.model.manifest.model.name, sc.model.manifest.model.version),
+            Err(_) => format!("{};no-model", env!("CARGO_PKG_VERSION")),
+        };
         let mut sinks: Vec<Box<dyn alert::AlertSink>> = vec![Box::new(alert::LogSink)];
         let mut serial_up = None;
         if settings.serial.enabled {
@@ -335,6 +365,17 @@ impl Daemon {
             }
         }
         let alerts = Alerts::start(sinks);
+        let scorer = match first {
+            Ok(sc) => sc,
+            Err(e) => match wait_for_scorer(e, &mut settings, config_path, &alerts, state.latched.as_ref(), signals) {
+                Some(sc) => sc,
+                None => {
+                    alerts.stop();
+                    return Ok(None);
+                }
+            },
+        };
+        let scorer = Arc::new(scorer);
         let button = (!settings.led.button.is_empty())
             .then(|| alert::led::AckButton::open(&settings.led.button, settings.led.active_low))
             .and_then(|r| r.map_err(|e| log::error!("acknowledge button not available: {e}")).ok());
@@ -357,9 +398,10 @@ impl Daemon {
             busy: false,
             degraded,
             started: now(),
+            last_verdicts: std::collections::VecDeque::new(),
             settings,
         };
-        Ok((d, lock))
+        Ok(Some((d, lock)))
     }
 
     fn emit(&mut self, e: Event) {
@@ -384,6 +426,18 @@ impl Daemon {
         let key = SeriesKey::of(uid, part);
         let stage_name = if stage == Stage::Early { "EARLY" } else { "FINAL" };
         let id = format!("{key}:{stage_name}");
+        if stage == Stage::Final && !self.last_verdicts.iter().any(|v| v.series_uid == uid && v.series_key == key.to_string()) {
+            self.last_verdicts.push_front(crate::status::VerdictView {
+                series_key: key.to_string(),
+                series_uid: uid.to_string(),
+                verdict: if positive { "positive" } else { "negative" }.into(),
+                positives,
+                slices,
+                max_prob,
+                t: now(),
+            });
+            self.last_verdicts.truncate(crate::status::LAST_VERDICTS);
+        }
         if self.outbox.contains(&id) {
             return;
         }
@@ -457,7 +511,7 @@ impl Daemon {
         self.resume_unmoved();
         self.republish();
         // An unacknowledged alert from before the restart stays latched.
-        self.emit(Event::Ready { latched: self.state.latched });
+        self.emit(Event::Ready { latched: self.latched_key() });
         if self.degraded {
             self.emit(Event::Degraded { on: true });
         }
@@ -473,6 +527,8 @@ impl Daemon {
         let mut first_scan = true;
         let mut last_disk_check: Option<Instant> = None;
         let mut last_status = Instant::now();
+        let mut last_snapshot = Instant::now();
+        self.write_status();
 
         loop {
             if signals.stop.load(Ordering::Relaxed) {
@@ -502,7 +558,10 @@ impl Daemon {
                 if self.retry_after.get(&path).is_some_and(|r| Instant::now() < *r) {
                     continue;
                 }
-                let rel = crate::prep::relative(&path, &self.settings.paths.incoming);
+                let Some(rel) = relative_in(&path, &self.settings.paths.incoming) else {
+                    log::error!("{}: not inside the drop folder {}; ignored", path.display(), self.settings.paths.incoming.display());
+                    continue;
+                };
                 // Files there before a restart arrived before the journal's last record.
                 let detected = if first_scan && last_journal_t > 0.0 { last_journal_t.min(t) } else { t };
                 self.waiting.insert(path, (rel, detected));
@@ -546,6 +605,10 @@ impl Daemon {
             }
             self.finalize_quiet_series(false);
             sd.watchdog();
+            if last_snapshot.elapsed() >= Duration::from_secs(1) {
+                last_snapshot = Instant::now();
+                self.write_status();
+            }
             if last_status.elapsed() > Duration::from_secs(5) {
                 last_status = Instant::now();
                 sd.send(&format!("STATUS={} waiting, {} scoring, {} series open, {} files handled", self.waiting.len(), self.in_flight.len(), self.state.open.len(), self.state.handled));
@@ -554,6 +617,7 @@ impl Daemon {
 
         // Shutdown: finish what is in flight, flush, stop.
         sd.send("STOPPING=1");
+        self.emit(Event::Stopping);
         log::info!("stopping: finishing {} file(s) in flight", self.in_flight.len());
         drop(job_tx);
         while !self.in_flight.is_empty() {
@@ -565,9 +629,44 @@ impl Daemon {
         for t in threads {
             let _ = t.join();
         }
+        self.write_status();
         log::info!("stopped; {} series open (resumed at next start)", self.state.open.len());
         self.alerts.stop();
         Ok(())
+    }
+
+    /// The key of the latched alert's series, if one is latched.
+    fn latched_key(&self) -> Option<SeriesKey> {
+        self.state.latched.as_ref().map(|l| SeriesKey::of(&l.series, l.part))
+    }
+
+    /// Replaces the status snapshot (`ctsentry status`).
+    fn write_status(&mut self) {
+        let rule = self.rule();
+        let m = &self.scorer.model.manifest.model;
+        let mut faults: Vec<String> = self.faults.iter().map(|f| f.name().to_string()).collect();
+        faults.sort();
+        let snap = crate::status::Snapshot {
+            pid: std::process::id(),
+            started: self.started,
+            updated: now(),
+            latched: self.state.latched.as_ref().map(crate::status::LatchedView::of),
+            open_series: self.state.open.len(),
+            queue: self.waiting.len(),
+            scoring: self.in_flight.len(),
+            faults,
+            engine: self.scorer.engine.name().into(),
+            precision: self.scorer.engine.precision().into(),
+            preprocess: self.scorer.pre.name().into(),
+            model: crate::status::ModelView { name: m.name.clone(), version: m.version.clone(), sha256: m.sha256.clone() },
+            threshold: Some(rule.threshold),
+            min_positive_slices: rule.min_positive_slices,
+            files_handled: self.state.handled,
+            last_verdicts: self.last_verdicts.iter().cloned().collect(),
+        };
+        if let Err(e) = crate::status::write(&self.settings.paths.state, &snap) {
+            log::warn!("{}: status not written: {e}", self.settings.paths.state.display());
+        }
     }
 
     fn resume_unmoved(&mut self) {
@@ -611,7 +710,7 @@ impl Daemon {
                 self.move_done(&f.path, &f.rel);
                 self.check_early(&series);
             }
-            Outcome::Unreadable(reason) => self.quarantine(&f.path, &f.rel, &reason),
+            Outcome::Unreadable(kind, reason) => self.quarantine(&f.path, &f.rel, kind, &reason),
             Outcome::EngineFailed(e) => {
                 log::error!("{}: scoring failed: {e}; the file stays and is retried in 10 s", f.rel);
                 self.fault(FaultKind::Engine, true);
@@ -620,7 +719,7 @@ impl Daemon {
         }
     }
 
-    fn quarantine(&mut self, path: &Path, rel: &str, reason: &str) {
+    fn quarantine(&mut self, path: &Path, rel: &str, kind: alert::RejectKind, reason: &str) {
         log::warn!("quarantined {rel}: {reason}");
         let q = &self.settings.paths.quarantine;
         let dst = unique_path(&q.join(rel));
@@ -631,6 +730,7 @@ impl Daemon {
         match moved {
             Ok(to) => {
                 self.record(Record::Quarantined { t: now(), file: rel.to_string(), to: to.display().to_string(), reason: reason.to_string() });
+                self.emit(Event::Reject { why: kind });
             }
             Err(e) => {
                 log::error!("{}: cannot quarantine: {e}; retrying in 30 s", path.display());
@@ -654,6 +754,7 @@ impl Daemon {
             let part = o.part;
             if self.record(Record::Alert { t: now(), series: series.to_string(), part, positives: d.positives, slices: d.slices, max_prob: d.max_prob }) {
                 self.publish(series, part, Stage::Early, true, d.positives, d.slices, d.max_prob);
+                self.write_status(); // the latch shows in `status` (and `ack`) at once
             }
         }
     }
@@ -683,24 +784,22 @@ impl Daemon {
         // Order the slices as `score` does, from the journal's geometry.
         let mut stubs = Vec::new();
         let mut recs = Vec::new();
-        for (file, slices) in &o.files {
-            for r in slices {
-                stubs.push(Slice {
-                    source: PathBuf::from(file),
-                    frame: r.frame,
-                    rows: 0,
-                    cols: 0,
-                    pixels: Pixels::I16(Vec::new()),
-                    rescale: Rescale::default(),
-                    geometry: r.geometry,
-                    uids: Uids { series: uid.to_string(), ..Default::default() },
-                    modality: None,
-                    image_type: Vec::new(),
-                    transfer_syntax: None,
-                    kind: SourceKind::Dicom,
-                });
-                recs.push(((file.clone(), r.frame), r.clone()));
-            }
+        for (file, r) in o.slices() {
+            stubs.push(Slice {
+                source: PathBuf::from(file),
+                frame: r.frame,
+                rows: 0,
+                cols: 0,
+                pixels: Pixels::I16(Vec::new()),
+                rescale: Rescale::default(),
+                geometry: r.geometry,
+                uids: Uids { series: uid.to_string(), ..Default::default() },
+                modality: None,
+                image_type: Vec::new(),
+                transfer_syntax: None,
+                kind: SourceKind::Dicom,
+            });
+            recs.push(((file.to_string(), r.frame), r.clone()));
         }
         let by_name: std::collections::HashMap<(String, usize), SliceRec> = recs.into_iter().collect();
         let ordered = series::order(uid.to_string(), stubs);
@@ -756,6 +855,7 @@ impl Daemon {
         if pressed && self.record(Record::Ack { t: now(), by: "button".into() }) {
             log::info!("alert acknowledged (button)");
             self.emit(Event::Clear { what: Cleared::Ack });
+            self.write_status();
         }
         let p = self.settings.paths.state.join(ACK_FILE);
         let Ok(by) = std::fs::read_to_string(&p) else { return };
@@ -764,6 +864,7 @@ impl Daemon {
             let _ = std::fs::remove_file(&p);
             log::info!("alert acknowledged");
             self.emit(Event::Clear { what: Cleared::Ack });
+            self.write_status();
         }
     }
 
@@ -832,7 +933,8 @@ impl Daemon {
     }
 }
 
-fn open_leds(s: &Settings) -> std::io::Result<Box<dyn alert::led::LedDriver>> {
+/// Opens the configured LEDs with their driver.
+pub fn open_leds(s: &Settings) -> std::io::Result<Box<dyn alert::led::LedDriver>> {
     use crate::config::LedDriver;
     let l = &s.led;
     Ok(match l.driver {
@@ -844,6 +946,80 @@ fn open_leds(s: &Settings) -> std::io::Result<Box<dyn alert::led::LedDriver>> {
 /// Runs the daemon with `settings` (loaded from `config_path`, reloaded from it on SIGHUP).
 pub fn run(settings: Settings, config_path: &Path) -> Result<(), DaemonError> {
     let signals = Signals::register();
-    let (d, _lock) = Daemon::start(settings, config_path)?;
-    d.run(signals)
+    match Daemon::start(settings, config_path, &signals)? {
+        Some((d, _lock)) => d.run(signals),
+        None => Ok(()),
+    }
+}
+
+/// How often a daemon without a usable model or engine tries again on its own.
+pub const SETUP_RETRY: Duration = Duration::from_secs(30);
+
+/// The fault a set-up error shows.
+fn setup_fault(e: &crate::score::SetupError) -> FaultKind {
+    match e {
+        crate::score::SetupError::Model(_) => FaultKind::Model,
+        _ => FaultKind::Engine,
+    }
+}
+
+/// Keeps the daemon up, visibly faulty, until scoring can be set up (SIGHUP re-reads the config;
+/// a retry every [`SETUP_RETRY`] catches a fix such as a model copied into place) or a stop
+/// signal arrives (`None`). Files in the drop folder wait untouched meanwhile.
+fn wait_for_scorer(first: crate::score::SetupError, settings: &mut Settings, config_path: &Path, alerts: &Alerts, latched: Option<&journal::Latched>, signals: &Signals) -> Option<Scorer> {
+    let sd = systemd::Notifier::from_env();
+    let mut kind = setup_fault(&first);
+    let mut why = first.to_string();
+    log::error!("cannot score: {why}; staying up with FAULT {} until it is fixed (SIGHUP re-reads the config; retried every {} s)", kind.name(), SETUP_RETRY.as_secs());
+    alerts.emit(Event::Ready { latched: latched.map(|l| SeriesKey::of(&l.series, l.part)) });
+    alerts.emit(Event::Fault { kind });
+    sd.send(&format!("READY=1\nSTATUS=FAULT {}: {why}", kind.name()));
+    let started = now();
+    let mut last_try = Instant::now();
+    let mut last_status = None::<Instant>;
+    loop {
+        if signals.stop.load(Ordering::Relaxed) {
+            sd.send("STOPPING=1");
+            alerts.emit(Event::Stopping);
+            return None;
+        }
+        let reload = signals.reload.swap(false, Ordering::Relaxed);
+        if reload {
+            match Settings::load(config_path) {
+                // Folders and the lock were set up with the old paths: those stay.
+                Ok(new) => *settings = Settings { paths: settings.paths.clone(), ..new },
+                Err(e) => log::error!("reload refused, keeping the running config:\n{e}"),
+            }
+        }
+        if reload || last_try.elapsed() >= SETUP_RETRY {
+            last_try = Instant::now();
+            match Scorer::from_settings(settings) {
+                Ok(sc) => {
+                    log::info!("scoring set up: {} {}, engine {}; FAULT {} cleared", sc.model.manifest.model.name, sc.model.manifest.model.version, sc.engine.name(), kind.name());
+                    alerts.emit(Event::Clear { what: Cleared::Fault(kind) });
+                    return Some(sc);
+                }
+                Err(e) => {
+                    let now_kind = setup_fault(&e);
+                    why = e.to_string();
+                    if now_kind != kind {
+                        alerts.emit(Event::Clear { what: Cleared::Fault(kind) });
+                        alerts.emit(Event::Fault { kind: now_kind });
+                        kind = now_kind;
+                    }
+                    log::error!("still cannot score: {why}");
+                }
+            }
+        }
+        if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_status = Some(Instant::now());
+            sd.send(&format!("STATUS=FAULT {}: {why}", kind.name()));
+            let snap = crate::status::Snapshot::without_scorer(settings, started, kind, latched);
+            if let Err(e) = crate::status::write(&settings.paths.state, &snap) {
+                log::warn!("{}: status not written: {e}", settings.paths.state.display());
+            }
+        }
+        sd.watchdog();
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -69,6 +69,10 @@ pub fn check_batch(batch: &[f32], n: usize, size: usize) -> Result<usize, Engine
 pub trait Engine: Send + Sync {
     /// Short name (`tract`, `onnxruntime`, `tensorrt`).
     fn name(&self) -> &'static str;
+    /// The arithmetic precision it runs in (`f32`, `fp16`, …), shown in results and `status`.
+    fn precision(&self) -> &str {
+        "f32"
+    }
     /// Runs `n` slices (`n × 3 × size × size` values, NCHW).
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError>;
 }

@@ -2,7 +2,12 @@
 //! volumes, so that `cargo test` needs no external data.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ctsentry::alert::protocol;
+use serialport::{SerialPort, TTYPort};
 
 use dicom_core::value::{DataSetSequence, PixelFragmentSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, Length, Tag, VR};
@@ -280,11 +285,15 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-/// The shared data folder, when present; prints a notice when it is not.
+/// The shared data folder, when present; prints a notice when it is not. Under CI (`CI` set, as
+/// `.ci/run` runs beside a copy of shared/) a missing folder fails the test instead: a skip must
+/// not pass for a run in a lane that is supposed to have the data.
 pub fn shared_data(what: &str) -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     if p.join(what).exists() {
         Some(p)
+    } else if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
+        panic!("../shared/data/{what} is absent, and CI is set: CI runs beside shared/ and must not skip");
     } else {
         eprintln!("notice: ../shared/data/{what} is absent; skipping this test");
         None
@@ -300,4 +309,67 @@ pub fn tiny_model_unmasked(dir: &Path) -> PathBuf {
     let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap().replace("lung_mask = true", "lung_mask = false");
     std::fs::write(model.with_extension("toml"), manifest).unwrap();
     model
+}
+
+// Alert peers: a pseudo-terminal for the serial line, a sysfs-shaped LED tree.
+
+/// A pseudo-terminal pair whose device is reachable through the symlink `link` (as
+/// /dev/serial/by-id/... names a USB adapter): returns the master side.
+pub fn plug(link: &Path) -> TTYPort {
+    let (master, slave) = TTYPort::pair().unwrap();
+    let name = slave.name().unwrap();
+    drop(slave);
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(&name, link).unwrap();
+    master
+}
+
+/// Reads whole lines from `port` until `n` lines or `within` passed; each line is parsed and
+/// its checksum verified (panics otherwise). Returns the fields of each.
+pub fn read_lines(port: &mut TTYPort, buf: &mut Vec<u8>, n: usize, within: Duration) -> Vec<Vec<String>> {
+    let t = Instant::now();
+    let mut out = Vec::new();
+    port.set_timeout(Duration::from_millis(50)).unwrap();
+    while out.len() < n && t.elapsed() < within {
+        let mut b = [0u8; 256];
+        if let Ok(k) = port.read(&mut b) {
+            buf.extend_from_slice(&b[..k]);
+        }
+        while let Some(i) = buf.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let text = String::from_utf8(line).unwrap();
+            assert!(text.ends_with("\r\n"), "{text:?}");
+            let f = protocol::parse(&text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            assert_eq!(f[0], "CTSEN");
+            out.push(f.iter().map(|s| s.to_string()).collect());
+        }
+    }
+    out
+}
+
+/// A /sys/class/leds-shaped tree: `name/{brightness,max_brightness,trigger,delay_on,delay_off}`.
+pub fn led_tree(root: &Path) -> [PathBuf; 3] {
+    ["green", "red", "amber"].map(|c| {
+        let d = root.join(format!("ctsentry:{c}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, v) in [("brightness", "0"), ("max_brightness", "255"), ("trigger", "none"), ("delay_on", "0"), ("delay_off", "0")] {
+            std::fs::write(d.join(f), v).unwrap();
+        }
+        d
+    })
+}
+
+/// What the three LEDs of a [`led_tree`] show: `on`, `off` or `blink`.
+pub fn look(dirs: &[PathBuf; 3]) -> [String; 3] {
+    dirs.clone().map(|d| {
+        let r = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        match r("trigger").as_str() {
+            "timer" => {
+                assert_eq!((r("delay_on").as_str(), r("delay_off").as_str()), ("500", "500"));
+                "blink".to_string()
+            }
+            "none" => if r("brightness") == "255" { "on" } else { assert_eq!(r("brightness"), "0"); "off" }.to_string(),
+            t => panic!("trigger {t}"),
+        }
+    })
 }

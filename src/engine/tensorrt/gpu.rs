@@ -89,6 +89,8 @@ pub struct TrtEngine {
     pub desc: EngineDesc,
     /// The TensorRT version loaded.
     pub version: i32,
+    /// The plan's precision (its sidecar's `precision`).
+    precision: String,
 }
 
 fn describe(engine: *mut c_void) -> EngineDesc {
@@ -171,13 +173,18 @@ impl TrtEngine {
             info.tensorrt_version,
             info.precision
         );
-        Ok(TrtEngine { inner: Mutex::new(Inner { runtime, engine, ctx, stream, input, prob, cam }), names, max_batch, size, desc, version })
+        let precision = info.precision.clone();
+        Ok(TrtEngine { inner: Mutex::new(Inner { runtime, engine, ctx, stream, input, prob, cam }), names, max_batch, size, desc, version, precision })
     }
 }
 
 impl Engine for TrtEngine {
     fn name(&self) -> &'static str {
         "tensorrt"
+    }
+
+    fn precision(&self) -> &str {
+        &self.precision
     }
 
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {

@@ -1,0 +1,241 @@
+//! `ctsentry status`: what the running daemon is doing. The daemon keeps a snapshot in its state
+//! folder (`status.json`, replaced atomically about once a second); this module owns its format
+//! and reads it back, from any working directory, as any user who may read the state folder.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The snapshot's file name in the state folder.
+pub const STATUS_FILE: &str = "status.json";
+
+/// How many recent verdicts the snapshot keeps.
+pub const LAST_VERDICTS: usize = 10;
+
+/// The latched alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatchedView {
+    /// The short key shown on the serial line and in results.
+    pub series_key: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// When it alerted (unix s).
+    pub since: f64,
+}
+
+impl LatchedView {
+    /// The view of the journal's latch.
+    pub fn of(l: &crate::daemon::journal::Latched) -> LatchedView {
+        LatchedView { series_key: crate::alert::SeriesKey::of(&l.series, l.part).to_string(), series_uid: l.series.clone(), since: l.since }
+    }
+}
+
+/// One final verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictView {
+    /// Short key.
+    pub series_key: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// `positive` or `negative`.
+    pub verdict: String,
+    /// Positive slices.
+    pub positives: usize,
+    /// Slices.
+    pub slices: usize,
+    /// Largest probability.
+    pub max_prob: f64,
+    /// When (unix s).
+    pub t: f64,
+}
+
+/// Model identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelView {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// sha256 of the ONNX file.
+    pub sha256: String,
+}
+
+/// What the daemon writes (DESIGN.md keys, plus a few more for people).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The daemon's process id.
+    pub pid: u32,
+    /// When it started (unix s).
+    pub started: f64,
+    /// When this snapshot was written (unix s).
+    pub updated: f64,
+    /// The latched alert, if any.
+    pub latched: Option<LatchedView>,
+    /// Series with slices but no final verdict yet.
+    pub open_series: usize,
+    /// Files waiting to be scored.
+    pub queue: usize,
+    /// Files being scored now.
+    pub scoring: usize,
+    /// Active faults (serial-line names: ENGINE, DISK, …).
+    pub faults: Vec<String>,
+    /// The engine in use.
+    pub engine: String,
+    /// Its precision.
+    pub precision: String,
+    /// The preprocessing backend.
+    pub preprocess: String,
+    /// The model.
+    pub model: ModelView,
+    /// Slice threshold in force (null while no model is loaded and the config sets none).
+    pub threshold: Option<f64>,
+    /// Positive slices a series needs.
+    pub min_positive_slices: usize,
+    /// Files handled (done or quarantined) since the journal began.
+    pub files_handled: u64,
+    /// The most recent final verdicts, newest first.
+    pub last_verdicts: Vec<VerdictView>,
+}
+
+impl Snapshot {
+    /// The snapshot of a daemon that is up but cannot score (no usable model or engine): the
+    /// fault, the latch, and the model path it is waiting for in place of the model's identity.
+    pub fn without_scorer(settings: &crate::config::Settings, started: f64, fault: crate::alert::FaultKind, latched: Option<&crate::daemon::journal::Latched>) -> Snapshot {
+        Snapshot {
+            pid: std::process::id(),
+            started,
+            updated: crate::daemon::journal::now(),
+            latched: latched.map(LatchedView::of),
+            open_series: 0,
+            queue: 0,
+            scoring: 0,
+            faults: vec![fault.name().to_string()],
+            engine: "none".into(),
+            precision: "none".into(),
+            preprocess: "none".into(),
+            model: ModelView { name: settings.model_path.display().to_string(), version: "unavailable".into(), sha256: String::new() },
+            threshold: settings.threshold,
+            min_positive_slices: settings.min_positive_slices,
+            files_handled: 0,
+            last_verdicts: Vec::new(),
+        }
+    }
+}
+
+/// Reading the snapshot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// No snapshot: the daemon never ran on this state folder.
+    #[error("{0}: no status; has `ctsentry run` ever run with this config?")]
+    Missing(std::path::PathBuf),
+    /// Unreadable or malformed.
+    #[error("{path}: {reason}")]
+    Bad {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Writes `snap` into `state_dir` atomically.
+pub fn write(state_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(snap).expect("snapshot serialises");
+    crate::daemon::write_atomic(&state_dir.join(STATUS_FILE), text.as_bytes())
+}
+
+/// Reads the snapshot in `state_dir`.
+pub fn read(state_dir: &Path) -> Result<Snapshot, StatusError> {
+    let path = state_dir.join(STATUS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StatusError::Missing(path)),
+        Err(e) => return Err(StatusError::Bad { path, reason: e.to_string() }),
+    };
+    serde_json::from_str(&text).map_err(|e| StatusError::Bad { path, reason: e.to_string() })
+}
+
+/// The `status --json` object: the snapshot plus `running` and `uptime_s` (null when stopped).
+pub fn to_json(snap: &Snapshot, running: bool, now: f64) -> serde_json::Value {
+    let mut v = serde_json::to_value(snap).expect("snapshot serialises");
+    v["running"] = running.into();
+    v["uptime_s"] = if running { serde_json::json!((now - snap.started).max(0.0).round()) } else { serde_json::Value::Null };
+    v
+}
+
+/// The status as text for a person.
+pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
+    use std::fmt::Write;
+    let mut r = String::new();
+    let ago = |t: f64| format!("{:.0} s ago", (now - t).max(0.0));
+    if running {
+        let _ = writeln!(r, "daemon      running (pid {}, up {:.0} s)", snap.pid, now - snap.started);
+    } else {
+        let _ = writeln!(r, "daemon      NOT RUNNING (last status written {})", ago(snap.updated));
+    }
+    let _ = writeln!(r, "faults      {}", if snap.faults.is_empty() { "none".to_string() } else { snap.faults.join(", ") });
+    match &snap.latched {
+        Some(l) => {
+            let _ = writeln!(r, "alert       LATCHED: series {} ({}), {}; clear with `ctsentry ack`", l.series_key, l.series_uid, ago(l.since));
+        }
+        None => {
+            let _ = writeln!(r, "alert       none latched");
+        }
+    }
+    let _ = writeln!(r, "work        {} file(s) waiting, {} scoring, {} series open, {} files handled", snap.queue, snap.scoring, snap.open_series, snap.files_handled);
+    let _ = writeln!(
+        r,
+        "model       {} {} (sha256 {}…), engine {} {}, preprocess {}, threshold {}, {} positive slice(s) per series",
+        snap.model.name,
+        snap.model.version,
+        &snap.model.sha256[..12.min(snap.model.sha256.len())],
+        snap.engine,
+        snap.precision,
+        snap.preprocess,
+        snap.threshold.map(|t| format!("{t:.4}")).unwrap_or_else(|| "unknown".into()),
+        snap.min_positive_slices
+    );
+    for v in &snap.last_verdicts {
+        let _ = writeln!(r, "verdict     {} {} ({} of {} slices, max {:.3}), {}", v.series_key, v.verdict.to_uppercase(), v.positives, v.slices, v.max_prob, ago(v.t));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_round_trips_and_reports_uptime_only_when_running() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(read(dir.path()), Err(StatusError::Missing(_))));
+        let snap = Snapshot {
+            pid: 7,
+            started: 100.0,
+            updated: 150.0,
+            latched: Some(LatchedView { series_key: "0a1b2c3d".into(), series_uid: "1.2.3".into(), since: 140.0 }),
+            open_series: 1,
+            queue: 3,
+            scoring: 2,
+            faults: vec!["DISK".into()],
+            engine: "tract".into(),
+            precision: "f32".into(),
+            preprocess: "cpu".into(),
+            model: ModelView { name: "m".into(), version: "1".into(), sha256: "ab".repeat(32) },
+            threshold: Some(0.5),
+            min_positive_slices: 2,
+            files_handled: 9,
+            last_verdicts: vec![],
+        };
+        write(dir.path(), &snap).unwrap();
+        let back = read(dir.path()).unwrap();
+        assert_eq!(back, snap);
+        let v = to_json(&back, true, 160.0);
+        assert_eq!((v["uptime_s"].as_f64(), v["running"].as_bool()), (Some(60.0), Some(true)));
+        assert_eq!(v["latched"]["series_key"], "0a1b2c3d");
+        assert!(to_json(&back, false, 160.0)["uptime_s"].is_null());
+        assert!(to_text(&back, false, 160.0).contains("NOT RUNNING"));
+        std::fs::write(dir.path().join(STATUS_FILE), "{").unwrap();
+        assert!(matches!(read(dir.path()), Err(StatusError::Bad { .. })));
+    }
+}
