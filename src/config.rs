@@ -66,6 +66,7 @@ struct RawConfig {
     watch: RawWatch,
     results: RawResults,
     disk: RawDisk,
+    retention: RawRetention,
     ingest: RawIngest,
     alert: RawAlert,
     log: RawLog,
@@ -194,6 +195,19 @@ struct RawDisk {
 impl Default for RawDisk {
     fn default() -> Self {
         RawDisk { min_free_mb: Spanned::new(0..0, 1024.0) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetention {
+    done_days: Spanned<f64>,
+    results_days: Spanned<f64>,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention { done_days: Spanned::new(0..0, 14.0), results_days: Spanned::new(0..0, 365.0) }
     }
 }
 
@@ -390,6 +404,10 @@ pub struct DaemonSettings {
     pub heatmaps: bool,
     /// Below this much free space (MiB) on any output folder's file system, new files wait.
     pub min_free_mb: f64,
+    /// Scored inputs in done/ are deleted this many days after they were moved there (0: never).
+    pub done_days: f64,
+    /// Series results (JSON, heat maps) are deleted this many days after they were written (0: never).
+    pub results_days: f64,
 }
 
 /// LED alert sink.
@@ -795,6 +813,8 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         stable_seconds: c.range_f("watch.stable_seconds", &raw.watch.stable_seconds, 0.0, 3600.0),
         heatmaps: raw.results.heatmaps,
         min_free_mb: c.range_f("disk.min_free_mb", &raw.disk.min_free_mb, 0.0, 1e9),
+        done_days: c.range_f("retention.done_days", &raw.retention.done_days, 0.0, 36_500.0),
+        results_days: c.range_f("retention.results_days", &raw.retention.results_days, 0.0, 36_500.0),
     };
     let driver = c.choice("alert.led.driver", &raw.alert.led.driver, &[("sysfs", LedDriver::Sysfs), ("gpio", LedDriver::Gpio)]);
     let log_level = c.choice(

@@ -403,7 +403,8 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
             // The class activation map over the lung window, for each positive slice.
             for (sl, slice) in r.slices.iter().zip(&ser.slices).filter(|(sl, _)| sl.positive) {
                 let name = format!("{}.png", prep::relative(&sl.file, root).replace('/', "_"));
-                ctsentry::report::write_slice_heatmap(&h.join(name), slice, &sc.params, &sl.cam)
+                let key = ctsentry::alert::SeriesKey::of(&ser.uid, 1).to_string();
+                ctsentry::report::write_slice_heatmap(&h.join(name), slice, &sc.params, &sl.cam, &key, sl.prob, sc.rule.threshold)
                     .context("writing a heat map")?;
             }
         }
@@ -432,7 +433,13 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
             rc += &format!("{},{:.6},{:.6}\n", p.threshold, p.fpr, p.tpr);
         }
         std::fs::write(dir.join("roc.csv"), rc).context("writing roc.csv")?;
-        ctsentry::report::write_roc_png(&dir.join("roc.png"), &roc).context("writing roc.png")?;
+        let positives = scores.iter().filter(|(_, y)| *y).count();
+        let labels = ctsentry::report::RocLabels {
+            auc: table.auc,
+            operating: table.sensitivity.zip(table.specificity).map(|(sens, spec)| (table.threshold, 1.0 - spec, sens)),
+            counts: (positives, scores.len() - positives),
+        };
+        ctsentry::report::write_roc_png(&dir.join("roc.png"), &roc, &labels).context("writing roc.png")?;
     }
     let m = &sc.model.manifest.model;
     if json {

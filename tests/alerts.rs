@@ -227,9 +227,32 @@ fn leds_follow_every_state_transition() {
 
 #[test]
 fn readme_examples_carry_valid_checksums() {
+    // The README's examples are exactly what the formatter writes for these events.
+    let k1 = SeriesKey { hash: *b"1a2b3c4d", part: 1 };
+    let k2 = SeriesKey { hash: *b"2d711642", part: 2 };
+    let events = [
+        Event::Ready { latched: None },
+        Event::Fault { kind: FaultKind::Model },
+        Event::Clear { what: Cleared::Fault(FaultKind::Model) },
+        Event::Alert { key: k1, positives: 3, slices: 40, max_prob: 0.912, stage: Stage::Early },
+        Event::Heartbeat { health: Health::Ok, latched: Some(k1) },
+        Event::Reject { why: ctsentry::alert::RejectKind::Content },
+        Event::Clear { what: Cleared::Ack },
+        Event::Negative { key: k2, positives: 0, slices: 150, max_prob: 0.2 },
+        Event::Stopping,
+    ];
+    let expected: Vec<String> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut l = Line::new();
+            protocol::format(i as u32 + 1, e, "0.1.0;densenet121-covid-1.0.0", &mut l).unwrap();
+            l.trim_end().to_string()
+        })
+        .collect();
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let examples: Vec<&str> = readme.lines().filter(|l| l.starts_with("$CTSEN,")).collect();
-    assert!(examples.len() >= 3, "the README shows example messages");
+    assert_eq!(examples, expected, "README.md's serial examples");
     for l in examples {
         protocol::parse(l).unwrap_or_else(|e| panic!("README example {l:?}: {e:?}"));
     }

@@ -351,7 +351,38 @@ fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
 }
 
 #[test]
-fn a_missing_model_is_also_a_fault_when_stopped_while_waiting() {
+fn an_output_folder_that_cannot_be_made_is_fault_disk_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let link = root.join("ttyCTS");
+    let mut port = plug(&link);
+    // results/ would have to be created inside a plain file (root may write anywhere: a mode
+    // bit would not stop the tests' user).
+    std::fs::write(root.join("blocked"), "not a folder").unwrap();
+    let extra = format!("[alert.serial]\nenabled = true\nport = \"{}\"\nheartbeat_seconds = 3600\n", link.display());
+    let cfg = config(root, &extra);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("results = \"var/results\"", "results = \"blocked/results\"");
+    std::fs::write(&cfg, text).unwrap();
+    let log = root.join("daemon.log");
+    let mut child = start(&cfg, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut buf = Vec::new();
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(30), |l| l[2] == "FAULT");
+    assert_eq!(lines.last().map(|l| l[2..4].to_vec()), Some(vec!["FAULT".to_string(), "DISK".into()]), "{lines:?}\n{}", read_log());
+    assert!(read_log().contains("blocked/results"), "{}", read_log());
+    // Fixed: the file gives way to a folder; SIGHUP; CLEAR,DISK and READY with the model.
+    std::fs::remove_file(root.join("blocked")).unwrap();
+    signal(&child, libc::SIGHUP);
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(30), |l| l[2] == "READY");
+    assert!(lines.iter().any(|l| l[2..4] == ["CLEAR".to_string(), "DISK".into()]), "{lines:?}\n{}", read_log());
+    assert!(lines.last().is_some_and(|l| l[3].contains("tiny")), "{lines:?}");
+    assert!(root.join("blocked/results").is_dir());
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn a_daemon_waiting_for_its_model_holds_its_state_folder_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let cfg = config(root, "");
@@ -359,7 +390,11 @@ fn a_missing_model_is_also_a_fault_when_stopped_while_waiting() {
     let log = root.join("daemon.log");
     let mut child = start(&cfg, &log);
     assert!(wait_until(Duration::from_secs(30), || root.join("var/state/status.json").exists()), "{}", std::fs::read_to_string(&log).unwrap());
-    assert_eq!(status_json(&cfg)["faults"], serde_json::json!(["MODEL"]));
+    let st = status_json(&cfg);
+    assert_eq!((st["faults"].clone(), st["running"].as_bool()), (serde_json::json!(["MODEL"]), Some(true)), "{st:#}");
+    // It holds its state folder while it waits: a second daemon is refused.
+    let second = bin().args(["--config", cfg.to_str().unwrap(), "run"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(2), "{}", String::from_utf8_lossy(&second.stderr));
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }

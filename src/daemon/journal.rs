@@ -64,6 +64,9 @@ pub enum Record {
         part: u16,
         /// Its slices.
         slices: Vec<SliceRec>,
+        /// Outputs of this file that could not be written (heat maps), each with the reason.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unwritten: Vec<String>,
     },
     /// A scored file was moved to done/.
     Done {
@@ -141,6 +144,8 @@ pub struct OpenSeries {
     pub last_t: f64,
     /// When the early alert was raised, if it was.
     pub alert_t: Option<f64>,
+    /// Outputs that could not be written (named in the series result).
+    pub unwritten: Vec<String>,
 }
 
 impl OpenSeries {
@@ -211,9 +216,10 @@ impl State {
     pub fn apply(&mut self, r: &Record) {
         match r {
             Record::Start { .. } => {}
-            Record::Scored { t, file, series, part, slices } => {
+            Record::Scored { t, file, series, part, slices, unwritten } => {
                 let o = self.open.entry(series.clone()).or_insert_with(|| OpenSeries { part: *part, first_t: *t, ..Default::default() });
                 o.files.push((file.clone(), slices.clone()));
+                o.unwritten.extend(unwritten.iter().cloned());
                 o.last_t = *t;
                 self.unmoved.insert(file.clone(), series.clone());
             }
@@ -376,6 +382,7 @@ mod tests {
             series: series.into(),
             part: 1,
             slices: vec![SliceRec { frame: 0, sop: String::new(), geometry: Geometry::default(), prob, lung_fraction: 0.2 }],
+            unwritten: Vec::new(),
         }
     }
 
@@ -421,7 +428,7 @@ mod tests {
     fn an_instance_received_twice_counts_once() {
         let rec = |sop: &str, frame: usize, prob: f32| SliceRec { frame, sop: sop.into(), geometry: Geometry::default(), prob, lung_fraction: 0.2 };
         let mut s = State::default();
-        let scored = |file: &str, slices: Vec<SliceRec>| Record::Scored { t: now(), file: file.into(), series: "S".into(), part: 1, slices };
+        let scored = |file: &str, slices: Vec<SliceRec>| Record::Scored { t: now(), file: file.into(), series: "S".into(), part: 1, slices, unwritten: Vec::new() };
         s.apply(&scored("a.dcm", vec![rec("1.2.3", 0, 0.9)]));
         s.apply(&scored("b.dcm", vec![rec("1.2.4", 0, 0.1)]));
         // The scanner sends 1.2.3 again (a new file name): it replaces the first scoring.

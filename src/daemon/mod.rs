@@ -12,6 +12,7 @@
 
 pub mod journal;
 pub mod outbox;
+pub mod retention;
 pub mod systemd;
 pub mod watch;
 
@@ -70,7 +71,7 @@ struct Job {
 }
 
 enum Outcome {
-    Scored { series: String, slices: Vec<SliceRec>, heatmaps: usize },
+    Scored { series: String, slices: Vec<SliceRec>, heatmaps: usize, unwritten: Vec<String> },
     /// The file cannot be read: quarantine it, for this kind of reason, in these words.
     Unreadable(alert::RejectKind, String),
     /// Scoring failed for a reason that is not the file's (engine): keep it, retry later.
@@ -282,15 +283,19 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
     for (job, uid, range) in parts {
         let (slices, outs) = (&all[range.clone()], &outs[range]);
         let mut heatmaps = 0;
+        let mut unwritten = Vec::new();
         if live.heatmaps {
             let key = SeriesKey::of(&uid, 1);
             let dir = results_dir.join(key.hash_str()).join("heatmaps");
             for (s, o) in slices.iter().zip(outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
                 let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
                 let _ = std::fs::create_dir_all(&dir);
-                match crate::report::write_slice_heatmap(&dir.join(&name), s, &scorer.params, &o.cam) {
+                match crate::report::write_slice_heatmap(&dir.join(&name), s, &scorer.params, &o.cam, &key.to_string(), o.prob, live.rule.threshold) {
                     Ok(()) => heatmaps += 1,
-                    Err(e) => log::error!("{}: heat map not written: {e}", dir.join(&name).display()),
+                    Err(e) => {
+                        log::error!("{}: heat map not written: {e}", dir.join(&name).display());
+                        unwritten.push(format!("{}: {e}", dir.join(&name).display()));
+                    }
                 }
             }
         }
@@ -299,7 +304,7 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
             .zip(outs)
             .map(|(s, o)| SliceRec { frame: s.frame, sop: s.uids.sop.clone(), geometry: s.geometry, prob: o.prob, lung_fraction: o.lung_fraction })
             .collect();
-        out.push((job, Outcome::Scored { series: uid, slices: recs, heatmaps }));
+        out.push((job, Outcome::Scored { series: uid, slices: recs, heatmaps, unwritten }));
     }
     out
 }
@@ -334,47 +339,33 @@ pub struct Daemon {
 impl Daemon {
     /// Sets everything up: folders, lock, model and engine, journal, alert sinks.
     ///
-    /// A model or engine that cannot start does not stop the daemon: it stays up with the alert
-    /// sinks running, says READY then FAULT,MODEL or FAULT,ENGINE (red LED blinking), and tries
-    /// again on SIGHUP (re-reading the config) and every [`SETUP_RETRY`]; once it works, CLEAR.
-    /// Returns `None` when asked to stop while waiting.
+    /// What cannot be set up (an output folder that cannot be created or written, a model or
+    /// engine that cannot start) does not stop the daemon: it stays up with its alert sinks,
+    /// says READY then FAULT,DISK / FAULT,MODEL / FAULT,ENGINE (red LED blinking), and tries
+    /// again on SIGHUP (re-reading the config) and every [`SETUP_RETRY`]; once it works, CLEAR
+    /// (and the sinks start afresh with the model's identity). Only another daemon on the same
+    /// state folder is fatal. Returns `None` when asked to stop while waiting.
     fn start(mut settings: Settings, config_path: &Path, signals: &Signals) -> Result<Option<(Daemon, std::fs::File)>, DaemonError> {
-        let p = &settings.paths;
-        for d in [&p.incoming, &p.done, &p.quarantine, &p.results, &p.state] {
-            std::fs::create_dir_all(d).map_err(io(d))?;
-        }
-        let lock = lock(&p.state)?;
-        let first = Scorer::from_settings(&settings);
-        let (journal, state) = Journal::open(&p.state)?;
-        let outbox = outbox::Outbox::open(&p.results).map_err(io(&p.results))?;
-        let version = match &first {
-            Ok(sc) => format!("{};{}-{}", env!("CARGO_PKG_VERSION"), sc.model.manifest.model.name, sc.model.manifest.model.version),
-            Err(_) => format!("{};no-model", env!("CARGO_PKG_VERSION")),
-        };
-        let mut sinks: Vec<Box<dyn alert::AlertSink>> = vec![Box::new(alert::LogSink)];
-        let mut serial_up = None;
-        if settings.serial.enabled {
-            let s = alert::serial::SerialSink::new(settings.serial.clone(), &version);
-            serial_up = Some(s.port_up());
-            sinks.push(Box::new(s));
-        }
-        if settings.led.enabled {
-            match open_leds(&settings) {
-                Ok(d) => sinks.push(Box::new(alert::led::LedSink::new(d))),
-                Err(e) => log::error!("LEDs not available: {e} (see `ctsentry doctor`)"),
-            }
-        }
-        let alerts = Alerts::start(sinks);
-        let scorer = match first {
-            Ok(sc) => sc,
-            Err(e) => match wait_for_scorer(e, &mut settings, config_path, &alerts, state.latched.as_ref(), signals) {
-                Some(sc) => sc,
-                None => {
-                    alerts.stop();
-                    return Ok(None);
+        // The lock, once taken, is kept while waiting: `status` sees a running daemon, and a
+        // second one is refused.
+        let mut held = None;
+        let ready = match prepare(&settings, &mut held) {
+            Ok(r) => r,
+            Err(e @ DaemonError::Locked(_)) => return Err(e),
+            Err(e) => {
+                let alerts = Alerts::start(open_sinks(&settings, &format!("{};no-model", env!("CARGO_PKG_VERSION"))).0);
+                let ready = wait_for_setup(e, &mut settings, config_path, &alerts, signals, &mut held);
+                alerts.stop();
+                match ready {
+                    Some(r) => r,
+                    None => return Ok(None),
                 }
-            },
+            }
         };
+        let Prepared { lock, journal, state, outbox, scorer } = ready;
+        let m = &scorer.model.manifest.model;
+        let (sinks, serial_up) = open_sinks(&settings, &format!("{};{}-{}", env!("CARGO_PKG_VERSION"), m.name, m.version));
+        let alerts = Alerts::start(sinks);
         let scorer = Arc::new(scorer);
         let button = (!settings.led.button.is_empty())
             .then(|| alert::led::AckButton::open(&settings.led.button, settings.led.active_low))
@@ -526,6 +517,7 @@ impl Daemon {
         let last_journal_t = self.state.open.values().map(|o| o.last_t).fold(0.0, f64::max);
         let mut first_scan = true;
         let mut last_disk_check: Option<Instant> = None;
+        let mut last_retention: Option<Instant> = None;
         let mut last_status = Instant::now();
         let mut last_snapshot = Instant::now();
         self.write_status();
@@ -544,6 +536,10 @@ impl Daemon {
                 if up || now() - self.started > 2.0 {
                     self.fault(FaultKind::Serial, !up);
                 }
+            }
+            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+                last_retention = Some(Instant::now());
+                self.apply_retention();
             }
             if last_disk_check.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                 last_disk_check = Some(Instant::now());
@@ -698,11 +694,11 @@ impl Daemon {
     fn finish(&mut self, f: Finished) {
         self.in_flight.remove(&f.path);
         match f.outcome {
-            Outcome::Scored { series, slices, heatmaps } => {
+            Outcome::Scored { series, slices, heatmaps, unwritten } => {
                 self.fault(FaultKind::Engine, false);
                 let part = self.state.part_for(&series);
                 let n = slices.len();
-                if !self.record(Record::Scored { t: now(), file: f.rel.clone(), series: series.clone(), part, slices }) {
+                if !self.record(Record::Scored { t: now(), file: f.rel.clone(), series: series.clone(), part, slices, unwritten }) {
                     self.retry_after.insert(f.path, Instant::now() + Duration::from_secs(10));
                     return;
                 }
@@ -827,6 +823,7 @@ impl Daemon {
             "times": {"first_scored": o.first_t, "last_scored": o.last_t, "early_alert": o.alert_t, "final": t,
                       "early_alert_after_first_s": o.alert_t.map(|a| a - o.first_t), "final_after_last_s": t - o.last_t},
             "slice_scores": slices,
+            "unwritten_outputs": o.unwritten,
         });
         let path = self.settings.paths.results.join(format!("{key}.json"));
         if let Err(e) = write_atomic(&path, serde_json::to_string_pretty(&result).expect("json").as_bytes()) {
@@ -865,6 +862,18 @@ impl Daemon {
             log::info!("alert acknowledged");
             self.emit(Event::Clear { what: Cleared::Ack });
             self.write_status();
+        }
+    }
+
+    /// Deletes what `[retention]` says has expired from done/ and results/, and logs it.
+    fn apply_retention(&self) {
+        let d = &self.settings.daemon;
+        let t = now();
+        for (name, dir, days) in [("done", &self.settings.paths.done, d.done_days), ("results", &self.settings.paths.results, d.results_days)] {
+            let s = retention::sweep(dir, days, t);
+            if s.files > 0 {
+                log::info!("retention: deleted {} file(s), {:.1} MiB, older than {days} days from {name}/ ({})", s.files, s.bytes as f64 / 1048576.0, dir.display());
+            }
         }
     }
 
@@ -928,6 +937,8 @@ impl Daemon {
         s.daemon.stable_seconds = new.daemon.stable_seconds;
         s.daemon.heatmaps = new.daemon.heatmaps;
         s.daemon.min_free_mb = new.daemon.min_free_mb;
+        s.daemon.done_days = new.daemon.done_days;
+        s.daemon.results_days = new.daemon.results_days;
         s.log_level = new.log_level;
         log::info!("config reloaded: threshold {:.4} ({}), {} positive slices per series, quiet {} s", rule.threshold, rule.threshold_source, rule.min_positive_slices, s.quiet_seconds);
     }
@@ -952,26 +963,82 @@ pub fn run(settings: Settings, config_path: &Path) -> Result<(), DaemonError> {
     }
 }
 
-/// How often a daemon without a usable model or engine tries again on its own.
+/// What [`prepare`] sets up.
+struct Prepared {
+    lock: std::fs::File,
+    journal: Journal,
+    state: State,
+    outbox: outbox::Outbox,
+    scorer: Scorer,
+}
+
+/// Folders, lock, journal, feed, model and engine: everything the daemon needs but its sinks.
+/// `held` keeps the lock (with its state folder) across failed attempts.
+fn prepare(settings: &Settings, held: &mut Option<(PathBuf, std::fs::File)>) -> Result<Prepared, DaemonError> {
+    let p = &settings.paths;
+    for d in [&p.incoming, &p.done, &p.quarantine, &p.results, &p.state] {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    if held.as_ref().is_none_or(|(dir, _)| *dir != p.state) {
+        *held = Some((p.state.clone(), lock(&p.state)?));
+    }
+    let (journal, state) = Journal::open(&p.state)?;
+    let outbox = outbox::Outbox::open(&p.results).map_err(io(&p.results))?;
+    let scorer = Scorer::from_settings(settings)?;
+    let (_, lock) = held.take().expect("locked above");
+    Ok(Prepared { lock, journal, state, outbox, scorer })
+}
+
+/// The alert sinks of `settings` (log always; serial, LEDs when enabled), and the serial port's
+/// up flag. `version` goes into READY.
+fn open_sinks(settings: &Settings, version: &str) -> (Vec<Box<dyn alert::AlertSink>>, Option<Arc<AtomicBool>>) {
+    let mut sinks: Vec<Box<dyn alert::AlertSink>> = vec![Box::new(alert::LogSink)];
+    let mut serial_up = None;
+    if settings.serial.enabled {
+        let s = alert::serial::SerialSink::new(settings.serial.clone(), version);
+        serial_up = Some(s.port_up());
+        sinks.push(Box::new(s));
+    }
+    if settings.led.enabled {
+        match open_leds(settings) {
+            Ok(d) => sinks.push(Box::new(alert::led::LedSink::new(d))),
+            Err(e) => log::error!("LEDs not available: {e} (see `ctsentry doctor`)"),
+        }
+    }
+    (sinks, serial_up)
+}
+
+/// How often expired files are deleted (`[retention]`); also once at start.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// How often a daemon that cannot set up tries again on its own.
 pub const SETUP_RETRY: Duration = Duration::from_secs(30);
 
 /// The fault a set-up error shows.
-fn setup_fault(e: &crate::score::SetupError) -> FaultKind {
+fn setup_fault(e: &DaemonError) -> FaultKind {
     match e {
-        crate::score::SetupError::Model(_) => FaultKind::Model,
-        _ => FaultKind::Engine,
+        DaemonError::Setup(crate::score::SetupError::Model(_)) => FaultKind::Model,
+        DaemonError::Setup(_) => FaultKind::Engine,
+        _ => FaultKind::Disk,
     }
 }
 
-/// Keeps the daemon up, visibly faulty, until scoring can be set up (SIGHUP re-reads the config;
-/// a retry every [`SETUP_RETRY`] catches a fix such as a model copied into place) or a stop
-/// signal arrives (`None`). Files in the drop folder wait untouched meanwhile.
-fn wait_for_scorer(first: crate::score::SetupError, settings: &mut Settings, config_path: &Path, alerts: &Alerts, latched: Option<&journal::Latched>, signals: &Signals) -> Option<Scorer> {
+/// Keeps the daemon up, visibly faulty, until [`prepare`] succeeds (SIGHUP re-reads the config;
+/// a retry every [`SETUP_RETRY`] catches a fix such as a model copied into place or a folder
+/// given the right owner) or a stop signal arrives (`None`). Files in the drop folder wait
+/// untouched meanwhile.
+fn wait_for_setup(first: DaemonError, settings: &mut Settings, config_path: &Path, alerts: &Alerts, signals: &Signals, held: &mut Option<(PathBuf, std::fs::File)>) -> Option<Prepared> {
     let sd = systemd::Notifier::from_env();
     let mut kind = setup_fault(&first);
     let mut why = first.to_string();
-    log::error!("cannot score: {why}; staying up with FAULT {} until it is fixed (SIGHUP re-reads the config; retried every {} s)", kind.name(), SETUP_RETRY.as_secs());
-    alerts.emit(Event::Ready { latched: latched.map(|l| SeriesKey::of(&l.series, l.part)) });
+    // The latch, if the journal can be read, so READY and `status` show it meanwhile.
+    let latched = Journal::read(&settings.paths.state.join("journal.jsonl")).ok().and_then(|records| {
+        let mut st = State::default();
+        records.iter().for_each(|r| st.apply(r));
+        st.latched
+    });
+    log::error!("cannot start scoring: {why}; staying up with FAULT {} until it is fixed (SIGHUP re-reads the config; retried every {} s)", kind.name(), SETUP_RETRY.as_secs());
+    alerts.emit(Event::Ready { latched: latched.as_ref().map(|l| SeriesKey::of(&l.series, l.part)) });
     alerts.emit(Event::Fault { kind });
     sd.send(&format!("READY=1\nSTATUS=FAULT {}: {why}", kind.name()));
     let started = now();
@@ -986,18 +1053,18 @@ fn wait_for_scorer(first: crate::score::SetupError, settings: &mut Settings, con
         let reload = signals.reload.swap(false, Ordering::Relaxed);
         if reload {
             match Settings::load(config_path) {
-                // Folders and the lock were set up with the old paths: those stay.
-                Ok(new) => *settings = Settings { paths: settings.paths.clone(), ..new },
+                Ok(new) => *settings = new,
                 Err(e) => log::error!("reload refused, keeping the running config:\n{e}"),
             }
         }
         if reload || last_try.elapsed() >= SETUP_RETRY {
             last_try = Instant::now();
-            match Scorer::from_settings(settings) {
-                Ok(sc) => {
-                    log::info!("scoring set up: {} {}, engine {}; FAULT {} cleared", sc.model.manifest.model.name, sc.model.manifest.model.version, sc.engine.name(), kind.name());
+            match prepare(settings, held) {
+                Ok(r) => {
+                    let m = &r.scorer.model.manifest.model;
+                    log::info!("scoring set up: {} {}, engine {}; FAULT {} cleared", m.name, m.version, r.scorer.engine.name(), kind.name());
                     alerts.emit(Event::Clear { what: Cleared::Fault(kind) });
-                    return Some(sc);
+                    return Some(r);
                 }
                 Err(e) => {
                     let now_kind = setup_fault(&e);
@@ -1007,17 +1074,16 @@ fn wait_for_scorer(first: crate::score::SetupError, settings: &mut Settings, con
                         alerts.emit(Event::Fault { kind: now_kind });
                         kind = now_kind;
                     }
-                    log::error!("still cannot score: {why}");
+                    log::error!("still cannot start scoring: {why}");
                 }
             }
         }
         if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             last_status = Some(Instant::now());
             sd.send(&format!("STATUS=FAULT {}: {why}", kind.name()));
-            let snap = crate::status::Snapshot::without_scorer(settings, started, kind, latched);
-            if let Err(e) = crate::status::write(&settings.paths.state, &snap) {
-                log::warn!("{}: status not written: {e}", settings.paths.state.display());
-            }
+            let snap = crate::status::Snapshot::without_scorer(settings, started, kind, latched.as_ref());
+            // The state folder itself may be what is broken: then there is no status to give.
+            let _ = crate::status::write(&settings.paths.state, &snap);
         }
         sd.watchdog();
         std::thread::sleep(Duration::from_millis(100));

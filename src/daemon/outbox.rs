@@ -9,6 +9,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+/// The feed's file name in the results folder.
+pub const FEED_FILE: &str = "events.jsonl";
+
 /// The open feed.
 pub struct Outbox {
     path: PathBuf,
@@ -19,7 +22,7 @@ pub struct Outbox {
 impl Outbox {
     /// Opens (creating) `dir/events.jsonl` and reads the ids it holds.
     pub fn open(dir: &Path) -> std::io::Result<Outbox> {
-        let path = dir.join("events.jsonl");
+        let path = dir.join(FEED_FILE);
         let mut ids = HashSet::new();
         let mut torn = false;
         if let Ok(f) = File::open(&path) {

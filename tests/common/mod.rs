@@ -361,15 +361,36 @@ pub fn led_tree(root: &Path) -> [PathBuf; 3] {
 
 /// What the three LEDs of a [`led_tree`] show: `on`, `off` or `blink`.
 pub fn look(dirs: &[PathBuf; 3]) -> [String; 3] {
-    dirs.clone().map(|d| {
+    // A sink writing while we read (a plain file, unlike sysfs, is briefly empty between the
+    // truncation and the write): read again a moment later.
+    for _ in 0..100 {
+        if let Some(seen) = look_once(dirs) {
+            return seen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("LED files stay unreadable: {dirs:?}")
+}
+
+fn look_once(dirs: &[PathBuf; 3]) -> Option<[String; 3]> {
+    let mut out: [String; 3] = Default::default();
+    for (k, d) in dirs.iter().enumerate() {
         let r = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-        match r("trigger").as_str() {
+        out[k] = match r("trigger").as_str() {
             "timer" => {
-                assert_eq!((r("delay_on").as_str(), r("delay_off").as_str()), ("500", "500"));
+                if (r("delay_on").as_str(), r("delay_off").as_str()) != ("500", "500") {
+                    return None;
+                }
                 "blink".to_string()
             }
-            "none" => if r("brightness") == "255" { "on" } else { assert_eq!(r("brightness"), "0"); "off" }.to_string(),
+            "none" => match r("brightness").as_str() {
+                "255" => "on".to_string(),
+                "0" => "off".to_string(),
+                _ => return None,
+            },
+            "" => return None,
             t => panic!("trigger {t}"),
-        }
-    })
+        };
+    }
+    Some(out)
 }

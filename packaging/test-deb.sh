@@ -1,0 +1,80 @@
+#!/bin/sh
+# The package as an admin meets it (run as root, on a machine without ctsentry installed):
+# checks the file list and control data, installs it, checks the service user, folders and unit,
+# runs the deep config check and the daemon as the service user on the installed config, scores
+# the series SERIES_DIR dropped into /var/lib/ctsentry/incoming, reads `ctsentry status`, stops
+# the daemon, purges the package and checks what purge removed and what it kept.
+#   packaging/test-deb.sh target/debian/ctsentry_*.deb SERIES_DIR
+set -eu
+deb=$1
+series=$2
+fail() { echo "test-deb: FAILED: $*" >&2; exit 1; }
+step() { echo "test-deb: $*"; }
+[ "$(id -u)" = 0 ] || fail "run as root"
+! dpkg -s ctsentry >/dev/null 2>&1 || fail "ctsentry is already installed here"
+
+step "file list"
+dpkg-deb -c "$deb" | awk '{print $6}' > /tmp/ctsentry-deb-files
+for f in ./usr/bin/ctsentry ./etc/ctsentry/ctsentry.toml \
+         ./usr/share/ctsentry/models/densenet121-covid.onnx ./usr/share/ctsentry/models/densenet121-covid.toml \
+         ./usr/share/doc/ctsentry/README.md; do
+    grep -qx "$f" /tmp/ctsentry-deb-files || fail "$f missing from the package"
+done
+grep -qE '^\./(usr/)?lib/systemd/system/ctsentry\.service$' /tmp/ctsentry-deb-files || fail "unit missing"
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/ctsentry/ctsentry.toml || fail "config is not a conffile"
+dpkg-deb -f "$deb" Depends | grep -q adduser || fail "Depends lacks adduser"
+
+step "install"
+apt-get install -y -qq "$(realpath "$deb")" >/dev/null
+id ctsentry >/dev/null || fail "no user ctsentry"
+id -nG ctsentry | tr ' ' '\n' | grep -qx dialout || fail "ctsentry is not in group dialout"
+for d in incoming done quarantine results state; do
+    [ "$(stat -c '%U:%G %a' /var/lib/ctsentry/$d)" = "ctsentry:ctsentry 750" ] || fail "/var/lib/ctsentry/$d: $(stat -c '%U:%G %a' /var/lib/ctsentry/$d)"
+done
+[ -L /etc/systemd/system/multi-user.target.wants/ctsentry.service ] || fail "unit not enabled"
+grep -q '^incoming = "/var/lib/ctsentry/incoming"' /etc/ctsentry/ctsentry.toml || fail "installed config paths"
+
+step "deep check and doctor as the service user (config found in /etc, from /)"
+cd /
+runuser -u ctsentry -- ctsentry check-config --deep || fail "check-config --deep"
+runuser -u ctsentry -- ctsentry doctor > /tmp/ctsentry-doctor.txt || { cat /tmp/ctsentry-doctor.txt; fail "doctor found problems"; }
+grep -q "checked as    user ctsentry" /tmp/ctsentry-doctor.txt || fail "doctor did not check as the service user"
+
+step "daemon as the service user"
+# setpriv execs the daemon itself (as systemd would), so $! is the daemon and gets SIGTERM.
+setpriv --reuid=ctsentry --regid=ctsentry --init-groups ctsentry run 2>/tmp/ctsentry-daemon.log &
+pid=$!
+i=0
+until [ -e /var/lib/ctsentry/state/status.json ]; do
+    i=$((i + 1)); [ $i -lt 600 ] || { cat /tmp/ctsentry-daemon.log; fail "daemon not up"; }
+    sleep 0.1
+done
+n=$(ls "$series" | wc -l)
+# A sender writing as the service user (DICOM receiver, rsync): the daemon may move its files.
+runuser -u ctsentry -- cp -r "$series" /var/lib/ctsentry/incoming/series
+i=0
+until grep -q '"stage":"FINAL"' /var/lib/ctsentry/results/events.jsonl 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 3000 ] || { cat /tmp/ctsentry-daemon.log; fail "no FINAL verdict"; }
+    sleep 0.1
+done
+grep '"stage":"FINAL"' /var/lib/ctsentry/results/events.jsonl | grep -q "\"slices\":$n," || fail "FINAL does not count $n slices: $(cat /var/lib/ctsentry/results/events.jsonl)"
+[ "$(find /var/lib/ctsentry/done -type f | wc -l)" = "$n" ] || fail "not every file in done/"
+[ -z "$(find /var/lib/ctsentry/incoming -type f)" ] || fail "files left in incoming/"
+runuser -u ctsentry -- ctsentry status --json > /tmp/ctsentry-status.json || fail "status while running"
+grep -q '"running":true' /tmp/ctsentry-status.json || fail "status: $(cat /tmp/ctsentry-status.json)"
+kill -TERM $pid
+wait $pid || fail "daemon exit status $?"
+[ -z "$(find /var/lib/ctsentry -user root)" ] || fail "files owned by root: $(find /var/lib/ctsentry -user root)"
+
+step "purge"
+apt-get purge -y -qq ctsentry >/tmp/ctsentry-purge.log 2>&1 || { cat /tmp/ctsentry-purge.log; fail "purge"; }
+! id ctsentry >/dev/null 2>&1 || fail "user ctsentry left"
+[ ! -e /etc/ctsentry ] || fail "/etc/ctsentry left"
+[ ! -e /usr/bin/ctsentry ] || fail "/usr/bin/ctsentry left"
+[ ! -e /var/lib/ctsentry/state ] || fail "state left"
+[ ! -e /etc/systemd/system/multi-user.target.wants/ctsentry.service ] || fail "unit still enabled"
+# Scored images and results are kept and named, never deleted.
+[ "$(find /var/lib/ctsentry/done -type f | wc -l)" = "$n" ] || fail "purge deleted scored images"
+grep -q "kept /var/lib/ctsentry/done" /tmp/ctsentry-purge.log || fail "purge did not name what it kept"
+rm -rf /var/lib/ctsentry
+step "ok: $n slices scored by the installed service"
