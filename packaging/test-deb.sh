@@ -6,8 +6,10 @@
 # the daemon, purges the package and checks what purge removed and what it kept.
 #   packaging/test-deb.sh target/debian/ctsentry_*.deb SERIES_DIR
 set -eu
-deb=$1
-series=$2
+deb=$(realpath "$1")
+series=$(realpath "$2")
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
 fail() { echo "test-deb: FAILED: $*" >&2; exit 1; }
 step() { echo "test-deb: $*"; }
 [ "$(id -u)" = 0 ] || fail "run as root"
@@ -25,7 +27,7 @@ dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/ctsentry/ct
 dpkg-deb -f "$deb" Depends | grep -q adduser || fail "Depends lacks adduser"
 
 step "install"
-apt-get install -y -qq "$(realpath "$deb")" >/dev/null
+apt-get install -y -qq "$deb" >/dev/null
 id ctsentry >/dev/null || fail "no user ctsentry"
 id -nG ctsentry | tr ' ' '\n' | grep -qx dialout || fail "ctsentry is not in group dialout"
 for d in incoming done quarantine results state; do
@@ -51,7 +53,7 @@ until [ -e /var/lib/ctsentry/state/status.json ]; do
 done
 n=$(ls "$series" | wc -l)
 # A sender writing as the service user (DICOM receiver, rsync): the daemon may move its files.
-runuser -u ctsentry -- cp -r "$series" /var/lib/ctsentry/incoming/series
+runuser -u ctsentry -- sh -c 'mkdir /var/lib/ctsentry/incoming/series && cp "$1"/* /var/lib/ctsentry/incoming/series/' sh "$series"
 i=0
 until grep -q '"stage":"FINAL"' /var/lib/ctsentry/results/events.jsonl 2>/dev/null; do
     i=$((i + 1)); [ $i -lt 3000 ] || { cat /tmp/ctsentry-daemon.log; fail "no FINAL verdict"; }
@@ -64,6 +66,7 @@ runuser -u ctsentry -- ctsentry status --json > /tmp/ctsentry-status.json || fai
 grep -q '"running":true' /tmp/ctsentry-status.json || fail "status: $(cat /tmp/ctsentry-status.json)"
 kill -TERM $pid
 wait $pid || fail "daemon exit status $?"
+pid=
 [ -z "$(find /var/lib/ctsentry -user root)" ] || fail "files owned by root: $(find /var/lib/ctsentry -user root)"
 
 step "purge"
@@ -72,6 +75,7 @@ apt-get purge -y -qq ctsentry >/tmp/ctsentry-purge.log 2>&1 || { cat /tmp/ctsent
 [ ! -e /etc/ctsentry ] || fail "/etc/ctsentry left"
 [ ! -e /usr/bin/ctsentry ] || fail "/usr/bin/ctsentry left"
 [ ! -e /var/lib/ctsentry/state ] || fail "state left"
+[ ! -e /var/lib/ctsentry/incoming ] || fail "the emptied drop folder left"
 [ ! -e /etc/systemd/system/multi-user.target.wants/ctsentry.service ] || fail "unit still enabled"
 # Scored images and results are kept and named, never deleted.
 [ "$(find /var/lib/ctsentry/done -type f | wc -l)" = "$n" ] || fail "purge deleted scored images"

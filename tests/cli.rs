@@ -156,3 +156,69 @@ fn declared_lengths_past_the_end_are_refused() {
     assert_eq!(code, 1);
     assert!(out.contains("declares 65520 bytes"), "{out}");
 }
+
+fn ctsentry_in(cwd: &std::path::Path, env: Option<&std::path::Path>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ctsentry"));
+    c.args(args).current_dir(cwd).env_remove("CTSENTRY_CONFIG");
+    if let Some(e) = env {
+        c.env("CTSENTRY_CONFIG", e);
+    }
+    let out = c.output().expect("run ctsentry");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn config_is_found_in_the_documented_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let checkout = root.join("checkout");
+    std::fs::create_dir_all(checkout.join("config")).unwrap();
+    let write = |p: &std::path::Path, state: &str| std::fs::write(p, format!("[paths]\nstate = \"{state}\"\n")).unwrap();
+    write(&checkout.join("config/ctsentry.toml"), "st-checkout");
+    let (env_cfg, flag_cfg) = (root.join("env.toml"), root.join("flag.toml"));
+    write(&env_cfg, "st-env");
+    write(&flag_cfg, "st-flag");
+    let checked = |r: (i32, String, String)| {
+        assert_eq!(r.0, 0, "{} {}", r.1, r.2);
+        r.1
+    };
+    // A checkout's config from its working directory...
+    assert!(checked(ctsentry_in(&checkout, None, &["check-config"])).starts_with("config/ctsentry.toml: ok"));
+    // ...unless $CTSENTRY_CONFIG names one...
+    assert!(checked(ctsentry_in(&checkout, Some(&env_cfg), &["check-config"])).contains("env.toml: ok"));
+    // ...unless --config does, before or after the subcommand.
+    let flag = flag_cfg.to_str().unwrap();
+    assert!(checked(ctsentry_in(&checkout, Some(&env_cfg), &["--config", flag, "check-config"])).contains("flag.toml: ok"));
+    assert!(checked(ctsentry_in(&checkout, Some(&env_cfg), &["check-config", "--config", flag])).contains("flag.toml: ok"));
+    // `ack` and `status` use the same lookup: the state folder named by the env's config.
+    let (code, _, err) = ctsentry_in(&checkout, Some(&env_cfg), &["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("st-env/status.json"), "{err}");
+    // Nowhere to find one: commands that need a config refuse and say where they looked.
+    if !std::path::Path::new("/etc/ctsentry/ctsentry.toml").exists() {
+        let (code, _, err) = ctsentry_in(root, None, &["ack"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("no config file") && err.contains("/etc/ctsentry/ctsentry.toml"), "{err}");
+    }
+}
+
+#[test]
+fn doctor_exits_1_with_one_fix_per_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(
+        &p,
+        "[paths]\nincoming = \"in\"\nstate = \"st\"\ndone = \"d\"\nquarantine = \"q\"\nresults = \"r\"\n[model]\npath = \"none.onnx\"\n\
+         [alert.serial]\nenabled = true\nport = \"/dev/ttyNOSUCHPORT\"\n",
+    )
+    .unwrap();
+    let (code, out, _) = ctsentry(&["--config", p.to_str().unwrap(), "doctor"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("problems      2"), "{out}");
+    assert!(out.contains("fix: put the model bundle there"), "{out}");
+    assert!(out.contains("fix: plug the serial adapter in"), "{out}");
+    // The shipped config in a checkout has none.
+    let (code, out, _) = ctsentry(&["doctor"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("problems      none"), "{out}");
+}

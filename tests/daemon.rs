@@ -350,35 +350,81 @@ fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }
 
-#[test]
-fn an_output_folder_that_cannot_be_made_is_fault_disk_until_fixed() {
+/// Starts the daemon broken (`broken` edits the config text), checks READY then FAULT,`kind` on a
+/// pty and red blinking on a LED tree, applies `fix` (given the root and the config), sends SIGHUP,
+/// and checks CLEAR,`kind`, READY with the model's version and green again; then a file that is
+/// not an image gives REJECT,CONTENT; SIGTERM gives STOPPING and exit 0.
+fn starts_broken_then_recovers(kind: &str, broken: impl Fn(&Path, String) -> String, fix: impl Fn(&Path, &Path)) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let link = root.join("ttyCTS");
     let mut port = plug(&link);
-    // results/ would have to be created inside a plain file (root may write anywhere: a mode
-    // bit would not stop the tests' user).
-    std::fs::write(root.join("blocked"), "not a folder").unwrap();
-    let extra = format!("[alert.serial]\nenabled = true\nport = \"{}\"\nheartbeat_seconds = 3600\n", link.display());
+    let leds = led_tree(&root.join("leds"));
+    let extra = format!(
+        "[alert.serial]\nenabled = true\nport = \"{}\"\nheartbeat_seconds = 3600\n[alert.led]\nenabled = true\ndriver = \"sysfs\"\ngreen = \"{}\"\nred = \"{}\"\namber = \"{}\"\n",
+        link.display(),
+        leds[0].display(),
+        leds[1].display(),
+        leds[2].display()
+    );
     let cfg = config(root, &extra);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("results = \"var/results\"", "results = \"blocked/results\"");
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&cfg, broken(root, std::fs::read_to_string(&cfg).unwrap())).unwrap();
     let log = root.join("daemon.log");
     let mut child = start(&cfg, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut buf = Vec::new();
     let lines = read_until(&mut port, &mut buf, Duration::from_secs(30), |l| l[2] == "FAULT");
-    assert_eq!(lines.last().map(|l| l[2..4].to_vec()), Some(vec!["FAULT".to_string(), "DISK".into()]), "{lines:?}\n{}", read_log());
-    assert!(read_log().contains("blocked/results"), "{}", read_log());
-    // Fixed: the file gives way to a folder; SIGHUP; CLEAR,DISK and READY with the model.
-    std::fs::remove_file(root.join("blocked")).unwrap();
+    let got: Vec<Vec<String>> = lines.iter().map(|l| l[2..].to_vec()).collect();
+    assert_eq!(got, [vec!["READY".to_string(), "0.1.0;no-model".into(), "CLEAR".into()], vec!["FAULT".into(), kind.into()]], "{}", read_log());
+    assert!(wait_until(Duration::from_secs(5), || look(&leds) == ["off", "blink", "off"]), "{:?}", look(&leds));
+    assert!(child.try_wait().unwrap().is_none(), "{}", read_log());
+
+    fix(root, &cfg);
     signal(&child, libc::SIGHUP);
     let lines = read_until(&mut port, &mut buf, Duration::from_secs(30), |l| l[2] == "READY");
-    assert!(lines.iter().any(|l| l[2..4] == ["CLEAR".to_string(), "DISK".into()]), "{lines:?}\n{}", read_log());
-    assert!(lines.last().is_some_and(|l| l[3].contains("tiny")), "{lines:?}");
-    assert!(root.join("blocked/results").is_dir());
+    assert!(lines.iter().any(|l| l[2..4] == ["CLEAR".to_string(), kind.into()]), "{lines:?}\n{}", read_log());
+    assert!(lines.last().is_some_and(|l| l[3].contains("tiny-densenet")), "{lines:?}");
+    assert!(wait_until(Duration::from_secs(5), || look(&leds) == ["on", "off", "off"]), "{:?}", look(&leds));
+
+    std::fs::write(root.join("var/incoming/notes.dcm"), b"not a DICOM file at all").unwrap();
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(30), |l| l[2] == "REJECT");
+    assert_eq!(lines.last().map(|l| l[2..].to_vec()), Some(vec!["REJECT".to_string(), "CONTENT".into()]), "{lines:?}\n{}", read_log());
+    assert!(root.join("var/quarantine/notes.dcm.reason").exists());
+
     signal(&child, libc::SIGTERM);
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(20), |l| l[2] == "STOPPING");
+    assert!(lines.iter().any(|l| l[2] == "STOPPING"), "{lines:?}");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_made_is_fault_disk_until_fixed() {
+    // results/ would have to be created inside a plain file (root may write anywhere: a mode
+    // bit would not stop the tests' user).
+    starts_broken_then_recovers(
+        "DISK",
+        |root, cfg| {
+            std::fs::write(root.join("blocked"), "not a folder").unwrap();
+            cfg.replace("results = \"var/results\"", "results = \"blocked/results\"")
+        },
+        |root, _| std::fs::remove_file(root.join("blocked")).unwrap(),
+    );
+}
+
+#[test]
+fn an_engine_that_cannot_start_is_fault_engine_until_fixed() {
+    if cfg!(feature = "onnxruntime") {
+        eprintln!("notice: this build has the onnxruntime engine; the unavailable-engine case is tested in the default build");
+        return;
+    }
+    starts_broken_then_recovers(
+        "ENGINE",
+        |_, cfg| cfg.replace("backend = \"tract\"", "backend = \"onnxruntime\""),
+        |_, cfg| {
+            let text = std::fs::read_to_string(cfg).unwrap().replace("backend = \"onnxruntime\"", "backend = \"tract\"");
+            std::fs::write(cfg, text).unwrap();
+        },
+    );
 }
 
 #[test]

@@ -684,7 +684,11 @@ impl Daemon {
                 self.record(Record::Done { t: now(), file: rel.to_string(), to: to.display().to_string() });
             }
             Err(e) => {
-                log::error!("{}: scored but cannot be moved to {}: {e}; retrying in 30 s", path.display(), self.settings.paths.done.display());
+                let hint = match (e.kind(), path.parent()) {
+                    (std::io::ErrorKind::PermissionDenied, Some(dir)) => format!(" (the daemon needs write access to {} and {}: the sender must leave its folders writable)", dir.display(), self.settings.paths.done.display()),
+                    _ => String::new(),
+                };
+                log::error!("{}: scored but cannot be moved to {}: {e}{hint}; retrying in 30 s", path.display(), self.settings.paths.done.display());
                 self.retry_after.insert(path.to_path_buf(), Instant::now() + Duration::from_secs(30));
                 self.fault(FaultKind::Disk, true);
             }
