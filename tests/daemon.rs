@@ -217,8 +217,9 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
         let e = earlies.iter().filter(|e| e["series_uid"] == uid.as_str()).count();
         assert_eq!(e, usize::from(verdict == "positive"), "{uid}: {ev:#?}");
         // The result file.
-        let key = f[0]["series_key"].as_str().unwrap();
-        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{key}.json"))).unwrap()).unwrap();
+        let id = f[0]["series_id"].as_str().unwrap();
+        assert!(id.len() == 64 && id.starts_with(f[0]["series_key"].as_str().unwrap()), "{id}");
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{id}.json"))).unwrap()).unwrap();
         assert_eq!(r["verdict"], verdict.as_str());
         assert_eq!(r["slice_scores"].as_array().unwrap().len(), 6);
         assert_eq!(r["threshold"], 0.5);
@@ -443,6 +444,129 @@ fn a_daemon_waiting_for_its_model_holds_its_state_folder_and_stops_cleanly() {
     assert_eq!(second.status.code(), Some(2), "{}", String::from_utf8_lossy(&second.stderr));
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+/// Two Series Instance UIDs whose 8-hex-digit keys are equal (found by search: 32 bits collide
+/// after about 80,000 tries).
+fn colliding_uids() -> (String, String) {
+    let mut seen = std::collections::HashMap::new();
+    for n in 0u64.. {
+        let uid = format!("1.2.826.0.1.3680043.9.7307.{n}");
+        let key = ctsentry::alert::SeriesKey::of(&uid, 1).to_string();
+        if let Some(first) = seen.insert(key, uid.clone()) {
+            return (first, uid);
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn two_series_sharing_a_display_key_keep_their_own_verdicts_and_results() {
+    let (a, b) = colliding_uids();
+    assert_eq!(ctsentry::alert::SeriesKey::of(&a, 1), ctsentry::alert::SeriesKey::of(&b, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    write_series(&root.join("src"), "a", &a, 200, 3);
+    write_series(&root.join("src"), "b", &b, 0, 4);
+    let var = root.join("var");
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    let log = root.join("daemon.log");
+    let mut child = start(&cfg, &log);
+    drop_into(&root.join("src"), &var.join("incoming"));
+    let results = var.join("results");
+    let finals = || events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect::<Vec<_>>();
+    assert!(wait_until(Duration::from_secs(60), || finals().len() >= 2), "{:#?}\n{}", events(&results), std::fs::read_to_string(&log).unwrap());
+    let f = finals();
+    assert_eq!(f.len(), 2, "{f:#?}");
+    for (uid, n) in [(&a, 3), (&b, 4)] {
+        let e = f.iter().find(|e| e["series_uid"] == uid.as_str()).unwrap_or_else(|| panic!("no FINAL for {uid}: {f:#?}"));
+        assert_eq!(e["slices"], n);
+        let id = ctsentry::alert::series_id(uid, 1);
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{id}.json"))).unwrap()).unwrap();
+        assert_eq!((r["series_uid"].as_str(), r["slices"].as_u64()), (Some(uid.as_str()), Some(n)));
+    }
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn a_file_that_makes_a_worker_panic_is_quarantined_and_its_batch_mates_are_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    let uid = "1.2.826.0.1.3680043.8.498.61";
+    write_series(&root.join("src"), "s", uid, 0, 6);
+    // Slice 3 is the poison: the failpoint (debug builds) panics while reading it.
+    std::fs::rename(root.join("src/s/3.dcm"), root.join("src/s/poison.dcm")).unwrap();
+    let var = root.join("var");
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    let log = root.join("daemon.log");
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    let mut child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env("CTSENTRY_TEST_PANIC_ON", "poison.dcm")
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    // All six at once, so the poison shares a batch with the others.
+    drop_into(&root.join("src"), &var.join("incoming"));
+    let results = var.join("results");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", read_log());
+    let f: Vec<_> = events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect();
+    assert_eq!(f[0]["slices"], 5, "the five good slices, once each: {f:#?}");
+    let reason = std::fs::read_to_string(var.join("quarantine/s/poison.dcm.reason")).unwrap();
+    assert!(reason.contains("internal error while reading or scoring this file"), "{reason}");
+    assert_eq!(rels(&var.join("done")).len(), 5);
+    assert!(child.try_wait().unwrap().is_none(), "still running: {}", read_log());
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn a_file_that_kills_the_process_is_quarantined_after_three_deaths_not_read_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    write_series(&root.join("src"), "s", "1.2.826.0.1.3680043.8.498.71", 0, 5);
+    std::fs::rename(root.join("src/s/2.dcm"), root.join("src/s/poison.dcm")).unwrap();
+    let var = root.join("var");
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    drop_into(&root.join("src"), &var.join("incoming"));
+    let log = root.join("daemon.log");
+    let results = var.join("results");
+    let mut deaths = 0;
+    for _ in 0..8 {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        // The failpoint (debug builds) aborts the process while it reads poison.dcm, as a
+        // crashing C++ decoder would.
+        let mut child = bin()
+            .args(["--config", cfg.to_str().unwrap(), "run"])
+            .env("CTSENTRY_TEST_ABORT_ON", "poison.dcm")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let finished = wait_until(Duration::from_secs(30), || {
+            child.try_wait().unwrap().is_some() || events(&results).iter().any(|e| e["stage"] == "FINAL")
+        });
+        assert!(finished, "{}", std::fs::read_to_string(&log).unwrap());
+        if child.try_wait().unwrap().is_some() {
+            deaths += 1;
+            continue;
+        }
+        signal(&child, libc::SIGTERM);
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+        break;
+    }
+    assert_eq!(deaths, 3, "died reading the file three times, then left it alone: {}", std::fs::read_to_string(&log).unwrap());
+    let reason = std::fs::read_to_string(var.join("quarantine/s/poison.dcm.reason")).unwrap();
+    assert!(reason.contains("stopped while reading this file 3 times"), "{reason}");
+    let f: Vec<_> = events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect();
+    assert_eq!((f.len(), f[0]["slices"].as_u64()), (1, Some(4)), "{f:#?}");
+    assert_eq!(rels(&var.join("done")).len(), 4, "the batch-mates were not blamed");
 }
 
 /// Peak resident memory (VmHWM) of a process, in MiB.

@@ -56,6 +56,21 @@ impl std::fmt::Display for SeriesKey {
     }
 }
 
+/// The identifier of a series part in file names and the verdict feed: the full SHA-256 of the
+/// Series Instance UID in hex (64 digits; its first 8 are the [`SeriesKey`] shown to people),
+/// `.PART` appended for parts ≥ 2. Unlike the 8-digit key it does not collide in practice.
+pub fn series_id(series_uid: &str, part: u16) -> String {
+    use std::fmt::Write;
+    let mut id = String::with_capacity(70);
+    for b in Sha256::digest(series_uid.as_bytes()) {
+        let _ = write!(id, "{b:02x}");
+    }
+    if part > 1 {
+        let _ = write!(id, ".{part}");
+    }
+    id
+}
+
 /// Whether an alert is raised while the series is still arriving or at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

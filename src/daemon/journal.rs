@@ -129,6 +129,22 @@ pub enum Record {
         /// Where the acknowledgement came from (`ctsentry ack`, button).
         by: String,
     },
+    /// These files are about to be read (written before a worker opens them): a file whose
+    /// reading is interrupted by the process dying is counted, so one that keeps crashing the
+    /// reader is quarantined instead of read again at every restart.
+    Attempt {
+        /// Unix time (s).
+        t: f64,
+        /// Paths relative to incoming/.
+        files: Vec<String>,
+    },
+    /// The engine failed on this file; it is no longer being read and will be retried.
+    Retry {
+        /// Unix time (s).
+        t: f64,
+        /// Path relative to incoming/.
+        file: String,
+    },
 }
 
 /// A series part still collecting slices.
@@ -189,6 +205,9 @@ pub struct State {
     pub handled: u64,
     /// The alert latched (not acknowledged), if any: the last series that alerted.
     pub latched: Option<Latched>,
+    /// Files whose reading began and never ended (scored, quarantined or handed back for a
+    /// retry): path → how many times. Each is a run that stopped while reading the file.
+    pub attempts: BTreeMap<String, u32>,
 }
 
 /// A latched alert: which series raised it, and when.
@@ -220,6 +239,7 @@ impl State {
                 let o = self.open.entry(series.clone()).or_insert_with(|| OpenSeries { part: *part, first_t: *t, ..Default::default() });
                 o.files.push((file.clone(), slices.clone()));
                 o.unwritten.extend(unwritten.iter().cloned());
+                self.attempts.remove(file);
                 o.last_t = *t;
                 self.unmoved.insert(file.clone(), series.clone());
             }
@@ -227,7 +247,18 @@ impl State {
                 self.unmoved.remove(file);
                 self.handled += 1;
             }
-            Record::Quarantined { .. } => self.handled += 1,
+            Record::Quarantined { file, .. } => {
+                self.handled += 1;
+                self.attempts.remove(file);
+            }
+            Record::Attempt { files, .. } => {
+                for f in files {
+                    *self.attempts.entry(f.clone()).or_default() += 1;
+                }
+            }
+            Record::Retry { file, .. } => {
+                self.attempts.remove(file);
+            }
             Record::Alert { t, series, part, .. } => {
                 if let Some(o) = self.open.get_mut(series) {
                     o.alert_t = Some(*t);
@@ -294,22 +325,31 @@ impl Journal {
                 _ => None,
             })
             .collect();
-        let keep: Vec<&Record> = records
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| match r {
-                Record::Alert { .. } if Some(*i) == last_alert => true,
-                Record::Ack { .. } => Some(*i) == last_ack,
+        let keeps = |i: usize, r: &Record| -> bool {
+            match r {
+                Record::Alert { .. } if Some(i) == last_alert => true,
+                Record::Ack { .. } => Some(i) == last_ack,
                 Record::Scored { series, file, .. } => state.open.contains_key(series) || state.unmoved.contains_key(file),
                 Record::Alert { series, .. } => state.open.contains_key(series),
                 Record::Done { file, .. } => open_files.contains(file.as_str()),
                 Record::Final { series, part, t, .. } => state.closed.get(series) == Some(&(*part, *t)) && *t >= cutoff,
                 _ => false,
+            }
+        };
+        let keep: Vec<Record> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                // Only the files still unresolved, so that a replay counts nothing twice.
+                Record::Attempt { t, files } => {
+                    let files: Vec<String> = files.iter().filter(|f| state.attempts.contains_key(*f)).cloned().collect();
+                    (!files.is_empty()).then(|| Record::Attempt { t: *t, files })
+                }
+                _ => keeps(i, r).then(|| r.clone()),
             })
-            .map(|(_, r)| r)
             .collect();
         let mut text = String::new();
-        for r in keep {
+        for r in &keep {
             text += &serde_json::to_string(r).expect("records serialise");
             text.push('\n');
         }
@@ -440,5 +480,30 @@ mod tests {
         let files: Vec<&str> = o.slices().iter().map(|(f, _)| *f).collect();
         assert_eq!(files, vec!["a.dup1.dcm", "b.dcm", "v1.nii", "v1.nii", "v2.nii"]);
         assert_eq!(o.probs(), vec![0.2f32 as f64, 0.1f32 as f64, 0.3f32 as f64, 0.4f32 as f64, 0.5f32 as f64]);
+    }
+
+    #[test]
+    fn attempts_count_runs_that_died_reading_a_file_and_survive_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let attempt = |files: &[&str]| Record::Attempt { t: now(), files: files.iter().map(|f| f.to_string()).collect() };
+        {
+            let (mut j, _) = Journal::open(dir.path()).unwrap();
+            j.append(&attempt(&["a.dcm", "b.dcm"])).unwrap();
+            j.append(&scored("a.dcm", "S", 0.1)).unwrap();
+        }
+        // Run 1 died reading b.dcm; compaction keeps only what is unresolved.
+        let (mut j, s) = Journal::open(dir.path()).unwrap();
+        assert_eq!(s.attempts.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), vec![("b.dcm", 1)]);
+        j.append(&attempt(&["b.dcm", "c.dcm"])).unwrap();
+        j.append(&Record::Retry { t: now(), file: "c.dcm".into() }).unwrap();
+        drop(j);
+        let (mut j, s) = Journal::open(dir.path()).unwrap();
+        assert_eq!(s.attempts.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), vec![("b.dcm", 2)]);
+        j.append(&Record::Quarantined { t: now(), file: "b.dcm".into(), to: "q".into(), reason: "r".into() }).unwrap();
+        drop(j);
+        let (_, s) = Journal::open(dir.path()).unwrap();
+        assert!(s.attempts.is_empty());
+        let text = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+        assert!(!text.contains("\"attempt\""), "resolved attempts are compacted away: {text}");
     }
 }

@@ -51,6 +51,10 @@ pub enum DaemonError {
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    /// A scoring worker stopped (a bug): the daemon exits non-zero so that its supervisor
+    /// restarts it, and the journal resumes what was in flight.
+    #[error("scoring worker {0} stopped unexpectedly; exiting so that the service restarts (the journal resumes the files in flight)")]
+    WorkerDied(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -65,6 +69,7 @@ struct Live {
     ingest: IngestOptions,
 }
 
+#[derive(Clone)]
 struct Job {
     path: PathBuf,
     rel: String,
@@ -231,7 +236,7 @@ fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, job
             b
         };
         let live = live.lock().expect("live settings").clone();
-        for (job, outcome) in score_files(&scorer, &live, &results_dir, batch) {
+        for (job, outcome) in score_isolated(&scorer, &live, &results_dir, batch) {
             if done.send(Finished { path: job.path, rel: job.rel, outcome }).is_err() {
                 return;
             }
@@ -239,9 +244,62 @@ fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, job
     }
 }
 
+/// Scores a batch so that one file cannot take its batch-mates down: when the batch panics (a
+/// bug, or a crash in third-party code outside the decoder guard) or its engine call fails, its
+/// files are scored again one at a time. A file that panics on its own is quarantined as an
+/// internal error; one whose engine call fails on its own is reported as such (the controller
+/// retries it with back-off and quarantines it if the engine keeps working for other files).
+fn score_isolated(scorer: &Scorer, live: &Live, results_dir: &Path, batch: Vec<Job>) -> Vec<(Job, Outcome)> {
+    let run = |jobs: Vec<Job>| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score_files(scorer, live, results_dir, jobs)));
+    let mut out = Vec::new();
+    let again: Vec<Job> = if batch.len() == 1 {
+        batch
+    } else {
+        match run(batch.clone()) {
+            Ok(results) => {
+                let (failed, ok): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, o)| matches!(o, Outcome::EngineFailed(_)));
+                out.extend(ok);
+                if failed.len() > 1 {
+                    log::warn!("the engine failed on a batch of {} files; scoring them one at a time", failed.len());
+                } else {
+                    out.extend(failed);
+                    return out;
+                }
+                failed.into_iter().map(|(j, _)| j).collect()
+            }
+            Err(_) => {
+                log::error!("internal error while scoring a batch of {} files; scoring them one at a time", batch.len());
+                batch
+            }
+        }
+    };
+    for job in again {
+        match run(vec![job.clone()]) {
+            Ok(results) => out.extend(results),
+            Err(payload) => {
+                let msg = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+                out.push((job, Outcome::Unreadable(alert::RejectKind::Content, format!("internal error while reading or scoring this file ({msg}); kept here for a developer"))));
+            }
+        }
+    }
+    out
+}
+
 /// Reads one file: its series and slices, or why it is unreadable.
 fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), (alert::RejectKind, String)> {
     use alert::RejectKind;
+    // Failpoints for the tests (debug builds only): a worker panic, or the process dying, on a
+    // chosen file.
+    #[cfg(debug_assertions)]
+    {
+        let is = |var: &str| std::env::var_os(var).is_some_and(|n| job.path.file_name() == Some(n.as_os_str()));
+        if is("CTSENTRY_TEST_PANIC_ON") {
+            panic!("test failpoint CTSENTRY_TEST_PANIC_ON");
+        }
+        if is("CTSENTRY_TEST_ABORT_ON") {
+            std::process::abort();
+        }
+    }
     let slices = match ingest::read_file(&job.path, &live.ingest) {
         Ok(s) if s.is_empty() => return Err((RejectKind::Content, "no image in the file".into())),
         Ok(s) => s,
@@ -286,7 +344,7 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
         let mut unwritten = Vec::new();
         if live.heatmaps {
             let key = SeriesKey::of(&uid, 1);
-            let dir = results_dir.join(key.hash_str()).join("heatmaps");
+            let dir = results_dir.join(alert::series_id(&uid, 1)).join("heatmaps");
             for (s, o) in slices.iter().zip(outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
                 let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
                 let _ = std::fs::create_dir_all(&dir);
@@ -329,6 +387,13 @@ pub struct Daemon {
     in_flight: BTreeMap<PathBuf, f64>,
     /// Files that could not be moved, or whose engine run failed: retry after this time.
     retry_after: BTreeMap<PathBuf, Instant>,
+    /// Files whose engine run failed: path → (failures, time detected, time of the first failure).
+    /// They keep their series open (as waiting files do) until scored or quarantined.
+    engine_failures: BTreeMap<PathBuf, (u32, f64, f64)>,
+    /// When a file was last scored (the engine worked).
+    last_scored: f64,
+    /// Files read alone because an earlier run died while reading them.
+    suspects: HashSet<PathBuf>,
     busy: bool,
     degraded: bool,
     started: f64,
@@ -386,6 +451,9 @@ impl Daemon {
             waiting: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             retry_after: BTreeMap::new(),
+            engine_failures: BTreeMap::new(),
+            last_scored: 0.0,
+            suspects: HashSet::new(),
             busy: false,
             degraded,
             started: now(),
@@ -416,7 +484,7 @@ impl Daemon {
     fn publish(&mut self, uid: &str, part: u16, stage: Stage, positive: bool, positives: usize, slices: usize, max_prob: f64) {
         let key = SeriesKey::of(uid, part);
         let stage_name = if stage == Stage::Early { "EARLY" } else { "FINAL" };
-        let id = format!("{key}:{stage_name}");
+        let id = format!("{}:{stage_name}", alert::series_id(uid, part));
         if stage == Stage::Final && !self.last_verdicts.iter().any(|v| v.series_uid == uid && v.series_key == key.to_string()) {
             self.last_verdicts.push_front(crate::status::VerdictView {
                 series_key: key.to_string(),
@@ -435,7 +503,7 @@ impl Daemon {
         let rule = self.rule();
         let m = &self.scorer.model.manifest.model;
         let line = serde_json::json!({"id": id, "t": now(), "event": if positive { "ALERT" } else { "NEGATIVE" }, "stage": stage_name,
-            "series_uid": uid, "series_key": key.to_string(), "part": part, "positives": positives, "slices": slices, "max_prob": max_prob,
+            "series_uid": uid, "series_id": alert::series_id(uid, part), "series_key": key.to_string(), "part": part, "positives": positives, "slices": slices, "max_prob": max_prob,
             "threshold": rule.threshold, "min_positive_slices": rule.min_positive_slices, "model": format!("{} {}", m.name, m.version)});
         if let Err(e) = self.outbox.append(&line) {
             log::error!("{}: {e}", self.outbox.path().display());
@@ -563,8 +631,13 @@ impl Daemon {
                 self.waiting.insert(path, (rel, detected));
             }
             first_scan = false;
-            // Dispatch.
-            while self.in_flight.len() < max_in_flight && !self.faults.contains(&FaultKind::Disk) {
+            // Dispatch: what fits, journalled as attempted before any worker opens it.
+            // A file that was being read when an earlier run died (a suspect) is read alone, with
+            // nothing else in flight, so that another death blames it and not its batch-mates.
+            let mut batch = Vec::new();
+            let mut deferred = Vec::new();
+            let suspect_busy = self.in_flight.keys().any(|p| self.suspects.contains(p));
+            while !suspect_busy && self.in_flight.len() + batch.len() < max_in_flight && !self.faults.contains(&FaultKind::Disk) {
                 let Some((path, (rel, detected))) = self.waiting.pop_first() else { break };
                 if self.state.unmoved.contains_key(&rel) {
                     self.move_done(&path, &rel);
@@ -573,13 +646,37 @@ impl Daemon {
                 if std::fs::symlink_metadata(&path).is_err() {
                     continue; // gone (moved away by someone else)
                 }
+                let crashes = self.state.attempts.get(&rel).copied().unwrap_or(0);
+                if crashes >= CRASH_LIMIT {
+                    let reason = format!("the daemon stopped while reading this file {crashes} times (it crashes the reader); not read again");
+                    self.quarantine(&path, &rel, alert::RejectKind::Content, &reason);
+                    continue;
+                }
+                if crashes > 0 {
+                    if self.in_flight.is_empty() && batch.is_empty() {
+                        self.suspects.insert(path.clone());
+                        batch.push((path, rel, detected));
+                        break;
+                    }
+                    deferred.push((path, (rel, detected)));
+                    continue;
+                }
+                batch.push((path, rel, detected));
+            }
+            self.waiting.extend(deferred);
+            if !batch.is_empty() && !self.record(Record::Attempt { t: now(), files: batch.iter().map(|(_, r, _)| r.clone()).collect() }) {
+                // Not journalled: not read either.
+                for (path, rel, detected) in batch.drain(..) {
+                    self.waiting.insert(path, (rel, detected));
+                }
+            }
+            for (path, rel, detected) in batch {
                 match job_tx.try_send(Job { path: path.clone(), rel: rel.clone() }) {
                     Ok(()) => {
                         self.in_flight.insert(path, detected);
                     }
                     Err(_) => {
                         self.waiting.insert(path, (rel, detected));
-                        break;
                     }
                 }
             }
@@ -596,8 +693,18 @@ impl Daemon {
                         self.finish(f);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                // Disconnected: every worker stopped, which the check below reports.
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            // Workers catch panics per file; one that still stops leaves its files in flight
+            // forever: better to restart the whole process than to run on without it.
+            if let Some(t) = threads.iter().find(|t| t.is_finished()) {
+                let name = t.thread().name().unwrap_or("?").to_string();
+                log::error!("scoring worker {name} stopped unexpectedly");
+                self.fault(FaultKind::Engine, true);
+                self.write_status();
+                self.alerts.stop();
+                return Err(DaemonError::WorkerDied(name));
             }
             self.finalize_quiet_series(false);
             sd.watchdog();
@@ -696,10 +803,13 @@ impl Daemon {
     }
 
     fn finish(&mut self, f: Finished) {
-        self.in_flight.remove(&f.path);
+        let detected = self.in_flight.remove(&f.path).unwrap_or_else(now);
+        self.suspects.remove(&f.path);
+        let failures = self.engine_failures.remove(&f.path);
         match f.outcome {
             Outcome::Scored { series, slices, heatmaps, unwritten } => {
                 self.fault(FaultKind::Engine, false);
+                self.last_scored = now();
                 let part = self.state.part_for(&series);
                 let n = slices.len();
                 if !self.record(Record::Scored { t: now(), file: f.rel.clone(), series: series.clone(), part, slices, unwritten }) {
@@ -712,9 +822,20 @@ impl Daemon {
             }
             Outcome::Unreadable(kind, reason) => self.quarantine(&f.path, &f.rel, kind, &reason),
             Outcome::EngineFailed(e) => {
-                log::error!("{}: scoring failed: {e}; the file stays and is retried in 10 s", f.rel);
+                let (n, detected, first) = failures.map(|(n, d, first)| (n + 1, d, first)).unwrap_or((1, detected, now()));
+                // The file's fault rather than the engine's: it failed on its own, again and
+                // again, while other files were scored.
+                if n >= ENGINE_RETRIES && self.last_scored > first {
+                    let reason = format!("the engine failed on this file {n} times while it scored others: {e}");
+                    self.quarantine(&f.path, &f.rel, alert::RejectKind::Content, &reason);
+                    return;
+                }
+                let wait = ENGINE_RETRY_FIRST.saturating_mul(1 << (n - 1).min(5)).min(ENGINE_RETRY_MAX);
+                self.record(Record::Retry { t: now(), file: f.rel.clone() });
+                log::error!("{}: scoring failed ({n}): {e}; the file stays and is retried in {} s", f.rel, wait.as_secs());
                 self.fault(FaultKind::Engine, true);
-                self.retry_after.insert(f.path, Instant::now() + Duration::from_secs(10));
+                self.retry_after.insert(f.path.clone(), Instant::now() + wait);
+                self.engine_failures.insert(f.path, (n, detected, first));
             }
         }
     }
@@ -763,7 +884,13 @@ impl Daemon {
     /// unscored file (`all`: every open series, regardless).
     fn finalize_quiet_series(&mut self, all: bool) {
         let quiet = self.settings.quiet_seconds;
-        let oldest_waiting = self.waiting.values().map(|(_, d)| *d).chain(self.in_flight.values().copied()).fold(f64::INFINITY, f64::min);
+        let oldest_waiting = self
+            .waiting
+            .values()
+            .map(|(_, d)| *d)
+            .chain(self.in_flight.values().copied())
+            .chain(self.engine_failures.values().map(|(_, d, _)| *d))
+            .fold(f64::INFINITY, f64::min);
         let t = now();
         let due: Vec<String> = self
             .state
@@ -818,7 +945,7 @@ impl Daemon {
             .collect();
         let t = now();
         let result = serde_json::json!({
-            "type": "series", "series_uid": uid, "series_key": key.to_string(), "part": o.part,
+            "type": "series", "series_uid": uid, "series_id": alert::series_id(uid, o.part), "series_key": key.to_string(), "part": o.part,
             "verdict": d.verdict, "positives": d.positives, "slices": d.slices, "max_prob": d.max_prob,
             "threshold": rule.threshold, "threshold_source": rule.threshold_source, "min_positive_slices": rule.min_positive_slices,
             "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
@@ -829,7 +956,7 @@ impl Daemon {
             "slice_scores": slices,
             "unwritten_outputs": o.unwritten,
         });
-        let path = self.settings.paths.results.join(format!("{key}.json"));
+        let path = self.settings.paths.results.join(format!("{}.json", alert::series_id(uid, o.part)));
         if let Err(e) = write_atomic(&path, serde_json::to_string_pretty(&result).expect("json").as_bytes()) {
             log::error!("{}: result not written: {e}; retrying", path.display());
             self.fault(FaultKind::Disk, true);
@@ -1011,6 +1138,15 @@ fn open_sinks(settings: &Settings, version: &str) -> (Vec<Box<dyn alert::AlertSi
     }
     (sinks, serial_up)
 }
+
+/// Engine failures of one file (alone) before it is taken for the culprit, provided other files
+/// were scored meanwhile; retries wait 10 s, doubling up to 5 min.
+pub const ENGINE_RETRIES: u32 = 5;
+const ENGINE_RETRY_FIRST: Duration = Duration::from_secs(10);
+const ENGINE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Runs that stopped while reading a file before it is quarantined instead of read again.
+pub const CRASH_LIMIT: u32 = 3;
 
 /// How often expired files are deleted (`[retention]`); also once at start.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
