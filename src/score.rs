@@ -128,15 +128,19 @@ impl Scorer {
 
     /// Scores slices in the order given (no series needed), `CHUNK` at a time: probability,
     /// lung fraction and class activation map of each.
-    pub fn score_slices(&self, slices: &[crate::ingest::Slice]) -> Result<Vec<SliceOutput>, String> {
+    pub fn score_slices(&self, slices: &[crate::ingest::Slice]) -> Result<Vec<SliceOutput>, ScoreError> {
         let mut out = Vec::with_capacity(slices.len());
         let len = self.params.slice_len();
         for chunk in slices.chunks(CHUNK) {
             let masks: Vec<Option<lung::LungMask>> = chunk.par_iter().map(|s| mask_for(&self.params, s)).collect();
             let inputs: Vec<Input<'_>> = chunk.iter().zip(&masks).map(|(s, m)| Input::of(s, m.as_ref().map(|m| m.mask.as_slice()))).collect();
             let mut tensor = vec![0f32; chunk.len() * len];
-            self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| e.to_string())?;
-            let r = self.engine.infer(&tensor, chunk.len()).map_err(|e| e.to_string())?;
+            self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| match e {
+                crate::preprocess::PreprocessError::BadInput { .. } => ScoreError::Input(e),
+                _ => ScoreError::Backend(e.to_string()),
+            })?;
+            let r = self.engine.infer(&tensor, chunk.len()).map_err(|e| ScoreError::Backend(e.to_string()))?;
+            r.check(chunk.len()).map_err(ScoreError::Output)?;
             for (k, m) in masks.iter().enumerate() {
                 out.push(SliceOutput {
                     prob: r.prob[k],
@@ -149,7 +153,7 @@ impl Scorer {
     }
 
     /// Scores one series, `CHUNK` slices at a time.
-    pub fn score(&self, series: &Series) -> Result<SeriesScore, String> {
+    pub fn score(&self, series: &Series) -> Result<SeriesScore, ScoreError> {
         let outs = self.score_slices(&series.slices)?;
         let slices: Vec<SliceScore> = outs
             .into_iter()
@@ -168,6 +172,21 @@ impl Scorer {
         let probs: Vec<f64> = slices.iter().map(|s| f64::from(s.prob)).collect();
         Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&probs), slices })
     }
+}
+
+/// Why slices could not be scored: the input's fault, or the backend's (preprocessing device,
+/// engine, or what the engine returned).
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// A slice cannot be preprocessed (inconsistent pixel data): the file's fault.
+    #[error("preprocessing: {0}")]
+    Input(crate::preprocess::PreprocessError),
+    /// The preprocessing backend or the engine failed: not the file's fault.
+    #[error("{0}")]
+    Backend(String),
+    /// The engine returned something unusable (wrong length, NaN, out of [0, 1]).
+    #[error("engine output: {0}")]
+    Output(String),
 }
 
 /// What the engine says about one slice.

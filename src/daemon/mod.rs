@@ -333,7 +333,14 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
     }
     let outs = match scorer.score_slices(&all) {
         Ok(o) => o,
+        // One file, and its own content is at fault.
+        Err(e @ crate::score::ScoreError::Input(_)) if parts.len() == 1 => {
+            out.extend(parts.into_iter().map(|(job, _, _)| (job, Outcome::Unreadable(alert::RejectKind::Content, e.to_string()))));
+            return out;
+        }
+        // Several files (which one?) or the backend: [`score_isolated`] retries one at a time.
         Err(e) => {
+            let e = e.to_string();
             out.extend(parts.into_iter().map(|(job, _, _)| (job, Outcome::EngineFailed(e.clone()))));
             return out;
         }
@@ -394,6 +401,10 @@ pub struct Daemon {
     last_scored: f64,
     /// Files read alone because an earlier run died while reading them.
     suspects: HashSet<PathBuf>,
+    /// What FAULT DISK is on for.
+    disk_causes: HashSet<DiskCause>,
+    /// Files that could not be moved (to done/ or quarantine/): FAULT DISK until none is left.
+    unmovable: HashSet<PathBuf>,
     busy: bool,
     degraded: bool,
     started: f64,
@@ -454,6 +465,8 @@ impl Daemon {
             engine_failures: BTreeMap::new(),
             last_scored: 0.0,
             suspects: HashSet::new(),
+            disk_causes: HashSet::new(),
+            unmovable: HashSet::new(),
             busy: false,
             degraded,
             started: now(),
@@ -463,9 +476,19 @@ impl Daemon {
         Ok(Some((d, lock)))
     }
 
+    /// Sends an event to the sinks; FAULT QUEUE while a sink's queue drops events, CLEAR once
+    /// they take them again.
     fn emit(&mut self, e: Event) {
-        if !self.alerts.emit(e) {
-            self.fault(FaultKind::Queue, true);
+        let ok = self.alerts.emit(e);
+        self.fault(FaultKind::Queue, !ok);
+    }
+
+    /// FAULT DISK has several causes, each with its own end: it is on while any is.
+    fn disk(&mut self, cause: DiskCause, on: bool) {
+        let changed = if on { self.disk_causes.insert(cause) } else { self.disk_causes.remove(&cause) };
+        if changed {
+            let any = !self.disk_causes.is_empty();
+            self.fault(FaultKind::Disk, any);
         }
     }
 
@@ -505,9 +528,12 @@ impl Daemon {
         let line = serde_json::json!({"id": id, "t": now(), "event": if positive { "ALERT" } else { "NEGATIVE" }, "stage": stage_name,
             "series_uid": uid, "series_id": alert::series_id(uid, part), "series_key": key.to_string(), "part": part, "positives": positives, "slices": slices, "max_prob": max_prob,
             "threshold": rule.threshold, "min_positive_slices": rule.min_positive_slices, "model": format!("{} {}", m.name, m.version)});
-        if let Err(e) = self.outbox.append(&line) {
-            log::error!("{}: {e}", self.outbox.path().display());
-            self.fault(FaultKind::Disk, true);
+        match self.outbox.append(&line) {
+            Ok(_) => self.disk(DiskCause::Feed, false),
+            Err(e) => {
+                log::error!("{}: {e}", self.outbox.path().display());
+                self.disk(DiskCause::Feed, true);
+            }
         }
         let (positives, slices, max_prob) = (positives as u32, slices as u32, max_prob as f32);
         self.emit(if positive {
@@ -536,11 +562,12 @@ impl Daemon {
         match self.journal.append(&r) {
             Ok(()) => {
                 self.state.apply(&r);
+                self.disk(DiskCause::Journal, false);
                 true
             }
             Err(e) => {
                 log::error!("{e}");
-                self.fault(FaultKind::Disk, true);
+                self.disk(DiskCause::Journal, true);
                 false
             }
         }
@@ -637,7 +664,9 @@ impl Daemon {
             let mut batch = Vec::new();
             let mut deferred = Vec::new();
             let suspect_busy = self.in_flight.keys().any(|p| self.suspects.contains(p));
-            while !suspect_busy && self.in_flight.len() + batch.len() < max_in_flight && !self.faults.contains(&FaultKind::Disk) {
+            // Nothing new is read while the disk is full or the journal cannot be written.
+            let blocked = self.disk_causes.contains(&DiskCause::Space) || self.disk_causes.contains(&DiskCause::Journal);
+            while !suspect_busy && !blocked && self.in_flight.len() + batch.len() < max_in_flight {
                 let Some((path, (rel, detected))) = self.waiting.pop_first() else { break };
                 if self.state.unmoved.contains_key(&rel) {
                     self.move_done(&path, &rel);
@@ -785,10 +814,18 @@ impl Daemon {
         }
     }
 
+    /// A file left incoming/: a move fault it caused ends (once no other file is stuck).
+    fn moved(&mut self, path: &Path) {
+        if self.unmovable.remove(path) && self.unmovable.is_empty() {
+            self.disk(DiskCause::Move, false);
+        }
+    }
+
     fn move_done(&mut self, path: &Path, rel: &str) {
         match move_unique(path, &self.settings.paths.done, rel) {
             Ok(to) => {
                 self.record(Record::Done { t: now(), file: rel.to_string(), to: to.display().to_string() });
+                self.moved(path);
             }
             Err(e) => {
                 let hint = match (e.kind(), path.parent()) {
@@ -797,7 +834,8 @@ impl Daemon {
                 };
                 log::error!("{}: scored but cannot be moved to {}: {e}{hint}; retrying in 30 s", path.display(), self.settings.paths.done.display());
                 self.retry_after.insert(path.to_path_buf(), Instant::now() + Duration::from_secs(30));
-                self.fault(FaultKind::Disk, true);
+                self.unmovable.insert(path.to_path_buf());
+                self.disk(DiskCause::Move, true);
             }
         }
     }
@@ -852,11 +890,13 @@ impl Daemon {
             Ok(to) => {
                 self.record(Record::Quarantined { t: now(), file: rel.to_string(), to: to.display().to_string(), reason: reason.to_string() });
                 self.emit(Event::Reject { why: kind });
+                self.moved(path);
             }
             Err(e) => {
                 log::error!("{}: cannot quarantine: {e}; retrying in 30 s", path.display());
                 self.retry_after.insert(path.to_path_buf(), Instant::now() + Duration::from_secs(30));
-                self.fault(FaultKind::Disk, true);
+                self.unmovable.insert(path.to_path_buf());
+                self.disk(DiskCause::Move, true);
             }
         }
     }
@@ -959,9 +999,10 @@ impl Daemon {
         let path = self.settings.paths.results.join(format!("{}.json", alert::series_id(uid, o.part)));
         if let Err(e) = write_atomic(&path, serde_json::to_string_pretty(&result).expect("json").as_bytes()) {
             log::error!("{}: result not written: {e}; retrying", path.display());
-            self.fault(FaultKind::Disk, true);
+            self.disk(DiskCause::Result, true);
             return;
         }
+        self.disk(DiskCause::Result, false);
         let verdict = if d.verdict == Verdict::Positive { "positive" } else { "negative" };
         if !self.record(Record::Final { t, series: uid.to_string(), part: o.part, verdict: verdict.into(), positives: d.positives, slices: d.slices, max_prob: d.max_prob, result: path.display().to_string() }) {
             return;
@@ -1015,13 +1056,20 @@ impl Daemon {
             .iter()
             .filter_map(|d| free_mb(d).filter(|f| *f < min).map(|f| format!("{} ({f:.0} MiB free)", d.display())))
             .collect();
-        let was = self.faults.contains(&FaultKind::Disk);
+        let was = self.disk_causes.contains(&DiskCause::Space);
         if !low.is_empty() && !was {
             log::error!("disk space below disk.min_free_mb = {min}: {}; new files wait until space returns", low.join(", "));
         } else if low.is_empty() && was {
             log::info!("disk space is back above {min} MiB; taking files again");
         }
-        self.fault(FaultKind::Disk, !low.is_empty());
+        self.disk(DiskCause::Space, !low.is_empty());
+        // The drop folder must stay readable (FAULT WATCH while it is not).
+        let incoming = &self.settings.paths.incoming;
+        let readable = std::fs::read_dir(incoming).is_ok();
+        if !readable && !self.faults.contains(&FaultKind::Watch) {
+            log::error!("{}: the drop folder cannot be read; nothing new is taken until it can", incoming.display());
+        }
+        self.fault(FaultKind::Watch, !readable);
     }
 
     fn reload(&mut self, watcher: &mut watch::Watcher) {
@@ -1137,6 +1185,21 @@ fn open_sinks(settings: &Settings, version: &str) -> (Vec<Box<dyn alert::AlertSi
         }
     }
     (sinks, serial_up)
+}
+
+/// What FAULT DISK is on for; each cause ends on its own (free space back, a write that works).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum DiskCause {
+    /// Free space under `disk.min_free_mb`.
+    Space,
+    /// The journal cannot be written.
+    Journal,
+    /// The verdict feed cannot be written.
+    Feed,
+    /// A file cannot be moved to done/ or quarantine/.
+    Move,
+    /// A series result cannot be written.
+    Result,
 }
 
 /// Engine failures of one file (alone) before it is taken for the culprit, provided other files

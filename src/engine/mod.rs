@@ -19,6 +19,23 @@ pub struct Output {
 /// Side of the class activation map.
 pub const CAM_SIDE: usize = 7;
 
+impl Output {
+    /// Checks what an engine returned for `n` slices: `n` probabilities, each finite and in
+    /// [0, 1], and `n` finite 7 × 7 maps. (A NaN must never reach a verdict or the journal.)
+    pub fn check(&self, n: usize) -> Result<(), String> {
+        if self.prob.len() != n || self.cam.len() != n * CAM_SIDE * CAM_SIDE {
+            return Err(format!("{} probabilities and {} map values for {n} slices", self.prob.len(), self.cam.len()));
+        }
+        if let Some((i, p)) = self.prob.iter().enumerate().find(|(_, p)| !(p.is_finite() && (0.0..=1.0).contains(*p))) {
+            return Err(format!("probability {p} of slice {i} is not in [0, 1]"));
+        }
+        if self.cam.iter().any(|v| !v.is_finite()) {
+            return Err("a class activation map holds a value that is not finite".into());
+        }
+        Ok(())
+    }
+}
+
 /// Errors of engines.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -75,4 +92,22 @@ pub trait Engine: Send + Sync {
     }
     /// Runs `n` slices (`n × 3 × size × size` values, NCHW).
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_output_is_checked_before_use() {
+        let ok = Output { prob: vec![0.0, 1.0], cam: vec![0.5; 2 * 49] };
+        assert_eq!(ok.check(2), Ok(()));
+        assert!(ok.check(3).unwrap_err().contains("for 3 slices"));
+        let nan = Output { prob: vec![f32::NAN, 0.5], cam: vec![0.0; 98] };
+        assert!(nan.check(2).unwrap_err().contains("slice 0 is not in [0, 1]"));
+        let big = Output { prob: vec![0.5, 1.5], cam: vec![0.0; 98] };
+        assert!(big.check(2).unwrap_err().contains("1.5 of slice 1"));
+        let inf = Output { prob: vec![0.5, 0.5], cam: [vec![0.0; 97], vec![f32::INFINITY]].concat() };
+        assert!(inf.check(2).is_err());
+    }
 }
