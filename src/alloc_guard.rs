@@ -5,7 +5,9 @@
 //! small malformed file can make it reserve and zero gigabytes. While a cap is set on a thread,
 //! this allocator refuses larger requests: a fallible reservation then fails and the parser
 //! returns an error instead of exhausting memory. Outside [`with_limit`] it is the system
-//! allocator, unchanged.
+//! allocator, unchanged. The cap works only in a program that installs [`GuardedAlloc`] as its
+//! global allocator (`ctsentry` does, in `main.rs`; so do the fuzz targets); the library does not
+//! impose it on its users.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

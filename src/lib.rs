@@ -32,6 +32,8 @@ pub mod metrics;
 pub mod model;
 pub mod engine;
 
-/// Every binary linking ctsentry uses the guarded system allocator (see [`alloc_guard`]).
+// The allocator is the binary's choice (`src/main.rs` installs [`alloc_guard::GuardedAlloc`]);
+// the library's own tests install it too.
+#[cfg(test)]
 #[global_allocator]
 static GLOBAL: alloc_guard::GuardedAlloc = alloc_guard::GuardedAlloc;

@@ -10,6 +10,10 @@ use ctsentry::config::{ConfigSource, Settings};
 use ctsentry::preprocess::{cpu::Cpu, Params};
 use ctsentry::{ingest, inspect, logging, prep};
 
+/// The system allocator with a per-thread cap used while parsers read untrusted files.
+#[global_allocator]
+static GLOBAL: ctsentry::alloc_guard::GuardedAlloc = ctsentry::alloc_guard::GuardedAlloc;
+
 #[derive(Parser)]
 #[command(name = "ctsentry", version, about = "CT triage appliance: scores chest CT slices for COVID-19 pneumonia")]
 struct Cli {

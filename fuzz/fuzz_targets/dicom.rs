@@ -3,6 +3,9 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
+#[global_allocator]
+static GLOBAL: ctsentry::alloc_guard::GuardedAlloc = ctsentry::alloc_guard::GuardedAlloc;
+
 fuzz_target!(|data: &[u8]| {
     let opts = ctsentry::ingest::IngestOptions::default();
     if let Ok(slices) = ctsentry::ingest::dicom::read_bytes(std::path::Path::new("fuzz.dcm"), data, &opts) {

@@ -2,6 +2,9 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
+#[global_allocator]
+static GLOBAL: ctsentry::alloc_guard::GuardedAlloc = ctsentry::alloc_guard::GuardedAlloc;
+
 fuzz_target!(|data: &[u8]| {
     let mut limits = ctsentry::ingest::Limits::default();
     limits.max_decompressed_bytes = 64 << 20;

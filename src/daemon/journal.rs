@@ -343,7 +343,7 @@ impl Journal {
                 // Only the files still unresolved, so that a replay counts nothing twice.
                 Record::Attempt { t, files } => {
                     let files: Vec<String> = files.iter().filter(|f| state.attempts.contains_key(*f)).cloned().collect();
-                    (!files.is_empty()).then(|| Record::Attempt { t: *t, files })
+                    (!files.is_empty()).then_some(Record::Attempt { t: *t, files })
                 }
                 _ => keeps(i, r).then(|| r.clone()),
             })
