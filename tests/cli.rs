@@ -119,7 +119,7 @@ fn inspect_survives_pydicom_test_files() {
     let dir = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         _ => {
-            eprintln!("notice: pydicom is not installed (pip install pydicom); skipping");
+            tool_missing("pydicom", "pip install pydicom");
             return;
         }
     };

@@ -1,6 +1,9 @@
 //! Real inference with the tract engine on the tiny test model (models/testdata), checked
 //! against the same graph computed by hand; model bundle validation.
 
+#[cfg(feature = "onnxruntime")]
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use ctsentry::engine::{tract::TractEngine, Engine, EngineError};
@@ -112,7 +115,7 @@ fn mismatches_are_refused_with_what_differs() {
 #[test]
 fn onnxruntime_matches_tract() {
     let Ok(lib) = ctsentry::engine::onnxruntime::library(None) else {
-        eprintln!("notice: ORT_DYLIB_PATH not set; skipping the onnxruntime test");
+        common::tool_missing("the ONNX Runtime library (ORT_DYLIB_PATH)", "the PyPI wheel onnxruntime, as .ci/run fetches it");
         return;
     };
     let model = Model::load(&tiny()).unwrap();

@@ -308,7 +308,7 @@ fn nifti_rejections() {
 #[test]
 fn dcm2niix_conversion_gives_the_same_hu() {
     if std::process::Command::new("dcm2niix").arg("-h").output().is_err() {
-        eprintln!("notice: dcm2niix is not installed; skipping (apt-get install dcm2niix)");
+        tool_missing("dcm2niix", "apt-get install dcm2niix");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -387,4 +387,91 @@ fn display_images_need_an_assumed_window_and_map_grey_onto_it() {
     let p = ctsentry::preprocess::Params { lung_mask: false, ..Default::default() };
     let w = |h: f32| ((f64::from(h) - (p.window_center - p.window_width / 2.0)) / p.window_width).clamp(0.0, 1.0);
     assert!((w(hu[[1, 2]]) - 17.0 / 255.0).abs() < 1e-6);
+}
+
+/// Every NIfTI voxel datatype a scanner export or a research tool writes is read, with
+/// scl_slope/scl_inter applied: the same HU as the int16 volume.
+#[test]
+fn every_nifti_datatype_is_read_with_its_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<i16> = (0..4 * 3 * 2).map(|i| (i * 5 % 101) as i16).collect();
+    let vol = NiftiVol { dims: [4, 3, 2], data: data.clone(), slope: 2.0, inter: -1024.0, srow: [[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]] };
+    let int16 = vol.bytes(1);
+    let p = dir.path().join("i16.nii");
+    std::fs::write(&p, &int16).unwrap();
+    let reference: Vec<Vec<f32>> = read(&p).unwrap().iter().map(|s| s.hu().into_raw_vec_and_offset().0).collect();
+    assert_eq!(reference.len(), 2);
+    type Enc = fn(i16) -> Vec<u8>;
+    let kinds: [(&str, i16, i16, Enc); 10] = [
+        ("uint8", 2, 8, |v| vec![v as u8]),
+        ("int8", 256, 8, |v| vec![v as i8 as u8]),
+        ("uint16", 512, 16, |v| (v as u16).to_le_bytes().to_vec()),
+        ("int32", 8, 32, |v| i32::from(v).to_le_bytes().to_vec()),
+        ("uint32", 768, 32, |v| (v as u32).to_le_bytes().to_vec()),
+        ("int64", 1024, 64, |v| i64::from(v).to_le_bytes().to_vec()),
+        ("uint64", 1280, 64, |v| (v as u64).to_le_bytes().to_vec()),
+        ("float32", 16, 32, |v| f32::from(v).to_le_bytes().to_vec()),
+        ("float64", 64, 64, |v| f64::from(v).to_le_bytes().to_vec()),
+        ("int16", 4, 16, |v| v.to_le_bytes().to_vec()),
+    ];
+    for (name, code, bitpix, enc) in kinds {
+        let mut bytes = int16[..352].to_vec();
+        bytes[70..72].copy_from_slice(&code.to_le_bytes());
+        bytes[72..74].copy_from_slice(&bitpix.to_le_bytes());
+        bytes.extend(data.iter().flat_map(|v| enc(*v)));
+        let p = dir.path().join(format!("{name}.nii"));
+        std::fs::write(&p, &bytes).unwrap();
+        let slices = read(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let hu: Vec<Vec<f32>> = slices.iter().map(|s| s.hu().into_raw_vec_and_offset().0).collect();
+        assert_eq!(hu, reference, "{name}");
+    }
+}
+
+/// Files pydicom reads are read: standard attributes that passed through a system that did not
+/// know them (VR UN, in explicit VR) are decoded by their dictionary VR, and an image without
+/// Bits Stored and High Bit gets the standard's defaults. The same HU as the clean file.
+#[test]
+fn un_encoded_attributes_and_missing_bit_depth_are_read_as_pydicom_reads_them() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = CtSlice::pattern(20, 16, 3, 12.5);
+    s.rescale = Some((1.0, -1024.0));
+    s.bits_stored = 16;
+    s.stored = s.stored.iter().map(|v| v + 1024).collect();
+    let clean = dir.path().join("clean.dcm");
+    s.write(&clean, EXPLICIT_LE);
+    let want = read(&clean).unwrap().remove(0);
+
+    // The same object with Rows, Columns (US), Rescale Intercept (DS), the Series Instance UID
+    // (UI) and Image Position (DS, 3 values) as UN bytes.
+    let mut o = s.object();
+    let un = |o: &mut dicom_object::InMemDicomObject, tag, bytes: Vec<u8>| o.put(DataElement::new(tag, VR::UN, PrimitiveValue::from(bytes)));
+    un(&mut o, tags::ROWS, 20u16.to_le_bytes().to_vec());
+    un(&mut o, tags::COLUMNS, 16u16.to_le_bytes().to_vec());
+    un(&mut o, tags::RESCALE_INTERCEPT, b"-1024 ".to_vec());
+    let uid = format!("{}\0", s.series_uid);
+    un(&mut o, tags::SERIES_INSTANCE_UID, uid.as_bytes()[..uid.len() & !1].to_vec());
+    let pos = s.position.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join("\\");
+    let pos = if pos.len() % 2 == 1 { format!("{pos} ") } else { pos };
+    un(&mut o, tags::IMAGE_POSITION_PATIENT, pos.into_bytes());
+    let p = dir.path().join("un.dcm");
+    write_object(o, &p, EXPLICIT_LE);
+    let got = read(&p).unwrap_or_else(|e| panic!("{e}")).remove(0);
+    assert_eq!((got.rows, got.cols), (want.rows, want.cols));
+    assert_eq!(got.hu(), want.hu());
+    assert_eq!(got.uids.series, want.uids.series);
+    assert_eq!(got.geometry.position, want.geometry.position);
+
+    // Without Bits Stored and High Bit.
+    let mut o = s.object();
+    o.remove_element(tags::BITS_STORED);
+    o.remove_element(tags::HIGH_BIT);
+    let p = dir.path().join("nobits.dcm");
+    write_object(o, &p, EXPLICIT_LE);
+    let got = read(&p).unwrap_or_else(|e| panic!("{e}")).remove(0);
+    assert_eq!(got.hu(), want.hu());
+    // The file itself is untouched.
+    let again = dicom_object::open_file(&p).unwrap();
+    assert!(again.element_opt(tags::BITS_STORED).unwrap().is_none());
 }

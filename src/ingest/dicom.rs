@@ -105,6 +105,85 @@ fn dataset_with_meta(path: &Path, bytes: &[u8], ts_uid: &str) -> Result<DefaultD
     .map_err(|e| IngestError::rejected(path, format!("cannot complete the file meta: {}", first_line(&e))))
 }
 
+/// Repairs, in the in-memory copy only (the file is never written), what other readers such as
+/// pydicom tolerate: top-level standard attributes encoded with VR UN (a system on the way did
+/// not know them) are decoded by their dictionary VR; an image without Bits Stored, High Bit,
+/// Pixel Representation, Samples per Pixel or Photometric Interpretation gets the value the
+/// standard's defaults imply (Bits Allocated, Bits Stored − 1, unsigned, 1, MONOCHROME2).
+fn repair(obj: &mut Obj, big_endian: bool) {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    use dicom_core::header::Header;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    let unknown: Vec<(dicom_core::Tag, Vec<u8>)> = obj
+        .iter()
+        .filter(|e| e.vr() == VR::UN && e.tag() != tags::PIXEL_DATA)
+        .filter_map(|e| Some((e.tag(), e.to_bytes().ok()?.into_owned())))
+        .collect();
+    for (tag, bytes) in unknown {
+        let Some(entry) = dicom_dictionary_std::StandardDataDictionary.by_tag(tag) else { continue };
+        let vr = match entry.vr() {
+            VirtualVr::Exact(vr) => vr,
+            VirtualVr::Xs => VR::US,
+            _ => continue,
+        };
+        if let Some(value) = decode_as(vr, &bytes, big_endian) {
+            obj.put(DataElement::new(tag, vr, value));
+        }
+    }
+    if elem(obj, tags::PIXEL_DATA).is_none() {
+        return;
+    }
+    let us = |obj: &mut Obj, tag, v: u16| obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+    if let Some(allocated) = int_of(obj, tags::BITS_ALLOCATED).and_then(|b| u16::try_from(b).ok()).filter(|b| *b > 0) {
+        if elem(obj, tags::BITS_STORED).is_none() {
+            us(obj, tags::BITS_STORED, allocated);
+        }
+        if elem(obj, tags::HIGH_BIT).is_none() {
+            let stored = int_of(obj, tags::BITS_STORED).and_then(|b| u16::try_from(b).ok()).unwrap_or(allocated);
+            us(obj, tags::HIGH_BIT, stored.clamp(1, allocated) - 1);
+        }
+    }
+    if elem(obj, tags::PIXEL_REPRESENTATION).is_none() {
+        us(obj, tags::PIXEL_REPRESENTATION, 0);
+    }
+    if elem(obj, tags::SAMPLES_PER_PIXEL).is_none() {
+        us(obj, tags::SAMPLES_PER_PIXEL, 1);
+    }
+    if elem(obj, tags::PHOTOMETRIC_INTERPRETATION).is_none() {
+        obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
+    }
+}
+
+/// The value of `bytes` read as `vr` (numbers in the given byte order; text split at `\`).
+fn decode_as(vr: dicom_core::VR, bytes: &[u8], big_endian: bool) -> Option<dicom_core::PrimitiveValue> {
+    use dicom_core::value::C;
+    use dicom_core::{PrimitiveValue, VR};
+    fn words<const N: usize>(bytes: &[u8], big: bool) -> impl Iterator<Item = [u8; N]> + '_ {
+        bytes.chunks_exact(N).map(move |c| {
+            let mut w: [u8; N] = c.try_into().expect("chunk of N");
+            if big {
+                w.reverse();
+            }
+            w
+        })
+    }
+    let b = big_endian;
+    Some(match vr {
+        VR::US => PrimitiveValue::U16(words::<2>(bytes, b).map(u16::from_le_bytes).collect::<C<u16>>()),
+        VR::SS => PrimitiveValue::I16(words::<2>(bytes, b).map(i16::from_le_bytes).collect::<C<i16>>()),
+        VR::UL => PrimitiveValue::U32(words::<4>(bytes, b).map(u32::from_le_bytes).collect::<C<u32>>()),
+        VR::SL => PrimitiveValue::I32(words::<4>(bytes, b).map(i32::from_le_bytes).collect::<C<i32>>()),
+        VR::FL => PrimitiveValue::F32(words::<4>(bytes, b).map(f32::from_le_bytes).collect::<C<f32>>()),
+        VR::FD => PrimitiveValue::F64(words::<8>(bytes, b).map(f64::from_le_bytes).collect::<C<f64>>()),
+        VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::LT | VR::PN | VR::SH | VR::ST | VR::TM | VR::UC | VR::UI | VR::UR | VR::UT => {
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim_end_matches(['\0', ' ']);
+            PrimitiveValue::Strs(text.split('\\').map(|s| s.trim_end_matches(['\0', ' ']).to_string()).collect::<C<String>>())
+        }
+        _ => return None,
+    })
+}
+
 fn first_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
@@ -158,8 +237,9 @@ fn sop_class_name(uid: &str) -> String {
 /// Reads a DICOM file held in memory into its slices (one per frame), canonically oriented.
 pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec<Slice>, IngestError> {
     // While parsing, no value can legitimately be larger than the file itself.
-    let file = crate::alloc_guard::with_limit(2 * bytes.len() + (16 << 20), || open_bytes(path, bytes))?;
+    let mut file = crate::alloc_guard::with_limit(2 * bytes.len() + (16 << 20), || open_bytes(path, bytes))?;
     let ts_uid = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    repair(&mut file, ts_uid == "1.2.840.10008.1.2.2");
     let obj: &Obj = &file;
     let sop_class = str_of(obj, tags::SOP_CLASS_UID).unwrap_or_else(|| file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string());
 

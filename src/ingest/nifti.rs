@@ -194,16 +194,23 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
     let mut dim16 = [1u16; 8];
     dim16[0] = 3;
     dim16[1..4].copy_from_slice(&[nx as u16, ny as u16, nz as u16]);
-    let data = bytes[start..start + nbytes].to_vec();
-    let vol = InMemNiftiVolume::from_raw_fields(dim16, dtype, 1.0, 0.0, data, h.endianness)
-        .map_err(|e| IngestError::rejected(path, format!("voxel data: {e}")))?;
-    let conv = |e: nifti::NiftiError| IngestError::rejected(path, format!("voxel data: {e}"));
-    let voxels = match dtype {
-        NiftiType::Int16 => Pixels::I16(vol.into_nifti_typed_data::<i16>().map_err(conv)?),
-        NiftiType::Uint16 => Pixels::U16(vol.into_nifti_typed_data::<u16>().map_err(conv)?),
-        NiftiType::Uint8 => Pixels::U16(vol.into_nifti_typed_data::<u8>().map_err(conv)?.into_iter().map(u16::from).collect()),
-        NiftiType::Int8 => Pixels::I16(vol.into_nifti_typed_data::<i8>().map_err(conv)?.into_iter().map(i16::from).collect()),
-        _ => Pixels::F32(vol.into_nifti_typed_data::<f32>().map_err(conv)?),
+    let raw = &bytes[start..start + nbytes];
+    let voxels = match wide_voxels(raw, dtype, h.endianness) {
+        // 32- and 64-bit integers and float64: the nifti crate converts them to nothing smaller
+        // than themselves; decoded here (to f32: exact for every integer a CT volume holds).
+        Some(v) => Pixels::F32(v),
+        None => {
+            let vol = InMemNiftiVolume::from_raw_fields(dim16, dtype, 1.0, 0.0, raw.to_vec(), h.endianness)
+                .map_err(|e| IngestError::rejected(path, format!("voxel data: {e}")))?;
+            let conv = |e: nifti::NiftiError| IngestError::rejected(path, format!("voxel data: {e}"));
+            match dtype {
+                NiftiType::Int16 => Pixels::I16(vol.into_nifti_typed_data::<i16>().map_err(conv)?),
+                NiftiType::Uint16 => Pixels::U16(vol.into_nifti_typed_data::<u16>().map_err(conv)?),
+                NiftiType::Uint8 => Pixels::U16(vol.into_nifti_typed_data::<u8>().map_err(conv)?.into_iter().map(u16::from).collect()),
+                NiftiType::Int8 => Pixels::I16(vol.into_nifti_typed_data::<i8>().map_err(conv)?.into_iter().map(i16::from).collect()),
+                _ => Pixels::F32(vol.into_nifti_typed_data::<f32>().map_err(conv)?),
+            }
+        }
     };
     let rescale = if h.scl_slope != 0.0 && h.scl_slope.is_finite() && h.scl_inter.is_finite() {
         Rescale { slope: h.scl_slope, intercept: h.scl_inter }
@@ -263,4 +270,29 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
         slices.push(slice);
     }
     Ok(slices)
+}
+
+/// Voxels of the datatypes the nifti crate will not convert to f32 (32- and 64-bit integers,
+/// float64), read from `raw` in the file's byte order; `None` for any other type.
+fn wide_voxels(raw: &[u8], dtype: NiftiType, order: Endianness) -> Option<Vec<f32>> {
+    let size = dtype.size_of();
+    let big = order == Endianness::Big;
+    // The value's bytes, least significant first, in the low `size` bytes.
+    let word = |c: &[u8]| -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(c);
+        if big {
+            b[..size].reverse();
+        }
+        b
+    };
+    let conv: fn([u8; 8]) -> f32 = match dtype {
+        NiftiType::Int32 => |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
+        NiftiType::Uint32 => |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
+        NiftiType::Int64 => |b| i64::from_le_bytes(b) as f32,
+        NiftiType::Uint64 => |b| u64::from_le_bytes(b) as f32,
+        NiftiType::Float64 => |b| f64::from_le_bytes(b) as f32,
+        _ => return None,
+    };
+    Some(raw.chunks_exact(size).map(|c| conv(word(c))).collect())
 }

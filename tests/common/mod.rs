@@ -285,6 +285,18 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// Whether this run is CI's (`CI` set, not "false"), where `.ci/run` installed every tool and
+/// data set the tests use: a missing one is then a failure, not a skip.
+pub fn under_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Reports a missing external tool: a notice (the caller skips) outside CI, a failure under CI.
+pub fn tool_missing(what: &str, install: &str) {
+    assert!(!under_ci(), "{what} is missing under CI, where .ci/run installs it ({install})");
+    eprintln!("notice: {what} is not installed ({install}); skipping");
+}
+
 /// The shared data folder, when present; prints a notice when it is not. Under CI (`CI` set, as
 /// `.ci/run` runs beside a copy of shared/) a missing folder fails the test instead: a skip must
 /// not pass for a run in a lane that is supposed to have the data.
@@ -292,7 +304,7 @@ pub fn shared_data(what: &str) -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     if p.join(what).exists() {
         Some(p)
-    } else if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
+    } else if under_ci() {
         panic!("../shared/data/{what} is absent, and CI is set: CI runs beside shared/ and must not skip");
     } else {
         eprintln!("notice: ../shared/data/{what} is absent; skipping this test");
