@@ -10,26 +10,34 @@
 //! Crash safety is the journal's ([`journal`]); watching is [`watch`]'s; signals: SIGTERM and
 //! SIGINT finish the files in flight, flush and exit 0; SIGHUP reloads the config.
 
+mod files;
 pub mod journal;
 pub mod outbox;
 pub mod retention;
+mod setup;
 pub mod systemd;
 pub mod watch;
+mod workers;
 
 use std::collections::{BTreeMap, HashSet};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::alert::{self, Alerts, Cleared, Event, FaultKind, SeriesKey, Stage};
 use crate::config::{Settings, WatchMode};
 use crate::decide::{Rule, Verdict};
-use crate::ingest::{self, series, IngestOptions, Pixels, Rescale, Slice, SourceKind, Uids};
+use crate::ingest::{series, Pixels, Rescale, Slice, SourceKind, Uids};
 use crate::score::Scorer;
+pub use files::{free_mb, is_running, move_unique, request_ack, unique_path, write_atomic, ACK_FILE};
+use files::{lock, relative_in};
 use journal::{now, Journal, Record, SliceRec, State};
+pub use setup::{open_leds, SETUP_RETRY};
+use setup::{open_sinks, prepare, wait_for_setup, Prepared};
+pub use workers::WORKER_BATCH;
+use workers::{worker, Finished, Job, Live, Outcome};
 
 /// Errors that stop the daemon from starting (exit 1, or 2 for configuration).
 #[derive(Debug, thiserror::Error)]
@@ -61,145 +69,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
     move |source| DaemonError::Io { path: path.to_path_buf(), source }
 }
 
-/// Settings a worker reads on each file (changed by a reload).
-#[derive(Debug, Clone)]
-struct Live {
-    rule: Rule,
-    heatmaps: bool,
-    ingest: IngestOptions,
-}
-
-#[derive(Clone)]
-struct Job {
-    path: PathBuf,
-    rel: String,
-}
-
-enum Outcome {
-    Scored { series: String, slices: Vec<SliceRec>, heatmaps: usize, unwritten: Vec<String> },
-    /// The file cannot be read: quarantine it, for this kind of reason, in these words.
-    Unreadable(alert::RejectKind, String),
-    /// Scoring failed for a reason that is not the file's (engine): keep it, retry later.
-    EngineFailed(String),
-}
-
-struct Finished {
-    path: PathBuf,
-    rel: String,
-    outcome: Outcome,
-}
-
-/// Moves `src` to `dst_root/rel`, never overwriting: on a name collision `NAME.dupN.EXT` is
-/// used. Falls back to copy + fsync + remove across file systems. Returns the destination.
-/// `rel` must be a plain relative path (no root, no `..`): the destination is always inside
-/// `dst_root`.
-pub fn move_unique(src: &Path, dst_root: &Path, rel: &str) -> std::io::Result<PathBuf> {
-    let rel_path = Path::new(rel);
-    if rel.is_empty() || !rel_path.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{rel:?} is not a plain relative path under {}", dst_root.display())));
-    }
-    let dst = unique_path(&dst_root.join(rel_path));
-    let parent = dst.parent().unwrap_or(dst_root);
-    std::fs::create_dir_all(parent)?;
-    match std::fs::rename(src, &dst) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let tmp = parent.join(format!(".{}.part", dst.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-            std::fs::copy(src, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &dst)?;
-            std::fs::remove_file(src)?;
-        }
-        Err(e) => return Err(e),
-    }
-    journal::sync_dir(parent)?;
-    if let Some(p) = src.parent() {
-        let _ = journal::sync_dir(p);
-    }
-    Ok(dst)
-}
-
-/// The path of `file` relative to the drop folder `root`, `/`-separated; `None` when `file` is
-/// not inside `root` (the daemon then leaves it alone rather than guess a destination).
-fn relative_in(file: &Path, root: &Path) -> Option<String> {
-    let rel = file.strip_prefix(root).ok()?;
-    let parts: Option<Vec<_>> = rel.components().map(|c| match c {
-        std::path::Component::Normal(p) => Some(p.to_string_lossy()),
-        _ => None,
-    }).collect();
-    parts.filter(|p| !p.is_empty()).map(|p| p.join("/"))
-}
-
-/// `path`, or `NAME.dupN.EXT` (N = 1, 2, …) when it exists.
-pub fn unique_path(path: &Path) -> PathBuf {
-    if std::fs::symlink_metadata(path).is_err() {
-        return path.to_path_buf();
-    }
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let (stem, ext) = match name.find('.') {
-        Some(0) | None => (name.as_str(), ""),
-        Some(i) => (&name[..i], &name[i..]),
-    };
-    (1..)
-        .map(|n| path.with_file_name(format!("{stem}.dup{n}{ext}")))
-        .find(|p| std::fs::symlink_metadata(p).is_err())
-        .expect("some free name")
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsync and rename: readers see the old or
-/// the new content, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    journal::sync_dir(dir)
-}
-
-/// Free space (MiB) of the file system holding `path`.
-pub fn free_mb(path: &Path) -> Option<f64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs with a valid C string and a zeroed out-struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (r == 0).then(|| st.f_bavail as f64 * st.f_frsize as f64 / (1024.0 * 1024.0))
-}
-
-/// The file `ctsentry ack` creates in the state folder.
-pub const ACK_FILE: &str = "ack.request";
-
-/// Asks the daemon (running or next to start) to clear the latched alert.
-pub fn request_ack(state_dir: &Path, by: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(state_dir)?;
-    let p = state_dir.join(ACK_FILE);
-    write_atomic(&p, by.as_bytes())?;
-    Ok(p)
-}
-
-/// Whether a daemon holds `state/lock` now.
-pub fn is_running(state_dir: &Path) -> bool {
-    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(state_dir.join("lock")) else { return false };
-    // SAFETY: flock on an open descriptor.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    r != 0
-}
-
-fn lock(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
-    let p = state_dir.join("lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p).map_err(io(&p))?;
-    // SAFETY: flock on an open descriptor; the lock lives as long as the file.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(DaemonError::Locked(format!("{}: another `ctsentry run` uses this state folder", p.display())));
-    }
-    Ok(f)
-}
-
 /// Signals, as flags the controller polls.
 struct Signals {
     stop: Arc<AtomicBool>,
@@ -216,164 +85,6 @@ impl Signals {
         Signals { stop, reload }
     }
 }
-
-/// Files a worker scores together (one engine call for all their slices: engines such as
-/// onnxruntime are faster on batches than on single slices).
-pub const WORKER_BATCH: usize = 8;
-
-fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, jobs: Arc<Mutex<Receiver<Job>>>, done: SyncSender<Finished>) {
-    loop {
-        let batch: Vec<Job> = {
-            let rx = jobs.lock().expect("job queue");
-            let Ok(first) = rx.recv() else { return };
-            let mut b = vec![first];
-            while b.len() < WORKER_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => b.push(j),
-                    Err(_) => break,
-                }
-            }
-            b
-        };
-        let live = live.lock().expect("live settings").clone();
-        for (job, outcome) in score_isolated(&scorer, &live, &results_dir, batch) {
-            if done.send(Finished { path: job.path, rel: job.rel, outcome }).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Scores a batch so that one file cannot take its batch-mates down: when the batch panics (a
-/// bug, or a crash in third-party code outside the decoder guard) or its engine call fails, its
-/// files are scored again one at a time. A file that panics on its own is quarantined as an
-/// internal error; one whose engine call fails on its own is reported as such (the controller
-/// retries it with back-off and quarantines it if the engine keeps working for other files).
-fn score_isolated(scorer: &Scorer, live: &Live, results_dir: &Path, batch: Vec<Job>) -> Vec<(Job, Outcome)> {
-    let run = |jobs: Vec<Job>| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score_files(scorer, live, results_dir, jobs)));
-    let mut out = Vec::new();
-    let again: Vec<Job> = if batch.len() == 1 {
-        batch
-    } else {
-        match run(batch.clone()) {
-            Ok(results) => {
-                let (failed, ok): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, o)| matches!(o, Outcome::EngineFailed(_)));
-                out.extend(ok);
-                if failed.len() > 1 {
-                    log::warn!("the engine failed on a batch of {} files; scoring them one at a time", failed.len());
-                } else {
-                    out.extend(failed);
-                    return out;
-                }
-                failed.into_iter().map(|(j, _)| j).collect()
-            }
-            Err(_) => {
-                log::error!("internal error while scoring a batch of {} files; scoring them one at a time", batch.len());
-                batch
-            }
-        }
-    };
-    for job in again {
-        match run(vec![job.clone()]) {
-            Ok(results) => out.extend(results),
-            Err(payload) => {
-                let msg = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
-                out.push((job, Outcome::Unreadable(alert::RejectKind::Content, format!("internal error while reading or scoring this file ({msg}); kept here for a developer"))));
-            }
-        }
-    }
-    out
-}
-
-/// Reads one file: its series and slices, or why it is unreadable.
-fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), (alert::RejectKind, String)> {
-    use alert::RejectKind;
-    // Failpoints for the tests (debug builds only): a worker panic, or the process dying, on a
-    // chosen file.
-    #[cfg(debug_assertions)]
-    {
-        let is = |var: &str| std::env::var_os(var).is_some_and(|n| job.path.file_name() == Some(n.as_os_str()));
-        if is("CTSENTRY_TEST_PANIC_ON") {
-            panic!("test failpoint CTSENTRY_TEST_PANIC_ON");
-        }
-        if is("CTSENTRY_TEST_ABORT_ON") {
-            std::process::abort();
-        }
-    }
-    let slices = match ingest::read_file(&job.path, &live.ingest) {
-        Ok(s) if s.is_empty() => return Err((RejectKind::Content, "no image in the file".into())),
-        Ok(s) => s,
-        Err(e @ ingest::IngestError::Io { .. }) => return Err((RejectKind::Read, e.to_string())),
-        Err(e) => return Err((RejectKind::Content, e.to_string())),
-    };
-    let uid = series::series_of(&slices[0]);
-    if slices.iter().any(|s| series::series_of(s) != uid) {
-        return Err((RejectKind::Mixed, "slices of several series in one file".into()));
-    }
-    Ok((uid, slices))
-}
-
-/// Reads and scores a batch of files, all their slices in one engine call.
-fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
-    let mut all = Vec::new();
-    let mut parts = Vec::new();
-    let mut out = Vec::new();
-    for job in jobs {
-        match read_job(live, &job) {
-            Ok((uid, slices)) => {
-                let start = all.len();
-                all.extend(slices);
-                parts.push((job, uid, start..all.len()));
-            }
-            Err((kind, why)) => out.push((job, Outcome::Unreadable(kind, why))),
-        }
-    }
-    if parts.is_empty() {
-        return out;
-    }
-    let outs = match scorer.score_slices(&all) {
-        Ok(o) => o,
-        // One file, and its own content is at fault.
-        Err(e @ crate::score::ScoreError::Input(_)) if parts.len() == 1 => {
-            out.extend(parts.into_iter().map(|(job, _, _)| (job, Outcome::Unreadable(alert::RejectKind::Content, e.to_string()))));
-            return out;
-        }
-        // Several files (which one?) or the backend: [`score_isolated`] retries one at a time.
-        Err(e) => {
-            let e = e.to_string();
-            out.extend(parts.into_iter().map(|(job, _, _)| (job, Outcome::EngineFailed(e.clone()))));
-            return out;
-        }
-    };
-    for (job, uid, range) in parts {
-        let (slices, outs) = (&all[range.clone()], &outs[range]);
-        let mut heatmaps = 0;
-        let mut unwritten = Vec::new();
-        if live.heatmaps {
-            let key = SeriesKey::of(&uid, 1);
-            let dir = results_dir.join(alert::series_id(&uid, 1)).join("heatmaps");
-            for (s, o) in slices.iter().zip(outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
-                let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
-                let _ = std::fs::create_dir_all(&dir);
-                match crate::report::write_slice_heatmap(&dir.join(&name), s, &scorer.params, &o.cam, &key.to_string(), o.prob, live.rule.threshold) {
-                    Ok(()) => heatmaps += 1,
-                    Err(e) => {
-                        log::error!("{}: heat map not written: {e}", dir.join(&name).display());
-                        unwritten.push(format!("{}: {e}", dir.join(&name).display()));
-                    }
-                }
-            }
-        }
-        let recs = slices
-            .iter()
-            .zip(outs)
-            .map(|(s, o)| SliceRec { frame: s.frame, sop: s.uids.sop.clone(), geometry: s.geometry, prob: o.prob, lung_fraction: o.lung_fraction })
-            .collect();
-        out.push((job, Outcome::Scored { series: uid, slices: recs, heatmaps, unwritten }));
-    }
-    out
-}
-
 
 /// The daemon.
 pub struct Daemon {
@@ -1123,16 +834,6 @@ impl Daemon {
     }
 }
 
-/// Opens the configured LEDs with their driver.
-pub fn open_leds(s: &Settings) -> std::io::Result<Box<dyn alert::led::LedDriver>> {
-    use crate::config::LedDriver;
-    let l = &s.led;
-    Ok(match l.driver {
-        LedDriver::Sysfs => Box::new(alert::led::SysfsLeds::open([l.green.clone().into(), l.red.clone().into(), l.amber.clone().into()])?),
-        LedDriver::Gpio => Box::new(alert::led::GpioLeds::open([&l.green, &l.red, &l.amber], l.active_low)?),
-    })
-}
-
 /// Runs the daemon with `settings` (loaded from `config_path`, reloaded from it on SIGHUP).
 pub fn run(settings: Settings, config_path: &Path) -> Result<(), DaemonError> {
     let signals = Signals::register();
@@ -1140,51 +841,6 @@ pub fn run(settings: Settings, config_path: &Path) -> Result<(), DaemonError> {
         Some((d, _lock)) => d.run(signals),
         None => Ok(()),
     }
-}
-
-/// What [`prepare`] sets up.
-struct Prepared {
-    lock: std::fs::File,
-    journal: Journal,
-    state: State,
-    outbox: outbox::Outbox,
-    scorer: Scorer,
-}
-
-/// Folders, lock, journal, feed, model and engine: everything the daemon needs but its sinks.
-/// `held` keeps the lock (with its state folder) across failed attempts.
-fn prepare(settings: &Settings, held: &mut Option<(PathBuf, std::fs::File)>) -> Result<Prepared, DaemonError> {
-    let p = &settings.paths;
-    for d in [&p.incoming, &p.done, &p.quarantine, &p.results, &p.state] {
-        std::fs::create_dir_all(d).map_err(io(d))?;
-    }
-    if held.as_ref().is_none_or(|(dir, _)| *dir != p.state) {
-        *held = Some((p.state.clone(), lock(&p.state)?));
-    }
-    let (journal, state) = Journal::open(&p.state)?;
-    let outbox = outbox::Outbox::open(&p.results).map_err(io(&p.results))?;
-    let scorer = Scorer::from_settings(settings)?;
-    let (_, lock) = held.take().expect("locked above");
-    Ok(Prepared { lock, journal, state, outbox, scorer })
-}
-
-/// The alert sinks of `settings` (log always; serial, LEDs when enabled), and the serial port's
-/// up flag. `version` goes into READY.
-fn open_sinks(settings: &Settings, version: &str) -> (Vec<Box<dyn alert::AlertSink>>, Option<Arc<AtomicBool>>) {
-    let mut sinks: Vec<Box<dyn alert::AlertSink>> = vec![Box::new(alert::LogSink)];
-    let mut serial_up = None;
-    if settings.serial.enabled {
-        let s = alert::serial::SerialSink::new(settings.serial.clone(), version);
-        serial_up = Some(s.port_up());
-        sinks.push(Box::new(s));
-    }
-    if settings.led.enabled {
-        match open_leds(settings) {
-            Ok(d) => sinks.push(Box::new(alert::led::LedSink::new(d))),
-            Err(e) => log::error!("LEDs not available: {e} (see `ctsentry doctor`)"),
-        }
-    }
-    (sinks, serial_up)
 }
 
 /// What FAULT DISK is on for; each cause ends on its own (free space back, a write that works).
@@ -1214,81 +870,3 @@ pub const CRASH_LIMIT: u32 = 3;
 /// How often expired files are deleted (`[retention]`); also once at start.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
-/// How often a daemon that cannot set up tries again on its own.
-pub const SETUP_RETRY: Duration = Duration::from_secs(30);
-
-/// The fault a set-up error shows.
-fn setup_fault(e: &DaemonError) -> FaultKind {
-    match e {
-        DaemonError::Setup(crate::score::SetupError::Model(_)) => FaultKind::Model,
-        DaemonError::Setup(_) => FaultKind::Engine,
-        _ => FaultKind::Disk,
-    }
-}
-
-/// Keeps the daemon up, visibly faulty, until [`prepare`] succeeds (SIGHUP re-reads the config;
-/// a retry every [`SETUP_RETRY`] catches a fix such as a model copied into place or a folder
-/// given the right owner) or a stop signal arrives (`None`). Files in the drop folder wait
-/// untouched meanwhile.
-fn wait_for_setup(first: DaemonError, settings: &mut Settings, config_path: &Path, alerts: &Alerts, signals: &Signals, held: &mut Option<(PathBuf, std::fs::File)>) -> Option<Prepared> {
-    let sd = systemd::Notifier::from_env();
-    let mut kind = setup_fault(&first);
-    let mut why = first.to_string();
-    // The latch, if the journal can be read, so READY and `status` show it meanwhile.
-    let latched = Journal::read(&settings.paths.state.join("journal.jsonl")).ok().and_then(|records| {
-        let mut st = State::default();
-        records.iter().for_each(|r| st.apply(r));
-        st.latched
-    });
-    log::error!("cannot start scoring: {why}; staying up with FAULT {} until it is fixed (SIGHUP re-reads the config; retried every {} s)", kind.name(), SETUP_RETRY.as_secs());
-    alerts.emit(Event::Ready { latched: latched.as_ref().map(|l| SeriesKey::of(&l.series, l.part)) });
-    alerts.emit(Event::Fault { kind });
-    sd.send(&format!("READY=1\nSTATUS=FAULT {}: {why}", kind.name()));
-    let started = now();
-    let mut last_try = Instant::now();
-    let mut last_status = None::<Instant>;
-    loop {
-        if signals.stop.load(Ordering::Relaxed) {
-            sd.send("STOPPING=1");
-            alerts.emit(Event::Stopping);
-            return None;
-        }
-        let reload = signals.reload.swap(false, Ordering::Relaxed);
-        if reload {
-            match Settings::load(config_path) {
-                Ok(new) => *settings = new,
-                Err(e) => log::error!("reload refused, keeping the running config:\n{e}"),
-            }
-        }
-        if reload || last_try.elapsed() >= SETUP_RETRY {
-            last_try = Instant::now();
-            match prepare(settings, held) {
-                Ok(r) => {
-                    let m = &r.scorer.model.manifest.model;
-                    log::info!("scoring set up: {} {}, engine {}; FAULT {} cleared", m.name, m.version, r.scorer.engine.name(), kind.name());
-                    alerts.emit(Event::Clear { what: Cleared::Fault(kind) });
-                    return Some(r);
-                }
-                Err(e) => {
-                    let now_kind = setup_fault(&e);
-                    why = e.to_string();
-                    if now_kind != kind {
-                        alerts.emit(Event::Clear { what: Cleared::Fault(kind) });
-                        alerts.emit(Event::Fault { kind: now_kind });
-                        kind = now_kind;
-                    }
-                    log::error!("still cannot start scoring: {why}");
-                }
-            }
-        }
-        if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            last_status = Some(Instant::now());
-            sd.send(&format!("STATUS=FAULT {}: {why}", kind.name()));
-            let snap = crate::status::Snapshot::without_scorer(settings, started, kind, latched.as_ref());
-            // The state folder itself may be what is broken: then there is no status to give.
-            let _ = crate::status::write(&settings.paths.state, &snap);
-        }
-        sd.watchdog();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
