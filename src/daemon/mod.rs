@@ -791,45 +791,20 @@ impl Daemon {
                 return;
             }
         };
-        let old = &self.settings;
-        let mut fixed = Vec::new();
-        if new.paths != old.paths {
-            fixed.push("paths.*");
-        }
-        if new.model_path != old.model_path {
-            fixed.push("model.path");
-        }
-        if new.engine != old.engine || new.engine_threads != old.engine_threads || new.onnxruntime_library != old.onnxruntime_library {
-            fixed.push("engine.*");
-        }
-        if new.preprocess != old.preprocess {
-            fixed.push("preprocess.backend");
-        }
-        if new.serial != old.serial || new.led != old.led {
-            fixed.push("alert.*");
-        }
-        if new.daemon.watch != old.daemon.watch {
-            fixed.push("watch.mode");
-        }
+        // The fixed part keeps its running values (named when they differ); the live part is
+        // swapped whole.
+        let (old_fixed, _) = self.settings.clone().split();
+        let (new_fixed, live) = new.split();
+        let fixed = old_fixed.changed_keys(&new_fixed);
         if !fixed.is_empty() {
             log::warn!("reload: {} cannot change while running; restart ctsentry to apply them (the other changes are applied)", fixed.join(", "));
         }
-        let rule = crate::score::rule_for(&new, &self.scorer.model.manifest);
-        *self.live.lock().expect("live settings") = Live { rule: rule.clone(), heatmaps: new.daemon.heatmaps, ingest: new.ingest.clone() };
-        watcher.set_timing(new.daemon.poll_seconds, new.daemon.stable_seconds);
-        log::set_max_level(new.log_level);
-        let s = &mut self.settings;
-        s.threshold = new.threshold;
-        s.min_positive_slices = new.min_positive_slices;
-        s.quiet_seconds = new.quiet_seconds;
-        s.ingest = new.ingest;
-        s.daemon.poll_seconds = new.daemon.poll_seconds;
-        s.daemon.stable_seconds = new.daemon.stable_seconds;
-        s.daemon.heatmaps = new.daemon.heatmaps;
-        s.daemon.min_free_mb = new.daemon.min_free_mb;
-        s.daemon.done_days = new.daemon.done_days;
-        s.daemon.results_days = new.daemon.results_days;
-        s.log_level = new.log_level;
+        self.settings = Settings::join(old_fixed, live);
+        let s = &self.settings;
+        let rule = crate::score::rule_for(s, &self.scorer.model.manifest);
+        *self.live.lock().expect("live settings") = Live { rule: rule.clone(), heatmaps: s.daemon.heatmaps, ingest: s.ingest.clone() };
+        watcher.set_timing(s.daemon.poll_seconds, s.daemon.stable_seconds);
+        log::set_max_level(s.log_level);
         log::info!("config reloaded: threshold {:.4} ({}), {} positive slices per series, quiet {} s", rule.threshold, rule.threshold_source, rule.min_positive_slices, s.quiet_seconds);
     }
 }
