@@ -569,6 +569,40 @@ fn a_file_that_kills_the_process_is_quarantined_after_three_deaths_not_read_fore
     assert_eq!(rels(&var.join("done")).len(), 4, "the batch-mates were not blamed");
 }
 
+#[test]
+fn a_file_waiting_for_an_engine_retry_keeps_its_series_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    write_series(&root.join("src"), "s", "1.2.826.0.1.3680043.8.498.81", 0, 4);
+    let var = root.join("var");
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    let log = root.join("daemon.log");
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    // The engine fails twice on calls that include 2.dcm (its batch, then 2.dcm alone); the
+    // retry 10 s later works. quiet_seconds is 1: without the hold, the series would get a FINAL
+    // verdict over 3 slices, then a second part.
+    let mut child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env("CTSENTRY_TEST_ENGINE_FAIL_ON", "2.dcm:2")
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    drop_into(&root.join("src"), &var.join("incoming"));
+    let results = var.join("results");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", read_log());
+    std::thread::sleep(Duration::from_secs(2));
+    let f: Vec<_> = events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!((f[0]["slices"].as_u64(), f[0]["part"].as_u64()), (Some(4), Some(1)), "{f:#?}");
+    assert!(read_log().contains("scoring failed (1)"), "{}", read_log());
+    assert_eq!(rels(&var.join("done")).len(), 4);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
 /// Peak resident memory (VmHWM) of a process, in MiB.
 fn peak_rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

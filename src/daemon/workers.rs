@@ -135,6 +135,22 @@ fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), (alert::Reje
     Ok((uid, slices))
 }
 
+/// Failpoint for the tests (debug builds only): `CTSENTRY_TEST_ENGINE_FAIL_ON=NAME:TIMES` makes
+/// the engine fail on the first TIMES calls that include the file NAME.
+#[cfg(debug_assertions)]
+fn engine_failpoint<T>(parts: &[(Job, String, T)]) -> Option<crate::score::ScoreError> {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let spec = std::env::var("CTSENTRY_TEST_ENGINE_FAIL_ON").ok()?;
+    let (name, times) = spec.rsplit_once(':')?;
+    let hit = parts.iter().any(|(j, _, _)| j.path.file_name().is_some_and(|n| n == name));
+    (hit && CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times.parse().ok()?).then(|| crate::score::ScoreError::Backend("test failpoint CTSENTRY_TEST_ENGINE_FAIL_ON".into()))
+}
+
+#[cfg(not(debug_assertions))]
+fn engine_failpoint<T>(_: &[(Job, String, T)]) -> Option<crate::score::ScoreError> {
+    None
+}
+
 /// Reads and scores a batch of files, all their slices in one engine call.
 fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
     let mut all = Vec::new();
@@ -153,7 +169,7 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
     if parts.is_empty() {
         return out;
     }
-    let outs = match scorer.score_slices(&all) {
+    let outs = match engine_failpoint(&parts).map_or_else(|| scorer.score_slices(&all), Err) {
         Ok(o) => o,
         // One file, and its own content is at fault.
         Err(e @ crate::score::ScoreError::Input(_)) if parts.len() == 1 => {
