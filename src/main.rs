@@ -400,7 +400,14 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
         std::fs::create_dir_all(h).with_context(|| format!("creating {}", h.display()))?;
     }
     let mut progress = ctsentry::report::Progress::new("evaluating", slices.len());
+    let trained_on = sc.model.manifest.training_series();
+    let mut seen_in_training = Vec::new();
+    let mut series_count = 0;
     for ser in ingest::series::assemble(slices) {
+        series_count += 1;
+        if trained_on.contains(&ser.uid) {
+            seen_in_training.push(ctsentry::alert::SeriesKey::of(&ser.uid, 1).to_string());
+        }
         let r = sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
         progress.add(r.slices.len());
         if let Some(h) = &heatmaps {
@@ -420,6 +427,13 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
         }
     }
     progress.finish();
+    if !seen_in_training.is_empty() {
+        eprintln!(
+            "warning: {} of {series_count} evaluated series were in the model's training data (manifest [training] series_uids: {}); these numbers do not estimate performance on new patients",
+            seen_in_training.len(),
+            seen_in_training.join(", ")
+        );
+    }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let scores: Vec<(f64, bool)> = rows.iter().map(|(_, sl, y)| (f64::from(sl.prob), *y)).collect();
     let table = metrics::table(&scores, sc.rule.threshold);
@@ -449,6 +463,7 @@ fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std
     if json {
         let mut v = serde_json::to_value(&table).context("serialising")?;
         v["slices"] = serde_json::json!(scores.len());
+        v["series_in_training"] = serde_json::json!(seen_in_training.len());
         v["skipped_files"] = serde_json::json!(errors.len());
         v["model"] = serde_json::json!({"name": m.name, "version": m.version, "sha256": m.sha256});
         if let Some((t, p)) = picked {

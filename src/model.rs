@@ -132,6 +132,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The Series Instance UIDs the model was trained on (`[training] series_uids`, optional):
+    /// evaluating on them measures memory, not generalisation.
+    pub fn training_series(&self) -> std::collections::HashSet<String> {
+        self.training
+            .get("series_uids")
+            .and_then(toml::Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+
     /// The preprocessing parameters the model was trained with.
     pub fn params(&self) -> Params {
         Params {

@@ -104,6 +104,17 @@ fn eval_prints_the_table_and_writes_the_roc() {
     let (code, out, _) = run(&["--config", &cfg, "eval", "--labels", dir.path().join("labels.csv").to_str().unwrap(), root.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(out.contains("TP ") && out.contains("misclassification rate") && out.contains("AUC") && out.contains("NPV"), "{out}");
+    assert!(!err.contains("training data"), "no series of this set was trained on: {err}");
+    assert_eq!(v["series_in_training"], 0);
+    // A model whose manifest says it was trained on series B: eval says so.
+    let manifest = dir.path().join("tiny.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap() + "\n[training]\nseries_uids = [\"1.2.3.2\"]\n";
+    std::fs::write(&manifest, text).unwrap();
+    let (code, out, err) = run(&["--config", &cfg, "eval", "--json", "--labels", dir.path().join("labels.csv").to_str().unwrap(), root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: 1 of 2 evaluated series were in the model's training data"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["series_in_training"], 1);
 }
 
 #[test]
