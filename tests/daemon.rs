@@ -82,8 +82,14 @@ fn rels(dir: &Path) -> Vec<String> {
 }
 
 fn start(cfg: &Path, log: &Path) -> Child {
+    start_with(cfg, log, &[])
+}
+
+/// Starts the daemon with extra environment variables (the debug builds' failpoints), its
+/// stderr appended to `log`.
+fn start_with(cfg: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    bin().args(["--config", cfg.to_str().unwrap(), "run"]).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    bin().args(["--config", cfg.to_str().unwrap(), "run"]).envs(env.iter().copied()).stdout(Stdio::null()).stderr(log).spawn().unwrap()
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -502,14 +508,7 @@ fn a_file_that_makes_a_worker_panic_is_quarantined_and_its_batch_mates_are_score
     let var = root.join("var");
     std::fs::create_dir_all(var.join("incoming")).unwrap();
     let log = root.join("daemon.log");
-    let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-    let mut child = bin()
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .env("CTSENTRY_TEST_PANIC_ON", "poison.dcm")
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .unwrap();
+    let mut child = start_with(&cfg, &log, &[("CTSENTRY_TEST_PANIC_ON", "poison.dcm")]);
     // All six at once, so the poison shares a batch with the others.
     drop_into(&root.join("src"), &var.join("incoming"));
     let results = var.join("results");
@@ -539,16 +538,9 @@ fn a_file_that_kills_the_process_is_quarantined_after_three_deaths_not_read_fore
     let results = var.join("results");
     let mut deaths = 0;
     for _ in 0..8 {
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         // The failpoint (debug builds) aborts the process while it reads poison.dcm, as a
         // crashing C++ decoder would.
-        let mut child = bin()
-            .args(["--config", cfg.to_str().unwrap(), "run"])
-            .env("CTSENTRY_TEST_ABORT_ON", "poison.dcm")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
+        let mut child = start_with(&cfg, &log, &[("CTSENTRY_TEST_ABORT_ON", "poison.dcm")]);
         let finished = wait_until(Duration::from_secs(30), || {
             child.try_wait().unwrap().is_some() || events(&results).iter().any(|e| e["stage"] == "FINAL")
         });
@@ -578,17 +570,10 @@ fn a_file_waiting_for_an_engine_retry_keeps_its_series_open() {
     let var = root.join("var");
     std::fs::create_dir_all(var.join("incoming")).unwrap();
     let log = root.join("daemon.log");
-    let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
     // The engine fails twice on calls that include 2.dcm (its batch, then 2.dcm alone); the
     // retry 10 s later works. quiet_seconds is 1: without the hold, the series would get a FINAL
     // verdict over 3 slices, then a second part.
-    let mut child = bin()
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .env("CTSENTRY_TEST_ENGINE_FAIL_ON", "2.dcm:2")
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .unwrap();
+    let mut child = start_with(&cfg, &log, &[("CTSENTRY_TEST_ENGINE_FAIL_ON", "2.dcm:2")]);
     drop_into(&root.join("src"), &var.join("incoming"));
     let results = var.join("results");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
