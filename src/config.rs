@@ -870,7 +870,8 @@ pub fn normalize(path: &Path) -> PathBuf {
 }
 
 /// Folders that must not lie inside one another: a scored file moved into a `done/` inside the
-/// drop folder would be picked up again, forever.
+/// drop folder would be picked up again, forever; a `state/` inside `results/` would be pruned
+/// by retention.
 fn check_folders(c: &mut Checker<'_>, raw: &RawPaths, paths: &Paths) {
     let named = [
         ("paths.incoming", &raw.incoming, &paths.incoming),
@@ -885,11 +886,10 @@ fn check_folders(c: &mut Checker<'_>, raw: &RawPaths, paths: &Paths) {
             let clash = if p == q {
                 Some((*other_span, format!("{key} and {other_key} are the same folder ({})", p.display())))
             } else if p.starts_with(q) || q.starts_with(p) {
+                // The drop folder is walked for input, done/ and results/ for retention: a
+                // folder inside another would be read or pruned as part of it.
                 let (inner, outer) = if p.starts_with(q) { ((key, p, *span), (other_key, q)) } else { ((other_key, q, *other_span), (key, p)) };
-                // Only the drop folder is walked: other folders may nest (results inside state, say).
-                (*outer.0 == "paths.incoming" || *inner.0 == "paths.incoming").then(|| {
-                    (inner.2, format!("{} ({}) lies inside {} ({}): the drop folder and the daemon's own folders must be apart", inner.0, inner.1.display(), outer.0, outer.1.display()))
-                })
+                Some((inner.2, format!("{} ({}) lies inside {} ({}): the five folders must be apart", inner.0, inner.1.display(), outer.0, outer.1.display())))
             } else {
                 None
             };
@@ -1069,11 +1069,13 @@ mod tests {
         let issues = Settings::from_str("[paths]\nincoming = \"/d/in\"\ndone = \"/d/in/done\"\n", Path::new("/")).unwrap_err();
         assert_eq!(issues.len(), 1, "{issues:#?}");
         assert!(issues[0].reason.contains("paths.done (/d/in/done) lies inside paths.incoming"), "{}", issues[0].reason);
+        // Nor inside the folders retention prunes.
+        let issues = Settings::from_str("[paths]\nincoming = \"/d/in\"\nstate = \"/d/res/state\"\nresults = \"/d/res\"\n", Path::new("/")).unwrap_err();
+        assert!(issues[0].reason.contains("paths.state (/d/res/state) lies inside paths.results"), "{}", issues[0].reason);
         assert_eq!(issues[0].line, 3);
         let issues = Settings::from_str("[paths]\nincoming = \"/d/x\"\nquarantine = \"/d/./x\"\n", Path::new("/")).unwrap_err();
         assert!(issues[0].reason.contains("are the same folder"), "{}", issues[0].reason);
-        // Other folders may nest in each other.
-        Settings::from_str("[paths]\nincoming = \"/d/in\"\nstate = \"/d/res/state\"\nresults = \"/d/res\"\n", Path::new("/")).unwrap();
+        Settings::from_str("[paths]\nincoming = \"/d/in\"\nstate = \"/d/state\"\nresults = \"/d/res\"\n", Path::new("/")).unwrap();
     }
 
     #[test]

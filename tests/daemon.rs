@@ -588,6 +588,32 @@ fn a_file_waiting_for_an_engine_retry_keeps_its_series_open() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }
 
+#[test]
+fn a_series_sent_again_after_the_journal_forgot_it_gets_a_new_part_and_its_own_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    let uid = "1.2.826.0.1.3680043.8.498.91";
+    write_series(&root.join("src"), "s", uid, 200, 3);
+    let var = root.join("var");
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    let log = root.join("daemon.log");
+    let results = var.join("results");
+    let finals = || events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect::<Vec<_>>();
+    for round in 1..=2u64 {
+        let mut child = start(&cfg, &log);
+        drop_into(&root.join("src"), &var.join("incoming"));
+        assert!(wait_until(Duration::from_secs(60), || finals().len() as u64 == round), "{}", std::fs::read_to_string(&log).unwrap());
+        signal(&child, libc::SIGTERM);
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+        // The journal forgets closed series after a day; here at once.
+        std::fs::remove_file(var.join("state/journal.jsonl")).unwrap();
+    }
+    let f = finals();
+    assert_eq!(f.iter().map(|e| e["part"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2], "{f:#?}");
+    assert!(results.join(format!("{}.2.json", ctsentry::alert::series_id(uid, 1))).exists());
+}
+
 /// Peak resident memory (VmHWM) of a process, in MiB.
 fn peak_rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -110,10 +110,15 @@ pub fn is_running(state_dir: &Path) -> bool {
 pub(super) fn lock(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
     let p = state_dir.join("lock");
     let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p).map_err(io(&p))?;
-    // SAFETY: flock on an open descriptor; the lock lives as long as the file.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(DaemonError::Locked(format!("{}: another `ctsentry run` uses this state folder", p.display())));
+    // `is_running` (status, ack) holds the lock for an instant: try a few times before
+    // concluding that another daemon has it.
+    for _ in 0..10 {
+        // SAFETY: flock on an open descriptor; the lock lives as long as the file.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(f)
+    Err(DaemonError::Locked(format!("{}: another `ctsentry run` uses this state folder", p.display())))
 }
 

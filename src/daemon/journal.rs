@@ -336,18 +336,14 @@ impl Journal {
                 _ => false,
             }
         };
-        let keep: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match r {
-                // Only the files still unresolved, so that a replay counts nothing twice.
-                Record::Attempt { t, files } => {
-                    let files: Vec<String> = files.iter().filter(|f| state.attempts.contains_key(*f)).cloned().collect();
-                    (!files.is_empty()).then_some(Record::Attempt { t: *t, files })
-                }
-                _ => keeps(i, r).then(|| r.clone()),
-            })
-            .collect();
+        let mut keep: Vec<Record> = records.iter().enumerate().filter(|(i, r)| keeps(*i, r)).map(|(_, r)| r.clone()).collect();
+        // Unresolved attempts are rewritten from the state, one record per counted death, so
+        // that a replay counts exactly what was counted (older attempts that a retry or a
+        // scoring resolved are gone with the records that resolved them).
+        let t = now();
+        for (file, n) in &state.attempts {
+            keep.extend((0..*n).map(|_| Record::Attempt { t, files: vec![file.clone()] }));
+        }
         let mut text = String::new();
         for r in &keep {
             text += &serde_json::to_string(r).expect("records serialise");
@@ -396,8 +392,14 @@ impl Journal {
         let mut line = serde_json::to_string(r).expect("records serialise");
         line.push('\n');
         let err = |source| JournalError { path: self.path.clone(), source };
-        self.file.write_all(line.as_bytes()).map_err(err)?;
-        self.file.sync_data().map_err(err)
+        let len = self.file.metadata().map_err(err)?.len();
+        let written = self.file.write_all(line.as_bytes()).and_then(|_| self.file.sync_data());
+        if written.is_err() {
+            // A part of the line may have reached the file: cut it off, so that the next record
+            // does not glue onto it (and get lost at replay).
+            let _ = self.file.set_len(len);
+        }
+        written.map_err(err)
     }
 
     /// The journal file.
@@ -500,6 +502,18 @@ mod tests {
         let (mut j, s) = Journal::open(dir.path()).unwrap();
         assert_eq!(s.attempts.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), vec![("b.dcm", 2)]);
         j.append(&Record::Quarantined { t: now(), file: "b.dcm".into(), to: "q".into(), reason: "r".into() }).unwrap();
+        // c.dcm: handed back once (an engine retry), then read again when the process died:
+        // one death, not two, also after another compaction.
+        j.append(&attempt(&["c.dcm"])).unwrap();
+        j.append(&Record::Retry { t: now(), file: "c.dcm".into() }).unwrap();
+        j.append(&attempt(&["c.dcm"])).unwrap();
+        drop(j);
+        for _ in 0..2 {
+            let (_, s) = Journal::open(dir.path()).unwrap();
+            assert_eq!(s.attempts.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(), vec![("c.dcm", 1)]);
+        }
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&scored("c.dcm", "S", 0.2)).unwrap();
         drop(j);
         let (_, s) = Journal::open(dir.path()).unwrap();
         assert!(s.attempts.is_empty());

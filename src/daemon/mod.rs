@@ -116,6 +116,10 @@ pub struct Daemon {
     disk_causes: HashSet<DiskCause>,
     /// Files that could not be moved (to done/ or quarantine/): FAULT DISK until none is left.
     unmovable: HashSet<PathBuf>,
+    /// Files scored whose journal record failed: path → time detected (they hold their series).
+    unrecorded: BTreeMap<PathBuf, f64>,
+    /// When the journal last failed to take a record.
+    journal_failed: Option<Instant>,
     busy: bool,
     degraded: bool,
     started: f64,
@@ -178,6 +182,8 @@ impl Daemon {
             suspects: HashSet::new(),
             disk_causes: HashSet::new(),
             unmovable: HashSet::new(),
+            unrecorded: BTreeMap::new(),
+            journal_failed: None,
             busy: false,
             degraded,
             started: now(),
@@ -231,7 +237,9 @@ impl Daemon {
             });
             self.last_verdicts.truncate(crate::status::LAST_VERDICTS);
         }
-        if self.outbox.contains(&id) {
+        // Feeds written before ids were full hashes hold `KEY:STAGE`: treat those as published
+        // too, so that an upgrade does not send the last day's verdicts again.
+        if self.outbox.contains(&id) || self.outbox.contains(&format!("{key}:{stage_name}")) {
             return;
         }
         let rule = self.rule();
@@ -279,6 +287,7 @@ impl Daemon {
             Err(e) => {
                 log::error!("{e}");
                 self.disk(DiskCause::Journal, true);
+                self.journal_failed = Some(Instant::now());
                 false
             }
         }
@@ -376,7 +385,10 @@ impl Daemon {
             let mut deferred = Vec::new();
             let suspect_busy = self.in_flight.keys().any(|p| self.suspects.contains(p));
             // Nothing new is read while the disk is full or the journal cannot be written.
-            let blocked = self.disk_causes.contains(&DiskCause::Space) || self.disk_causes.contains(&DiskCause::Journal);
+            // (The attempt record below is also the probe that ends a journal fault: tried again
+            // every 5 s.)
+            let journal_down = self.disk_causes.contains(&DiskCause::Journal) && self.journal_failed.is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+            let blocked = self.disk_causes.contains(&DiskCause::Space) || journal_down;
             while !suspect_busy && !blocked && self.in_flight.len() + batch.len() < max_in_flight {
                 let Some((path, (rel, detected))) = self.waiting.pop_first() else { break };
                 if self.state.unmoved.contains_key(&rel) {
@@ -384,6 +396,7 @@ impl Daemon {
                     continue;
                 }
                 if std::fs::symlink_metadata(&path).is_err() {
+                    self.moved(&path);
                     continue; // gone (moved away by someone else)
                 }
                 let crashes = self.state.attempts.get(&rel).copied().unwrap_or(0);
@@ -555,14 +568,24 @@ impl Daemon {
         let detected = self.in_flight.remove(&f.path).unwrap_or_else(now);
         self.suspects.remove(&f.path);
         let failures = self.engine_failures.remove(&f.path);
+        let unrecorded = self.unrecorded.remove(&f.path);
         match f.outcome {
             Outcome::Scored { series, slices, heatmaps, unwritten } => {
                 self.fault(FaultKind::Engine, false);
                 self.last_scored = now();
-                let part = self.state.part_for(&series);
+                let mut part = self.state.part_for(&series);
+                if !self.state.open.contains_key(&series) {
+                    // A series whose final verdict is older than the journal remembers: the feed
+                    // still knows its parts.
+                    while self.outbox.contains(&format!("{}:FINAL", alert::series_id(&series, part))) {
+                        part += 1;
+                    }
+                }
                 let n = slices.len();
                 if !self.record(Record::Scored { t: now(), file: f.rel.clone(), series: series.clone(), part, slices, unwritten }) {
-                    self.retry_after.insert(f.path, Instant::now() + Duration::from_secs(10));
+                    // Scored but not recorded: it is scored again later, and holds its series open.
+                    self.retry_after.insert(f.path.clone(), Instant::now() + Duration::from_secs(10));
+                    self.unrecorded.insert(f.path, unrecorded.unwrap_or(detected));
                     return;
                 }
                 log::debug!("{}: {n} slice(s) scored, {heatmaps} heat map(s)", f.rel);
@@ -641,6 +664,7 @@ impl Daemon {
             .map(|(_, d)| *d)
             .chain(self.in_flight.values().copied())
             .chain(self.engine_failures.values().map(|(_, d, _)| *d))
+            .chain(self.unrecorded.values().copied())
             .fold(f64::INFINITY, f64::min);
         let t = now();
         let due: Vec<String> = self
@@ -761,6 +785,11 @@ impl Daemon {
     }
 
     fn check_disk(&mut self) {
+        // A file stuck for a move that someone removed by hand no longer holds the fault.
+        let gone: Vec<PathBuf> = self.unmovable.iter().filter(|p| std::fs::symlink_metadata(p).is_err()).cloned().collect();
+        for p in gone {
+            self.moved(&p);
+        }
         let p = &self.settings.paths;
         let min = self.settings.daemon.min_free_mb;
         let low: Vec<String> = [&p.done, &p.quarantine, &p.results, &p.state]

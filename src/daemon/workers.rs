@@ -171,8 +171,9 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
     }
     let outs = match engine_failpoint(&parts).map_or_else(|| scorer.score_slices(&all), Err) {
         Ok(o) => o,
-        // One file, and its own content is at fault.
-        Err(e @ crate::score::ScoreError::Input(_)) if parts.len() == 1 => {
+        // One file, and its own content is at fault (inconsistent pixels, or values the engine
+        // turns into no probability: the engine works for other files).
+        Err(e @ (crate::score::ScoreError::Input(_) | crate::score::ScoreError::Output(_))) if parts.len() == 1 => {
             out.extend(parts.into_iter().map(|(job, _, _)| (job, Outcome::Unreadable(alert::RejectKind::Content, e.to_string()))));
             return out;
         }

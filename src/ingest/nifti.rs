@@ -212,6 +212,11 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
             }
         }
     };
+    if let Pixels::F32(v) = &voxels {
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(IngestError::rejected(path, format!("voxel value {bad} is not a number of Hounsfield units (NaN or infinite voxels are not supported)")));
+        }
+    }
     let rescale = if h.scl_slope != 0.0 && h.scl_slope.is_finite() && h.scl_inter.is_finite() {
         Rescale { slope: h.scl_slope, intercept: h.scl_inter }
     } else {
