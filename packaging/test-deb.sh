@@ -41,6 +41,9 @@ cd /
 runuser -u ctsentry -- ctsentry check-config --deep || fail "check-config --deep"
 runuser -u ctsentry -- ctsentry doctor > /tmp/ctsentry-doctor.txt || { cat /tmp/ctsentry-doctor.txt; fail "doctor found problems"; }
 grep -q "checked as    user ctsentry" /tmp/ctsentry-doctor.txt || fail "doctor did not check as the service user"
+# As the README has it (`sudo ctsentry doctor`): root, checking as the service user.
+ctsentry doctor > /tmp/ctsentry-doctor-root.txt || { cat /tmp/ctsentry-doctor-root.txt; fail "doctor as root found problems"; }
+grep -q "checked as    user ctsentry" /tmp/ctsentry-doctor-root.txt || fail "doctor as root did not check as the service user"
 
 step "daemon as the service user"
 # setpriv execs the daemon itself (as systemd would), so $! is the daemon and gets SIGTERM.
