@@ -55,8 +55,9 @@ until [ -e /var/lib/ctsentry/state/status.json ]; do
     sleep 0.1
 done
 n=$(ls "$series" | wc -l)
-# A sender writing as the service user (DICOM receiver, rsync): the daemon may move its files.
-runuser -u ctsentry -- sh -c 'mkdir /var/lib/ctsentry/incoming/series && cp "$1"/* /var/lib/ctsentry/incoming/series/' sh "$series"
+# The README's copy (`sudo -u ctsentry cp -r --no-preserve=mode SERIES …/incoming/`): as the
+# service user, without the read-only source's modes, so the daemon may move the files out.
+runuser -u ctsentry -- cp -r --no-preserve=mode "$series" /var/lib/ctsentry/incoming/
 i=0
 until grep -q '"stage":"FINAL"' /var/lib/ctsentry/results/events.jsonl 2>/dev/null; do
     i=$((i + 1)); [ $i -lt 3000 ] || { cat /tmp/ctsentry-daemon.log; fail "no FINAL verdict"; }
