@@ -300,12 +300,11 @@ fn read_until(port: &mut serialport::TTYPort, buf: &mut Vec<u8>, within: Duratio
     seen
 }
 
-#[test]
-fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+/// A pty and a sysfs-shaped LED tree under `root`, and the config lines that point the daemon's
+/// serial and LED sinks at them.
+fn alert_peers(root: &Path) -> (serialport::TTYPort, [PathBuf; 3], String) {
     let link = root.join("ttyCTS");
-    let mut port = plug(&link);
+    let port = plug(&link);
     let leds = led_tree(&root.join("leds"));
     let extra = format!(
         "[alert.serial]\nenabled = true\nport = \"{}\"\nheartbeat_seconds = 3600\n[alert.led]\nenabled = true\ndriver = \"sysfs\"\ngreen = \"{}\"\nred = \"{}\"\namber = \"{}\"\n",
@@ -314,6 +313,14 @@ fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
         leds[1].display(),
         leds[2].display()
     );
+    (port, leds, extra)
+}
+
+#[test]
+fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut port, leds, extra) = alert_peers(root);
     let cfg = config(root, &extra);
     let model = root.join("tiny.onnx");
     std::fs::rename(&model, root.join("tiny.onnx.aside")).unwrap();
@@ -364,16 +371,7 @@ fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
 fn starts_broken_then_recovers(kind: &str, broken: impl Fn(&Path, String) -> String, fix: impl Fn(&Path, &Path)) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let link = root.join("ttyCTS");
-    let mut port = plug(&link);
-    let leds = led_tree(&root.join("leds"));
-    let extra = format!(
-        "[alert.serial]\nenabled = true\nport = \"{}\"\nheartbeat_seconds = 3600\n[alert.led]\nenabled = true\ndriver = \"sysfs\"\ngreen = \"{}\"\nred = \"{}\"\namber = \"{}\"\n",
-        link.display(),
-        leds[0].display(),
-        leds[1].display(),
-        leds[2].display()
-    );
+    let (mut port, leds, extra) = alert_peers(root);
     let cfg = config(root, &extra);
     std::fs::write(&cfg, broken(root, std::fs::read_to_string(&cfg).unwrap())).unwrap();
     let log = root.join("daemon.log");
