@@ -111,6 +111,7 @@ impl Default for RawModel {
 #[serde(deny_unknown_fields, default)]
 struct RawEngine {
     backend: Spanned<String>,
+    precision: Spanned<String>,
     threads: Option<Spanned<i64>>,
     onnxruntime_library: Option<Spanned<String>>,
     tensorrt_plan: Option<Spanned<String>>,
@@ -119,7 +120,7 @@ struct RawEngine {
 
 impl Default for RawEngine {
     fn default() -> Self {
-        RawEngine { backend: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None, tensorrt_plan: None, tensorrt_library: None }
+        RawEngine { backend: Spanned::new(0..0, "auto".into()), precision: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None, tensorrt_plan: None, tensorrt_library: None }
     }
 }
 
@@ -324,6 +325,31 @@ pub enum EngineBackend {
     OnnxRuntime,
 }
 
+/// The arithmetic precision of inference (`engine.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Whatever the chosen engine runs (f32 on the CPU engines of this build; a TensorRT plan's own).
+    Auto,
+    /// 32-bit floating point.
+    F32,
+    /// bfloat16 (CPUs with AMX or AVX512-BF16; needs an engine that runs it).
+    Bf16,
+    /// IEEE half precision (a TensorRT plan built with FP16).
+    F16,
+}
+
+impl Precision {
+    /// The config name (`auto`, `f32`, `bf16`, `f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
 /// The preprocessing implementation to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreprocessBackend {
@@ -440,6 +466,8 @@ pub struct Settings {
     pub model_path: PathBuf,
     /// Engine choice.
     pub engine: EngineBackend,
+    /// Inference precision required (`auto`: whatever the engine runs).
+    pub precision: Precision,
     /// Engine worker threads (None: sized to the machine).
     pub engine_threads: Option<usize>,
     /// The ONNX Runtime shared library (None: `ORT_DYLIB_PATH`).
@@ -516,6 +544,8 @@ pub struct FixedSettings {
     pub model_path: PathBuf,
     /// See [`Settings::engine`].
     pub engine: EngineBackend,
+    /// See [`Settings::precision`].
+    pub precision: Precision,
     /// See [`Settings::engine_threads`].
     pub engine_threads: Option<usize>,
     /// See [`Settings::onnxruntime_library`].
@@ -572,6 +602,7 @@ impl Settings {
             paths,
             model_path,
             engine,
+            precision,
             engine_threads,
             onnxruntime_library,
             tensorrt_plan,
@@ -588,7 +619,7 @@ impl Settings {
             log_patient_names,
         } = self;
         (
-            FixedSettings { source, paths, model_path, engine, engine_threads, onnxruntime_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch },
+            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch },
             LiveSettings { threshold, min_positive_slices, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
         )
     }
@@ -600,6 +631,7 @@ impl Settings {
             paths: f.paths,
             model_path: f.model_path,
             engine: f.engine,
+            precision: f.precision,
             engine_threads: f.engine_threads,
             onnxruntime_library: f.onnxruntime_library,
             tensorrt_plan: f.tensorrt_plan,
@@ -629,7 +661,7 @@ impl Settings {
 impl FixedSettings {
     /// The config keys (as written in the file) whose values differ between `self` and `new`.
     pub fn changed_keys(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let FixedSettings { source: _, paths, model_path, engine, engine_threads, onnxruntime_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch } = self;
+        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch } = self;
         let mut out = Vec::new();
         let mut check = |differs: bool, key: &'static str| {
             if differs {
@@ -639,6 +671,7 @@ impl FixedSettings {
         check(*paths != new.paths, "paths.*");
         check(*model_path != new.model_path, "model.path");
         check(*engine != new.engine, "engine.backend");
+        check(*precision != new.precision, "engine.precision");
         check(*engine_threads != new.engine_threads, "engine.threads");
         check(*onnxruntime_library != new.onnxruntime_library, "engine.onnxruntime_library");
         check(*tensorrt_plan != new.tensorrt_plan, "engine.tensorrt_plan");
@@ -916,6 +949,11 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         &raw.engine.backend,
         &[("auto", EngineBackend::Auto), ("tract", EngineBackend::Tract), ("tensorrt", EngineBackend::TensorRt), ("onnxruntime", EngineBackend::OnnxRuntime)],
     );
+    let precision = c.choice(
+        "engine.precision",
+        &raw.engine.precision,
+        &[("auto", Precision::Auto), ("f32", Precision::F32), ("bf16", Precision::Bf16), ("f16", Precision::F16)],
+    );
     let engine_threads = raw.engine.threads.as_ref().map(|t| c.range_i("engine.threads", t, 1, 256) as usize);
     let onnxruntime_library = raw.engine.onnxruntime_library.as_ref().map(|p| c.path("engine.onnxruntime_library", p, base));
     let tensorrt_plan = raw.engine.tensorrt_plan.as_ref().map(|p| c.path("engine.tensorrt_plan", p, base));
@@ -984,6 +1022,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         paths,
         model_path,
         engine: engine.expect("checked"),
+        precision: precision.expect("checked"),
         engine_threads,
         onnxruntime_library,
         tensorrt_plan,

@@ -359,7 +359,7 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
                 serde_json::json!({"type": "series", "series_uid": r.uid, "slices": r.decision.slices, "positives": r.decision.positives,
                     "max_prob": r.decision.max_prob, "verdict": r.decision.verdict, "threshold": sc.rule.threshold,
                     "threshold_source": sc.rule.threshold_source, "min_positive_slices": sc.rule.min_positive_slices,
-                    "model": {"name": m.name, "version": m.version, "sha256": m.sha256}, "engine": sc.engine.name(), "preprocess": sc.pre.name()})
+                    "model": {"name": m.name, "version": m.version, "sha256": m.sha256}, "engine": sc.engine.name(), "precision": sc.engine.precision(), "preprocess": sc.pre.name()})
             );
         } else {
             println!("series {}  ({} slices)", r.uid, r.slices.len());

@@ -105,6 +105,7 @@ impl Scorer {
             },
             EngineBackend::TensorRt => tensorrt(&model, s).map_err(|e| SetupError::Unavailable(format!("engine.backend = \"tensorrt\": {e}")))?,
         };
+        check_precision(s.precision, engine.as_ref())?;
         let pre: Arc<dyn Preprocessor> = match s.preprocess {
             PreprocessBackend::Cpu => Arc::new(Cpu),
             PreprocessBackend::Cuda => Arc::new(
@@ -172,6 +173,27 @@ impl Scorer {
         let probs: Vec<f64> = slices.iter().map(|s| f64::from(s.prob)).collect();
         Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&probs), slices })
     }
+}
+
+/// A required `engine.precision` is what the chosen engine runs, or setup fails (never a silent
+/// change of precision: a threshold is calibrated for one).
+fn check_precision(wanted: crate::config::Precision, engine: &dyn Engine) -> Result<(), SetupError> {
+    use crate::config::Precision;
+    // TensorRT plans name theirs fp32/fp16.
+    let runs = match engine.precision() {
+        "fp32" => "f32",
+        "fp16" => "f16",
+        other => other,
+    };
+    if wanted == Precision::Auto || wanted.name() == runs {
+        return Ok(());
+    }
+    let hint = match wanted {
+        Precision::Bf16 => "bf16 needs an engine that runs it (the OpenVINO engine on a CPU with AMX or AVX512-BF16 is not in this build)",
+        Precision::F16 => "f16 needs a TensorRT plan built with FP16 (models/README.md)",
+        _ => "set engine.precision = \"auto\" to use what the engine runs",
+    };
+    Err(SetupError::Unavailable(format!("engine.precision = \"{}\": the {} engine runs {runs}; {hint}", wanted.name(), engine.name())))
 }
 
 /// Why slices could not be scored: the input's fault, or the backend's (preprocessing device,

@@ -222,3 +222,24 @@ fn doctor_exits_1_with_one_fix_per_problem() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("problems      none"), "{out}");
 }
+
+#[test]
+fn a_precision_the_engine_does_not_run_is_refused_not_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_unmasked(dir.path());
+    let write = |precision: &str| {
+        let p = dir.path().join(format!("{precision}.toml"));
+        std::fs::write(&p, format!("[paths]\nincoming = \"in\"\nstate = \"st\"\ndone = \"d\"\nquarantine = \"q\"\nresults = \"r\"\n[model]\npath = \"{}\"\n[engine]\nbackend = \"tract\"\nprecision = \"{precision}\"\n", model.display())).unwrap();
+        p
+    };
+    for ok in ["auto", "f32"] {
+        let (code, out, err) = ctsentry(&["check-config", "--deep", write(ok).to_str().unwrap()]);
+        assert_eq!(code, 0, "{ok}: {out}{err}");
+    }
+    let (code, _, err) = ctsentry(&["check-config", "--deep", write("bf16").to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("engine.precision = \"bf16\": the tract engine runs f32"), "{err}");
+    let (code, _, err) = ctsentry(&["check-config", write("f64").to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("engine.precision = \"f64\" is not one of auto, f32, bf16, f16"), "{err}");
+}

@@ -61,7 +61,7 @@ fn score_json_follows_the_contract() {
     assert_eq!(first["z"], 0.0);
     assert!(first["file"].as_str().unwrap().ends_with("a/4.dcm"));
     for s in &series {
-        for key in ["series_uid", "slices", "positives", "max_prob", "verdict", "threshold", "min_positive_slices", "model", "engine"] {
+        for key in ["series_uid", "slices", "positives", "max_prob", "verdict", "threshold", "min_positive_slices", "model", "engine", "precision"] {
             assert!(s.get(key).is_some(), "{key} missing in {s}");
         }
         assert_eq!(s["threshold_source"], "config");

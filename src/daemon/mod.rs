@@ -724,7 +724,7 @@ impl Daemon {
             "verdict": d.verdict, "positives": d.positives, "slices": d.slices, "max_prob": d.max_prob,
             "threshold": rule.threshold, "threshold_source": rule.threshold_source, "min_positive_slices": rule.min_positive_slices,
             "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
-            "engine": self.scorer.engine.name(), "preprocess": self.scorer.pre.name(), "ctsentry": env!("CARGO_PKG_VERSION"),
+            "engine": self.scorer.engine.name(), "precision": self.scorer.engine.precision(), "preprocess": self.scorer.pre.name(), "ctsentry": env!("CARGO_PKG_VERSION"),
             "order_key": ordered.order_key, "duplicates": ordered.duplicates, "gaps": ordered.gaps,
             "times": {"first_scored": o.first_t, "last_scored": o.last_t, "early_alert": o.alert_t, "final": t,
                       "early_alert_after_first_s": o.alert_t.map(|a| a - o.first_t), "final_after_last_s": t - o.last_t},
