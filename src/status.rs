@@ -138,10 +138,14 @@ pub enum StatusError {
     },
 }
 
-/// Writes `snap` into `state_dir` atomically.
+/// Writes `snap` into `state_dir` atomically (a temporary file renamed over the old one), without
+/// fsync: it is rewritten every second and worth nothing after a crash, and flash storage on an
+/// edge box should not take 86,400 syncs a day for it.
 pub fn write(state_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(snap).expect("snapshot serialises");
-    crate::daemon::write_atomic(&state_dir.join(STATUS_FILE), text.as_bytes())
+    let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, state_dir.join(STATUS_FILE))
 }
 
 /// Reads the snapshot in `state_dir`.
