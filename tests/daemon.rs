@@ -117,6 +117,11 @@ fn events(results: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The final verdicts in the feed, in order.
+fn finals(results: &Path) -> Vec<serde_json::Value> {
+    events(results).into_iter().filter(|e| e["stage"] == "FINAL").collect()
+}
+
 /// What `ctsentry score --json` says about each series (the batch path; the daemon must agree).
 fn batch_verdicts(cfg: &Path, src: &Path) -> BTreeMap<String, (String, u64)> {
     let out = bin().args(["--config", cfg.to_str().unwrap(), "score", "--json", src.to_str().unwrap()]).output().unwrap();
@@ -479,9 +484,8 @@ fn two_series_sharing_a_display_key_keep_their_own_verdicts_and_results() {
     let mut child = start(&cfg, &log);
     drop_into(&root.join("src"), &var.join("incoming"));
     let results = var.join("results");
-    let finals = || events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect::<Vec<_>>();
-    assert!(wait_until(Duration::from_secs(60), || finals().len() >= 2), "{:#?}\n{}", events(&results), std::fs::read_to_string(&log).unwrap());
-    let f = finals();
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() >= 2), "{:#?}\n{}", events(&results), std::fs::read_to_string(&log).unwrap());
+    let f = finals(&results);
     assert_eq!(f.len(), 2, "{f:#?}");
     for (uid, n) in [(&a, 3), (&b, 4)] {
         let e = f.iter().find(|e| e["series_uid"] == uid.as_str()).unwrap_or_else(|| panic!("no FINAL for {uid}: {f:#?}"));
@@ -512,7 +516,7 @@ fn a_file_that_makes_a_worker_panic_is_quarantined_and_its_batch_mates_are_score
     let results = var.join("results");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", read_log());
-    let f: Vec<_> = events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect();
+    let f = finals(&results);
     assert_eq!(f[0]["slices"], 5, "the five good slices, once each: {f:#?}");
     let reason = std::fs::read_to_string(var.join("quarantine/s/poison.dcm.reason")).unwrap();
     assert!(reason.contains("internal error while reading or scoring this file"), "{reason}");
@@ -554,7 +558,7 @@ fn a_file_that_kills_the_process_is_quarantined_after_three_deaths_not_read_fore
     assert_eq!(deaths, 3, "died reading the file three times, then left it alone: {}", std::fs::read_to_string(&log).unwrap());
     let reason = std::fs::read_to_string(var.join("quarantine/s/poison.dcm.reason")).unwrap();
     assert!(reason.contains("stopped while reading this file 3 times"), "{reason}");
-    let f: Vec<_> = events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect();
+    let f = finals(&results);
     assert_eq!((f.len(), f[0]["slices"].as_u64()), (1, Some(4)), "{f:#?}");
     assert_eq!(rels(&var.join("done")).len(), 4, "the batch-mates were not blamed");
 }
@@ -577,7 +581,7 @@ fn a_file_waiting_for_an_engine_retry_keeps_its_series_open() {
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", read_log());
     std::thread::sleep(Duration::from_secs(2));
-    let f: Vec<_> = events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect();
+    let f = finals(&results);
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!((f[0]["slices"].as_u64(), f[0]["part"].as_u64()), (Some(4), Some(1)), "{f:#?}");
     assert!(read_log().contains("scoring failed (1)"), "{}", read_log());
@@ -597,17 +601,16 @@ fn a_series_sent_again_after_the_journal_forgot_it_gets_a_new_part_and_its_own_v
     std::fs::create_dir_all(var.join("incoming")).unwrap();
     let log = root.join("daemon.log");
     let results = var.join("results");
-    let finals = || events(&results).into_iter().filter(|e| e["stage"] == "FINAL").collect::<Vec<_>>();
     for round in 1..=2u64 {
         let mut child = start(&cfg, &log);
         drop_into(&root.join("src"), &var.join("incoming"));
-        assert!(wait_until(Duration::from_secs(60), || finals().len() as u64 == round), "{}", std::fs::read_to_string(&log).unwrap());
+        assert!(wait_until(Duration::from_secs(60), || finals(&results).len() as u64 == round), "{}", std::fs::read_to_string(&log).unwrap());
         signal(&child, libc::SIGTERM);
         assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
         // The journal forgets closed series after a day; here at once.
         std::fs::remove_file(var.join("state/journal.jsonl")).unwrap();
     }
-    let f = finals();
+    let f = finals(&results);
     assert_eq!(f.iter().map(|e| e["part"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2], "{f:#?}");
     assert!(results.join(format!("{}.2.json", ctsentry::alert::series_id(uid, 1))).exists());
 }
