@@ -68,6 +68,9 @@ grep '"stage":"FINAL"' /var/lib/ctsentry/results/events.jsonl | grep -q "\"slice
 [ -z "$(find /var/lib/ctsentry/incoming -type f)" ] || fail "files left in incoming/"
 runuser -u ctsentry -- ctsentry status --json > /tmp/ctsentry-status.json || fail "status while running"
 grep -q '"running":true' /tmp/ctsentry-status.json || fail "status: $(cat /tmp/ctsentry-status.json)"
+# The README's `ctsentry status`, as root from /: the text view of the same daemon.
+ctsentry status > /tmp/ctsentry-status.txt || fail "status (text) while running"
+grep -q "daemon      running" /tmp/ctsentry-status.txt || fail "status: $(cat /tmp/ctsentry-status.txt)"
 kill -TERM $pid
 wait $pid || fail "daemon exit status $?"
 pid=
