@@ -130,6 +130,10 @@ enum Command {
         /// Also write a window + lung-mask picture per slice (png/).
         #[arg(long)]
         png: bool,
+        /// Also write each slice's Hounsfield units and lung mask as .npy (hu/), for the
+        /// lesion simulator.
+        #[arg(long)]
+        hu: bool,
         /// Window center (HU).
         #[arg(long, default_value_t = Params::default().window_center, allow_negative_numbers = true)]
         window_center: f64,
@@ -309,14 +313,14 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             cmd_bench_engines(&s, &engine, batch.max(1), json, seconds)
         }
         Command::Bench { preprocess, batch, json, .. } => cmd_bench(&preprocess, batch.max(1), json),
-        Command::Prep { out, labels, png, window_center, window_width, no_lung_mask, size, assume_window, roots } => {
+        Command::Prep { out, labels, png, hu, window_center, window_width, no_lung_mask, size, assume_window, roots } => {
             let mut s = settings(&config, verbosity, false)?;
             s.ingest.display_window = assume_window;
             let params = Params { window_center, window_width, lung_mask: !no_lung_mask, size, ..Params::default() };
             params.validate().map_err(usage)?;
             let labels = labels.map(|l| prep::read_labels(&l)).transpose().map_err(usage)?;
             let t = std::time::Instant::now();
-            let sum = prep::run(&roots, &out, labels.as_ref(), png, &params, &s.ingest, &Cpu).context("prep")?;
+            let sum = prep::run(&roots, &out, labels.as_ref(), prep::Extras { png, hu }, &params, &s.ingest, &Cpu).context("prep")?;
             eprintln!(
                 "prep: {} slices of {} series ({} labelled) in {:.1} s; {} inputs skipped (see skipped.csv) -> {}",
                 sum.slices, sum.series, sum.labelled, t.elapsed().as_secs_f64(), sum.skipped, out.display()

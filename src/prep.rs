@@ -7,7 +7,11 @@
 //!   root; `slice_index` the position in its series; `label` from `--labels`, empty when unknown);
 //! - `params.json`: the preprocessing parameters used (copied into the model manifest);
 //! - `skipped.csv`: `file,reason` for inputs that could not be read;
-//! - with `--png`: `png/NNNNNN.png`, the windowed slice with the lung mask outlined in red.
+//! - with `--png`: `png/NNNNNN.png`, the windowed slice with the lung mask outlined in red;
+//! - with `--hu`: `hu/NNNNNN.npy` (int16 Hounsfield units, `[rows, cols]`, clamped to the int16
+//!   range), `hu/NNNNNN.mask.npy` (uint8, the lung mask serving computes) and `hu/index.csv`
+//!   (`row,file,rows,cols,spacing_row,spacing_col`, spacing in mm, empty when unknown): what the
+//!   lesion simulator (`models/training/lesions.py`) draws into.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::ingest::{self, series, IngestOptions, Slice};
-use crate::preprocess::{lung, npy::NpyWriter, prepare, Params, Preprocessor};
+use crate::preprocess::{lung, npy::{self, NpyWriter}, prepare, Params, Preprocessor};
 
 /// Errors of `prep`.
 #[derive(Debug, thiserror::Error)]
@@ -93,21 +97,39 @@ pub fn relative(file: &Path, root: &Path) -> String {
     rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
+/// Optional per-slice outputs of `prep`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// `png/`: the windowed slice with the lung mask outlined.
+    pub png: bool,
+    /// `hu/`: Hounsfield units and the lung mask as `.npy`.
+    pub hu: bool,
+}
+
 /// Runs `prep` over `roots` into `out`.
 pub fn run(
     roots: &[PathBuf],
     out: &Path,
     labels: Option<&HashMap<String, u8>>,
-    png: bool,
+    extras: Extras,
     params: &Params,
     ingest_opts: &IngestOptions,
     pre: &dyn Preprocessor,
 ) -> Result<Summary, PrepError> {
     let io = |path: &Path| { let path = path.to_path_buf(); move |source| PrepError::Io { path, source } };
     std::fs::create_dir_all(out).map_err(io(out))?;
-    if png {
+    if extras.png {
         std::fs::create_dir_all(out.join("png")).map_err(io(&out.join("png")))?;
     }
+    let hu_index_path = out.join("hu").join("index.csv");
+    let mut hu_index = if extras.hu {
+        std::fs::create_dir_all(out.join("hu")).map_err(io(&out.join("hu")))?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&hu_index_path).map_err(io(&hu_index_path))?);
+        writeln!(f, "row,file,rows,cols,spacing_row,spacing_col").map_err(io(&hu_index_path))?;
+        Some(f)
+    } else {
+        None
+    };
     let mut npy = NpyWriter::create(&out.join("tensors.npy"), &[3, params.size, params.size]).map_err(io(&out.join("tensors.npy")))?;
     let index_path = out.join("index.csv");
     let mut index = std::io::BufWriter::new(std::fs::File::create(&index_path).map_err(io(&index_path))?);
@@ -145,9 +167,14 @@ pub fn run(
                     label.map(|l| l.to_string()).unwrap_or_default()
                 )
                 .map_err(io(&index_path))?;
-                if png {
+                if extras.png {
                     let p = out.join("png").join(format!("{:06}.png", summary.slices));
                     write_check_png(&p, slice, params, mask.as_ref()).map_err(io(&p))?;
+                }
+                if let Some(f) = hu_index.as_mut() {
+                    write_hu(&out.join("hu"), summary.slices, slice, mask.as_ref()).map_err(io(&out.join("hu")))?;
+                    let sp = slice.geometry.pixel_spacing.map(|s| (format!("{:.6}", s[0]), format!("{:.6}", s[1]))).unwrap_or_default();
+                    writeln!(f, "{},{},{},{},{},{}", summary.slices, csv_field(&rel), slice.rows, slice.cols, sp.0, sp.1).map_err(io(&hu_index_path))?;
                 }
                 summary.slices += 1;
             }
@@ -157,9 +184,21 @@ pub fn run(
     npy.finish().map_err(io(&out.join("tensors.npy")))?;
     index.flush().map_err(io(&index_path))?;
     skipped.flush().map_err(io(&skipped_path))?;
+    if let Some(mut f) = hu_index {
+        f.flush().map_err(io(&hu_index_path))?;
+    }
     let params_path = out.join("params.json");
     std::fs::write(&params_path, serde_json::to_string_pretty(params).expect("params serialise")).map_err(io(&params_path))?;
     Ok(summary)
+}
+
+/// Writes row `n`'s Hounsfield units (int16) and lung mask (uint8; all zero without one) under `dir`.
+fn write_hu(dir: &Path, n: usize, slice: &Slice, mask: Option<&lung::LungMask>) -> std::io::Result<()> {
+    let shape = [slice.rows, slice.cols];
+    let hu: Vec<u8> = slice.hu().iter().flat_map(|v| (v.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes()).collect();
+    npy::write_array(&dir.join(format!("{n:06}.npy")), "<i2", &shape, &hu)?;
+    let m = mask.map(|m| m.mask.clone()).unwrap_or_else(|| vec![0; slice.rows * slice.cols]);
+    npy::write_array(&dir.join(format!("{n:06}.mask.npy")), "|u1", &shape, &m)
 }
 
 /// Quotes a CSV field when needed.

@@ -51,52 +51,6 @@ fn shapes_are_checked() {
     assert!(Cpu.run(&Params::default(), &[], &mut out).is_err());
 }
 
-/// A synthetic chest: body ellipse (soft tissue with noise), two lungs (−850 HU) with vessels,
-/// a scanner table below, air around. Returns HU and the true lung mask.
-fn chest(rows: usize, cols: usize, lesion: f64) -> (Vec<f32>, Vec<bool>) {
-    let mut rng = conformance::Rng::new(7);
-    let (cy, cx) = (rows as f64 * 0.5, cols as f64 * 0.5);
-    let mut hu = vec![-1000f32; rows * cols];
-    let mut truth = vec![false; rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            let (y, x) = (r as f64, c as f64);
-            let i = r * cols + c;
-            let noise = (rng.unit() as f32 - 0.5) * 40.0;
-            if ((y - cy) / (rows as f64 * 0.35)).powi(2) + ((x - cx) / (cols as f64 * 0.45)).powi(2) < 1.0 {
-                hu[i] = 40.0 + noise;
-            }
-            for side in [-1.0, 1.0] {
-                let lx = cx + side * cols as f64 * 0.2;
-                if ((y - cy) / (rows as f64 * 0.25)).powi(2) + ((x - lx) / (cols as f64 * 0.15)).powi(2) < 1.0 {
-                    hu[i] = -850.0 + noise;
-                    truth[i] = true;
-                    // vessels: small bright dots on a grid
-                    if (r % 23 < 3) && (c % 29 < 3) {
-                        hu[i] = 60.0;
-                    }
-                }
-            }
-            if r > (cy + rows as f64 * 0.38) as usize && r < (cy + rows as f64 * 0.42) as usize && c > cols / 10 && c < cols * 9 / 10 {
-                hu[i] = 200.0; // table
-            }
-        }
-    }
-    if lesion > 0.0 {
-        // A dense consolidation at the lateral edge of the left lung (image right).
-        let (ly, lx) = (cy, cx + cols as f64 * 0.2 + cols as f64 * 0.15);
-        for r in 0..rows {
-            for c in 0..cols {
-                let d = ((r as f64 - ly).powi(2) + (c as f64 - lx).powi(2)).sqrt();
-                if d < cols as f64 * lesion && truth[r * cols + c] {
-                    hu[r * cols + c] = 30.0;
-                }
-            }
-        }
-    }
-    (hu, truth)
-}
-
 fn iou(mask: &[u8], truth: &[bool]) -> f64 {
     let inter = mask.iter().zip(truth).filter(|(m, t)| **m != 0 && **t).count() as f64;
     let union = mask.iter().zip(truth).filter(|(m, t)| **m != 0 || **t).count() as f64;
@@ -106,7 +60,7 @@ fn iou(mask: &[u8], truth: &[bool]) -> f64 {
 #[test]
 fn lungs_of_a_phantom_chest_are_found() {
     for (rows, cols) in [(512, 512), (301, 420)] {
-        let (hu, truth) = chest(rows, cols, 0.0);
+        let (hu, truth) = common::chest(rows, cols, 0.0);
         let m = lung::segment(&hu, rows, cols);
         let true_fraction = truth.iter().filter(|&&t| t).count() as f32 / (rows * cols) as f32;
         // Every lung pixel is inside; nothing beyond the pleural rim is.
@@ -125,7 +79,7 @@ fn a_consolidation_at_the_lung_edge_stays_inside() {
     let (rows, cols) = (512, 512);
     // A pleural lesion of 1% of the image side (about 4 mm) is inside whole; one of 2% mostly.
     for (radius, min_share) in [(0.01, 1.0), (0.02, 0.85)] {
-        let (hu, truth) = chest(rows, cols, radius);
+        let (hu, truth) = common::chest(rows, cols, radius);
         let m = lung::segment(&hu, rows, cols);
         let lesion: Vec<usize> = (0..rows * cols).filter(|&i| truth[i] && hu[i] == 30.0).collect();
         assert!(lesion.len() > 30);

@@ -10,10 +10,13 @@ for the full, reproducible recipe (prep commands, the validation run, the shippe
         --train-series cap001 --eval-series P001,normal001 --epochs 12 --out /tmp/run-val
 
 Data selection (one rule per source, recorded in the run's summary.json):
-- CT series (COVID-CT-MD): a row's series is the first folder of its `file`; `--train-series`
-  and `--eval-series` name which go where (`all` for every one), so no patient is ever on both
-  sides of a split. Every slice is used with its expert label (slices of the COVID-19 patient
-  without visible infection are negatives; CAP slices are hard negatives).
+- CT series (COVID-CT-MD, lung-pet-ct-dx, simulated lesions): a row's patient is the first
+  folder of its `file` up to its first `-` (`P001`, `cap001`, `A0002` for both of A0002's
+  reconstructions, `cap001` for `cap001-sim2`, the lesions simulated into cap001); `--train-series`
+  and `--eval-series` name patients (`all` for every one), so no patient, and no slice a lesion
+  was simulated into, is ever on both sides of a split. Every slice is used with its label
+  (slices of the COVID-19 patient without visible infection are negatives; CAP slices are hard
+  negatives; simulated slices are positives).
 - UCSD 2D images: the collection's official split (`--ucsd-train-splits`, default train;
   `--ucsd-eval-splits`, default val); images whose lung mask covers < `--min-ucsd-lung` of the
   image are left out (the HU-threshold segmentation fails on ~1/4 of these cropped, variously
@@ -77,6 +80,11 @@ def augment(x, g):
     return y * c + d
 
 
+def patient(file):
+    """The patient a CT row belongs to: its first folder up to the first `-`."""
+    return file.split("/")[0].split("-")[0]
+
+
 def evaluate(model, x, idx, bs=16):
     model.eval()
     out = []
@@ -107,6 +115,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16", help="training arithmetic (bf16: CPU autocast, AMX where present); evaluation is f32")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--out", required=True)
@@ -144,7 +153,7 @@ def main():
                 dst = train if sp in a.ucsd_train_splits.split(",") else held if sp in a.ucsd_eval_splits.split(",") else None
                 group = "ucsd-" + sp
             else:
-                series = r["file"].split("/")[0]
+                series = patient(r["file"])
                 dst = train if tr_series is None or series in tr_series else held if ev_series is None or series in ev_series else None
                 group = series
             if dst is not None:
@@ -159,9 +168,11 @@ def main():
     count = lambda items: {g: sum(1 for *_, gg, _ in items if gg == g) for g in sorted({it[3] for it in items})}
     print(f"train {len(train)} ({int(ytr.sum())} positive) {count(train)}; held out {len(held)} ({int(yev.sum())} positive) {count(held)}", flush=True)
 
-    model = Net()
+    model = Net().to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
+    # Cosine decay over the run: nothing about the schedule depends on held-out data.
+    steps = a.epochs * max(1, len(train) // a.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps + a.epochs, pct_start=0.1, anneal_strategy="cos")
     pos_weight = torch.tensor((len(ytr) - ytr.sum()) / max(1.0, ytr.sum()))
     g = torch.Generator().manual_seed(a.seed)
     history = []
@@ -174,13 +185,15 @@ def main():
             b = order[s : s + a.batch]
             if len(b) < 2:
                 continue  # batch norm needs two
-            xb = augment(torch.from_numpy(xtr[b]), g)
+            xb = augment(torch.from_numpy(xtr[b]), g).contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(ytr[b])
-            logit, _ = model(xb)
-            loss = F.binary_cross_entropy_with_logits(logit, yb, pos_weight=pos_weight)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                logit, _ = model(xb)
+            loss = F.binary_cross_entropy_with_logits(logit.float(), yb, pos_weight=pos_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item() * len(b)
             n += len(b)
         rec = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0)}
@@ -188,11 +201,8 @@ def main():
             p = evaluate(model, xev, np.arange(len(held)))
             acc = float(((p >= 0.5) == (yev == 1)).mean())
             eps = 1e-7
+            # Reported only: no choice (schedule, epoch, stopping) is made on held-out data.
             rec.update(val_acc=acc, val_auc=auc(p, yev), val_loss=float(-np.mean(yev * np.log(p + eps) + (1 - yev) * np.log(1 - p + eps))))
-            sched.step(acc)
-        else:
-            # No held-out data (the shipped run): follow the training loss, as validation did.
-            sched.step(-rec["train_loss"])
         history.append(rec)
         print(json.dumps(rec), flush=True)
         torch.save(model.state_dict(), os.path.join(a.out, "model.pt"))

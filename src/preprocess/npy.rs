@@ -17,13 +17,20 @@ pub struct NpyWriter {
 }
 
 fn header(shape: &[usize]) -> Vec<u8> {
+    header_for("<f4", shape, Some(HEADER_LEN))
+}
+
+/// A format 1.0 header for `descr` and `shape`, `len` bytes long (the shortest multiple of 64
+/// when `None`).
+fn header_for(descr: &str, shape: &[usize], len: Option<usize>) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let len = len.unwrap_or_else(|| (10 + dict.len() + 1).div_ceil(64) * 64);
     let mut h = b"\x93NUMPY\x01\x00".to_vec();
-    h.extend_from_slice(&((HEADER_LEN - 10) as u16).to_le_bytes());
+    h.extend_from_slice(&((len - 10) as u16).to_le_bytes());
     h.extend_from_slice(dict.as_bytes());
-    h.resize(HEADER_LEN - 1, b' ');
+    h.resize(len - 1, b' ');
     h.push(b'\n');
     h
 }
@@ -63,6 +70,14 @@ impl NpyWriter {
         f.sync_all()?;
         Ok(self.rows)
     }
+}
+
+/// Writes a whole little-endian array in one go: `descr` is NumPy's type string (`<i2`, `|u1`,
+/// `<f4`, …) and `data` the C-order bytes of `shape`.
+pub fn write_array(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> std::io::Result<()> {
+    let mut bytes = header_for(descr, shape, None);
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes)
 }
 
 #[cfg(test)]

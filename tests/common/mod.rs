@@ -125,6 +125,52 @@ impl CtSlice {
     }
 }
 
+/// A synthetic chest: body ellipse (soft tissue with noise), two lungs (−850 HU) with vessels,
+/// a scanner table below, air around. Returns HU and the true lung mask.
+pub fn chest(rows: usize, cols: usize, lesion: f64) -> (Vec<f32>, Vec<bool>) {
+    let mut rng = ctsentry::preprocess::conformance::Rng::new(7);
+    let (cy, cx) = (rows as f64 * 0.5, cols as f64 * 0.5);
+    let mut hu = vec![-1000f32; rows * cols];
+    let mut truth = vec![false; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (y, x) = (r as f64, c as f64);
+            let i = r * cols + c;
+            let noise = (rng.unit() as f32 - 0.5) * 40.0;
+            if ((y - cy) / (rows as f64 * 0.35)).powi(2) + ((x - cx) / (cols as f64 * 0.45)).powi(2) < 1.0 {
+                hu[i] = 40.0 + noise;
+            }
+            for side in [-1.0, 1.0] {
+                let lx = cx + side * cols as f64 * 0.2;
+                if ((y - cy) / (rows as f64 * 0.25)).powi(2) + ((x - lx) / (cols as f64 * 0.15)).powi(2) < 1.0 {
+                    hu[i] = -850.0 + noise;
+                    truth[i] = true;
+                    // vessels: small bright dots on a grid
+                    if (r % 23 < 3) && (c % 29 < 3) {
+                        hu[i] = 60.0;
+                    }
+                }
+            }
+            if r > (cy + rows as f64 * 0.38) as usize && r < (cy + rows as f64 * 0.42) as usize && c > cols / 10 && c < cols * 9 / 10 {
+                hu[i] = 200.0; // table
+            }
+        }
+    }
+    if lesion > 0.0 {
+        // A dense consolidation at the lateral edge of the left lung (image right).
+        let (ly, lx) = (cy, cx + cols as f64 * 0.2 + cols as f64 * 0.15);
+        for r in 0..rows {
+            for c in 0..cols {
+                let d = ((r as f64 - ly).powi(2) + (c as f64 - lx).powi(2)).sqrt();
+                if d < cols as f64 * lesion && truth[r * cols + c] {
+                    hu[r * cols + c] = 30.0;
+                }
+            }
+        }
+    }
+    (hu, truth)
+}
+
 /// Encodes 16-bit samples as one RLE Lossless frame (two byte segments, high byte first),
 /// with PackBits literal runs only — valid, if not compact.
 pub fn rle_encode_frame(words: &[u16], n: usize) -> Vec<u8> {

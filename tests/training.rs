@@ -1,0 +1,130 @@
+//! The training tools that ship with the model (`models/training`): the lesion simulator draws
+//! into the lungs serving segments, deterministically, and `ctsentry prep` reads back what it
+//! writes. Needs python3 with numpy, scipy and pydicom (`.ci/run` installs them).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{tool_missing, CtSlice, EXPLICIT_LE};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ctsentry"))
+}
+
+fn python_ready() -> bool {
+    let ok = Command::new("python3").args(["-c", "import numpy, scipy, pydicom"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        tool_missing("python3 with numpy, scipy and pydicom", "pip install numpy scipy pydicom");
+    }
+    ok
+}
+
+/// The data of a `.npy` file (format 1.0), after its header.
+fn npy_data(path: &Path) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..6], b"\x93NUMPY", "{}", path.display());
+    let len = u16::from_le_bytes([b[8], b[9]]) as usize;
+    b[10 + len..].to_vec()
+}
+
+fn npy_i16(path: &Path) -> Vec<i16> {
+    npy_data(path).chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+/// Every file under `dir` with its bytes, by relative path.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn simulate(background: &Path, seed: u32, out: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/lesions.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .args(["--background".as_ref(), background.as_os_str(), "--variants".as_ref(), "2".as_ref(), "--seed".as_ref(), seed.to_string().as_ref(), "--out".as_ref(), out.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "lesions.py: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn prep(args: &[&str], out: &Path, root: &Path) {
+    let o = bin().arg("prep").args(args).arg("--out").arg(out).arg(root).output().unwrap();
+    assert!(o.status.success(), "prep: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn lesion_simulator_draws_into_the_lungs_deterministically() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // Background: four slices of the synthetic chest, 256², 0.7 mm pixels, as a scanner writes them.
+    let (hu, _) = common::chest(256, 256, 0.0);
+    std::fs::create_dir_all(t.join("bg/CHEST")).unwrap();
+    for k in 0..4 {
+        let mut s = CtSlice::pattern(256, 256, k, 2.0 * f64::from(k));
+        s.stored = hu.iter().map(|&v| v.round() as i32).collect();
+        s.spacing = [0.7, 0.7];
+        s.write(&t.join(format!("bg/CHEST/IMG{k:04}.dcm")), EXPLICIT_LE);
+    }
+    prep(&["--hu"], &t.join("prep-bg"), &t.join("bg"));
+
+    simulate(&t.join("prep-bg"), 5, &t.join("a"));
+    simulate(&t.join("prep-bg"), 5, &t.join("b"));
+    simulate(&t.join("prep-bg"), 6, &t.join("c"));
+    // params.json names the output folder; everything else must match byte for byte.
+    let outputs = |d: &str| tree(&t.join(d)).into_iter().filter(|(p, _)| p != Path::new("params.json")).collect::<Vec<_>>();
+    let (a, b, c) = (outputs("a"), outputs("b"), outputs("c"));
+    assert_eq!(a.iter().filter(|(p, _)| p.extension().is_some_and(|e| e == "dcm")).count(), 8, "4 slices × 2 variants");
+    assert!(a == b, "the same seed must give the same bytes");
+    let dicom = |t: &[(PathBuf, Vec<u8>)]| t.iter().filter(|(p, _)| p.starts_with("dicom")).cloned().collect::<Vec<_>>();
+    assert!(dicom(&a) != dicom(&c), "another seed must give other lesions");
+
+    // Each lesioned slice against its background: changed only inside the lung mask serving
+    // computes, the lesion mask inside it, the lesion denser than the lung it was drawn into.
+    let lung = npy_data(&t.join("prep-bg/hu/000000.mask.npy"));
+    let before = npy_i16(&t.join("prep-bg/hu/000000.npy"));
+    assert!(lung.iter().filter(|&&m| m != 0).count() > 5000, "the background has lungs");
+    prep(&["--hu", "--labels", t.join("a/labels.csv").to_str().unwrap()], &t.join("prep-sim"), &t.join("a/dicom"));
+    let index = std::fs::read_to_string(t.join("prep-sim/index.csv")).unwrap();
+    let rows: Vec<&str> = index.lines().skip(1).collect();
+    assert_eq!(rows.len(), 8, "{index}");
+    assert!(rows.iter().all(|r| r.ends_with(",1")), "every simulated slice is labelled positive:\n{index}");
+    assert_eq!(std::fs::read_to_string(t.join("prep-sim/skipped.csv")).unwrap().lines().count(), 1, "nothing skipped");
+    for (n, row) in rows.iter().enumerate() {
+        let file = row.split(',').next().unwrap();
+        let after = npy_i16(&t.join(format!("prep-sim/hu/{n:06}.npy")));
+        let lesion = npy_data(&t.join("a/masks").join(file.replace(".dcm", ".npy")));
+        let (mut rise, mut count, mut changed) = (0f64, 0usize, 0usize);
+        for i in 0..after.len() {
+            let d = i32::from(after[i]) - i32::from(before[i]);
+            if d != 0 {
+                changed += 1;
+                assert!(lung[i] != 0, "{file}: pixel {i} changed outside the lung mask");
+            }
+            if lesion[i] != 0 {
+                assert!(lung[i] != 0, "{file}: lesion mask outside the lungs at {i}");
+                assert!((-1024..=600).contains(&after[i]), "{file}: {} HU in a lesion", after[i]);
+                rise += f64::from(d);
+                count += 1;
+            }
+        }
+        assert!(count > 50 && changed >= count, "{file}: a lesion of {count} pixels, {changed} changed");
+        assert!(rise / count as f64 > 10.0, "{file}: the lesion raises the lung by {:.0} HU on average", rise / count as f64);
+    }
+}
