@@ -140,12 +140,12 @@ impl Default for RawPreprocess {
 #[serde(deny_unknown_fields, default)]
 struct RawDecision {
     threshold: Option<Spanned<f64>>,
-    min_positive_slices: Spanned<i64>,
+    min_positive_slices: Option<Spanned<i64>>,
 }
 
 impl Default for RawDecision {
     fn default() -> Self {
-        RawDecision { threshold: None, min_positive_slices: Spanned::new(0..0, 2) }
+        RawDecision { threshold: None, min_positive_slices: None }
     }
 }
 
@@ -480,8 +480,9 @@ pub struct Settings {
     pub preprocess: PreprocessBackend,
     /// Decision threshold override (None: the manifest's calibrated threshold).
     pub threshold: Option<f64>,
-    /// Positive slices needed for a positive series.
-    pub min_positive_slices: usize,
+    /// Positive slices needed for a positive series (None: the manifest's, else
+    /// [`crate::decide::DEFAULT_MIN_POSITIVE_SLICES`]).
+    pub min_positive_slices: Option<usize>,
     /// Silence after which a series is complete.
     pub quiet_seconds: f64,
     /// Watching, results and disk settings of the daemon.
@@ -570,7 +571,7 @@ pub struct LiveSettings {
     /// See [`Settings::threshold`].
     pub threshold: Option<f64>,
     /// See [`Settings::min_positive_slices`].
-    pub min_positive_slices: usize,
+    pub min_positive_slices: Option<usize>,
     /// See [`Settings::quiet_seconds`].
     pub quiet_seconds: f64,
     /// See [`Settings::ingest`].
@@ -964,7 +965,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         &[("auto", PreprocessBackend::Auto), ("cpu", PreprocessBackend::Cpu), ("cuda", PreprocessBackend::Cuda)],
     );
     let threshold = raw.decision.threshold.as_ref().map(|t| c.range_f("decision.threshold", t, 0.0, 1.0));
-    let min_positive_slices = c.range_i("decision.min_positive_slices", &raw.decision.min_positive_slices, 1, 10_000) as usize;
+    let min_positive_slices = raw.decision.min_positive_slices.as_ref().map(|v| c.range_i("decision.min_positive_slices", v, 1, 10_000) as usize);
     let quiet_seconds = c.range_f("series.quiet_seconds", &raw.series.quiet_seconds, 0.1, 86_400.0);
     let ing = &raw.ingest;
     let modalities: Vec<String> = ing.modalities.get_ref().iter().map(|m| m.trim().to_ascii_uppercase()).collect();
@@ -1072,7 +1073,7 @@ mod tests {
         assert_eq!(s.paths.incoming, PathBuf::from("/etc/ctsentry/in"));
         assert_eq!(s.paths.done, PathBuf::from("/var/lib/ctsentry/done"));
         assert_eq!(s.threshold, Some(0.3));
-        assert_eq!(s.min_positive_slices, 3);
+        assert_eq!(s.min_positive_slices, Some(3));
         assert_eq!(s.engine, EngineBackend::Tract);
     }
 

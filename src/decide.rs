@@ -8,6 +8,9 @@
 
 use serde::Serialize;
 
+/// Positive slices a series needs when neither the config nor the manifest says.
+pub const DEFAULT_MIN_POSITIVE_SLICES: usize = 2;
+
 /// The decision rule, with where its threshold came from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rule {
@@ -17,6 +20,10 @@ pub struct Rule {
     pub threshold_source: String,
     /// Series positive when at least this many slices are positive.
     pub min_positive_slices: usize,
+    /// Where `min_positive_slices` came from (`config`, `manifest` or `default`).
+    pub min_positive_source: String,
+    /// Slices with less lung than this share of the image are not scored (the manifest's).
+    pub min_lung_fraction: f64,
 }
 
 /// A series verdict.
@@ -30,6 +37,11 @@ pub enum Verdict {
 }
 
 impl Rule {
+    /// Why a slice with `lung_fraction` of lung is not scored, or `None` when it is.
+    pub fn skips(&self, lung_fraction: f32) -> Option<String> {
+        (f64::from(lung_fraction) < self.min_lung_fraction).then(|| format!("no lung: lung fraction {lung_fraction:.3} < {} (manifest)", self.min_lung_fraction))
+    }
+
     /// Whether a slice with probability `prob` is positive.
     pub fn slice_positive(&self, prob: f64) -> bool {
         prob >= self.threshold
@@ -63,14 +75,16 @@ mod tests {
 
     #[test]
     fn threshold_is_inclusive_and_the_count_decides() {
-        let r = Rule { threshold: 0.5, threshold_source: "config".into(), min_positive_slices: 2 };
+        let r = Rule { threshold: 0.5, threshold_source: "config".into(), min_positive_slices: 2, min_positive_source: "config".into(), min_lung_fraction: 0.02 };
+        assert_eq!(r.skips(0.0199), Some("no lung: lung fraction 0.020 < 0.02 (manifest)".into()));
+        assert_eq!(r.skips(0.02), None);
         assert!(r.slice_positive(0.5));
         assert!(!r.slice_positive(0.4999));
         let d = r.series(&[0.1, 0.5, 0.2]);
         assert_eq!((d.positives, d.verdict, d.max_prob), (1, Verdict::Negative, 0.5));
         assert_eq!(r.series(&[0.9, 0.5, 0.2]).verdict, Verdict::Positive);
         assert_eq!(r.series(&[]).verdict, Verdict::Negative);
-        let one = Rule { min_positive_slices: 1, ..r };
+        let one = Rule { min_positive_slices: 1, ..r.clone() };
         assert_eq!(one.series(&[0.1, 0.7]).verdict, Verdict::Positive);
     }
 }

@@ -354,8 +354,12 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
             for sl in &r.slices {
                 println!(
                     "{}",
-                    serde_json::json!({"type": "slice", "file": sl.file.display().to_string(), "series_uid": r.uid, "slice_index": sl.slice_index,
-                        "z": sl.z, "lung_fraction": sl.lung_fraction, "prob": sl.prob, "positive": sl.positive})
+                    serde_json::to_value(sl).map(|mut v| {
+                        v["type"] = "slice".into();
+                        v["series_uid"] = r.uid.clone().into();
+                        v["file"] = sl.file.display().to_string().into();
+                        v
+                    }).context("serialising")?
                 );
             }
             println!(
@@ -363,18 +367,21 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
                 serde_json::json!({"type": "series", "series_uid": r.uid, "slices": r.decision.slices, "positives": r.decision.positives,
                     "max_prob": r.decision.max_prob, "verdict": r.decision.verdict, "threshold": sc.rule.threshold,
                     "threshold_source": sc.rule.threshold_source, "min_positive_slices": sc.rule.min_positive_slices,
+                    "min_positive_source": sc.rule.min_positive_source, "min_lung_fraction": sc.rule.min_lung_fraction,
+                    "skipped": r.slices.iter().filter(|s| s.skipped.is_some()).count(),
                     "model": {"name": m.name, "version": m.version, "sha256": m.sha256}, "engine": sc.engine.name(), "precision": sc.engine.precision(), "preprocess": sc.pre.name()})
             );
         } else {
             println!("series {}  ({} slices)", r.uid, r.slices.len());
             println!("  {:>5} {:>6} {:>6} {:>7}  file", "index", "z", "lung", "prob");
             for sl in &r.slices {
-                println!("  {:>5} {:>6.3} {:>6.3} {:>7.4}{} {}", sl.slice_index, sl.z, sl.lung_fraction, sl.prob, if sl.positive { "*" } else { " " }, sl.file.display());
+                let prob = if sl.skipped.is_some() { "skipped".to_string() } else { format!("{:.4}", sl.prob) };
+                println!("  {:>5} {:>6.3} {:>6.3} {:>7}{} {}", sl.slice_index, sl.z, sl.lung_fraction, prob, if sl.positive { "*" } else { " " }, sl.file.display());
             }
             println!(
-                "  verdict: {:?} — {} of {} slices ≥ {:.3} ({}), {} needed; max prob {:.4}; model {} {} (sha256 {}…), engine {}, preprocess {}",
+                "  verdict: {:?} — {} of {} slices ≥ {:.3} ({}), {} needed ({}); {} without lung not scored; max prob {:.4}; model {} {} (sha256 {}…), engine {}, preprocess {}",
                 r.decision.verdict, r.decision.positives, r.decision.slices, sc.rule.threshold, sc.rule.threshold_source,
-                sc.rule.min_positive_slices, r.decision.max_prob, m.name, m.version, &m.sha256[..12], sc.engine.name(), sc.pre.name()
+                sc.rule.min_positive_slices, sc.rule.min_positive_source, r.slices.iter().filter(|s| s.skipped.is_some()).count(), r.decision.max_prob, m.name, m.version, &m.sha256[..12], sc.engine.name(), sc.pre.name()
             );
         }
     }

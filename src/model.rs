@@ -107,6 +107,14 @@ pub struct DecisionInfo {
     pub threshold: f64,
     /// How it was chosen (e.g. "sensitivity ≥ 0.95 on the validation split").
     pub method: String,
+    /// Positive slices a series needs, chosen with the threshold from series-level results
+    /// (optional; the config's `decision.min_positive_slices` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_positive_slices: Option<usize>,
+    /// Slices whose lung mask covers less than this share of the image are not sent to the
+    /// engine: they are reported with probability 0 and a reason (optional; 0 scores every slice).
+    #[serde(default)]
+    pub min_lung_fraction: f64,
 }
 
 /// The manifest file.

@@ -56,10 +56,13 @@ pub struct SliceScore {
     pub z: f64,
     /// Share of the image inside the lungs.
     pub lung_fraction: f32,
-    /// Probability.
+    /// Probability (0 for a slice not scored).
     pub prob: f32,
     /// prob ≥ threshold.
     pub positive: bool,
+    /// Why the slice was not sent to the engine (too little lung), when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// Class activation map (7 × 7, row-major).
     #[serde(skip)]
     pub cam: Vec<f32>,
@@ -128,26 +131,39 @@ impl Scorer {
     }
 
     /// Scores slices in the order given (no series needed), `CHUNK` at a time: probability,
-    /// lung fraction and class activation map of each.
+    /// lung fraction and class activation map of each. A slice with less lung than the rule's
+    /// `min_lung_fraction` is not sent to the engine: probability 0, a flat map, `skipped` set.
     pub fn score_slices(&self, slices: &[crate::ingest::Slice]) -> Result<Vec<SliceOutput>, ScoreError> {
         let mut out = Vec::with_capacity(slices.len());
         let len = self.params.slice_len();
         for chunk in slices.chunks(CHUNK) {
             let masks: Vec<Option<lung::LungMask>> = chunk.par_iter().map(|s| mask_for(&self.params, s)).collect();
-            let inputs: Vec<Input<'_>> = chunk.iter().zip(&masks).map(|(s, m)| Input::of(s, m.as_ref().map(|m| m.mask.as_slice()))).collect();
-            let mut tensor = vec![0f32; chunk.len() * len];
-            self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| match e {
-                crate::preprocess::PreprocessError::BadInput { .. } => ScoreError::Input(e),
-                _ => ScoreError::Backend(e.to_string()),
-            })?;
-            let r = self.engine.infer(&tensor, chunk.len()).map_err(|e| ScoreError::Backend(e.to_string()))?;
-            r.check(chunk.len()).map_err(ScoreError::Output)?;
+            let fraction = |m: &Option<lung::LungMask>| m.as_ref().map(|m| m.fraction).unwrap_or(0.0);
+            // Without a lung mask in the preprocessing every slice is scored.
+            let skipped: Vec<Option<String>> = masks.iter().map(|m| if self.params.lung_mask { self.rule.skips(fraction(m)) } else { None }).collect();
+            let kept: Vec<usize> = (0..chunk.len()).filter(|&k| skipped[k].is_none()).collect();
+            let mut scored = None;
+            if !kept.is_empty() {
+                let inputs: Vec<Input<'_>> = kept.iter().map(|&k| Input::of(&chunk[k], masks[k].as_ref().map(|m| m.mask.as_slice()))).collect();
+                let mut tensor = vec![0f32; kept.len() * len];
+                self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| match e {
+                    crate::preprocess::PreprocessError::BadInput { .. } => ScoreError::Input(e),
+                    _ => ScoreError::Backend(e.to_string()),
+                })?;
+                let r = self.engine.infer(&tensor, kept.len()).map_err(|e| ScoreError::Backend(e.to_string()))?;
+                r.check(kept.len()).map_err(ScoreError::Output)?;
+                scored = Some(r);
+            }
+            let mut next = 0;
             for (k, m) in masks.iter().enumerate() {
-                out.push(SliceOutput {
-                    prob: r.prob[k],
-                    lung_fraction: m.as_ref().map(|m| m.fraction).unwrap_or(0.0),
-                    cam: r.cam[k * 49..(k + 1) * 49].to_vec(),
-                });
+                let (prob, cam) = match (&skipped[k], &scored) {
+                    (None, Some(r)) => {
+                        next += 1;
+                        (r.prob[next - 1], r.cam[(next - 1) * 49..next * 49].to_vec())
+                    }
+                    _ => (0.0, vec![0.0; 49]),
+                };
+                out.push(SliceOutput { prob, lung_fraction: fraction(m), cam, skipped: skipped[k].clone() });
             }
         }
         Ok(out)
@@ -166,7 +182,8 @@ impl Scorer {
                 z: series.z[i],
                 lung_fraction: o.lung_fraction,
                 prob: o.prob,
-                positive: self.rule.slice_positive(f64::from(o.prob)),
+                positive: o.skipped.is_none() && self.rule.slice_positive(f64::from(o.prob)),
+                skipped: o.skipped,
                 cam: o.cam,
             })
             .collect();
@@ -220,6 +237,8 @@ pub struct SliceOutput {
     pub lung_fraction: f32,
     /// Class activation map (7 × 7, row-major).
     pub cam: Vec<f32>,
+    /// Why the slice was not sent to the engine, when it was not.
+    pub skipped: Option<String>,
 }
 
 /// The decision rule of `s` for a model: the config's threshold when set, else the manifest's.
@@ -228,7 +247,12 @@ pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest) -> Rule {
         Some(t) => (t, "config".to_string()),
         None => (manifest.decision.threshold, "manifest".to_string()),
     };
-    Rule { threshold, threshold_source, min_positive_slices: s.min_positive_slices }
+    let (min_positive_slices, min_positive_source) = match (s.min_positive_slices, manifest.decision.min_positive_slices) {
+        (Some(n), _) => (n, "config"),
+        (None, Some(n)) => (n, "manifest"),
+        (None, None) => (crate::decide::DEFAULT_MIN_POSITIVE_SLICES, "default"),
+    };
+    Rule { threshold, threshold_source, min_positive_slices, min_positive_source: min_positive_source.into(), min_lung_fraction: manifest.decision.min_lung_fraction }
 }
 
 /// The engine called `name` (`tract`, `onnxruntime`, `tensorrt`) for `model`, or why not.

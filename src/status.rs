@@ -89,8 +89,8 @@ pub struct Snapshot {
     pub model: ModelView,
     /// Slice threshold in force (null while no model is loaded and the config sets none).
     pub threshold: Option<f64>,
-    /// Positive slices a series needs.
-    pub min_positive_slices: usize,
+    /// Positive slices a series needs (null while no model is loaded and the config sets none).
+    pub min_positive_slices: Option<usize>,
     /// Files handled (done or quarantined) since the journal began.
     pub files_handled: u64,
     /// The most recent final verdicts, newest first.
@@ -197,7 +197,7 @@ pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
         snap.precision,
         snap.preprocess,
         snap.threshold.map(|t| format!("{t:.4}")).unwrap_or_else(|| "unknown".into()),
-        snap.min_positive_slices
+        snap.min_positive_slices.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into())
     );
     for v in &snap.last_verdicts {
         let _ = writeln!(r, "verdict     {} {} ({} of {} slices, max {:.3}), {}", v.series_key, v.verdict.to_uppercase(), v.positives, v.slices, v.max_prob, ago(v.t));
@@ -227,7 +227,7 @@ mod tests {
             preprocess: "cpu".into(),
             model: ModelView { name: "m".into(), version: "1".into(), sha256: "ab".repeat(32) },
             threshold: Some(0.5),
-            min_positive_slices: 2,
+            min_positive_slices: Some(2),
             files_handled: 9,
             last_verdicts: vec![],
         };

@@ -143,3 +143,51 @@ fn bench_measures_decode_and_end_to_end_on_files() {
     assert!(v["decode_slices_per_s"].as_f64().unwrap() > 0.0 && v["end_to_end_slices_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(v["engine"], "tract");
 }
+
+/// Slices without lung are not sent to the engine when the manifest says so (`min_lung_fraction`):
+/// probability 0 and a reason; the manifest's `min_positive_slices` applies unless the config
+/// sets one, and every result says which.
+#[test]
+fn slices_without_lung_are_skipped_and_the_rule_names_its_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
+    let model = dir.path().join("tiny.onnx");
+    std::fs::copy(&src, &model).unwrap();
+    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap() + "min_positive_slices = 1\nmin_lung_fraction = 0.05\n";
+    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    // Three chest slices (two lungs) and, above them, two slices of soft tissue only.
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let (hu, _) = chest(128, 128, 0.0);
+    for k in 0..5 {
+        let mut s = CtSlice::pattern(128, 128, k, 2.0 * k as f64);
+        s.stored = if k < 3 { hu.iter().map(|&v| v.round() as i32).collect() } else { vec![40; 128 * 128] };
+        s.write(&input.join(format!("{k}.dcm")), EXPLICIT_LE);
+    }
+    let score = |extra: &str| {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n[preprocess]\nbackend = \"cpu\"\n{extra}", model.display())).unwrap();
+        let (code, out, err) = run(&["--config", cfg.to_str().unwrap(), "score", "--json", input.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    let lines = score("");
+    let slices: Vec<_> = lines.iter().filter(|l| l["type"] == "slice").collect();
+    assert_eq!(slices.len(), 5);
+    for s in &slices {
+        let lungless = s["slice_index"].as_u64().unwrap() >= 3;
+        assert_eq!(s.get("skipped").is_some(), lungless, "{s}");
+        if lungless {
+            assert!(s["skipped"].as_str().unwrap().starts_with("no lung: lung fraction 0.000 < 0.05"), "{s}");
+            assert_eq!((s["prob"].as_f64(), s["positive"].as_bool()), (Some(0.0), Some(false)), "{s}");
+        } else {
+            assert!(s["lung_fraction"].as_f64().unwrap() > 0.1 && s["prob"].as_f64().unwrap() > 0.0, "{s}");
+        }
+    }
+    let series = lines.iter().find(|l| l["type"] == "series").unwrap();
+    assert_eq!((series["skipped"].as_u64(), series["min_lung_fraction"].as_f64()), (Some(2), Some(0.05)), "{series}");
+    assert_eq!((series["min_positive_slices"].as_u64(), series["min_positive_source"].as_str()), (Some(1), Some("manifest")), "{series}");
+    let lines = score("[decision]\nmin_positive_slices = 3\n");
+    let series = lines.iter().find(|l| l["type"] == "series").unwrap();
+    assert_eq!((series["min_positive_slices"].as_u64(), series["min_positive_source"].as_str()), (Some(3), Some("config")), "{series}");
+}

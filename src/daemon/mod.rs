@@ -322,9 +322,10 @@ impl Daemon {
             self.emit(Event::Degraded { on: true });
         }
         log::info!(
-            "ready: watching {} ({:?}), {} workers, model {} {} (sha256 {}…), threshold {:.4} ({}), {} positive slices per series, engine {}, preprocess {}; {} series open from before",
+            "ready: watching {} ({:?}), {} workers, model {} {} (sha256 {}…), threshold {:.4} ({}), {} positive slices per series ({}), slices with lung fraction < {} not scored, engine {}, preprocess {}; {} series open from before",
             self.settings.paths.incoming.display(), self.settings.daemon.watch, workers, m.name, m.version, &m.sha256[..12.min(m.sha256.len())],
-            self.scorer.rule.threshold, self.scorer.rule.threshold_source, self.scorer.rule.min_positive_slices, self.scorer.engine.name(), self.scorer.pre.name(),
+            self.scorer.rule.threshold, self.scorer.rule.threshold_source, self.scorer.rule.min_positive_slices, self.scorer.rule.min_positive_source,
+            self.scorer.rule.min_lung_fraction, self.scorer.engine.name(), self.scorer.pre.name(),
             self.state.open.len()
         );
         let sd = systemd::Notifier::from_env();
@@ -516,7 +517,7 @@ impl Daemon {
             preprocess: self.scorer.pre.name().into(),
             model: crate::status::ModelView { name: m.name.clone(), version: m.version.clone(), sha256: m.sha256.clone() },
             threshold: Some(rule.threshold),
-            min_positive_slices: rule.min_positive_slices,
+            min_positive_slices: Some(rule.min_positive_slices),
             files_handled: self.state.handled,
             last_verdicts: self.last_verdicts.iter().cloned().collect(),
         };
@@ -714,8 +715,13 @@ impl Daemon {
             .enumerate()
             .map(|(i, s)| {
                 let r = &by_name[&(s.source.display().to_string(), s.frame)];
-                serde_json::json!({"file": s.source.display().to_string(), "frame": s.frame, "slice_index": i, "z": ordered.z[i],
-                    "lung_fraction": r.lung_fraction, "prob": r.prob, "positive": rule.slice_positive(f64::from(r.prob))})
+                let skipped = rule.skips(r.lung_fraction);
+                let mut v = serde_json::json!({"file": s.source.display().to_string(), "frame": s.frame, "slice_index": i, "z": ordered.z[i],
+                    "lung_fraction": r.lung_fraction, "prob": r.prob, "positive": skipped.is_none() && rule.slice_positive(f64::from(r.prob))});
+                if let Some(why) = skipped {
+                    v["skipped"] = why.into();
+                }
+                v
             })
             .collect();
         let t = now();
@@ -723,6 +729,7 @@ impl Daemon {
             "type": "series", "series_uid": uid, "series_id": alert::series_id(uid, o.part), "series_key": key.to_string(), "part": o.part,
             "verdict": d.verdict, "positives": d.positives, "slices": d.slices, "max_prob": d.max_prob,
             "threshold": rule.threshold, "threshold_source": rule.threshold_source, "min_positive_slices": rule.min_positive_slices,
+            "min_positive_source": rule.min_positive_source, "min_lung_fraction": rule.min_lung_fraction,
             "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
             "engine": self.scorer.engine.name(), "precision": self.scorer.engine.precision(), "preprocess": self.scorer.pre.name(), "ctsentry": env!("CARGO_PKG_VERSION"),
             "order_key": ordered.order_key, "duplicates": ordered.duplicates, "gaps": ordered.gaps,
