@@ -114,13 +114,14 @@ struct RawEngine {
     precision: Spanned<String>,
     threads: Option<Spanned<i64>>,
     onnxruntime_library: Option<Spanned<String>>,
+    openvino_library: Option<Spanned<String>>,
     tensorrt_plan: Option<Spanned<String>>,
     tensorrt_library: Option<Spanned<String>>,
 }
 
 impl Default for RawEngine {
     fn default() -> Self {
-        RawEngine { backend: Spanned::new(0..0, "auto".into()), precision: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None, tensorrt_plan: None, tensorrt_library: None }
+        RawEngine { backend: Spanned::new(0..0, "auto".into()), precision: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None, openvino_library: None, tensorrt_plan: None, tensorrt_library: None }
     }
 }
 
@@ -323,6 +324,8 @@ pub enum EngineBackend {
     TensorRt,
     /// ONNX Runtime (CPU).
     OnnxRuntime,
+    /// OpenVINO (CPU; bf16 where the CPU has AMX or AVX512-BF16).
+    OpenVino,
 }
 
 /// The arithmetic precision of inference (`engine.precision`).
@@ -472,6 +475,8 @@ pub struct Settings {
     pub engine_threads: Option<usize>,
     /// The ONNX Runtime shared library (None: `ORT_DYLIB_PATH`).
     pub onnxruntime_library: Option<PathBuf>,
+    /// The OpenVINO C library (None: the Debian package's, else python3's `openvino` package).
+    pub openvino_library: Option<PathBuf>,
     /// The TensorRT plan (None: the model path with `.plan`).
     pub tensorrt_plan: Option<PathBuf>,
     /// libnvinfer to load (None: `libnvinfer.so.11`, then `.so.10`, from the loader's path).
@@ -551,6 +556,8 @@ pub struct FixedSettings {
     pub engine_threads: Option<usize>,
     /// See [`Settings::onnxruntime_library`].
     pub onnxruntime_library: Option<PathBuf>,
+    /// See [`Settings::openvino_library`].
+    pub openvino_library: Option<PathBuf>,
     /// See [`Settings::tensorrt_plan`].
     pub tensorrt_plan: Option<PathBuf>,
     /// See [`Settings::tensorrt_library`].
@@ -606,6 +613,7 @@ impl Settings {
             precision,
             engine_threads,
             onnxruntime_library,
+            openvino_library,
             tensorrt_plan,
             tensorrt_library,
             preprocess,
@@ -620,7 +628,7 @@ impl Settings {
             log_patient_names,
         } = self;
         (
-            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch },
+            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch },
             LiveSettings { threshold, min_positive_slices, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
         )
     }
@@ -635,6 +643,7 @@ impl Settings {
             precision: f.precision,
             engine_threads: f.engine_threads,
             onnxruntime_library: f.onnxruntime_library,
+            openvino_library: f.openvino_library,
             tensorrt_plan: f.tensorrt_plan,
             tensorrt_library: f.tensorrt_library,
             preprocess: f.preprocess,
@@ -662,7 +671,7 @@ impl Settings {
 impl FixedSettings {
     /// The config keys (as written in the file) whose values differ between `self` and `new`.
     pub fn changed_keys(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch } = self;
+        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch } = self;
         let mut out = Vec::new();
         let mut check = |differs: bool, key: &'static str| {
             if differs {
@@ -675,6 +684,7 @@ impl FixedSettings {
         check(*precision != new.precision, "engine.precision");
         check(*engine_threads != new.engine_threads, "engine.threads");
         check(*onnxruntime_library != new.onnxruntime_library, "engine.onnxruntime_library");
+        check(*openvino_library != new.openvino_library, "engine.openvino_library");
         check(*tensorrt_plan != new.tensorrt_plan, "engine.tensorrt_plan");
         check(*tensorrt_library != new.tensorrt_library, "engine.tensorrt_library");
         check(*preprocess != new.preprocess, "preprocess.backend");
@@ -948,7 +958,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
     let engine = c.choice(
         "engine.backend",
         &raw.engine.backend,
-        &[("auto", EngineBackend::Auto), ("tract", EngineBackend::Tract), ("tensorrt", EngineBackend::TensorRt), ("onnxruntime", EngineBackend::OnnxRuntime)],
+        &[("auto", EngineBackend::Auto), ("tract", EngineBackend::Tract), ("tensorrt", EngineBackend::TensorRt), ("onnxruntime", EngineBackend::OnnxRuntime), ("openvino", EngineBackend::OpenVino)],
     );
     let precision = c.choice(
         "engine.precision",
@@ -957,6 +967,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
     );
     let engine_threads = raw.engine.threads.as_ref().map(|t| c.range_i("engine.threads", t, 1, 256) as usize);
     let onnxruntime_library = raw.engine.onnxruntime_library.as_ref().map(|p| c.path("engine.onnxruntime_library", p, base));
+    let openvino_library = raw.engine.openvino_library.as_ref().map(|p| c.path("engine.openvino_library", p, base));
     let tensorrt_plan = raw.engine.tensorrt_plan.as_ref().map(|p| c.path("engine.tensorrt_plan", p, base));
     let tensorrt_library = raw.engine.tensorrt_library.as_ref().map(|p| c.path("engine.tensorrt_library", p, base));
     let preprocess = c.choice(
@@ -1026,6 +1037,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         precision: precision.expect("checked"),
         engine_threads,
         onnxruntime_library,
+        openvino_library,
         tensorrt_plan,
         tensorrt_library,
         preprocess: preprocess.expect("checked"),
@@ -1085,7 +1097,7 @@ mod tests {
         assert_eq!(at, vec![(2, 1), (4, 13), (5, 23), (7, 11), (8, 2)], "{issues:#?}");
         assert!(issues[0].reason.contains("incomming"), "{}", issues[0].reason);
         assert!(issues[1].reason.contains("outside"));
-        assert!(issues[3].reason.contains("\"gpu\" is not one of auto, tract, tensorrt, onnxruntime"));
+        assert!(issues[3].reason.contains("\"gpu\" is not one of auto, tract, tensorrt, onnxruntime, openvino"));
     }
 
     #[test]

@@ -248,6 +248,14 @@ pub fn run(source: &ConfigSource) -> Report {
             "not usable: this build has no onnxruntime engine (rebuild with --features onnxruntime)".into()
         };
         let _ = writeln!(r, "engine ort    {ort}");
+        let ov = match crate::engine::openvino::library(s.openvino_library.as_deref()) {
+            Ok(p) => {
+                let bf16 = crate::engine::openvino::cpu_has_bf16();
+                format!("library {} found; this CPU {} bf16 (precision auto: {})", p.display(), if bf16 { "runs" } else { "does not run" }, if bf16 { "bf16" } else { "f32" })
+            }
+            Err(e) => format!("not usable: {e}"),
+        };
+        let _ = writeln!(r, "engine ov     {ov}");
     }
     let lib = settings.as_ref().and_then(|s| s.tensorrt_library.clone());
     let _ = writeln!(r, "engine trt    {}", crate::engine::tensorrt_status(lib.as_deref()));

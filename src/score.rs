@@ -89,23 +89,9 @@ impl Scorer {
                 log::info!("engine: tract (configured)");
                 Arc::new(TractEngine::load(&model)?)
             }
-            EngineBackend::OnnxRuntime => onnxruntime(&model, s).map_err(SetupError::Unavailable)?,
-            EngineBackend::Auto => match tensorrt(&model, s) {
-                Ok(e) => {
-                    log::info!("engine: tensorrt (auto: a usable GPU plan)");
-                    e
-                }
-                Err(trt) => match onnxruntime(&model, s) {
-                    Ok(e) => {
-                        log::info!("engine: onnxruntime (auto: the fastest available on a CPU; tensorrt not used: {trt})");
-                        e
-                    }
-                    Err(why) => {
-                        log::info!("engine: tract (auto; tensorrt not used: {trt}; onnxruntime not used: {why})");
-                        Arc::new(TractEngine::load(&model)?)
-                    }
-                },
-            },
+            EngineBackend::OnnxRuntime => onnxruntime(&model, s).map_err(|e| SetupError::Unavailable(format!("engine.backend = \"onnxruntime\": {e}")))?,
+            EngineBackend::OpenVino => openvino(&model, s).map_err(|e| SetupError::Unavailable(format!("engine.backend = \"openvino\": {e}")))?,
+            EngineBackend::Auto => auto_engine(&model, s)?,
             EngineBackend::TensorRt => tensorrt(&model, s).map_err(|e| SetupError::Unavailable(format!("engine.backend = \"tensorrt\": {e}")))?,
         };
         check_precision(s.precision, engine.as_ref())?;
@@ -206,7 +192,7 @@ fn check_precision(wanted: crate::config::Precision, engine: &dyn Engine) -> Res
         return Ok(());
     }
     let hint = match wanted {
-        Precision::Bf16 => "bf16 needs an engine that runs it (the OpenVINO engine on a CPU with AMX or AVX512-BF16 is not in this build)",
+        Precision::Bf16 => "bf16 needs the OpenVINO engine (its library: pip install openvino, or the Debian package) on a CPU with AMX or AVX512-BF16",
         Precision::F16 => "f16 needs a TensorRT plan built with FP16 (models/README.md)",
         _ => "set engine.precision = \"auto\" to use what the engine runs",
     };
@@ -255,10 +241,30 @@ pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest) -> Rule {
     Rule { threshold, threshold_source, min_positive_slices, min_positive_source: min_positive_source.into(), min_lung_fraction: manifest.decision.min_lung_fraction }
 }
 
-/// The engine called `name` (`tract`, `onnxruntime`, `tensorrt`) for `model`, or why not.
+/// `engine.backend = "auto"`: the first usable of a TensorRT plan, OpenVINO, ONNX Runtime, and
+/// tract (always there), each one passed over logged with the reason.
+fn auto_engine(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, SetupError> {
+    let mut passed = Vec::new();
+    type Candidate = (&'static str, fn(&Model, &Settings) -> Result<Arc<dyn Engine>, String>);
+    let candidates: [Candidate; 3] = [("tensorrt", tensorrt), ("openvino", openvino), ("onnxruntime", onnxruntime)];
+    for (name, make) in candidates {
+        match make(model, s) {
+            Ok(e) => {
+                log::info!("engine: {name} {} (auto: the fastest usable{})", e.precision(), passed.iter().map(|p| format!("; {p}")).collect::<String>());
+                return Ok(e);
+            }
+            Err(why) => passed.push(format!("{name} not used: {why}")),
+        }
+    }
+    log::info!("engine: tract (auto; {})", passed.join("; "));
+    Ok(Arc::new(TractEngine::load(model)?))
+}
+
+/// The engine called `name` (`tract`, `openvino`, `onnxruntime`, `tensorrt`) for `model`, or why not.
 pub fn engine_named(model: &Model, s: &Settings, name: &str) -> Result<Arc<dyn Engine>, String> {
     match name {
         "tract" => Ok(Arc::new(TractEngine::load(model).map_err(|e| e.to_string())?)),
+        "openvino" => openvino(model, s),
         "onnxruntime" => onnxruntime(model, s),
         "tensorrt" => tensorrt(model, s),
         other => Err(format!("no engine called {other:?}")),
@@ -280,6 +286,16 @@ fn tensorrt(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
         let _ = (model, plan);
         Err(crate::engine::tensorrt::unavailable())
     }
+}
+
+/// The OpenVINO engine in the precision `engine.precision` resolves to on this CPU, or why it
+/// cannot be had.
+fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
+    use crate::engine::openvino::{cpu_has_bf16, library, resolve_precision, OpenVinoEngine};
+    let precision = resolve_precision(s.precision, cpu_has_bf16())?;
+    let lib = library(s.openvino_library.as_deref())?;
+    let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
+    Ok(Arc::new(OpenVinoEngine::load(model, &lib, precision, threads).map_err(|e| e.to_string())?))
 }
 
 /// The ONNX Runtime engine, or why it cannot be had.

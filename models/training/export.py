@@ -10,7 +10,10 @@
   global-average-pool + linear head, up to a positive scale).
 - Checked against PyTorch on real prep tensors with onnxruntime: max |prob difference| <= 1e-4.
 - The decision threshold: the largest threshold whose sensitivity on the held-out scores of
-  `--threshold-from` (held_out_scores.csv) is >= --sensitivity (0.95).
+  `--threshold-from` (held_out_scores.csv) is >= --sensitivity (0.95), counting only real CT
+  rows (no UCSD picture, no simulated lesion): a triage threshold must hold on real scans.
+- `[training] series_uids`: the Series Instance UIDs of the DICOM under each `--trained-on`
+  folder (the real CT the model was trained on), so that `ctsentry eval` warns about them.
 """
 import argparse
 import csv
@@ -36,8 +39,29 @@ class Exported(torch.nn.Module):
         return torch.sigmoid(logit)[:, None], cam
 
 
+def real_ct(row):
+    """A held-out row from a real CT scan: not a UCSD picture, not a simulated lesion."""
+    return not row["group"].startswith("ucsd") and "-sim" not in row["file"].split("/")[0]
+
+
+def series_uids(folders):
+    import pydicom
+
+    uids = set()
+    for folder in folders:
+        for dirpath, _, files in os.walk(folder):
+            for f in files:
+                try:
+                    ds = pydicom.dcmread(os.path.join(dirpath, f), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                except Exception:
+                    continue  # not DICOM (labels, notes)
+                if "SeriesInstanceUID" in ds:
+                    uids.add(str(ds.SeriesInstanceUID))
+    return sorted(uids)
+
+
 def pick_threshold(scores_csv, target):
-    rows = list(csv.DictReader(open(scores_csv)))
+    rows = [r for r in csv.DictReader(open(scores_csv)) if real_ct(r)]
     pos = sorted((float(r["prob"]) for r in rows if r["label"] == "1"), reverse=True)
     neg = [float(r["prob"]) for r in rows if r["label"] == "0"]
     if not pos:
@@ -59,6 +83,7 @@ def main():
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--out", default="models")
     ap.add_argument("--validation", action="append", default=[], help="KEY=VALUE lines for [validation] (repeatable)")
+    ap.add_argument("--trained-on", action="append", default=[], help="a folder of the real DICOM trained on (repeatable): its series UIDs go into [training] series_uids")
     a = ap.parse_args()
 
     summary = json.load(open(os.path.join(a.run, "summary.json")))
@@ -93,7 +118,7 @@ def main():
         method = "fixed (an evaluation bundle, not calibrated)"
     else:
         t, sens, spec, npos, nneg = pick_threshold(os.path.join(a.threshold_from, "held_out_scores.csv"), a.sensitivity)
-        method = f"largest threshold with sensitivity >= {a.sensitivity} on held-out slices ({a.threshold_from}: {npos} positive, {nneg} negative; sensitivity {sens:.3f}, specificity {spec:.3f} there)"
+        method = f"largest threshold with sensitivity >= {a.sensitivity} on the held-out real CT slices of the validation run ({npos} positive, {nneg} negative; sensitivity {sens:.3f}, specificity {spec:.3f} there)"
 
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     p = summary["params"]
@@ -132,6 +157,10 @@ method = "{method}"
 
 [training]
 program = "models/training/train.py"
+# The real CT series trained on: `ctsentry eval` warns when it evaluates any of them.
+series_uids = [{"".join(f'{chr(10)}    "{u}",' for u in series_uids(a.trained_on))}
+]
+precision = "{args.get("precision", "f32")}"
 data = "{'; '.join(f'{k}: {v}' for k, v in summary['train'].items())}"
 positives = {summary["train_positive"]}
 epochs = {args["epochs"]}

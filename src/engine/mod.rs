@@ -5,6 +5,7 @@
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
 pub mod tensorrt;
+pub mod openvino;
 pub mod tract;
 
 /// What an engine gives for a batch of `n` slices.

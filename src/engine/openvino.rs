@@ -1,0 +1,201 @@
+//! The OpenVINO engine: Intel's runtime for edge inference on the CPU, bf16 where the CPU has
+//! AMX or AVX512-BF16 (several times the f32 throughput of the same cores), f32 elsewhere.
+//!
+//! The library is loaded at run time (crate `openvino`, feature `runtime-linking`), so the default
+//! build needs nothing of OpenVINO and runs where it is absent. Where it comes from, in order: the
+//! config's `engine.openvino_library`; `/usr/lib/ctsentry/openvino` (the Debian package carries
+//! it there); the `openvino` package of the machine's `python3` (`pip install openvino`: its
+//! `openvino/libs/libopenvino_c.so.*`). The ONNX bundle is read from the verified bytes in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, PropertyKey, RwPropertyKey, Shape, Tensor};
+
+use super::{check_batch, Engine, EngineError, Output, CAM_SIDE};
+use crate::config::Precision;
+use crate::model::Model;
+
+/// Slices per OpenVINO call (its CPU plugin is at its best from batches of about 8 on few cores).
+const BATCH: usize = 8;
+
+/// Where the Debian package installs the OpenVINO libraries.
+pub const PACKAGED_DIR: &str = "/usr/lib/ctsentry/openvino";
+
+/// Whether this CPU runs bfloat16 matrix math natively (AMX or AVX512-BF16), from
+/// `/proc/cpuinfo`.
+pub fn cpu_has_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
+}
+
+/// The precision the engine runs for `wanted` on this CPU, or why it cannot.
+pub fn resolve_precision(wanted: Precision, bf16: bool) -> Result<&'static str, String> {
+    match wanted {
+        Precision::Auto => Ok(if bf16 { "bf16" } else { "f32" }),
+        Precision::F32 => Ok("f32"),
+        Precision::Bf16 if bf16 => Ok("bf16"),
+        Precision::Bf16 => Err("engine.precision = \"bf16\": this CPU has neither AMX nor AVX512-BF16 (/proc/cpuinfo flags amx_bf16, avx512_bf16)".into()),
+        Precision::F16 => Err("engine.precision = \"f16\": the OpenVINO CPU engine runs bf16 or f32 (f16 is for a TensorRT plan)".into()),
+    }
+}
+
+/// `libopenvino_c.so*` in `dir`, if there is one.
+fn c_library_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libopenvino_c.so")))
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// The `openvino` package folder of `python3` (without importing it), if installed.
+fn python_package_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import importlib.util as u; s = u.find_spec('openvino'); print(s.submodule_search_locations[0] if s else '')"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+/// The OpenVINO C library the engine would load, or why there is none. Available in every
+/// build, for `doctor`.
+pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(format!("engine.openvino_library {} does not exist", p.display())) };
+    }
+    if let Some(p) = c_library_in(Path::new(PACKAGED_DIR)) {
+        return Ok(p);
+    }
+    if let Some(p) = python_package_dir().and_then(|d| c_library_in(&d.join("libs"))) {
+        return Ok(p);
+    }
+    Err(format!("no OpenVINO library: not in {PACKAGED_DIR} (the Debian package), and python3 has no `openvino` package (pip install openvino); or set engine.openvino_library"))
+}
+
+struct Session {
+    // The core owns the plugins the compiled model runs on: it must outlive them.
+    _core: Core,
+    _compiled: CompiledModel,
+    request: InferRequest,
+}
+
+/// The OpenVINO engine (CPU device).
+pub struct OpenVinoEngine {
+    session: Mutex<Session>,
+    precision: &'static str,
+    library: PathBuf,
+    size: usize,
+    input: String,
+    prob: String,
+    cam: String,
+}
+
+impl OpenVinoEngine {
+    /// Loads OpenVINO from `lib`, reads and compiles the model for the CPU in `precision`
+    /// (`bf16` or `f32`) on `threads` threads, checking names against the manifest and that the
+    /// compiled model runs the precision asked for.
+    pub fn load(model: &Model, lib: &Path, precision: &'static str, threads: usize) -> Result<OpenVinoEngine, EngineError> {
+        let m = &model.manifest;
+        let err = |reason: String| EngineError::Load { model: model.path.display().to_string(), reason };
+        let ov = |what: &'static str| move |e: openvino::InferenceError| err(format!("OpenVINO {what}: {e}"));
+        openvino_sys::library::load_from(lib.to_path_buf()).map_err(|e| err(format!("cannot load OpenVINO from {}: {e}", lib.display())))?;
+        let mut core = Core::new().map_err(|e| err(format!("OpenVINO: {e}")))?;
+        core.set_property(&DeviceType::CPU, &RwPropertyKey::HintInferencePrecision, precision).map_err(ov("precision hint"))?;
+        core.set_property(&DeviceType::CPU, &RwPropertyKey::InferenceNumThreads, &threads.max(1).to_string()).map_err(ov("threads"))?;
+        let graph = core.read_model_from_buffer(&model.bytes, None).map_err(ov("cannot read the model"))?;
+        let names = |n: usize, at: &dyn Fn(usize) -> Result<String, openvino::InferenceError>| (0..n).map(at).collect::<Result<Vec<String>, _>>();
+        let inputs = names(graph.get_inputs_len().map_err(ov("inputs"))?, &|i| graph.get_input_by_index(i)?.get_name()).map_err(ov("inputs"))?;
+        let outputs = names(graph.get_outputs_len().map_err(ov("outputs"))?, &|i| graph.get_output_by_index(i)?.get_name()).map_err(ov("outputs"))?;
+        if inputs != [m.input.name.clone()] {
+            return Err(err(format!("graph inputs are {inputs:?}, the manifest expects one input {:?}", m.input.name)));
+        }
+        for name in [&m.output.prob, &m.output.cam] {
+            if !outputs.contains(name) {
+                return Err(err(format!("graph outputs are {outputs:?}; the manifest's output {name:?} is not among them")));
+            }
+        }
+        let mut compiled = core.compile_model(&graph, DeviceType::CPU).map_err(ov("cannot compile the model"))?;
+        let runs = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map_err(ov("precision"))?.to_string();
+        if runs != precision {
+            return Err(err(format!("OpenVINO compiled the model for {runs}, not the {precision} asked for")));
+        }
+        let request = compiled.create_infer_request().map_err(ov("infer request"))?;
+        Ok(OpenVinoEngine {
+            session: Mutex::new(Session { _core: core, _compiled: compiled, request }),
+            precision,
+            library: lib.to_path_buf(),
+            size: m.input.size,
+            input: m.input.name.clone(),
+            prob: m.output.prob.clone(),
+            cam: m.output.cam.clone(),
+        })
+    }
+
+    /// The library it was loaded from.
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+}
+
+impl Engine for OpenVinoEngine {
+    fn name(&self) -> &'static str {
+        "openvino"
+    }
+
+    fn precision(&self) -> &str {
+        self.precision
+    }
+
+    fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {
+        let len = check_batch(batch, n, self.size)?;
+        let run = |e: openvino::InferenceError| EngineError::Run(e.to_string());
+        let mut out = Output { prob: Vec::with_capacity(n), cam: Vec::with_capacity(n * CAM_SIDE * CAM_SIDE) };
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        for chunk in batch.chunks(BATCH * len) {
+            let k = chunk.len() / len;
+            let dims = [k as i64, 3, self.size as i64, self.size as i64];
+            let mut tensor = Tensor::new(ElementType::F32, &Shape::new(&dims).map_err(run)?).map_err(run)?;
+            tensor.get_data_mut::<f32>().map_err(run)?.copy_from_slice(chunk);
+            session.request.set_tensor(&self.input, &tensor).map_err(run)?;
+            session.request.infer().map_err(run)?;
+            let prob = session.request.get_tensor(&self.prob).map_err(run)?;
+            let prob = prob.get_data::<f32>().map_err(run)?;
+            if prob.len() != k {
+                return Err(EngineError::Run(format!("output {} holds {} values for {k} slices", self.prob, prob.len())));
+            }
+            out.prob.extend_from_slice(prob);
+            let cam = session.request.get_tensor(&self.cam).map_err(run)?;
+            let cam = cam.get_data::<f32>().map_err(run)?;
+            if cam.len() != k * CAM_SIDE * CAM_SIDE {
+                return Err(EngineError::Run(format!("output {} holds {} values for {k} slices", self.cam, cam.len())));
+            }
+            out.cam.extend_from_slice(cam);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_is_resolved_never_silently_changed() {
+        assert_eq!(resolve_precision(Precision::Auto, true), Ok("bf16"));
+        assert_eq!(resolve_precision(Precision::Auto, false), Ok("f32"));
+        assert_eq!(resolve_precision(Precision::F32, true), Ok("f32"));
+        assert_eq!(resolve_precision(Precision::Bf16, true), Ok("bf16"));
+        assert!(resolve_precision(Precision::Bf16, false).unwrap_err().contains("neither AMX nor AVX512-BF16"));
+        assert!(resolve_precision(Precision::F16, true).is_err());
+    }
+
+    #[test]
+    fn a_configured_library_that_does_not_exist_is_named() {
+        let e = library(Some(Path::new("/nonexistent/libopenvino_c.so"))).unwrap_err();
+        assert!(e.contains("/nonexistent/libopenvino_c.so does not exist"), "{e}");
+    }
+}
