@@ -19,7 +19,8 @@ step "file list"
 dpkg-deb -c "$deb" | awk '{print $6}' > /tmp/ctsentry-deb-files
 for f in ./usr/bin/ctsentry ./etc/ctsentry/ctsentry.toml \
          ./usr/share/ctsentry/models/densenet121-covid.onnx ./usr/share/ctsentry/models/densenet121-covid.toml \
-         ./usr/share/doc/ctsentry/README.md; do
+         ./usr/share/doc/ctsentry/README.md ./usr/lib/ctsentry/openvino/libopenvino_c.so \
+         ./usr/lib/ctsentry/openvino/libopenvino_intel_cpu_plugin.so ./usr/lib/ctsentry/openvino/LICENSE; do
     grep -qx "$f" /tmp/ctsentry-deb-files || fail "$f missing from the package"
 done
 grep -qE '^\./(usr/)?lib/systemd/system/ctsentry\.service$' /tmp/ctsentry-deb-files || fail "unit missing"
@@ -41,6 +42,7 @@ cd /
 runuser -u ctsentry -- ctsentry check-config --deep || fail "check-config --deep"
 runuser -u ctsentry -- ctsentry doctor > /tmp/ctsentry-doctor.txt || { cat /tmp/ctsentry-doctor.txt; fail "doctor found problems"; }
 grep -q "checked as    user ctsentry" /tmp/ctsentry-doctor.txt || fail "doctor did not check as the service user"
+grep -q "engine ov     library /usr/lib/ctsentry/openvino/" /tmp/ctsentry-doctor.txt || fail "doctor does not find the packaged OpenVINO: $(grep engine /tmp/ctsentry-doctor.txt)"
 # As the README has it (`sudo ctsentry doctor`): root, checking as the service user.
 ctsentry doctor > /tmp/ctsentry-doctor-root.txt || { cat /tmp/ctsentry-doctor-root.txt; fail "doctor as root found problems"; }
 grep -q "checked as    user ctsentry" /tmp/ctsentry-doctor-root.txt || fail "doctor as root did not check as the service user"
@@ -68,6 +70,8 @@ grep '"stage":"FINAL"' /var/lib/ctsentry/results/events.jsonl | grep -q "\"slice
 [ -z "$(find /var/lib/ctsentry/incoming -type f)" ] || fail "files left in incoming/"
 runuser -u ctsentry -- ctsentry status --json > /tmp/ctsentry-status.json || fail "status while running"
 grep -q '"running":true' /tmp/ctsentry-status.json || fail "status: $(cat /tmp/ctsentry-status.json)"
+# The fastest CPU engine, from the package's own OpenVINO (the service user has no pip package).
+grep -q '"engine":"openvino"' /tmp/ctsentry-status.json || fail "the installed daemon does not run OpenVINO: $(cat /tmp/ctsentry-status.json); $(grep -i engine /tmp/ctsentry-daemon.log)"
 # The README's `ctsentry status`, as root from /: the text view of the same daemon.
 ctsentry status > /tmp/ctsentry-status.txt || fail "status (text) while running"
 grep -q "daemon      running" /tmp/ctsentry-status.txt || fail "status: $(cat /tmp/ctsentry-status.txt)"

@@ -1,7 +1,6 @@
 //! Real inference with the tract engine on the tiny test model (models/testdata), checked
 //! against the same graph computed by hand; model bundle validation.
 
-#[cfg(feature = "onnxruntime")]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -128,4 +127,39 @@ fn onnxruntime_matches_tract() {
     assert_eq!(ort.name(), "onnxruntime");
     assert!(a.prob.iter().zip(&b.prob).all(|(x, y)| (x - y).abs() < 1e-5), "{:?} vs {:?}", a.prob, b.prob);
     assert!(a.cam.iter().zip(&b.cam).all(|(x, y)| (x - y).abs() < 1e-4));
+}
+
+/// OpenVINO (loaded from where the appliance finds it: pip's `openvino` package here, which
+/// .ci/run installs) gives tract's outputs in f32, and within the bf16 parity bound (0.01 on a
+/// probability) in bf16 where the CPU runs it; names that differ from the manifest are refused.
+#[test]
+fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
+    use ctsentry::engine::openvino::{cpu_has_bf16, library, OpenVinoEngine};
+    let Ok(lib) = library(None) else {
+        common::tool_missing("the OpenVINO library", "pip install openvino");
+        return;
+    };
+    let model = Model::load(&tiny()).unwrap();
+    let tract = TractEngine::load(&model).unwrap();
+    let mut rng = Rng::new(5);
+    let n = 11; // more than one OpenVINO batch of 8
+    let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
+    let want = tract.infer(&batch, n).unwrap();
+    let f32_engine = OpenVinoEngine::load(&model, &lib, "f32", 2).unwrap();
+    assert_eq!((f32_engine.name(), f32_engine.precision()), ("openvino", "f32"));
+    let got = f32_engine.infer(&batch, n).unwrap();
+    assert!(got.prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-5), "{:?} vs {:?}", got.prob, want.prob);
+    assert!(got.cam.iter().zip(&want.cam).all(|(x, y)| (x - y).abs() < 1e-4));
+    if cpu_has_bf16() {
+        let bf16 = OpenVinoEngine::load(&model, &lib, "bf16", 2).unwrap();
+        assert_eq!(bf16.precision(), "bf16");
+        let got = bf16.infer(&batch, n).unwrap();
+        let worst = got.prob.iter().zip(&want.prob).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 0.01, "bf16 vs f32: max |prob difference| {worst}");
+    } else {
+        eprintln!("notice: this CPU runs no bf16; the bf16 half of this test did not run");
+    }
+    let (_d, p) = bundle(|m| m.replace("cam = \"cam\"", "cam = \"heat\""));
+    let e = OpenVinoEngine::load(&Model::load(&p).unwrap(), &lib, "f32", 2).err().unwrap();
+    assert!(e.to_string().contains("\"heat\" is not among them"), "{e}");
 }
