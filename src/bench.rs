@@ -136,6 +136,8 @@ pub fn cuda(_batch: usize) -> Result<PreprocessBench, String> {
 pub struct InferBench {
     /// Engine name.
     pub engine: String,
+    /// The precision it ran in.
+    pub precision: String,
     /// Model name and version.
     pub model: String,
     /// Slices per call.
@@ -156,5 +158,5 @@ pub fn infer(engine: &dyn crate::engine::Engine, model: &str, size: usize, batch
         engine.infer(&x, batch).map_err(|e| e.to_string())?;
         n += batch;
     }
-    Ok(InferBench { engine: engine.name().into(), model: model.into(), batch, images_per_s: n as f64 / t.elapsed().as_secs_f64() })
+    Ok(InferBench { engine: engine.name().into(), precision: engine.precision().into(), model: model.into(), batch, images_per_s: n as f64 / t.elapsed().as_secs_f64() })
 }

@@ -107,9 +107,9 @@ enum Command {
         /// One JSON object per backend instead of a table.
         #[arg(long)]
         json: bool,
-        /// Measure inference instead, with the configured model: tract, onnxruntime, tensorrt or
-        /// all (those available).
-        #[arg(long, value_parser = ["tract", "onnxruntime", "tensorrt", "all"])]
+        /// Measure inference instead, with the configured model: tract, openvino, onnxruntime,
+        /// tensorrt or all (those available; OpenVINO in f32 and, where the CPU runs it, bf16).
+        #[arg(long, value_parser = ["tract", "openvino", "onnxruntime", "tensorrt", "all"])]
         engine: Option<String>,
         /// Seconds per engine measurement.
         #[arg(long, default_value_t = 10.0)]
@@ -578,13 +578,27 @@ fn cmd_bench_engines(s: &Settings, which: &str, batch: usize, json: bool, second
     let model = ctsentry::model::Model::load(&s.model_path).map_err(usage)?;
     let m = &model.manifest;
     let label = format!("{} {}", m.model.name, m.model.version);
-    let names: Vec<&str> = if which == "all" { vec!["tract", "onnxruntime", "tensorrt"] } else { vec![which] };
+    use ctsentry::config::Precision;
+    // Each engine in each precision it runs here: OpenVINO in f32 and (where the CPU runs it) bf16.
+    let mut runs: Vec<(&str, Precision)> = Vec::new();
+    for name in if which == "all" { vec!["tract", "openvino", "onnxruntime", "tensorrt"] } else { vec![which] } {
+        if name == "openvino" && s.precision == Precision::Auto {
+            runs.push((name, Precision::F32));
+            if ctsentry::engine::openvino::cpu_has_bf16() {
+                runs.push((name, Precision::Bf16));
+            }
+        } else {
+            runs.push((name, s.precision));
+        }
+    }
     let mut failed = false;
-    for name in names {
-        let r = ctsentry::score::engine_named(&model, s, name).and_then(|e| ctsentry::bench::infer(e.as_ref(), &label, m.input.size, batch, seconds));
+    for (name, precision) in runs {
+        let mut with = s.clone();
+        with.precision = precision;
+        let r = ctsentry::score::engine_named(&model, &with, name).and_then(|e| ctsentry::bench::infer(e.as_ref(), &label, m.input.size, batch, seconds));
         match r {
             Ok(b) if json => println!("{}", serde_json::to_string(&b).context("serialising")?),
-            Ok(b) => println!("{:<12} {:<28} batch {:>3}  {:>8.1} images/s", b.engine, b.model, b.batch, b.images_per_s),
+            Ok(b) => println!("{:<12} {:<5} {:<28} batch {:>3}  {:>8.1} images/s", b.engine, b.precision, b.model, b.batch, b.images_per_s),
             Err(e) if which == "all" => eprintln!("{name}: skipped: {e}"),
             Err(e) => {
                 eprintln!("{name}: {e}");
