@@ -62,6 +62,7 @@ fn lungs_of_a_phantom_chest_are_found() {
     for (rows, cols) in [(512, 512), (301, 420)] {
         let (hu, truth) = common::chest(rows, cols, 0.0);
         let m = lung::segment(&hu, rows, cols);
+        assert_eq!(m, lung::segment_with(&hu, rows, cols, lung::Morphology::DistanceTransform), "{rows}×{cols}: the fast morphology differs");
         let true_fraction = truth.iter().filter(|&&t| t).count() as f32 / (rows * cols) as f32;
         // Every lung pixel is inside; nothing beyond the pleural rim is.
         let covered = m.mask.iter().zip(&truth).filter(|(m, t)| **m != 0 && **t).count() as f64 / truth.iter().filter(|&&t| t).count() as f64;
@@ -81,6 +82,7 @@ fn a_consolidation_at_the_lung_edge_stays_inside() {
     for (radius, min_share) in [(0.01, 1.0), (0.02, 0.85)] {
         let (hu, truth) = common::chest(rows, cols, radius);
         let m = lung::segment(&hu, rows, cols);
+        assert_eq!(m, lung::segment_with(&hu, rows, cols, lung::Morphology::DistanceTransform), "the fast morphology differs");
         let lesion: Vec<usize> = (0..rows * cols).filter(|&i| truth[i] && hu[i] == 30.0).collect();
         assert!(lesion.len() > 30);
         let inside = lesion.iter().filter(|&&i| m.mask[i] != 0).count();

@@ -110,3 +110,23 @@ fn covid_ct_md_lung_fractions() {
         println!("{patient}: lung_fraction < 0.01 on slices {abdomen:?} and {:?}; > 0.10 for z in [0.35, 0.75]", n - 4..n);
     }
 }
+
+/// The lung mask in use (span morphology, straight from the decoded pixels) equals the first
+/// implementation (distance transforms on a full-size HU copy) on every real CT slice here.
+#[test]
+fn fast_lung_mask_equals_the_reference_on_every_shared_ct_slice() {
+    use ctsentry::preprocess::lung::{segment_slice, segment_with, Morphology};
+    let Some(data) = common::shared_data("covid-ct-md/P001") else { return };
+    let files = ingest::collect_files(&[data.join("covid-ct-md"), data.join("lung-pet-ct-dx"), data.join("dicom-codecs")]).unwrap();
+    let (slices, _) = ingest::read_files(&files, &IngestOptions::default());
+    assert!(slices.len() >= 594, "{} slices", slices.len());
+    let mut with_lungs = 0;
+    for s in &slices {
+        let fast = segment_slice(s);
+        let reference = segment_with(&s.hu().into_raw_vec_and_offset().0, s.rows, s.cols, Morphology::DistanceTransform);
+        assert!(fast == reference, "{}: masks differ ({} vs {})", s.source.display(), fast.fraction, reference.fraction);
+        with_lungs += usize::from(fast.fraction > 0.05);
+    }
+    println!("{} slices, {with_lungs} with lungs: identical masks", slices.len());
+    assert!(with_lungs > 300);
+}

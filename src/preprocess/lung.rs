@@ -195,43 +195,88 @@ pub fn close(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec<bool> {
 /// factor first (a 512² slice is segmented at 256²) and the mask is scaled back up.
 pub const WORKING_SIDE: usize = 256;
 
+/// Which morphology implementation [`segment_with`] uses. Both give the same masks; the tests
+/// and `cargo bench --bench preprocess` check it on every slice they see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Morphology {
+    /// Dilation and closing by row spans of the disc stamped from boundary pixels only, hole
+    /// filling by one flood from the border, on the lungs' bounding box: the fast one, in use.
+    Spans,
+    /// Dilation and closing through full-image Euclidean distance transforms, hole filling by
+    /// labelling every background component: the first implementation, kept as the reference.
+    DistanceTransform,
+}
+
 /// Segments the lungs of one slice given in Hounsfield units (`rows × cols`, row-major).
 ///
 /// A slice larger than [`WORKING_SIDE`] is reduced by the integer factor `f = side / 256`
 /// (mean of each `f × f` block; leftover edge rows/columns join the last block) and segmented
 /// there; each full-resolution pixel takes the mask value of its block.
 pub fn segment(hu: &[f32], rows: usize, cols: usize) -> LungMask {
+    segment_with(hu, rows, cols, Morphology::Spans)
+}
+
+/// [`segment`] with the morphology implementation `how`.
+pub fn segment_with(hu: &[f32], rows: usize, cols: usize, how: Morphology) -> LungMask {
     assert_eq!(hu.len(), rows * cols, "hu has rows × cols values");
+    segment_blocks(rows, cols, how, |r, out: &mut [f32]| out.copy_from_slice(&hu[r * cols..(r + 1) * cols]))
+}
+
+/// [`segment`] of a decoded slice, converting each row to Hounsfield units as it is averaged
+/// down (no full-size copy of the slice): the same mask as `segment(&slice.hu(), …)`.
+pub fn segment_slice(slice: &crate::ingest::Slice) -> LungMask {
+    use crate::ingest::Pixels;
+    let (cols, s, b) = (slice.cols, slice.rescale.slope, slice.rescale.intercept);
+    segment_blocks(slice.rows, cols, Morphology::Spans, |r, out: &mut [f32]| {
+        let range = r * cols..(r + 1) * cols;
+        match &slice.pixels {
+            Pixels::U16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
+            Pixels::I16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
+            Pixels::F32(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
+        }
+    })
+}
+
+/// The block-mean reduction of [`segment`], reading the image a row at a time through `row`
+/// (row index, output of `cols` HU values); sums in row-major order, as the definition does.
+fn segment_blocks(rows: usize, cols: usize, how: Morphology, mut row: impl FnMut(usize, &mut [f32])) -> LungMask {
     let f = (rows.max(cols) / WORKING_SIDE).max(1);
     let (r2, c2) = ((rows / f).max(1), (cols / f).max(1));
+    let mut line = vec![0f32; cols];
     if f == 1 || r2 < 8 || c2 < 8 {
-        return segment_at_full_resolution(hu, rows, cols);
+        let mut hu = vec![0f32; rows * cols];
+        for (r, out) in hu.chunks_exact_mut(cols).enumerate() {
+            row(r, out);
+        }
+        return segment_at_full_resolution(&hu, rows, cols, how);
     }
+    let block_of: Vec<usize> = (0..cols).map(|c| (c / f).min(c2 - 1)).collect();
     let mut sum = vec![0f32; r2 * c2];
     let mut count = vec![0u32; r2 * c2];
     for r in 0..rows {
-        let br = (r / f).min(r2 - 1);
-        for c in 0..cols {
-            let k = br * c2 + (c / f).min(c2 - 1);
-            sum[k] += hu[r * cols + c];
-            count[k] += 1;
+        row(r, &mut line);
+        let base = (r / f).min(r2 - 1) * c2;
+        for (&v, &bc) in line.iter().zip(&block_of) {
+            sum[base + bc] += v;
+            count[base + bc] += 1;
         }
     }
     let small: Vec<f32> = sum.iter().zip(&count).map(|(s, &n)| s / n as f32).collect();
-    let m = segment_at_full_resolution(&small, r2, c2);
+    let m = segment_at_full_resolution(&small, r2, c2, how);
     let mut mask = vec![0u8; rows * cols];
-    for r in 0..rows {
-        let br = (r / f).min(r2 - 1);
-        for c in 0..cols {
-            mask[r * cols + c] = m.mask[br * c2 + (c / f).min(c2 - 1)];
+    let mut inside = 0usize;
+    for (r, out) in mask.chunks_exact_mut(cols).enumerate() {
+        let src = &m.mask[(r / f).min(r2 - 1) * c2..][..c2];
+        for (o, &bc) in out.iter_mut().zip(&block_of) {
+            *o = src[bc];
         }
+        inside += out.iter().filter(|&&v| v != 0).count();
     }
-    let fraction = mask.iter().filter(|&&v| v != 0).count() as f32 / (rows * cols) as f32;
-    LungMask { mask, fraction }
+    LungMask { mask, fraction: inside as f32 / (rows * cols) as f32 }
 }
 
 /// The segmentation itself, at the resolution given.
-fn segment_at_full_resolution(hu: &[f32], rows: usize, cols: usize) -> LungMask {
+fn segment_at_full_resolution(hu: &[f32], rows: usize, cols: usize, how: Morphology) -> LungMask {
     let n = rows * cols;
     // 1. Body.
     let above: Vec<bool> = hu.iter().map(|&v| v > BODY_HU).collect();
@@ -240,7 +285,10 @@ fn segment_at_full_resolution(hu: &[f32], rows: usize, cols: usize) -> LungMask 
         return LungMask { mask: vec![0; n], fraction: 0.0 };
     };
     let mut body: Vec<bool> = labels.iter().map(|&l| l as usize == body_label).collect();
-    fill_holes(&mut body, rows, cols);
+    match how {
+        Morphology::Spans => fill_holes_by_flood(&mut body, rows, cols),
+        Morphology::DistanceTransform => fill_holes(&mut body, rows, cols),
+    }
     // 2.–3. Air inside the body; the largest two inner components.
     let cand: Vec<bool> = hu.iter().zip(&body).map(|(&v, &b)| b && v < AIR_HU).collect();
     let (labels, sizes, border) = components(&cand, rows, cols);
@@ -266,18 +314,140 @@ fn segment_at_full_resolution(hu: &[f32], rows: usize, cols: usize) -> LungMask 
         .collect();
     kept.sort_by_key(|&l| std::cmp::Reverse(sizes[l]));
     kept.truncate(2);
-    let mut lungs: Vec<bool> = labels.iter().map(|&l| l != 0 && kept.contains(&(l as usize))).collect();
+    let lungs: Vec<bool> = labels.iter().map(|&l| l != 0 && kept.contains(&(l as usize))).collect();
     if kept.is_empty() {
         return LungMask { mask: vec![0; n], fraction: 0.0 };
     }
     // 4. Fill, close, fill.
-    fill_holes(&mut lungs, rows, cols);
     let side = rows.max(cols) as f64;
-    let lungs = close(&lungs, rows, cols, (CLOSING_RADIUS_FRACTION * side).max(1.0) as f32);
-    let mut lungs = dilate(&lungs, rows, cols, (RIM_RADIUS_FRACTION * side).max(1.0) as f32);
-    fill_holes(&mut lungs, rows, cols);
+    let (closing, rim) = ((CLOSING_RADIUS_FRACTION * side).max(1.0) as f32, (RIM_RADIUS_FRACTION * side).max(1.0) as f32);
+    let lungs = match how {
+        Morphology::Spans => fill_close_dilate_fill(&lungs, rows, cols, closing, rim),
+        Morphology::DistanceTransform => {
+            let mut lungs = lungs;
+            fill_holes(&mut lungs, rows, cols);
+            let lungs = close(&lungs, rows, cols, closing);
+            let mut lungs = dilate(&lungs, rows, cols, rim);
+            fill_holes(&mut lungs, rows, cols);
+            lungs
+        }
+    };
     let count = lungs.iter().filter(|&&v| v).count();
     LungMask { mask: lungs.iter().map(|&v| u8::from(v)).collect(), fraction: count as f32 / n as f32 }
+}
+
+/// Step 4 on the lungs' bounding box grown by both radii and 2 pixels (everything outside it
+/// stays background, so the result equals the whole-image computation): fill holes, close
+/// with a disc of `closing`, dilate with a disc of `rim`, fill holes.
+fn fill_close_dilate_fill(lungs: &[bool], rows: usize, cols: usize, closing: f32, rim: f32) -> Vec<bool> {
+    let (mut r0, mut r1, mut c0, mut c1) = (rows, 0, cols, 0);
+    for (i, _) in lungs.iter().enumerate().filter(|(_, &v)| v) {
+        let (r, c) = (i / cols, i % cols);
+        (r0, r1, c0, c1) = (r0.min(r), r1.max(r + 1), c0.min(c), c1.max(c + 1));
+    }
+    let margin = closing.ceil() as usize + rim.ceil() as usize + 2;
+    let (r0, r1, c0, c1) = (r0.saturating_sub(margin), (r1 + margin).min(rows), c0.saturating_sub(margin), (c1 + margin).min(cols));
+    let (h, w) = (r1 - r0, c1 - c0);
+    let mut crop: Vec<bool> = (r0..r1).flat_map(|r| lungs[r * cols + c0..r * cols + c1].iter().copied()).collect();
+    fill_holes_by_flood(&mut crop, h, w);
+    let dilated = dilate_by_spans(&crop, h, w, closing);
+    // Closing: the dilation minus what lies within `closing` of its outside (and of the image's
+    // edge, which counts as outside, in whole-image coordinates).
+    let outside: Vec<bool> = dilated.iter().map(|&v| !v).collect();
+    let near_outside = dilate_by_spans(&outside, h, w, closing);
+    let r2 = closing * closing;
+    let mut closed = vec![false; h * w];
+    for (i, v) in closed.iter_mut().enumerate() {
+        let (r, c) = ((r0 + i / w) as f32, (c0 + i % w) as f32);
+        let edge = r.min(c).min(rows as f32 - 1.0 - r).min(cols as f32 - 1.0 - c) + 1.0;
+        *v = dilated[i] && !near_outside[i] && edge * edge > r2;
+    }
+    let mut out = dilate_by_spans(&closed, h, w, rim);
+    fill_holes_by_flood(&mut out, h, w);
+    let mut full = vec![false; rows * cols];
+    for (k, r) in (r0..r1).enumerate() {
+        full[r * cols + c0..r * cols + c1].copy_from_slice(&out[k * w..(k + 1) * w]);
+    }
+    full
+}
+
+/// Half-widths of the rows of a Euclidean disc: `(dy, w)` with `dx² + dy² ≤ radius²` exactly
+/// for `|dx| ≤ w` (squared distances compared in f32, as [`dilate`] compares them).
+fn disc_rows(radius: f32) -> Vec<(isize, isize)> {
+    let r2 = radius * radius;
+    let reach = radius.floor() as isize;
+    (-reach..=reach)
+        .filter_map(|dy| {
+            let w = (0..=reach).take_while(|&dx| ((dx * dx + dy * dy) as f32) <= r2).last()?;
+            Some((dy, w))
+        })
+        .collect()
+}
+
+/// Morphological dilation of `m` with a Euclidean disc of `radius` pixels: the same set as
+/// [`dilate`]. The nearest set pixel to any pixel outside the set has an unset 4-neighbour
+/// (else the neighbour towards that pixel would be nearer), so stamping the disc's row spans
+/// from such boundary pixels alone gives every pixel within `radius` of the set.
+pub fn dilate_by_spans(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec<bool> {
+    let disc = disc_rows(radius);
+    let mut out = m.to_vec();
+    for r in 0..rows {
+        for c in 0..cols {
+            let i = r * cols + c;
+            let boundary = m[i] && ((r > 0 && !m[i - cols]) || (r + 1 < rows && !m[i + cols]) || (c > 0 && !m[i - 1]) || (c + 1 < cols && !m[i + 1]));
+            if !boundary {
+                continue;
+            }
+            for &(dy, w) in &disc {
+                let rr = r as isize + dy;
+                if rr < 0 || rr >= rows as isize {
+                    continue;
+                }
+                let (a, b) = ((c as isize - w).max(0) as usize, ((c as isize + w) as usize).min(cols - 1));
+                out[rr as usize * cols + a..=rr as usize * cols + b].fill(true);
+            }
+        }
+    }
+    out
+}
+
+/// Sets every pixel of `m` that the border cannot reach through unset pixels (a hole), by one
+/// flood from the border: the same result as [`fill_holes`].
+fn fill_holes_by_flood(m: &mut [bool], rows: usize, cols: usize) {
+    let mut reached = vec![false; rows * cols];
+    let mut stack: Vec<usize> = Vec::new();
+    let mut seed = |i: usize, reached: &mut Vec<bool>, stack: &mut Vec<usize>| {
+        if !m[i] && !reached[i] {
+            reached[i] = true;
+            stack.push(i);
+        }
+    };
+    for c in 0..cols {
+        seed(c, &mut reached, &mut stack);
+        seed((rows - 1) * cols + c, &mut reached, &mut stack);
+    }
+    for r in 0..rows {
+        seed(r * cols, &mut reached, &mut stack);
+        seed(r * cols + cols - 1, &mut reached, &mut stack);
+    }
+    while let Some(i) = stack.pop() {
+        let (r, c) = (i / cols, i % cols);
+        if r > 0 {
+            seed(i - cols, &mut reached, &mut stack);
+        }
+        if r + 1 < rows {
+            seed(i + cols, &mut reached, &mut stack);
+        }
+        if c > 0 {
+            seed(i - 1, &mut reached, &mut stack);
+        }
+        if c + 1 < cols {
+            seed(i + 1, &mut reached, &mut stack);
+        }
+    }
+    for (v, &r) in m.iter_mut().zip(&reached) {
+        *v = !r;
+    }
 }
 
 #[cfg(test)]
@@ -326,5 +496,45 @@ mod tests {
             }
         }
         assert_eq!(close(&full, rows, cols, 6.0), full, "a convex shape is its own closing");
+    }
+
+    /// A deterministic pseudo-random blob mask (smoothed noise, thresholded).
+    fn blobs(rows: usize, cols: usize, seed: u64) -> Vec<bool> {
+        let mut rng = crate::preprocess::conformance::Rng::new(seed);
+        let noise: Vec<f32> = (0..rows * cols).map(|_| rng.unit() as f32).collect();
+        let mut out = vec![false; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let mut s = 0.0;
+                let mut n = 0.0;
+                for dr in -3i64..=3 {
+                    for dc in -3i64..=3 {
+                        let (rr, cc) = (r as i64 + dr, c as i64 + dc);
+                        if rr >= 0 && cc >= 0 && (rr as usize) < rows && (cc as usize) < cols {
+                            s += noise[rr as usize * cols + cc as usize];
+                            n += 1.0;
+                        }
+                    }
+                }
+                out[r * cols + c] = s / n > 0.55;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn span_morphology_equals_the_distance_transform() {
+        for seed in 0..6 {
+            let (rows, cols) = (37 + seed as usize * 5, 53);
+            let m = blobs(rows, cols, seed);
+            for radius in [1.0f32, 2.56, 4.0, 7.68] {
+                assert_eq!(dilate_by_spans(&m, rows, cols, radius), dilate(&m, rows, cols, radius), "dilate seed {seed} radius {radius}");
+            }
+            let mut a = m.clone();
+            let mut b = m.clone();
+            fill_holes(&mut a, rows, cols);
+            fill_holes_by_flood(&mut b, rows, cols);
+            assert_eq!(a, b, "fill seed {seed}");
+        }
     }
 }

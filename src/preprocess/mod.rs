@@ -162,7 +162,7 @@ pub struct Prepared {
 
 /// The lung mask of `slice` when the model asks for one.
 pub fn mask_for(params: &Params, slice: &Slice) -> Option<lung::LungMask> {
-    params.lung_mask.then(|| lung::segment(&slice.hu().into_raw_vec_and_offset().0, slice.rows, slice.cols))
+    params.lung_mask.then(|| lung::segment_slice(slice))
 }
 
 /// Segments (when the model masks) and preprocesses one slice with `pre`; also returns the mask.
