@@ -137,18 +137,13 @@ impl Default for RawPreprocess {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDecision {
     threshold: Option<Spanned<f64>>,
     min_positive_slices: Option<Spanned<i64>>,
 }
 
-impl Default for RawDecision {
-    fn default() -> Self {
-        RawDecision { threshold: None, min_positive_slices: None }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -416,7 +416,7 @@ pub fn dilate_by_spans(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec
 fn fill_holes_by_flood(m: &mut [bool], rows: usize, cols: usize) {
     let mut reached = vec![false; rows * cols];
     let mut stack: Vec<usize> = Vec::new();
-    let mut seed = |i: usize, reached: &mut Vec<bool>, stack: &mut Vec<usize>| {
+    let seed = |i: usize, reached: &mut Vec<bool>, stack: &mut Vec<usize>| {
         if !m[i] && !reached[i] {
             reached[i] = true;
             stack.push(i);
