@@ -119,40 +119,56 @@ impl Scorer {
     /// Scores slices in the order given (no series needed), `CHUNK` at a time: probability,
     /// lung fraction and class activation map of each. A slice with less lung than the rule's
     /// `min_lung_fraction` is not sent to the engine: probability 0, a flat map, `skipped` set.
+    /// The next chunk's lung masks and tensors are made while the engine runs the current one,
+    /// so the cores the engine leaves idle are used.
     pub fn score_slices(&self, slices: &[crate::ingest::Slice]) -> Result<Vec<SliceOutput>, ScoreError> {
         let mut out = Vec::with_capacity(slices.len());
-        let len = self.params.slice_len();
-        for chunk in slices.chunks(CHUNK) {
-            let masks: Vec<Option<lung::LungMask>> = chunk.par_iter().map(|s| mask_for(&self.params, s)).collect();
-            let fraction = |m: &Option<lung::LungMask>| m.as_ref().map(|m| m.fraction).unwrap_or(0.0);
-            // Without a lung mask in the preprocessing every slice is scored.
-            let skipped: Vec<Option<String>> = masks.iter().map(|m| if self.params.lung_mask { self.rule.skips(fraction(m)) } else { None }).collect();
-            let kept: Vec<usize> = (0..chunk.len()).filter(|&k| skipped[k].is_none()).collect();
-            let mut scored = None;
-            if !kept.is_empty() {
-                let inputs: Vec<Input<'_>> = kept.iter().map(|&k| Input::of(&chunk[k], masks[k].as_ref().map(|m| m.mask.as_slice()))).collect();
-                let mut tensor = vec![0f32; kept.len() * len];
-                self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| match e {
-                    crate::preprocess::PreprocessError::BadInput { .. } => ScoreError::Input(e),
-                    _ => ScoreError::Backend(e.to_string()),
-                })?;
-                let r = self.engine.infer(&tensor, kept.len()).map_err(|e| ScoreError::Backend(e.to_string()))?;
-                r.check(kept.len()).map_err(ScoreError::Output)?;
-                scored = Some(r);
-            }
-            let mut next = 0;
-            for (k, m) in masks.iter().enumerate() {
-                let (prob, cam) = match (&skipped[k], &scored) {
-                    (None, Some(r)) => {
-                        next += 1;
-                        (r.prob[next - 1], r.cam[(next - 1) * 49..next * 49].to_vec())
-                    }
-                    _ => (0.0, vec![0.0; 49]),
+        let mut chunks = slices.chunks(CHUNK);
+        std::thread::scope(|scope| {
+            let mut ready = chunks.next().map(|c| self.prepare_chunk(c));
+            while let Some(prepared) = ready.take() {
+                let next = chunks.next().map(|c| scope.spawn(move || self.prepare_chunk(c)));
+                let prepared = prepared?;
+                let scored = if prepared.kept == 0 {
+                    None
+                } else {
+                    let r = self.engine.infer(&prepared.tensor, prepared.kept).map_err(|e| ScoreError::Backend(e.to_string()))?;
+                    r.check(prepared.kept).map_err(ScoreError::Output)?;
+                    Some(r)
                 };
-                out.push(SliceOutput { prob, lung_fraction: fraction(m), cam, skipped: skipped[k].clone() });
+                let mut k = 0;
+                for (fraction, skipped) in prepared.slices {
+                    let (prob, cam) = match (&skipped, &scored) {
+                        (None, Some(r)) => {
+                            k += 1;
+                            (r.prob[k - 1], r.cam[(k - 1) * 49..k * 49].to_vec())
+                        }
+                        _ => (0.0, vec![0.0; 49]),
+                    };
+                    out.push(SliceOutput { prob, lung_fraction: fraction, cam, skipped });
+                }
+                ready = next.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
             }
+            Ok(out)
+        })
+    }
+
+    /// Lung masks (in parallel), the skip decision and the tensor of the slices kept, for one chunk.
+    fn prepare_chunk(&self, chunk: &[crate::ingest::Slice]) -> Result<PreparedChunk, ScoreError> {
+        let masks: Vec<Option<lung::LungMask>> = chunk.par_iter().map(|s| mask_for(&self.params, s)).collect();
+        let fraction = |m: &Option<lung::LungMask>| m.as_ref().map(|m| m.fraction).unwrap_or(0.0);
+        // Without a lung mask in the preprocessing every slice is scored.
+        let skipped: Vec<Option<String>> = masks.iter().map(|m| if self.params.lung_mask { self.rule.skips(fraction(m)) } else { None }).collect();
+        let inputs: Vec<Input<'_>> =
+            chunk.iter().zip(&masks).zip(&skipped).filter(|(_, s)| s.is_none()).map(|((sl, m), _)| Input::of(sl, m.as_ref().map(|m| m.mask.as_slice()))).collect();
+        let mut tensor = vec![0f32; inputs.len() * self.params.slice_len()];
+        if !inputs.is_empty() {
+            self.pre.run(&self.params, &inputs, &mut tensor).map_err(|e| match e {
+                crate::preprocess::PreprocessError::BadInput { .. } => ScoreError::Input(e),
+                _ => ScoreError::Backend(e.to_string()),
+            })?;
         }
-        Ok(out)
+        Ok(PreparedChunk { kept: inputs.len(), tensor, slices: masks.iter().map(fraction).zip(skipped).collect() })
     }
 
     /// Scores one series, `CHUNK` slices at a time.
@@ -212,6 +228,14 @@ pub enum ScoreError {
     /// The engine returned something unusable (wrong length, NaN, out of [0, 1]).
     #[error("engine output: {0}")]
     Output(String),
+}
+
+/// One chunk made ready for the engine: the tensor of the `kept` slices, and each slice's lung
+/// fraction and skip reason.
+struct PreparedChunk {
+    kept: usize,
+    tensor: Vec<f32>,
+    slices: Vec<(f32, Option<String>)>,
 }
 
 /// What the engine says about one slice.
