@@ -141,7 +141,9 @@ fn bench_measures_decode_and_end_to_end_on_files() {
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(v["slices"], 10);
     assert!(v["decode_slices_per_s"].as_f64().unwrap() > 0.0 && v["end_to_end_slices_per_s"].as_f64().unwrap() > 0.0);
-    assert_eq!(v["engine"], "tract");
+    // auto: OpenVINO where its library is found (pip's package here and under CI), else tract.
+    let expected = if ctsentry::engine::openvino::library(None).is_ok() { "openvino" } else { "tract" };
+    assert_eq!(v["engine"], expected);
 }
 
 /// Slices without lung are not sent to the engine when the manifest says so (`min_lung_fraction`):
