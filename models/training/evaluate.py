@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--held-out", default="", help="comma list of patients the run never saw")
     ap.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data"))
     ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "ctsentry"))
+    ap.add_argument("--min-lung-fraction", type=float, default=0.02, help="of the exported bundle (slices with less lung are not scored)")
+    ap.add_argument("--precision", default="auto", help="engine.precision for the run (auto: bf16 on OpenVINO where the CPU runs it)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -60,11 +62,12 @@ def main():
     if model is None:
         bundle = os.path.join(a.out, "bundle")
         os.makedirs(bundle, exist_ok=True)
-        run([sys.executable, os.path.join(HERE, "export.py"), "--run", a.run, "--threshold", str(a.threshold), "--name", "eval", "--version", "0.0.0", "--out", bundle])
+        run([sys.executable, os.path.join(HERE, "export.py"), "--run", a.run, "--threshold", str(a.threshold), "--min-lung-fraction", str(a.min_lung_fraction), "--name", "eval", "--version", "0.0.0", "--out", bundle])
         model = os.path.join(bundle, "eval.onnx")
     model = os.path.abspath(model)
     cfg_text = open(os.path.join(REPO, "config", "ctsentry.toml")).read()
     cfg_text = cfg_text.replace('path = "../models/densenet121-covid.onnx"', f'path = "{model}"').replace('"../var/', f'"{os.path.abspath(a.out)}/var/')
+    cfg_text = cfg_text.replace('precision = "auto"', f'precision = "{a.precision}"')
     cfg = os.path.join(a.out, "ctsentry.toml")
     open(cfg, "w").write(cfg_text)
 
@@ -98,7 +101,7 @@ def main():
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         probs = [d["prob"] for d in lines if d["type"] == "slice"]
         ser = [d for d in lines if d["type"] == "series"][0]
-        report["series"][name] = {"slices": ser["slices"], "positives": ser["positives"], "max_prob": ser["max_prob"], "probs": probs, "held_out": name.split("-")[0] in held}
+        report["series"][name] = {"slices": ser["slices"], "positives": ser["positives"], "skipped": ser["skipped"], "max_prob": ser["max_prob"], "probs": probs, "held_out": name.split("-")[0] in held, "engine": f"{ser['engine']} {ser['precision']}"}
         print(f"series {name:11} {ser['positives']:4} of {ser['slices']:4} slices >= {ser['threshold']:.4f}; max {ser['max_prob']:.4f}", flush=True)
     json.dump(report, open(os.path.join(a.out, "report.json"), "w"), indent=1)
     print(os.path.join(a.out, "report.json"))

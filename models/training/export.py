@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--out", default="models")
     ap.add_argument("--validation", action="append", default=[], help="KEY=VALUE lines for [validation] (repeatable)")
+    ap.add_argument("--min-positive-slices", type=int, help="[decision] min_positive_slices, chosen from series-level results")
+    ap.add_argument("--min-lung-fraction", type=float, default=0.0, help="[decision] min_lung_fraction: slices with less lung are not scored")
     ap.add_argument("--trained-on", action="append", default=[], help="a folder of the real DICOM trained on (repeatable): its series UIDs go into [training] series_uids")
     a = ap.parse_args()
 
@@ -154,6 +156,8 @@ cam = "cam"
 [decision]
 threshold = {t:.6f}
 method = "{method}"
+{f"min_positive_slices = {a.min_positive_slices}" if a.min_positive_slices else ""}
+min_lung_fraction = {a.min_lung_fraction}
 
 [training]
 program = "models/training/train.py"

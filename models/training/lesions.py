@@ -37,9 +37,13 @@ The lesion model, with its sources (parameters not given by a source are judgeme
 - Patterns (Pan F et al., Radiology 2020;295:715-721, time course; Bernheim 2020): pure GGO
   most common early, GGO with consolidation and crazy paving later. Mix here (judgement): GGO
   45 %, GGO with a consolidated core 25 %, crazy paving 20 %, consolidation 10 %.
-- Sizes and contrast (judgement, spanning faint to obvious): equivalent diameter 8-70 mm
-  (log-uniform), opacity 0.35-1.0, irregular outline from smoothed noise, soft edges (3-8 mm),
-  mottled inside (opacity x 0.65 +/- 0.35 smoothed noise at 1.5-4 mm).
+- Sizes and contrast (judgement, spanning faint to obvious): equivalent diameter 10-60 mm
+  (log-uniform), opacity 0.6-1.0, GGO density triangular on -750..-300 HU with its mode at
+  -550 HU, irregular outline from smoothed noise, soft edges (3-8 mm), mottled inside (opacity
+  x 0.65 +/- 0.35 smoothed noise at 1.5-4 mm). A slice whose lesions cover less than 0.5 % of
+  its lungs is drawn again (up to 5 times): a positive label needs a lesion the model can see
+  at 224 x 224 (a first version with 8 mm, 35 % opaque lesions taught a from-scratch model
+  little: many of its "positives" were invisible after resampling).
 """
 import argparse
 import csv
@@ -54,6 +58,7 @@ from scipy.spatial import cKDTree
 PATTERNS = [("ggo", 0.45), ("ggo-with-core", 0.25), ("crazy-paving", 0.20), ("consolidation", 0.10)]
 AERATED_HU = -850.0  # typical aerated lung (Colombi 2020: -950 to -700)
 MIN_LUNG_FRACTION = 0.05  # slices with less lung get no lesion (and are not written)
+MIN_LESION_SHARE = 0.005  # lesions must cover at least this share of the lungs
 
 
 def read_index(folder):
@@ -113,7 +118,7 @@ def simulate(hu, lung, spacing_mm, rel_z, rng):
     depth = ndimage.distance_transform_edt(lung) * px  # mm from the pleura
     rows = np.arange(shape[0], dtype=np.float32)[:, None]
     lower = 1.0 - rel_z  # 1 at the lung bases
-    count = 1 + rng.poisson(0.8 + 1.5 * lower)
+    count = 1 + rng.poisson(1.0 + 2.0 * lower)
     chosen = lungs if (len(lungs) == 2 and rng.random() < 0.75) else [lungs[rng.integers(len(lungs))]]
     targets = [chosen[k % len(chosen)] for k in range(max(count, len(chosen)))]
     alpha_total = np.zeros(shape, np.float32)
@@ -126,16 +131,16 @@ def simulate(hu, lung, spacing_mm, rel_z, rng):
         w = region * np.exp(-depth / 12.0) * (0.4 + np.clip(posterior, 0, 1))
         flat = w.ravel() / w.sum()
         centre = np.unravel_index(rng.choice(flat.size, p=flat), shape)
-        diam_mm = float(np.exp(rng.uniform(np.log(8.0), np.log(70.0)))) * (0.8 + 0.4 * lower)
+        diam_mm = float(np.exp(rng.uniform(np.log(10.0), np.log(60.0)))) * (0.8 + 0.4 * lower)
         a = blob(rng, shape, centre, diam_mm / 2 / px, rng.uniform(3.0, 8.0) / px) * lung
         # Mottled, not uniform: real GGO is heterogeneous on a scale of a few mm (judgement).
         mottle = np.clip(0.65 + 0.35 * smooth_noise(rng, shape, rng.uniform(1.5, 4.0) / px), 0.0, 1.0)
-        opacity = rng.uniform(0.35, 1.0)
+        opacity = rng.uniform(0.6, 1.0)
         a = a * mottle * opacity
         if a.max() <= 0:
             continue
         pattern = PATTERNS[rng.choice(len(PATTERNS), p=[p for _, p in PATTERNS])][0]
-        ggo_hu = rng.uniform(-750.0, -300.0)
+        ggo_hu = rng.triangular(-750.0, -550.0, -300.0)
         cons_hu = rng.uniform(-100.0, 50.0)
         texture = smooth_noise(rng, shape, 1.0) * rng.uniform(15, 40)
         # GGO: raise the lung by (target - aerated); pixels already denser than the target
@@ -235,8 +240,12 @@ def main():
             rel_z = r["slice_index"] / max(1, series_len[series] - 1)
             for v in range(a.variants):
                 seed = int.from_bytes(hashlib.sha256(f"{a.seed}/{r['file']}/{v}".encode()).digest()[:8], "little")
-                res = simulate(hu, lung, spacing[0], rel_z, np.random.default_rng(seed))
-                if res is None:
+                rng = np.random.default_rng(seed)
+                for _ in range(5):
+                    res = simulate(hu, lung, spacing[0], rel_z, rng)
+                    if res is None or res[2]["lesion_share_of_lung"] >= MIN_LESION_SHARE:
+                        break
+                if res is None or res[2]["lesion_share_of_lung"] < MIN_LESION_SHARE:
                     continue
                 new, lesion, info = res
                 name = f"{series}-sim{v}"

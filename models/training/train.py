@@ -115,6 +115,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--ema", type=float, default=0.99, help="exponential moving average of the weights (per step) that is evaluated and saved; 0: none")
     ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16", help="training arithmetic (bf16: CPU autocast, AMX where present); evaluation is f32")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
@@ -170,6 +171,10 @@ def main():
 
     model = Net().to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    # The averaged weights (and batch-norm statistics) are what is evaluated and shipped: a
+    # from-scratch model on few images swings from epoch to epoch, the average much less.
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(a.ema), use_buffers=True) if a.ema > 0 else None
+    final = (lambda: ema.module) if ema is not None else (lambda: model)
     # Cosine decay over the run: nothing about the schedule depends on held-out data.
     steps = a.epochs * max(1, len(train) // a.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps + a.epochs, pct_start=0.1, anneal_strategy="cos")
@@ -194,18 +199,20 @@ def main():
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += loss.item() * len(b)
             n += len(b)
         rec = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0)}
         if len(held):
-            p = evaluate(model, xev, np.arange(len(held)))
+            p = evaluate(final(), xev, np.arange(len(held)))
             acc = float(((p >= 0.5) == (yev == 1)).mean())
             eps = 1e-7
             # Reported only: no choice (schedule, epoch, stopping) is made on held-out data.
             rec.update(val_acc=acc, val_auc=auc(p, yev), val_loss=float(-np.mean(yev * np.log(p + eps) + (1 - yev) * np.log(1 - p + eps))))
         history.append(rec)
         print(json.dumps(rec), flush=True)
-        torch.save(model.state_dict(), os.path.join(a.out, "model.pt"))
+        torch.save(final().state_dict(), os.path.join(a.out, "model.pt"))
 
     summary = {
         "args": vars(a),
@@ -219,7 +226,7 @@ def main():
         "torchvision": torchvision.__version__,
     }
     if len(held):
-        p = evaluate(model, xev, np.arange(len(held)))
+        p = evaluate(final(), xev, np.arange(len(held)))
         with open(os.path.join(a.out, "held_out_scores.csv"), "w") as f:
             f.write("file,group,label,prob\n")
             for (k, i, y, grp, file), pp in zip(held, p):
