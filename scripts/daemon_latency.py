@@ -53,6 +53,8 @@ def main():
                 if e["stage"] == "FINAL":
                     final = e
         time.sleep(0.05)
+    # Peak resident memory of the daemon over the whole run (the kernel's high-water mark).
+    hwm = next((int(l.split()[1]) for l in open(f"/proc/{p.pid}/status") if l.startswith("VmHWM:")), 0)
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=60)
     res = json.load(open(os.path.join(root, "results", final["series_key"] + ".json")))
@@ -63,8 +65,8 @@ def main():
     else:
         print("EARLY alert: none (the series is negative)")
     print(f"last slice scored {res['times']['last_scored'] - t_last:+.2f} s after the last file landed; {len(files) / scored:.1f} slices/s end to end")
-    print(f"final verdict {final['event']} ({final['positives']} of {final['slices']} slices): {final['t'] - t_last:.2f} s after the last file landed (quiet_seconds {a.quiet_seconds})")
-    print(f"engine {res['engine']}, preprocess {res['preprocess']}, threshold {res['threshold']}")
+    print(f"final verdict {final['event']} ({final['positives']} of {final['slices']} slices): {final['t'] - t_last:.2f} s after the last file landed (quiet_seconds {a.quiet_seconds}; {final['t'] - t_last - a.quiet_seconds:+.2f} s beyond it)")
+    print(f"engine {res['engine']} {res.get('precision', '')}, preprocess {res['preprocess']}, threshold {res['threshold']}; peak RSS {hwm / 1024:.0f} MiB")
     shutil.rmtree(root)
 
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Precision parity, so that speed does not change a diagnosis: scores the same series with
+`ctsentry score --json` at two engine precisions (default f32 and bf16, OpenVINO) and reports
+the largest probability difference over every slice, the series verdicts side by side, and the
+slice-level AUC of each on labelled files (`--labels CSV` with `file,covid` relative to the
+series' parent folder; the COVID-CT-MD labels.csv works as is).
+
+    python3 scripts/parity.py --ctsentry target/release/ctsentry --config config/ctsentry.toml \
+        --labels ../shared/data/covid-ct-md/labels.csv ../shared/data/covid-ct-md/* ../shared/data/lung-pet-ct-dx/*/
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import tempfile
+
+
+def score(binary, config, precision, folder):
+    text = open(config).read().replace('precision = "auto"', f'precision = "{precision}"')
+    assert f'precision = "{precision}"' in text, "the config must hold precision = \"auto\" to be varied"
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", dir=os.path.dirname(os.path.abspath(config)), delete=False) as f:
+        f.write(text)
+    try:
+        out = subprocess.run([binary, "--config", f.name, "score", "--json", folder], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    assert out.returncode == 0, out.stderr[-2000:]
+    return {os.path.abspath(d["file"]): d for d in lines if d["type"] == "slice"}, [d for d in lines if d["type"] == "series"]
+
+
+def auc(pairs):
+    pos = [p for p, y in pairs if y == 1]
+    neg = [p for p, y in pairs if y == 0]
+    if not pos or not neg:
+        return float("nan")
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ctsentry", default="target/release/ctsentry")
+    ap.add_argument("--config", default="config/ctsentry.toml")
+    ap.add_argument("--precisions", default="f32,bf16")
+    ap.add_argument("--labels", action="append", default=[])
+    ap.add_argument("series", nargs="+")
+    a = ap.parse_args()
+    pa, pb = a.precisions.split(",")
+    labels = {}
+    for path in a.labels:
+        root = os.path.dirname(os.path.abspath(path))
+        for r in csv.DictReader(open(path)):
+            labels[os.path.join(root, r["file"])] = int(r["covid"])
+    worst, n, same, slices_a, slices_b = 0.0, 0, True, {}, {}
+    for folder in a.series:
+        sa, va = score(a.ctsentry, a.config, pa, folder)
+        sb, vb = score(a.ctsentry, a.config, pb, folder)
+        assert sa.keys() == sb.keys()
+        d = max(abs(sa[k]["prob"] - sb[k]["prob"]) for k in sa)
+        worst, n = max(worst, d), n + len(sa)
+        slices_a.update(sa)
+        slices_b.update(sb)
+        for x, y in zip(va, vb):
+            same &= x["verdict"] == y["verdict"]
+            print(f"{os.path.basename(folder.rstrip('/')):12} {len(sa):4} slices  max |dprob| {d:.5f}  {pa}: {x['verdict']} ({x['positives']} >= {x['threshold']:.4f})  {pb}: {y['verdict']} ({y['positives']})  engines {x['engine']} {x['precision']} / {y['engine']} {y['precision']}")
+    print(f"{n} slices: max |prob difference| {pa} vs {pb} = {worst:.5f}; series verdicts {'identical' if same else 'DIFFER'}")
+    lab = [k for k in slices_a if k in labels]
+    if lab:
+        aa = auc([(slices_a[k]["prob"], labels[k]) for k in lab])
+        ab = auc([(slices_b[k]["prob"], labels[k]) for k in lab])
+        print(f"AUC on {len(lab)} labelled slices: {pa} {aa:.4f}, {pb} {ab:.4f}, difference {abs(aa - ab):.4f}")
+
+
+if __name__ == "__main__":
+    main()
