@@ -70,6 +70,31 @@ struct RawConfig {
     ingest: RawIngest,
     alert: RawAlert,
     log: RawLog,
+    dicom: RawDicom,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDicom {
+    enabled: bool,
+    ae_title: Spanned<String>,
+    listen: Spanned<String>,
+    allowed_callers: Vec<String>,
+    max_associations: Spanned<i64>,
+    max_instance_mb: Spanned<i64>,
+}
+
+impl Default for RawDicom {
+    fn default() -> Self {
+        RawDicom {
+            enabled: false,
+            ae_title: Spanned::new(0..0, "CTSENTRY".into()),
+            listen: Spanned::new(0..0, "0.0.0.0:11112".into()),
+            allowed_callers: Vec::new(),
+            max_associations: Spanned::new(0..0, 8),
+            max_instance_mb: Spanned::new(0..0, 1024),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,6 +408,23 @@ pub struct Paths {
     pub state: PathBuf,
 }
 
+/// The DICOM network receiver (`[dicom]`): C-ECHO and C-STORE SCP writing into the drop folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomSettings {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Our AE title (1–16 characters).
+    pub ae_title: String,
+    /// Address and port to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Calling AE titles accepted; empty: any.
+    pub allowed_callers: Vec<String>,
+    /// Associations served at once; more are refused until one ends.
+    pub max_associations: usize,
+    /// Largest instance accepted (bytes); a larger one is answered "out of resources".
+    pub max_instance_bytes: u64,
+}
+
 /// Serial alert sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SerialSettings {
@@ -493,6 +535,8 @@ pub struct Settings {
     pub serial: SerialSettings,
     /// LED sink.
     pub led: LedSettings,
+    /// The DICOM network receiver.
+    pub dicom: DicomSettings,
     /// Log level.
     pub log_level: log::LevelFilter,
     /// Whether patient names may appear in logs (off by default).
@@ -563,6 +607,8 @@ pub struct FixedSettings {
     pub serial: SerialSettings,
     /// See [`Settings::led`].
     pub led: LedSettings,
+    /// See [`Settings::dicom`].
+    pub dicom: DicomSettings,
     /// `watch.mode`.
     pub watch: WatchMode,
 }
@@ -619,11 +665,12 @@ impl Settings {
             ingest,
             serial,
             led,
+            dicom,
             log_level,
             log_patient_names,
         } = self;
         (
-            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch },
+            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, watch },
             LiveSettings { threshold, min_positive_slices, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
         )
     }
@@ -657,6 +704,7 @@ impl Settings {
             ingest: l.ingest,
             serial: f.serial,
             led: f.led,
+            dicom: f.dicom,
             log_level: l.log_level,
             log_patient_names: l.log_patient_names,
         }
@@ -666,7 +714,7 @@ impl Settings {
 impl FixedSettings {
     /// The config keys (as written in the file) whose values differ between `self` and `new`.
     pub fn changed_keys(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, watch } = self;
+        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, watch } = self;
         let mut out = Vec::new();
         let mut check = |differs: bool, key: &'static str| {
             if differs {
@@ -685,6 +733,7 @@ impl FixedSettings {
         check(*preprocess != new.preprocess, "preprocess.backend");
         check(*serial != new.serial, "alert.serial.*");
         check(*led != new.led, "alert.led.*");
+        check(*dicom != new.dicom, "dicom.*");
         check(*watch != new.watch, "watch.mode");
         out
     }
@@ -1024,6 +1073,26 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         c.issues.sort_by_key(|i| (i.line, i.column));
         return Err(c.issues);
     }
+    let dr = &raw.dicom;
+    let title = dr.ae_title.get_ref().trim().to_string();
+    if title.is_empty() || title.len() > 16 || !title.chars().all(|ch| ch.is_ascii_graphic() || ch == ' ') || title.contains('\\') {
+        c.fail(&dr.ae_title, format!("dicom.ae_title = {title:?}: 1 to 16 printable ASCII characters, no backslash"));
+    }
+    let listen = match dr.listen.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            c.fail(&dr.listen, format!("dicom.listen = {:?}: expected ADDRESS:PORT, e.g. \"0.0.0.0:11112\"", dr.listen.get_ref()));
+            std::net::SocketAddr::from(([0, 0, 0, 0], 11112))
+        }
+    };
+    let dicom = DicomSettings {
+        enabled: dr.enabled,
+        ae_title: title,
+        listen,
+        allowed_callers: dr.allowed_callers.iter().map(|a| a.trim().to_string()).collect(),
+        max_associations: c.range_i("dicom.max_associations", &dr.max_associations, 1, 256) as usize,
+        max_instance_bytes: c.range_i("dicom.max_instance_mb", &dr.max_instance_mb, 1, 65_536) as u64 * 1024 * 1024,
+    };
     Ok(Settings {
         source: None,
         paths,
@@ -1061,6 +1130,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
             active_low: raw.alert.led.active_low,
             button: raw.alert.led.button.clone(),
         },
+        dicom,
         log_level: log_level.expect("checked"),
         log_patient_names: raw.log.patient_names,
     })

@@ -30,6 +30,7 @@ pub mod inspect;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod engine;
 
 // The allocator is the binary's choice (`src/main.rs` installs [`alloc_guard::GuardedAlloc`]);

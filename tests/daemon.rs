@@ -663,3 +663,48 @@ fn a_burst_of_2000_files_is_processed_with_bounded_memory_and_sigterm_stays_prom
     // Only paths wait, never pixels: memory does not grow with the backlog.
     assert!(peak < 400.0, "peak RSS {peak} MiB");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The DICOM receiver with DCMTK as the scanner: C-ECHO answers, an unknown calling AE is
+/// refused (and logged with its title), and a series sent with storescu lands in the drop folder
+/// and gets one FINAL verdict over every slice, its files then in done/.
+#[test]
+fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
+    if Command::new("storescu").arg("--version").output().is_err() || Command::new("echoscu").arg("--version").output().is_err() {
+        tool_missing("DCMTK (storescu, echoscu)", "apt-get install dcmtk");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let port = free_port();
+    let cfg = config(root, &format!("[dicom]\nenabled = true\nae_title = \"CTSENTRY\"\nlisten = \"127.0.0.1:{port}\"\nallowed_callers = [\"SCANNER\"]\n"));
+    let log = root.join("daemon.log");
+    let mut d = start(&cfg, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || read_log().contains("dicom: C-ECHO and C-STORE SCP")), "no receiver:\n{}", read_log());
+    let dcmtk = |tool: &str, aet: &str, files: &[PathBuf]| {
+        Command::new(tool).args(["-aet", aet, "-aec", "CTSENTRY", "127.0.0.1", &port.to_string()]).args(files).output().unwrap()
+    };
+    let echo = dcmtk("echoscu", "SCANNER", &[]);
+    assert!(echo.status.success(), "echoscu: {}", String::from_utf8_lossy(&echo.stderr));
+    let refused = dcmtk("echoscu", "INTRUDER", &[]);
+    assert!(!refused.status.success(), "an unknown calling AE was accepted");
+    assert!(wait_until(Duration::from_secs(5), || read_log().contains("calling AE \"INTRUDER\"")), "refusal not logged:\n{}", read_log());
+
+    let src = root.join("scanner");
+    write_series(&src, "s", "1.2.826.0.1.3680043.9.7307.17.1", 200, 6);
+    let files = walk(&src.join("s"));
+    let sent = dcmtk("storescu", "SCANNER", &files);
+    assert!(sent.status.success(), "storescu: {}{}", String::from_utf8_lossy(&sent.stdout), String::from_utf8_lossy(&sent.stderr));
+    let results = root.join("var/results");
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "no FINAL:\n{}", read_log());
+    let f = &finals(&results)[0];
+    assert_eq!((f["series_uid"].as_str(), f["slices"].as_u64()), (Some("1.2.826.0.1.3680043.9.7307.17.1"), Some(6)), "{f}");
+    assert_eq!(rels(&root.join("var/done")).iter().filter(|r| r.starts_with("dicom-SCANNER/") && r.ends_with(".dcm")).count(), 6, "{:?}", rels(&root.join("var/done")));
+    assert!(walk(&root.join("var/incoming")).is_empty(), "left in incoming: {:?}", walk(&root.join("var/incoming")));
+    signal(&d, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
+}

@@ -63,6 +63,14 @@ pub enum DaemonError {
     /// restarts it, and the journal resumes what was in flight.
     #[error("scoring worker {0} stopped unexpectedly; exiting so that the service restarts (the journal resumes the files in flight)")]
     WorkerDied(String),
+    /// The DICOM receiver cannot listen.
+    #[error("dicom.listen = \"{addr}\": {source}")]
+    Listen {
+        /// The address configured.
+        addr: std::net::SocketAddr,
+        /// Why not.
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
@@ -154,6 +162,10 @@ impl Daemon {
             }
         };
         let Prepared { lock, journal, state, outbox, scorer } = ready;
+        // The network receiver writes into the drop folder: from there the pipeline is the same.
+        if settings.dicom.enabled {
+            crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen { addr: settings.dicom.listen, source })?;
+        }
         let m = &scorer.model.manifest.model;
         let (sinks, serial_up) = open_sinks(&settings, &format!("{};{}-{}", env!("CARGO_PKG_VERSION"), m.name, m.version));
         let alerts = Alerts::start(sinks);
