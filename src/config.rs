@@ -71,6 +71,13 @@ struct RawConfig {
     alert: RawAlert,
     log: RawLog,
     dicom: RawDicom,
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -537,6 +544,8 @@ pub struct Settings {
     pub led: LedSettings,
     /// The DICOM network receiver.
     pub dicom: DicomSettings,
+    /// Where `/metrics` and `/healthz` are served (None: `[metrics]` absent, off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log level.
     pub log_level: log::LevelFilter,
     /// Whether patient names may appear in logs (off by default).
@@ -609,6 +618,8 @@ pub struct FixedSettings {
     pub led: LedSettings,
     /// See [`Settings::dicom`].
     pub dicom: DicomSettings,
+    /// See [`Settings::metrics_listen`].
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `watch.mode`.
     pub watch: WatchMode,
 }
@@ -666,11 +677,12 @@ impl Settings {
             serial,
             led,
             dicom,
+            metrics_listen,
             log_level,
             log_patient_names,
         } = self;
         (
-            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, watch },
+            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, metrics_listen, watch },
             LiveSettings { threshold, min_positive_slices, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
         )
     }
@@ -705,6 +717,7 @@ impl Settings {
             serial: f.serial,
             led: f.led,
             dicom: f.dicom,
+            metrics_listen: f.metrics_listen,
             log_level: l.log_level,
             log_patient_names: l.log_patient_names,
         }
@@ -714,7 +727,7 @@ impl Settings {
 impl FixedSettings {
     /// The config keys (as written in the file) whose values differ between `self` and `new`.
     pub fn changed_keys(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, watch } = self;
+        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, metrics_listen, watch } = self;
         let mut out = Vec::new();
         let mut check = |differs: bool, key: &'static str| {
             if differs {
@@ -734,6 +747,7 @@ impl FixedSettings {
         check(*serial != new.serial, "alert.serial.*");
         check(*led != new.led, "alert.led.*");
         check(*dicom != new.dicom, "dicom.*");
+        check(*metrics_listen != new.metrics_listen, "metrics.listen");
         check(*watch != new.watch, "watch.mode");
         out
     }
@@ -1085,6 +1099,13 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
             std::net::SocketAddr::from(([0, 0, 0, 0], 11112))
         }
     };
+    let metrics_listen = raw.metrics.listen.as_ref().map(|l| match l.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            c.fail(l, format!("metrics.listen = {:?}: expected ADDRESS:PORT, e.g. \"127.0.0.1:9464\"", l.get_ref()));
+            std::net::SocketAddr::from(([127, 0, 0, 1], 9464))
+        }
+    });
     let dicom = DicomSettings {
         enabled: dr.enabled,
         ae_title: title,
@@ -1131,6 +1152,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
             button: raw.alert.led.button.clone(),
         },
         dicom,
+        metrics_listen,
         log_level: log_level.expect("checked"),
         log_patient_names: raw.log.patient_names,
     })

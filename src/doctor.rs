@@ -260,6 +260,8 @@ pub fn run(source: &ConfigSource) -> Report {
     let lib = settings.as_ref().and_then(|s| s.tensorrt_library.clone());
     let _ = writeln!(r, "engine trt    {}", crate::engine::tensorrt_status(lib.as_deref()));
     if let Some(s) = &settings {
+        let _ = writeln!(r, "dicom         {}", if s.dicom.enabled { format!("C-ECHO/C-STORE SCP {:?} on {}, callers {}", s.dicom.ae_title, s.dicom.listen, if s.dicom.allowed_callers.is_empty() { "any".into() } else { s.dicom.allowed_callers.join(", ") }) } else { "receiver off (dicom.enabled = false)".into() });
+        let _ = writeln!(r, "metrics       {}", s.metrics_listen.map(|a| format!("http://{a}/metrics and /healthz")).unwrap_or_else(|| "off ([metrics] absent)".into()));
         alerts(&mut r, s);
         let p = &s.paths;
         for (name, d) in [("incoming", &p.incoming), ("done", &p.done), ("quarantine", &p.quarantine), ("results", &p.results), ("state", &p.state)] {

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod engine;
+pub mod exposition;
 
 // The allocator is the binary's choice (`src/main.rs` installs [`alloc_guard::GuardedAlloc`]);
 // the library's own tests install it too.

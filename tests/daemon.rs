@@ -708,3 +708,66 @@ fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }
+
+/// GET `path` from `addr`: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// /metrics parsed by the Prometheus project's own Python client parser: what was scored is
+/// counted; /healthz is 200 while all is well and 503 naming the fault during one.
+#[test]
+fn metrics_parse_with_prometheus_and_healthz_turns_503_on_a_fault() {
+    let parser = "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families as f\n\
+                  print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value for m in f(sys.stdin.read()) for s in m.samples}))";
+    if !Command::new("python3").args(["-c", "import prometheus_client"]).status().is_ok_and(|s| s.success()) {
+        tool_missing("the Prometheus Python client (its text parser)", "pip install prometheus-client");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = config(root, &format!("[metrics]\nlisten = \"{addr}\"\n"));
+    let log = root.join("daemon.log");
+    let mut d = start(&cfg, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || read_log().contains("metrics: Prometheus text")), "{}", read_log());
+    let src = root.join("src");
+    write_series(&src, "a", "1.2.826.0.1.3680043.9.7307.18.1", 200, 6);
+    std::fs::write(src.join("a/notes.txt"), "not an image").unwrap();
+    drop_into(&src, &root.join("var/incoming"));
+    let results = root.join("var/results");
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "{}", read_log());
+    let parse = |body: &str| -> serde_json::Value {
+        use std::io::Write;
+        let mut p = Command::new("python3").args(["-c", parser]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "the Prometheus parser refused:\n{body}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let verdict = finals(&results)[0]["event"].as_str().unwrap().to_string();
+    let label = if verdict == "ALERT" { "positive" } else { "negative" };
+    assert!(wait_until(Duration::from_secs(5), || {
+        let (code, body) = http_get(&addr, "/metrics");
+        let m = parse(&body);
+        code == 200 && m["ctsentry_slices_scored_total{}"] == 6.0 && m[format!("ctsentry_series_total{{\"verdict\": \"{label}\"}}")] == 1.0
+            && m["ctsentry_files_quarantined_total{}"] == 1.0 && m["ctsentry_inference_seconds_count{}"].as_f64().unwrap() >= 1.0
+            && m["ctsentry_fault{\"kind\": \"DISK\"}"] == 0.0
+    }), "metrics: {}", http_get(&addr, "/metrics").1);
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_string()));
+    // A fault: the free-space watermark above what any disk has (a live setting: SIGHUP).
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("min_free_mb = 0", "min_free_mb = 999999999")).unwrap();
+    signal(&d, libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || http_get(&addr, "/healthz") == (503, "faults: DISK\n".to_string())), "{:?}\n{}", http_get(&addr, "/healthz"), read_log());
+    assert_eq!(parse(&http_get(&addr, "/metrics").1)["ctsentry_fault{\"kind\": \"DISK\"}"], 1.0);
+    assert_eq!(http_get(&addr, "/nothing").0, 404);
+    signal(&d, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
+}

@@ -98,6 +98,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 6] = [FaultKind::Model, FaultKind::Engine, FaultKind::Disk, FaultKind::Serial, FaultKind::Queue, FaultKind::Watch];
+
     /// The wire name.
     pub fn name(self) -> &'static str {
         match self {

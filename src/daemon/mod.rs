@@ -63,9 +63,11 @@ pub enum DaemonError {
     /// restarts it, and the journal resumes what was in flight.
     #[error("scoring worker {0} stopped unexpectedly; exiting so that the service restarts (the journal resumes the files in flight)")]
     WorkerDied(String),
-    /// The DICOM receiver cannot listen.
-    #[error("dicom.listen = \"{addr}\": {source}")]
+    /// The DICOM receiver or the metrics server cannot listen.
+    #[error("{key} = \"{addr}\": {source}")]
     Listen {
+        /// The config key.
+        key: &'static str,
         /// The address configured.
         addr: std::net::SocketAddr,
         /// Why not.
@@ -133,6 +135,8 @@ pub struct Daemon {
     started: f64,
     /// Recent final verdicts, newest first (for `ctsentry status`).
     last_verdicts: std::collections::VecDeque<crate::status::VerdictView>,
+    /// What /metrics and /healthz report.
+    metrics: Arc<crate::exposition::Metrics>,
 }
 
 impl Daemon {
@@ -163,8 +167,13 @@ impl Daemon {
         };
         let Prepared { lock, journal, state, outbox, scorer } = ready;
         // The network receiver writes into the drop folder: from there the pipeline is the same.
+        let metrics = Arc::new(crate::exposition::Metrics::default());
         if settings.dicom.enabled {
-            crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen { addr: settings.dicom.listen, source })?;
+            let (_, stats) = crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen { key: "dicom.listen", addr: settings.dicom.listen, source })?;
+            *metrics.dicom.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        }
+        if let Some(addr) = settings.metrics_listen {
+            crate::exposition::serve(addr, metrics.clone()).map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
         }
         let m = &scorer.model.manifest.model;
         let (sinks, serial_up) = open_sinks(&settings, &format!("{};{}-{}", env!("CARGO_PKG_VERSION"), m.name, m.version));
@@ -200,6 +209,7 @@ impl Daemon {
             degraded,
             started: now(),
             last_verdicts: std::collections::VecDeque::new(),
+            metrics,
             settings,
         };
         Ok(Some((d, lock)))
@@ -264,6 +274,19 @@ impl Daemon {
             Err(e) => {
                 log::error!("{}: {e}", self.outbox.path().display());
                 self.disk(DiskCause::Feed, true);
+            }
+        }
+        let count = |c: &std::sync::atomic::AtomicU64| c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match (stage, positive) {
+            (Stage::Final, true) => {
+                count(&self.metrics.series_positive);
+                count(&self.metrics.alerts_final);
+            }
+            (Stage::Final, false) => {
+                count(&self.metrics.series_negative);
+            }
+            _ => {
+                count(&self.metrics.alerts_early);
             }
         }
         let (positives, slices, max_prob) = (positives as u32, slices as u32, max_prob as f32);
@@ -533,6 +556,12 @@ impl Daemon {
             files_handled: self.state.handled,
             last_verdicts: self.last_verdicts.iter().cloned().collect(),
         };
+        *self.metrics.gauges.lock().unwrap_or_else(|p| p.into_inner()) = crate::exposition::Gauges {
+            queue: snap.queue,
+            open_series: snap.open_series,
+            faults: self.faults.iter().copied().collect(),
+            latched: snap.latched.is_some(),
+        };
         if let Err(e) = crate::status::write(&self.settings.paths.state, &snap) {
             log::warn!("{}: status not written: {e}", self.settings.paths.state.display());
         }
@@ -636,6 +665,7 @@ impl Daemon {
         match moved {
             Ok(to) => {
                 self.record(Record::Quarantined { t: now(), file: rel.to_string(), to: to.display().to_string(), reason: reason.to_string() });
+                self.metrics.files_quarantined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.emit(Event::Reject { why: kind });
                 self.moved(path);
             }

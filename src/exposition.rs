@@ -1,0 +1,196 @@
+//! Monitoring: the Prometheus text format at `/metrics` and health at `/healthz`, served on
+//! `[metrics] listen` (loopback by default) by a small HTTP/1.1 server on its own thread.
+//!
+//! Names (DESIGN.md), all prefixed `ctsentry_`: `slices_scored_total`, `series_total{verdict}`,
+//! `alerts_total{stage}`, `files_quarantined_total`, `inference_seconds` (histogram per engine
+//! call), `queue_files`, `open_series`, `fault{kind}` (0/1), `alert_latched` (0/1); also
+//! `dicom_associations_total`, `dicom_refused_total`, `dicom_instances_stored_total`,
+//! `dicom_instances_failed_total` when the receiver runs. `/healthz`: 200 `ok` while running
+//! without faults, 503 naming the faults otherwise.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::alert::FaultKind;
+
+/// Upper bounds (seconds) of the inference histogram's buckets.
+pub const INFERENCE_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A histogram with fixed buckets, updated from any thread.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 10],
+    over: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation of `seconds`.
+    pub fn observe(&self, seconds: f64) {
+        match INFERENCE_BUCKETS.iter().position(|&b| seconds <= b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Process-wide counters the scoring code updates (engine calls happen in worker threads).
+pub static INFERENCE: Histogram = Histogram { counts: [const { AtomicU64::new(0) }; 10], over: AtomicU64::new(0), sum_micros: AtomicU64::new(0) };
+/// Slices sent through the engine since the process started.
+pub static SLICES_SCORED: AtomicU64 = AtomicU64::new(0);
+
+/// What the daemon reports; counters only grow, gauges are set once a second.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Final verdicts, positive.
+    pub series_positive: AtomicU64,
+    /// Final verdicts, negative.
+    pub series_negative: AtomicU64,
+    /// Alerts raised, early.
+    pub alerts_early: AtomicU64,
+    /// Alerts raised, final.
+    pub alerts_final: AtomicU64,
+    /// Files quarantined.
+    pub files_quarantined: AtomicU64,
+    /// Gauges.
+    pub gauges: Mutex<Gauges>,
+    /// The DICOM receiver's counters, when it runs.
+    pub dicom: Mutex<Option<Arc<crate::net::scp::ScpStats>>>,
+}
+
+/// The gauges of [`Metrics`].
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    /// Files waiting.
+    pub queue: usize,
+    /// Series open.
+    pub open_series: usize,
+    /// Faults on.
+    pub faults: Vec<FaultKind>,
+    /// Whether an alert is latched.
+    pub latched: bool,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let c = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let family = |o: &mut String, name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
+            let _ = writeln!(o, "# HELP ctsentry_{name} {help}\n# TYPE ctsentry_{name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(o, "ctsentry_{name}{labels} {v}");
+            }
+        };
+        family(&mut o, "slices_scored_total", "counter", "Slices sent through the engine.", &[(String::new(), c(&SLICES_SCORED) as f64)]);
+        family(&mut o, "series_total", "counter", "Final series verdicts.", &[("{verdict=\"positive\"}".into(), c(&self.series_positive) as f64), ("{verdict=\"negative\"}".into(), c(&self.series_negative) as f64)]);
+        family(&mut o, "alerts_total", "counter", "Alerts raised.", &[("{stage=\"early\"}".into(), c(&self.alerts_early) as f64), ("{stage=\"final\"}".into(), c(&self.alerts_final) as f64)]);
+        family(&mut o, "files_quarantined_total", "counter", "Files moved to quarantine.", &[(String::new(), c(&self.files_quarantined) as f64)]);
+        let mut cumulative = 0;
+        let mut lines: Vec<(String, f64)> = INFERENCE_BUCKETS
+            .iter()
+            .zip(&INFERENCE.counts)
+            .map(|(b, n)| {
+                cumulative += c(n);
+                (format!("_bucket{{le=\"{b}\"}}"), cumulative as f64)
+            })
+            .collect();
+        let count = cumulative + c(&INFERENCE.over);
+        lines.push(("_bucket{le=\"+Inf\"}".into(), count as f64));
+        lines.push(("_sum".into(), c(&INFERENCE.sum_micros) as f64 / 1e6));
+        lines.push(("_count".into(), count as f64));
+        family(&mut o, "inference_seconds", "histogram", "Seconds per engine call (one batch).", &lines);
+        family(&mut o, "queue_files", "gauge", "Files waiting to be scored.", &[(String::new(), g.queue as f64)]);
+        family(&mut o, "open_series", "gauge", "Series not yet complete.", &[(String::new(), g.open_series as f64)]);
+        let faults: Vec<(String, f64)> = FaultKind::ALL.iter().map(|k| (format!("{{kind=\"{}\"}}", k.name()), f64::from(u8::from(g.faults.contains(k))))).collect();
+        family(&mut o, "fault", "gauge", "1 while the fault is on.", &faults);
+        family(&mut o, "alert_latched", "gauge", "1 while an alert waits for acknowledgement.", &[(String::new(), f64::from(u8::from(g.latched)))]);
+        if let Some(d) = self.dicom.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            family(&mut o, "dicom_associations_total", "counter", "DICOM associations accepted.", &[(String::new(), c(&d.associations) as f64)]);
+            family(&mut o, "dicom_refused_total", "counter", "DICOM associations refused.", &[(String::new(), c(&d.refused) as f64)]);
+            family(&mut o, "dicom_instances_stored_total", "counter", "DICOM instances written into the drop folder.", &[(String::new(), c(&d.stored) as f64)]);
+            family(&mut o, "dicom_instances_failed_total", "counter", "DICOM instances answered with a failure.", &[(String::new(), c(&d.failed) as f64)]);
+        }
+        o
+    }
+
+    /// `/healthz`: 200 and `ok` without faults, else 503 and the faults.
+    pub fn health(&self) -> (u16, String) {
+        let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        if g.faults.is_empty() {
+            (200, "ok\n".into())
+        } else {
+            (503, format!("faults: {}\n", g.faults.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")))
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listen` from a background thread; returns the address
+/// bound (an error when it cannot be bound).
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if let Err(e) = answer(conn, &metrics) {
+                log::debug!("metrics: {e}");
+            }
+        }
+    })?;
+    log::info!("metrics: Prometheus text at http://{addr}/metrics, health at http://{addr}/healthz");
+    Ok(addr)
+}
+
+fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // Headers are read and ignored.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        ("GET", "/healthz") => {
+            let (s, b) = metrics.health();
+            (s, "text/plain; charset=utf-8", b)
+        }
+        ("GET", _) => (404, "text/plain; charset=utf-8", "not found: /metrics or /healthz\n".into()),
+        _ => (405, "text/plain; charset=utf-8", "only GET\n".into()),
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let mut w = stream;
+    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_the_faults() {
+        let m = Metrics::default();
+        assert_eq!(m.health().0, 200);
+        m.gauges.lock().unwrap().faults = vec![FaultKind::Disk];
+        assert_eq!(m.health(), (503, "faults: DISK\n".into()));
+        let text = m.render();
+        assert!(text.contains("ctsentry_fault{kind=\"DISK\"} 1"), "{text}");
+        assert!(text.contains("# TYPE ctsentry_inference_seconds histogram"));
+    }
+}
