@@ -1083,10 +1083,6 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
             ("trace", log::LevelFilter::Trace),
         ],
     );
-    if !c.issues.is_empty() {
-        c.issues.sort_by_key(|i| (i.line, i.column));
-        return Err(c.issues);
-    }
     let dr = &raw.dicom;
     let title = dr.ae_title.get_ref().trim().to_string();
     if title.is_empty() || title.len() > 16 || !title.chars().all(|ch| ch.is_ascii_graphic() || ch == ' ') || title.contains('\\') {
@@ -1099,6 +1095,12 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
             std::net::SocketAddr::from(([0, 0, 0, 0], 11112))
         }
     };
+    for a in &dr.allowed_callers {
+        let t = a.trim();
+        if t.is_empty() || t.len() > 16 || t.contains('\\') {
+            c.fail(&dr.ae_title, format!("dicom.allowed_callers: {a:?} is not an AE title (1 to 16 characters, no backslash)"));
+        }
+    }
     let metrics_listen = raw.metrics.listen.as_ref().map(|l| match l.get_ref().parse::<std::net::SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -1114,6 +1116,10 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         max_associations: c.range_i("dicom.max_associations", &dr.max_associations, 1, 256) as usize,
         max_instance_bytes: c.range_i("dicom.max_instance_mb", &dr.max_instance_mb, 1, 65_536) as u64 * 1024 * 1024,
     };
+    if !c.issues.is_empty() {
+        c.issues.sort_by_key(|i| (i.line, i.column));
+        return Err(c.issues);
+    }
     Ok(Settings {
         source: None,
         paths,
@@ -1245,5 +1251,18 @@ mod tests {
         assert_eq!(applied.log_level, log::LevelFilter::Debug);
         assert_eq!(applied.tensorrt_plan, None, "fixed keys keep their running values");
         assert_eq!(Settings::join(old_fixed, old.clone().split().1), old, "split and join are inverse");
+    }
+
+    #[test]
+    fn dicom_and_metrics_keys_are_checked() {
+        let errors = |text: &str| Settings::from_str(text, Path::new("/")).err().map(|v| v.into_iter().map(|i| i.reason).collect::<Vec<_>>().join("; ")).unwrap_or_default();
+        assert!(errors("[metrics]\nlisten = \"localhost:9464\"\n").contains("metrics.listen = \"localhost:9464\": expected ADDRESS:PORT"));
+        assert!(errors("[dicom]\nlisten = \"11112\"\n").contains("dicom.listen = \"11112\""));
+        assert!(errors("[dicom]\nae_title = \"\"\n").contains("dicom.ae_title"));
+        assert!(errors("[dicom]\nmax_instance_mb = 0\n").contains("dicom.max_instance_mb = 0 is outside"));
+        assert!(errors("[dicom]\nallowed_callers = [\"A_VERY_LONG_AE_TITLE\"]\n").contains("is not an AE title"));
+        let s = Settings::from_str("[dicom]\nenabled = true\nlisten = \"127.0.0.1:11112\"\nallowed_callers = [\"CT1\"]\n[metrics]\nlisten = \"127.0.0.1:9464\"\n", Path::new("/")).unwrap();
+        assert_eq!((s.dicom.enabled, s.dicom.allowed_callers.clone(), s.metrics_listen.map(|a| a.port())), (true, vec!["CT1".to_string()], Some(9464)));
+        assert_eq!(Settings::from_str("", Path::new("/")).unwrap().metrics_listen, None, "no [metrics]: off");
     }
 }

@@ -9,7 +9,7 @@
 //! without faults, 503 naming the faults otherwise.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -137,9 +137,27 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Socke
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            if let Err(e) = answer(conn, &metrics) {
-                log::debug!("metrics: {e}");
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            // A few at a time, each on its own thread with a deadline: a slow client cannot
+            // hold the others up for more than REQUEST_DEADLINE.
+            if busy.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                continue;
+            }
+            busy.fetch_add(1, Ordering::SeqCst);
+            let (m, b) = (metrics.clone(), busy.clone());
+            let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+                if let Err(e) = answer(conn, &m) {
+                    log::debug!("metrics: {e}");
+                }
+                b.fetch_sub(1, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                busy.fetch_sub(1, Ordering::SeqCst);
             }
         }
     })?;
@@ -147,17 +165,32 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Socke
     Ok(addr)
 }
 
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 4;
+/// Time a client has to send its request head.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest request head read.
+const MAX_REQUEST_BYTES: usize = 8192;
+
 fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Headers are read and ignored.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
+    let start = std::time::Instant::now();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut reader = &stream;
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = REQUEST_DEADLINE.checked_sub(start.elapsed()).filter(|d| !d.is_zero()).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow"))?;
+        stream.set_read_timeout(Some(left))?;
+        let n = std::io::Read::read(&mut reader, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_REQUEST_BYTES {
+            return Err(std::io::Error::other("request head too large"));
+        }
     }
-    let mut parts = request.split_whitespace();
+    let request = String::from_utf8_lossy(&head);
+    let mut parts = request.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),

@@ -157,13 +157,15 @@ fn slices_without_lung_are_skipped_and_the_rule_names_its_sources() {
     std::fs::copy(&src, &model).unwrap();
     let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap() + "min_positive_slices = 1\nmin_lung_fraction = 0.05\n";
     std::fs::write(model.with_extension("toml"), manifest).unwrap();
-    // Three chest slices (two lungs) and, above them, two slices of soft tissue only.
+    // 20 chest slices (two lungs), three of them (one before the others, one across a chunk of
+    // 16) soft tissue only; the chest slices differ in density so that their scores differ.
     let input = dir.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
     let (hu, _) = chest(128, 128, 0.0);
-    for k in 0..5 {
+    let lungless = [0usize, 7, 17];
+    for k in 0..20 {
         let mut s = CtSlice::pattern(128, 128, k, 2.0 * k as f64);
-        s.stored = if k < 3 { hu.iter().map(|&v| v.round() as i32).collect() } else { vec![40; 128 * 128] };
+        s.stored = if lungless.contains(&(k as usize)) { vec![40; 128 * 128] } else { hu.iter().map(|&v| v.round() as i32 + if v > -500.0 { 3 * k } else { 0 }).collect() };
         s.write(&input.join(format!("{k}.dcm")), EXPLICIT_LE);
     }
     let score = |extra: &str| {
@@ -175,9 +177,15 @@ fn slices_without_lung_are_skipped_and_the_rule_names_its_sources() {
     };
     let lines = score("");
     let slices: Vec<_> = lines.iter().filter(|l| l["type"] == "slice").collect();
-    assert_eq!(slices.len(), 5);
+    assert_eq!(slices.len(), 20);
+    // The same slices scored alone, one file at a time: every score in place, none shifted.
     for s in &slices {
-        let lungless = s["slice_index"].as_u64().unwrap() >= 3;
+        let alone = run(&["--config", dir.path().join("c.toml").to_str().unwrap(), "score", "--json", s["file"].as_str().unwrap()]).1;
+        let alone: serde_json::Value = serde_json::from_str(alone.lines().next().unwrap()).unwrap();
+        assert!((alone["prob"].as_f64().unwrap() - s["prob"].as_f64().unwrap()).abs() < 1e-5, "{s} vs alone {alone}");
+    }
+    for s in &slices {
+        let lungless = lungless.contains(&(s["slice_index"].as_u64().unwrap() as usize));
         assert_eq!(s.get("skipped").is_some(), lungless, "{s}");
         if lungless {
             assert!(s["skipped"].as_str().unwrap().starts_with("no lung: lung fraction 0.000 < 0.05"), "{s}");
@@ -187,7 +195,7 @@ fn slices_without_lung_are_skipped_and_the_rule_names_its_sources() {
         }
     }
     let series = lines.iter().find(|l| l["type"] == "series").unwrap();
-    assert_eq!((series["skipped"].as_u64(), series["min_lung_fraction"].as_f64()), (Some(2), Some(0.05)), "{series}");
+    assert_eq!((series["skipped"].as_u64(), series["min_lung_fraction"].as_f64()), (Some(3), Some(0.05)), "{series}");
     assert_eq!((series["min_positive_slices"].as_u64(), series["min_positive_source"].as_str()), (Some(1), Some("manifest")), "{series}");
     let lines = score("[decision]\nmin_positive_slices = 3\n");
     let series = lines.iter().find(|l| l["type"] == "series").unwrap();

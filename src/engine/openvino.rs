@@ -76,11 +76,12 @@ pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
     Err(format!("no OpenVINO library: not in {PACKAGED_DIR} (the Debian package), and python3 has no `openvino` package (pip install openvino); or set engine.openvino_library"))
 }
 
+/// Fields drop in declaration order: the request, then the compiled model, then the core that
+/// owns the plugins they run on.
 struct Session {
-    // The core owns the plugins the compiled model runs on: it must outlive them.
-    _core: Core,
-    _compiled: CompiledModel,
     request: InferRequest,
+    _compiled: CompiledModel,
+    _core: Core,
 }
 
 /// The OpenVINO engine (CPU device).
@@ -125,7 +126,7 @@ impl OpenVinoEngine {
         }
         let request = compiled.create_infer_request().map_err(ov("infer request"))?;
         Ok(OpenVinoEngine {
-            session: Mutex::new(Session { _core: core, _compiled: compiled, request }),
+            session: Mutex::new(Session { request, _compiled: compiled, _core: core }),
             precision,
             library: lib.to_path_buf(),
             size: m.input.size,

@@ -52,7 +52,6 @@ const C_ECHO_RSP: u16 = 0x8030;
 const NO_DATA_SET: u16 = 0x0101;
 const SUCCESS: u16 = 0x0000;
 const OUT_OF_RESOURCES: u16 = 0xA700;
-const CANNOT_UNDERSTAND: u16 = 0xC000;
 
 /// Counters of the receiver (for logs and metrics).
 #[derive(Debug, Default)]
@@ -107,6 +106,8 @@ fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf
             Ok(s) => s,
             Err(e) => {
                 log::warn!("dicom: accept: {e}");
+                // Out of file descriptors and the like: do not spin.
+                std::thread::sleep(std::time::Duration::from_millis(200));
                 continue;
             }
         };
@@ -131,19 +132,34 @@ fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf
     }
 }
 
-/// A message being received: its command, then (for C-STORE) its data set.
-#[derive(Default)]
-struct Message {
-    command: Vec<u8>,
-    data: Vec<u8>,
-    too_large: bool,
+/// Largest command set accepted (a C-STORE-RQ is a few hundred bytes).
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+const DATA_SET_MISMATCH: u16 = 0xA900;
+
+/// Where a C-STORE's data set goes while it arrives.
+enum Sink {
+    /// Into this hidden file in the drop folder (renamed into place when complete).
+    File(PartFile),
+    /// Nowhere: the request is answered with this status once its data set has been read.
+    Discard(u16),
+}
+
+/// A request whose data set is being received.
+struct Pending {
+    field: u16,
+    id: u16,
+    class: String,
+    sop: String,
+    sink: Sink,
 }
 
 fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Path, stats: &ScpStats) -> Result<(), String> {
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(Callers(settings.allowed_callers.clone()))
         .ae_title(settings.ae_title.as_str())
-        .read_timeout(std::time::Duration::from_secs(120))
+        .read_timeout(std::time::Duration::from_secs(60))
         .with_abstract_syntax(VERIFICATION);
     for class in CT_STORAGE {
         options = options.with_abstract_syntax(class);
@@ -161,44 +177,88 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
     stats.associations.fetch_add(1, Ordering::Relaxed);
     let caller = assoc.peer_ae_title().trim().to_string();
     log::info!("dicom: association from {caller:?} at {peer}");
-    let contexts: Vec<(u8, String, String)> = assoc.presentation_contexts().iter().map(|c| (c.id, c.abstract_syntax.clone(), c.transfer_syntax.clone())).collect();
-    let mut msg = Message::default();
+    // Accepted presentation contexts: id → (abstract syntax, transfer syntax).
+    let contexts: Vec<(u8, String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|c| c.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
+        .map(|c| (c.id, c.abstract_syntax.trim_end_matches('\0').to_string(), c.transfer_syntax.trim_end_matches('\0').to_string()))
+        .collect();
+    let mut command = Vec::new();
+    let mut pending: Option<Pending> = None;
     let (mut stored, mut failed) = (0u64, 0u64);
     loop {
-        let pdu = match assoc.receive() {
-            Ok(p) => p,
-            Err(e) => return Err(format!("receiving: {e} ({stored} stored)")),
-        };
+        let pdu = assoc.receive().map_err(|e| format!("receiving: {e} ({stored} stored)"))?;
         match pdu {
             Pdu::PData { data } => {
                 for value in data {
-                    let done = match value.value_type {
+                    let pc = value.presentation_context_id;
+                    let Some((_, abstract_syntax, ts)) = contexts.iter().find(|c| c.0 == pc) else {
+                        let _ = assoc.abort();
+                        return Err(format!("data on presentation context {pc}, which was not accepted"));
+                    };
+                    let reply = match value.value_type {
                         PDataValueType::Command => {
-                            msg.command.extend_from_slice(&value.data);
-                            value.is_last && !has_data_set(&msg.command)?
+                            if pending.is_some() {
+                                return Err("a command arrived before the previous data set ended".into());
+                            }
+                            command.extend_from_slice(&value.data);
+                            if command.len() > MAX_COMMAND_BYTES {
+                                let _ = assoc.abort();
+                                return Err(format!("a command set over {MAX_COMMAND_BYTES} bytes"));
+                            }
+                            if !value.is_last {
+                                continue;
+                            }
+                            let cmd = read_command(&std::mem::take(&mut command))?;
+                            match begin(&cmd, abstract_syntax, ts, &caller, incoming) {
+                                Begun::Reply(r) => r,
+                                Begun::Data(p) => {
+                                    pending = Some(p);
+                                    continue;
+                                }
+                            }
                         }
                         PDataValueType::Data => {
-                            if msg.data.len() as u64 + value.data.len() as u64 > settings.max_instance_bytes {
-                                msg.too_large = true;
-                                msg.data.clear();
-                            } else if !msg.too_large {
-                                msg.data.extend_from_slice(&value.data);
+                            let Some(p) = pending.as_mut() else {
+                                return Err("a data set without a command".into());
+                            };
+                            if let Sink::File(f) = &mut p.sink {
+                                if f.written + value.data.len() as u64 > settings.max_instance_bytes {
+                                    log::warn!("dicom: instance {} from {caller:?} is larger than dicom.max_instance_mb ({} MiB): refused", p.sop, settings.max_instance_bytes >> 20);
+                                    p.sink = Sink::Discard(OUT_OF_RESOURCES);
+                                } else if let Err(e) = f.write(&value.data) {
+                                    log::error!("dicom: cannot store instance {} from {caller:?}: {e}", p.sop);
+                                    p.sink = Sink::Discard(OUT_OF_RESOURCES);
+                                }
                             }
-                            value.is_last
+                            if !value.is_last {
+                                continue;
+                            }
+                            let p = pending.take().expect("pending");
+                            let status = match p.sink {
+                                Sink::File(f) => match f.finish(&p.sop) {
+                                    Ok(path) => {
+                                        log::debug!("dicom: stored {}", path.display());
+                                        SUCCESS
+                                    }
+                                    Err(e) => {
+                                        log::error!("dicom: cannot store instance {} from {caller:?}: {e}", p.sop);
+                                        OUT_OF_RESOURCES
+                                    }
+                                },
+                                Sink::Discard(status) => status,
+                            };
+                            if p.field == C_STORE_RQ {
+                                let counter = if status == SUCCESS { &stats.stored } else { &stats.failed };
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                if status == SUCCESS { stored += 1 } else { failed += 1 }
+                            }
+                            response(p.field | 0x8000, p.id, &p.class, Some(&p.sop), status)
                         }
                     };
-                    if done {
-                        let m = std::mem::take(&mut msg);
-                        let ts = contexts.iter().find(|c| c.0 == value.presentation_context_id).map(|c| c.2.clone()).unwrap_or_default();
-                        let (reply, status) = answer(&m, &ts, &caller, incoming, settings)?;
-                        match status {
-                            Some(SUCCESS) => stored += 1,
-                            Some(_) => failed += 1,
-                            None => {}
-                        }
-                        let pdu = Pdu::PData { data: vec![PDataValue { presentation_context_id: value.presentation_context_id, value_type: PDataValueType::Command, is_last: true, data: reply }] };
-                        assoc.send(&pdu).map_err(|e| format!("sending a response: {e}"))?;
-                    }
+                    let pdu = Pdu::PData { data: vec![PDataValue { presentation_context_id: pc, value_type: PDataValueType::Command, is_last: true, data: reply }] };
+                    assoc.send(&pdu).map_err(|e| format!("sending a response: {e}"))?;
                 }
             }
             Pdu::ReleaseRQ => {
@@ -209,55 +269,69 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
             other => return Err(format!("unexpected PDU {other:?}")),
         }
     }
-    stats.stored.fetch_add(stored, Ordering::Relaxed);
-    stats.failed.fetch_add(failed, Ordering::Relaxed);
     log::info!("dicom: association from {caller:?} released: {stored} instances stored, {failed} failed");
     Ok(())
 }
 
-fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, String> {
-    InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).map_err(|e| format!("unreadable command: {e}"))
+/// Checks that every element header of an implicit-VR little-endian command set fits in it
+/// (a declared length larger than the bytes left would make the parser allocate it).
+fn check_command(bytes: &[u8]) -> Result<(), String> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(header) = bytes.get(at..at + 8) else { return Err("a truncated element in the command set".into()) };
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if len > bytes.len() - at - 8 {
+            return Err(format!("a command element declares {len} bytes, {} are left", bytes.len() - at - 8));
+        }
+        at += 8 + len;
+    }
+    Ok(())
 }
 
-fn has_data_set(command: &[u8]) -> Result<bool, String> {
-    let cmd = read_command(command)?;
-    Ok(cmd.element(tags::COMMAND_DATA_SET_TYPE).ok().and_then(|e| e.to_int::<u16>().ok()).unwrap_or(NO_DATA_SET) != NO_DATA_SET)
+fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, String> {
+    check_command(bytes)?;
+    InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).map_err(|e| format!("unreadable command: {e}"))
 }
 
 fn text(cmd: &InMemDicomObject, tag: dicom_core::Tag) -> String {
     cmd.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string()).unwrap_or_default()
 }
 
-/// The response to a complete message, and the C-STORE status given (None for C-ECHO).
-fn answer(m: &Message, ts: &str, caller: &str, incoming: &Path, settings: &DicomSettings) -> Result<(Vec<u8>, Option<u16>), String> {
-    let cmd = read_command(&m.command)?;
-    let field = cmd.element(tags::COMMAND_FIELD).ok().and_then(|e| e.to_int::<u16>().ok()).unwrap_or(0);
-    let id = cmd.element(tags::MESSAGE_ID).ok().and_then(|e| e.to_int::<u16>().ok()).unwrap_or(0);
-    let class = text(&cmd, tags::AFFECTED_SOP_CLASS_UID);
-    match field {
-        C_ECHO_RQ => Ok((response(C_ECHO_RSP, id, &class, None, SUCCESS), None)),
-        C_STORE_RQ => {
-            let sop = text(&cmd, tags::AFFECTED_SOP_INSTANCE_UID);
-            let status = if m.too_large {
-                log::warn!("dicom: instance {sop} from {caller:?} is larger than dicom.max_instance_mb ({} MiB): refused", settings.max_instance_bytes >> 20);
-                OUT_OF_RESOURCES
-            } else if !CT_STORAGE.contains(&class.as_str()) {
-                CANNOT_UNDERSTAND
+/// What a complete command leads to: an immediate reply, or a data set to receive.
+enum Begun {
+    Reply(Vec<u8>),
+    Data(Pending),
+}
+
+fn begin(cmd: &InMemDicomObject, abstract_syntax: &str, ts: &str, caller: &str, incoming: &Path) -> Begun {
+    let int = |tag| cmd.element(tag).ok().and_then(|e| e.to_int::<u16>().ok());
+    let field = int(tags::COMMAND_FIELD).unwrap_or(0);
+    let id = int(tags::MESSAGE_ID).unwrap_or(0);
+    let with_data = int(tags::COMMAND_DATA_SET_TYPE).unwrap_or(NO_DATA_SET) != NO_DATA_SET;
+    let class = text(cmd, tags::AFFECTED_SOP_CLASS_UID);
+    let sop = text(cmd, tags::AFFECTED_SOP_INSTANCE_UID);
+    let reply = |field: u16, status| response(field, id, &class, if sop.is_empty() { None } else { Some(&sop) }, status);
+    match (field, with_data) {
+        (C_ECHO_RQ, false) => Begun::Reply(reply(C_ECHO_RSP, SUCCESS)),
+        (C_STORE_RQ, true) => {
+            let sink = if !CT_STORAGE.contains(&class.as_str()) {
+                Sink::Discard(SOP_CLASS_NOT_SUPPORTED)
+            } else if sop.is_empty() || class != abstract_syntax {
+                Sink::Discard(DATA_SET_MISMATCH)
             } else {
-                match write_instance(incoming, caller, &class, &sop, ts, &m.data) {
-                    Ok(path) => {
-                        log::debug!("dicom: stored {}", path.display());
-                        SUCCESS
-                    }
+                match PartFile::create(incoming, caller, &class, &sop, ts) {
+                    Ok(f) => Sink::File(f),
                     Err(e) => {
                         log::error!("dicom: cannot store instance {sop} from {caller:?}: {e}");
-                        OUT_OF_RESOURCES
+                        Sink::Discard(OUT_OF_RESOURCES)
                     }
                 }
             };
-            Ok((response(C_STORE_RSP, id, &class, Some(&sop), status), Some(status)))
+            Begun::Data(Pending { field, id, class, sop, sink })
         }
-        other => Err(format!("unsupported command 0x{other:04x}")),
+        (C_STORE_RQ, false) => Begun::Reply(reply(C_STORE_RSP, DATA_SET_MISMATCH)),
+        (other, true) => Begun::Data(Pending { field: other, id, class, sop, sink: Sink::Discard(UNRECOGNIZED_OPERATION) }),
+        (other, false) => Begun::Reply(reply(other | 0x8000, UNRECOGNIZED_OPERATION)),
     }
 }
 
@@ -298,37 +372,69 @@ fn safe(s: &str) -> String {
 
 static WRITES: AtomicU64 = AtomicU64::new(0);
 
-/// Writes one received instance durably into `incoming/dicom-<caller>/<sop>.dcm` (a hidden
-/// `.part` file first, synced, renamed, folder synced).
-fn write_instance(incoming: &Path, caller: &str, class: &str, sop: &str, ts: &str, data: &[u8]) -> std::io::Result<PathBuf> {
-    let dir = incoming.join(format!("dicom-{}", safe(caller)));
-    std::fs::create_dir_all(&dir)?;
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(class)
-        .media_storage_sop_instance_uid(sop)
-        .transfer_syntax(ts)
-        .implementation_class_uid("1.2.826.0.1.3680043.10.1416.1")
-        .implementation_version_name("CTSENTRY")
-        .build()
-        .map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(".scp-{}-{}.part", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
-    let result = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(&[0u8; 128])?;
-        f.write_all(b"DICM")?;
-        meta.write(&mut f).map_err(std::io::Error::other)?;
-        f.write_all(data)?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        let path = dir.join(format!("{}.dcm", safe(sop)));
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&dir)?.sync_all()?;
-        Ok(path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// A received instance being written: a hidden `.part` file in `incoming/dicom-<caller>/`.
+struct PartFile {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    written: u64,
+}
+
+impl PartFile {
+    /// Creates the file with the preamble and the file meta group.
+    fn create(incoming: &Path, caller: &str, class: &str, sop: &str, ts: &str) -> std::io::Result<PartFile> {
+        let dir = incoming.join(format!("dicom-{}", safe(caller)));
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir)?;
+            // The new folder's entry must survive a power cut too.
+            std::fs::File::open(incoming)?.sync_all()?;
+        }
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(class)
+            .media_storage_sop_instance_uid(sop)
+            .transfer_syntax(ts)
+            .implementation_class_uid("1.2.826.0.1.3680043.10.1416.1")
+            .implementation_version_name("CTSENTRY")
+            .build()
+            .map_err(std::io::Error::other)?;
+        let tmp = dir.join(format!(".scp-{}-{}.part", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let header = (|| {
+            file.write_all(&[0u8; 128])?;
+            file.write_all(b"DICM")?;
+            meta.write(&mut file).map_err(std::io::Error::other)
+        })();
+        if let Err(e) = header {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(PartFile { dir, tmp, file: Some(file), written: 0 })
     }
-    result
+
+    /// Appends data set bytes.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.written += bytes.len() as u64;
+        self.file.as_mut().expect("open until finished").write_all(bytes)
+    }
+
+    /// Syncs, renames to `<sop>.dcm` and syncs the folder: durable when this returns Ok.
+    fn finish(mut self, sop: &str) -> std::io::Result<PathBuf> {
+        let f = self.file.take().expect("open until finished").into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        let path = self.dir.join(format!("{}.dcm", safe(sop)));
+        std::fs::rename(&self.tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(path)
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        // A data set that never completed (association aborted, instance refused) leaves nothing.
+        if self.tmp.exists() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,7 +451,10 @@ mod tests {
         assert_eq!(text(&cmd, tags::AFFECTED_SOP_INSTANCE_UID), "1.2.3");
         let len = cmd.element(tags::COMMAND_GROUP_LENGTH).unwrap().to_int::<u32>().unwrap() as usize;
         assert_eq!(len, bytes.len() - 12, "group length counts every element after it");
-        assert!(!has_data_set(&bytes).unwrap());
+        // A length field larger than the bytes left is refused before parsing.
+        let mut evil = bytes.clone();
+        evil[4..8].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        assert!(read_command(&evil).unwrap_err().contains("declares"));
     }
 
     #[test]
