@@ -57,7 +57,7 @@ def main():
     hwm = next((int(l.split()[1]) for l in open(f"/proc/{p.pid}/status") if l.startswith("VmHWM:")), 0)
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=60)
-    res = json.load(open(os.path.join(root, "results", final["series_key"] + ".json")))
+    res = json.load(open(os.path.join(root, "results", final["series_id"] + ".json")))
     scored = res["times"]["last_scored"] - t0
     print(f"{len(files)} slices copied in {t_last - t0:.2f} s")
     if early:
