@@ -39,7 +39,8 @@ pub enum Verdict {
 impl Rule {
     /// Why a slice with `lung_fraction` of lung is not scored, or `None` when it is.
     pub fn skips(&self, lung_fraction: f32) -> Option<String> {
-        (f64::from(lung_fraction) < self.min_lung_fraction).then(|| format!("no lung: lung fraction {lung_fraction:.3} < {} (manifest)", self.min_lung_fraction))
+        // Compared in f32, the precision lung fractions are computed in.
+        (lung_fraction < self.min_lung_fraction as f32).then(|| format!("no lung: lung fraction {lung_fraction:.3} < {} (manifest)", self.min_lung_fraction))
     }
 
     /// Whether a slice with probability `prob` is positive.

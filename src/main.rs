@@ -335,9 +335,14 @@ fn scorer(s: &Settings) -> Result<ctsentry::score::Scorer, Failure> {
 }
 
 fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
-        let sc = scorer(s)?;
     let files = ingest::collect_files(paths).map_err(usage)?;
-    let (slices, errors) = ingest::read_files(&files, &s.ingest);
+    // The model loads (and the engine compiles it) while the files are decoded.
+    let (sc, (slices, errors)) = std::thread::scope(|scope| {
+        let loading = scope.spawn(|| scorer(s));
+        let read = ingest::read_files(&files, &s.ingest);
+        (loading.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), read)
+    });
+    let sc = sc?;
     for e in &errors {
         if json {
             println!("{}", serde_json::json!({"type": "error", "file": e.path().display().to_string(), "error": e.to_string()}));
