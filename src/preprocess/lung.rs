@@ -203,7 +203,8 @@ pub enum Morphology {
     /// filling by one flood from the border, on the lungs' bounding box: the fast one, in use.
     Spans,
     /// Dilation and closing through full-image Euclidean distance transforms, hole filling by
-    /// labelling every background component: the first implementation, kept as the reference.
+    /// labelling every background component: the first implementation, kept whole (with its
+    /// block reduction) as the reference.
     DistanceTransform,
 }
 
@@ -216,25 +217,92 @@ pub fn segment(hu: &[f32], rows: usize, cols: usize) -> LungMask {
     segment_with(hu, rows, cols, Morphology::Spans)
 }
 
-/// [`segment`] with the morphology implementation `how`.
+/// [`segment`] with the implementation `how` ([`Morphology::DistanceTransform`]: the first
+/// implementation whole, its block reduction included, as it was before the fast one).
 pub fn segment_with(hu: &[f32], rows: usize, cols: usize, how: Morphology) -> LungMask {
     assert_eq!(hu.len(), rows * cols, "hu has rows × cols values");
-    segment_blocks(rows, cols, how, |r, out: &mut [f32]| out.copy_from_slice(&hu[r * cols..(r + 1) * cols]))
+    match how {
+        Morphology::Spans => segment_blocks(rows, cols, how, |r, out: &mut [f32]| out.copy_from_slice(&hu[r * cols..(r + 1) * cols])),
+        Morphology::DistanceTransform => segment_first(hu, rows, cols),
+    }
+}
+
+/// The first implementation's block reduction, unchanged (the reference).
+fn segment_first(hu: &[f32], rows: usize, cols: usize) -> LungMask {
+    let how = Morphology::DistanceTransform;
+    let f = (rows.max(cols) / WORKING_SIDE).max(1);
+    let (r2, c2) = ((rows / f).max(1), (cols / f).max(1));
+    if f == 1 || r2 < 8 || c2 < 8 {
+        return segment_at_full_resolution(hu, rows, cols, how);
+    }
+    let mut sum = vec![0f32; r2 * c2];
+    let mut count = vec![0u32; r2 * c2];
+    for r in 0..rows {
+        let br = (r / f).min(r2 - 1);
+        for c in 0..cols {
+            let k = br * c2 + (c / f).min(c2 - 1);
+            sum[k] += hu[r * cols + c];
+            count[k] += 1;
+        }
+    }
+    let small: Vec<f32> = sum.iter().zip(&count).map(|(s, &n)| s / n as f32).collect();
+    let m = segment_at_full_resolution(&small, r2, c2, how);
+    let mut mask = vec![0u8; rows * cols];
+    for r in 0..rows {
+        let br = (r / f).min(r2 - 1);
+        for c in 0..cols {
+            mask[r * cols + c] = m.mask[br * c2 + (c / f).min(c2 - 1)];
+        }
+    }
+    let fraction = mask.iter().filter(|&&v| v != 0).count() as f32 / (rows * cols) as f32;
+    LungMask { mask, fraction }
 }
 
 /// [`segment`] of a decoded slice, converting each row to Hounsfield units as it is averaged
 /// down (no full-size copy of the slice): the same mask as `segment(&slice.hu(), …)`.
 pub fn segment_slice(slice: &crate::ingest::Slice) -> LungMask {
     use crate::ingest::Pixels;
-    let (cols, s, b) = (slice.cols, slice.rescale.slope, slice.rescale.intercept);
-    segment_blocks(slice.rows, cols, Morphology::Spans, |r, out: &mut [f32]| {
-        let range = r * cols..(r + 1) * cols;
-        match &slice.pixels {
-            Pixels::U16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
-            Pixels::I16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
-            Pixels::F32(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
+    let (rows, cols, s, b) = (slice.rows, slice.cols, slice.rescale.slope, slice.rescale.intercept);
+    let f = (rows.max(cols) / WORKING_SIDE).max(1);
+    // Integer pixels with slope 1 and a whole intercept (most CT): each block's HU sum is a whole
+    // number under 2^24, which f32 holds exactly in any order, so summing the stored integers and
+    // adding the intercept once gives the very sums the definition's f32 additions give.
+    let exact = s == 1.0 && b.fract() == 0.0 && ((f * f) as f64) * (65_536.0 + b.abs()) < 16_777_216.0;
+    match &slice.pixels {
+        Pixels::I16(v) if exact && f > 1 => segment_integer_blocks(v, rows, cols, b),
+        Pixels::U16(v) if exact && f > 1 => segment_integer_blocks(v, rows, cols, b),
+        _ => segment_blocks(rows, cols, Morphology::Spans, |r, out: &mut [f32]| {
+            let range = r * cols..(r + 1) * cols;
+            match &slice.pixels {
+                Pixels::U16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
+                Pixels::I16(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
+                Pixels::F32(v) => out.iter_mut().zip(&v[range]).for_each(|(o, &p)| *o = (f64::from(p) * s + b) as f32),
+            }
+        }),
+    }
+}
+
+/// The block reduction of [`segment_slice`] on integer pixels (see there why it is exact).
+fn segment_integer_blocks<T: Copy + Into<i64>>(pixels: &[T], rows: usize, cols: usize, intercept: f64) -> LungMask {
+    let f = (rows.max(cols) / WORKING_SIDE).max(1);
+    let (r2, c2) = ((rows / f).max(1), (cols / f).max(1));
+    if r2 < 8 || c2 < 8 {
+        let hu: Vec<f32> = pixels.iter().map(|&p| (p.into() as f64 + intercept) as f32).collect();
+        return segment_at_full_resolution(&hu, rows, cols, Morphology::Spans);
+    }
+    let block_of: Vec<usize> = (0..cols).map(|c| (c / f).min(c2 - 1)).collect();
+    let mut sum = vec![0i64; r2 * c2];
+    let mut count = vec![0u32; r2 * c2];
+    for (r, line) in pixels.chunks_exact(cols).enumerate() {
+        let base = (r / f).min(r2 - 1) * c2;
+        for (&p, &bc) in line.iter().zip(&block_of) {
+            sum[base + bc] += p.into();
+            count[base + bc] += 1;
         }
-    })
+    }
+    let b = intercept as i64;
+    let small: Vec<f32> = sum.iter().zip(&count).map(|(&s, &n)| (s + i64::from(n) * b) as f32 / n as f32).collect();
+    scale_up(&small, &count, rows, cols, f, &block_of, Morphology::Spans)
 }
 
 /// The block-mean reduction of [`segment`], reading the image a row at a time through `row`
@@ -262,16 +330,22 @@ fn segment_blocks(rows: usize, cols: usize, how: Morphology, mut row: impl FnMut
         }
     }
     let small: Vec<f32> = sum.iter().zip(&count).map(|(s, &n)| s / n as f32).collect();
-    let m = segment_at_full_resolution(&small, r2, c2, how);
+    scale_up(&small, &count, rows, cols, f, &block_of, how)
+}
+
+/// Segments the reduced image and gives each full-resolution pixel its block's value; the
+/// fraction counts each block's pixels (`count`).
+fn scale_up(small: &[f32], count: &[u32], rows: usize, cols: usize, f: usize, block_of: &[usize], how: Morphology) -> LungMask {
+    let (r2, c2) = ((rows / f).max(1), (cols / f).max(1));
+    let m = segment_at_full_resolution(small, r2, c2, how);
     let mut mask = vec![0u8; rows * cols];
-    let mut inside = 0usize;
     for (r, out) in mask.chunks_exact_mut(cols).enumerate() {
         let src = &m.mask[(r / f).min(r2 - 1) * c2..][..c2];
-        for (o, &bc) in out.iter_mut().zip(&block_of) {
+        for (o, &bc) in out.iter_mut().zip(block_of) {
             *o = src[bc];
         }
-        inside += out.iter().filter(|&&v| v != 0).count();
     }
+    let inside: u64 = m.mask.iter().zip(count).filter(|(&v, _)| v != 0).map(|(_, &n)| u64::from(n)).sum();
     LungMask { mask, fraction: inside as f32 / (rows * cols) as f32 }
 }
 
