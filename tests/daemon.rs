@@ -680,7 +680,7 @@ fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let port = free_port();
-    let cfg = config(root, &format!("[dicom]\nenabled = true\nae_title = \"CTSENTRY\"\nlisten = \"127.0.0.1:{port}\"\nallowed_callers = [\"SCANNER\"]\n"));
+    let cfg = config(root, &format!("[dicom]\nenabled = true\nae_title = \"CTSENTRY\"\nlisten = \"127.0.0.1:{port}\"\nallowed_callers = [\"SCANNER\"]\nmax_instance_mb = 1\n"));
     let log = root.join("daemon.log");
     let mut d = start(&cfg, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -705,6 +705,19 @@ fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
     assert_eq!((f["series_uid"].as_str(), f["slices"].as_u64()), (Some("1.2.826.0.1.3680043.9.7307.17.1"), Some(6)), "{f}");
     assert_eq!(rels(&root.join("var/done")).iter().filter(|r| r.starts_with("dicom-SCANNER/") && r.ends_with(".dcm")).count(), 6, "{:?}", rels(&root.join("var/done")));
     assert!(walk(&root.join("var/incoming")).is_empty(), "left in incoming: {:?}", walk(&root.join("var/incoming")));
+    // An instance over dicom.max_instance_mb (1 MiB here; this one is 2.4 MB) is refused with
+    // "out of resources" and leaves nothing behind.
+    let mut big = CtSlice::pattern(1100, 1100, 1, 0.0);
+    big.series_uid = "1.2.826.0.1.3680043.9.7307.17.2".into();
+    big.sop_uid = "1.2.826.0.1.3680043.9.7307.17.2.1".into();
+    big.write(&root.join("big.dcm"), EXPLICIT_LE);
+    let sent = dcmtk("storescu", "SCANNER", &[root.join("big.dcm")]);
+    let said = format!("{}{}", String::from_utf8_lossy(&sent.stdout), String::from_utf8_lossy(&sent.stderr));
+    assert!(said.to_lowercase().contains("a700") || said.contains("Out of Resources") || !sent.status.success(), "storescu was not told of the refusal: {said}");
+    assert!(wait_until(Duration::from_secs(5), || read_log().contains("larger than dicom.max_instance_mb (1 MiB): refused")), "{}", read_log());
+    std::thread::sleep(Duration::from_millis(500));
+    let everything: Vec<String> = [walk(&root.join("var/incoming")), walk(&root.join("var/done")), walk(&root.join("var/quarantine"))].concat().iter().map(|p| p.display().to_string()).collect();
+    assert!(!everything.iter().any(|p| p.contains("17.2.1") || p.ends_with(".part")), "the refused instance left {everything:?}");
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }
