@@ -156,12 +156,17 @@ impl Scorer {
         })
     }
 
+    /// Why a slice with `lung_fraction` of lung is not sent to the engine under `rule`, or `None`:
+    /// only a model that masks the lungs skips lung-less slices.
+    pub fn skip_reason(&self, rule: &Rule, lung_fraction: f32) -> Option<String> {
+        if self.params.lung_mask { rule.skips(lung_fraction) } else { None }
+    }
+
     /// Lung masks (in parallel), the skip decision and the tensor of the slices kept, for one chunk.
     fn prepare_chunk(&self, chunk: &[crate::ingest::Slice]) -> Result<PreparedChunk, ScoreError> {
         let masks: Vec<Option<lung::LungMask>> = chunk.par_iter().map(|s| mask_for(&self.params, s)).collect();
         let fraction = |m: &Option<lung::LungMask>| m.as_ref().map(|m| m.fraction).unwrap_or(0.0);
-        // Without a lung mask in the preprocessing every slice is scored.
-        let skipped: Vec<Option<String>> = masks.iter().map(|m| if self.params.lung_mask { self.rule.skips(fraction(m)) } else { None }).collect();
+        let skipped: Vec<Option<String>> = masks.iter().map(|m| self.skip_reason(&self.rule, fraction(m))).collect();
         let inputs: Vec<Input<'_>> =
             chunk.iter().zip(&masks).zip(&skipped).filter(|(_, s)| s.is_none()).map(|((sl, m), _)| Input::of(sl, m.as_ref().map(|m| m.mask.as_slice()))).collect();
         let mut tensor = vec![0f32; inputs.len() * self.params.slice_len()];

@@ -757,8 +757,7 @@ impl Daemon {
             .enumerate()
             .map(|(i, s)| {
                 let r = &by_name[&(s.source.display().to_string(), s.frame)];
-                // Only a model that masks the lungs skips lung-less slices (as score_slices does).
-                let skipped = if self.scorer.params.lung_mask { rule.skips(r.lung_fraction) } else { None };
+                let skipped = self.scorer.skip_reason(&rule, r.lung_fraction);
                 let mut v = serde_json::json!({"file": s.source.display().to_string(), "frame": s.frame, "slice_index": i, "z": ordered.z[i],
                     "lung_fraction": r.lung_fraction, "prob": r.prob, "positive": skipped.is_none() && rule.slice_positive(f64::from(r.prob))});
                 if let Some(why) = skipped {

@@ -21,6 +21,25 @@ pub struct Output {
 pub const CAM_SIDE: usize = 7;
 
 impl Output {
+    /// An empty output with room for `n` slices.
+    pub fn with_capacity(n: usize) -> Output {
+        Output { prob: Vec::with_capacity(n), cam: Vec::with_capacity(n * CAM_SIDE * CAM_SIDE) }
+    }
+
+    /// Appends one engine call's outputs for `k` slices: the tensors named `prob_name` and
+    /// `cam_name`, refused when their sizes do not fit `k`.
+    pub fn append(&mut self, k: usize, (prob_name, prob): (&str, &[f32]), (cam_name, cam): (&str, &[f32])) -> Result<(), EngineError> {
+        if prob.len() != k {
+            return Err(EngineError::Run(format!("output {prob_name} holds {} values for {k} slices", prob.len())));
+        }
+        if cam.len() != k * CAM_SIDE * CAM_SIDE {
+            return Err(EngineError::Run(format!("output {cam_name} holds {} values for {k} slices", cam.len())));
+        }
+        self.prob.extend_from_slice(prob);
+        self.cam.extend_from_slice(cam);
+        Ok(())
+    }
+
     /// Checks what an engine returned for `n` slices: `n` probabilities, each finite and in
     /// [0, 1], and `n` finite 7 × 7 maps. (A NaN must never reach a verdict or the journal.)
     pub fn check(&self, n: usize) -> Result<(), String> {

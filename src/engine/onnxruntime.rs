@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{check_batch, Engine, EngineError, Output, CAM_SIDE};
+use super::{check_batch, Engine, EngineError, Output};
 use crate::model::Model;
 
 /// Slices per ONNX Runtime call.
@@ -63,22 +63,15 @@ impl Engine for OrtEngine {
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {
         let len = check_batch(batch, n, self.size)?;
         let run = |e: ort::Error| EngineError::Run(e.to_string());
-        let mut out = Output { prob: Vec::with_capacity(n), cam: Vec::with_capacity(n * CAM_SIDE * CAM_SIDE) };
+        let mut out = Output::with_capacity(n);
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         for chunk in batch.chunks(BATCH * len) {
             let k = chunk.len() / len;
             let tensor = Tensor::from_array(([k, 3, self.size, self.size], chunk.to_vec())).map_err(run)?;
             let outputs = session.run(ort::inputs![self.input.as_str() => tensor]).map_err(run)?;
-            let (shape, prob) = outputs[self.prob.as_str()].try_extract_tensor::<f32>().map_err(run)?;
-            if prob.len() != k {
-                return Err(EngineError::Run(format!("output {} has shape {shape:?} for {k} slices", self.prob)));
-            }
-            let (shape, cam) = outputs[self.cam.as_str()].try_extract_tensor::<f32>().map_err(run)?;
-            if cam.len() != k * CAM_SIDE * CAM_SIDE {
-                return Err(EngineError::Run(format!("output {} has shape {shape:?} for {k} slices", self.cam)));
-            }
-            out.prob.extend_from_slice(prob);
-            out.cam.extend_from_slice(cam);
+            let (_, prob) = outputs[self.prob.as_str()].try_extract_tensor::<f32>().map_err(run)?;
+            let (_, cam) = outputs[self.cam.as_str()].try_extract_tensor::<f32>().map_err(run)?;
+            out.append(k, (&self.prob, prob), (&self.cam, cam))?;
         }
         Ok(out)
     }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, PropertyKey, RwPropertyKey, Shape, Tensor};
 
-use super::{check_batch, Engine, EngineError, Output, CAM_SIDE};
+use super::{check_batch, Engine, EngineError, Output};
 use crate::config::Precision;
 use crate::model::Model;
 
@@ -88,7 +88,6 @@ struct Session {
 pub struct OpenVinoEngine {
     session: Mutex<Session>,
     precision: &'static str,
-    library: PathBuf,
     size: usize,
     input: String,
     prob: String,
@@ -128,7 +127,6 @@ impl OpenVinoEngine {
         Ok(OpenVinoEngine {
             session: Mutex::new(Session { request, _compiled: compiled, _core: core }),
             precision,
-            library: lib.to_path_buf(),
             size: m.input.size,
             input: m.input.name.clone(),
             prob: m.output.prob.clone(),
@@ -136,10 +134,6 @@ impl OpenVinoEngine {
         })
     }
 
-    /// The library it was loaded from.
-    pub fn library(&self) -> &Path {
-        &self.library
-    }
 }
 
 impl Engine for OpenVinoEngine {
@@ -154,7 +148,7 @@ impl Engine for OpenVinoEngine {
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {
         let len = check_batch(batch, n, self.size)?;
         let run = |e: openvino::InferenceError| EngineError::Run(e.to_string());
-        let mut out = Output { prob: Vec::with_capacity(n), cam: Vec::with_capacity(n * CAM_SIDE * CAM_SIDE) };
+        let mut out = Output::with_capacity(n);
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         for chunk in batch.chunks(BATCH * len) {
             let k = chunk.len() / len;
@@ -163,18 +157,8 @@ impl Engine for OpenVinoEngine {
             tensor.get_data_mut::<f32>().map_err(run)?.copy_from_slice(chunk);
             session.request.set_tensor(&self.input, &tensor).map_err(run)?;
             session.request.infer().map_err(run)?;
-            let prob = session.request.get_tensor(&self.prob).map_err(run)?;
-            let prob = prob.get_data::<f32>().map_err(run)?;
-            if prob.len() != k {
-                return Err(EngineError::Run(format!("output {} holds {} values for {k} slices", self.prob, prob.len())));
-            }
-            out.prob.extend_from_slice(prob);
-            let cam = session.request.get_tensor(&self.cam).map_err(run)?;
-            let cam = cam.get_data::<f32>().map_err(run)?;
-            if cam.len() != k * CAM_SIDE * CAM_SIDE {
-                return Err(EngineError::Run(format!("output {} holds {} values for {k} slices", self.cam, cam.len())));
-            }
-            out.cam.extend_from_slice(cam);
+            let (prob, cam) = (session.request.get_tensor(&self.prob).map_err(run)?, session.request.get_tensor(&self.cam).map_err(run)?);
+            out.append(k, (&self.prob, prob.get_data::<f32>().map_err(run)?), (&self.cam, cam.get_data::<f32>().map_err(run)?))?;
         }
         Ok(out)
     }
