@@ -71,7 +71,35 @@ struct RawConfig {
     alert: RawAlert,
     log: RawLog,
     dicom: RawDicom,
+    export: RawExport,
     metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawExport {
+    enabled: bool,
+    peer: Spanned<String>,
+    called_ae: Spanned<String>,
+    calling_ae: Spanned<String>,
+    send: Spanned<Vec<String>>,
+    max_heatmaps: Spanned<i64>,
+    retry_max_seconds: Spanned<f64>,
+}
+
+impl Default for RawExport {
+    fn default() -> Self {
+        let s = |v: &str| Spanned::new(0..0, v.to_string());
+        RawExport {
+            enabled: false,
+            peer: s("127.0.0.1:4242"),
+            called_ae: s("PACS"),
+            calling_ae: s("CTSENTRY"),
+            send: Spanned::new(0..0, vec!["sr".into(), "heatmaps".into()]),
+            max_heatmaps: Spanned::new(0..0, 16),
+            retry_max_seconds: Spanned::new(0..0, 300.0),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -432,6 +460,28 @@ pub struct DicomSettings {
     pub max_instance_bytes: u64,
 }
 
+/// Results back to the PACS (`[export]`): a Comprehensive SR per series verdict and, for a
+/// positive series, Secondary Capture heat maps, sent by C-STORE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSettings {
+    /// Whether results are sent.
+    pub enabled: bool,
+    /// The PACS: `HOST:PORT`.
+    pub peer: String,
+    /// The PACS's AE title.
+    pub called_ae: String,
+    /// Ours.
+    pub calling_ae: String,
+    /// Send the SR.
+    pub sr: bool,
+    /// Send heat maps (positive series only).
+    pub heatmaps: bool,
+    /// Heat maps sent per series at most: the most probable positive slices.
+    pub max_heatmaps: usize,
+    /// Longest wait between tries while the PACS is unreachable (the wait doubles from 1 s).
+    pub retry_max_seconds: f64,
+}
+
 /// Serial alert sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SerialSettings {
@@ -544,6 +594,8 @@ pub struct Settings {
     pub led: LedSettings,
     /// The DICOM network receiver.
     pub dicom: DicomSettings,
+    /// Results sent to the PACS.
+    pub export: ExportSettings,
     /// Where `/metrics` and `/healthz` are served (None: `[metrics]` absent, off).
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log level.
@@ -618,6 +670,8 @@ pub struct FixedSettings {
     pub led: LedSettings,
     /// See [`Settings::dicom`].
     pub dicom: DicomSettings,
+    /// See [`Settings::export`].
+    pub export: ExportSettings,
     /// See [`Settings::metrics_listen`].
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `watch.mode`.
@@ -677,12 +731,13 @@ impl Settings {
             serial,
             led,
             dicom,
+            export,
             metrics_listen,
             log_level,
             log_patient_names,
         } = self;
         (
-            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, metrics_listen, watch },
+            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, export, metrics_listen, watch },
             LiveSettings { threshold, min_positive_slices, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
         )
     }
@@ -717,6 +772,7 @@ impl Settings {
             serial: f.serial,
             led: f.led,
             dicom: f.dicom,
+            export: f.export,
             metrics_listen: f.metrics_listen,
             log_level: l.log_level,
             log_patient_names: l.log_patient_names,
@@ -727,7 +783,7 @@ impl Settings {
 impl FixedSettings {
     /// The config keys (as written in the file) whose values differ between `self` and `new`.
     pub fn changed_keys(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, metrics_listen, watch } = self;
+        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, export, metrics_listen, watch } = self;
         let mut out = Vec::new();
         let mut check = |differs: bool, key: &'static str| {
             if differs {
@@ -747,10 +803,16 @@ impl FixedSettings {
         check(*serial != new.serial, "alert.serial.*");
         check(*led != new.led, "alert.led.*");
         check(*dicom != new.dicom, "dicom.*");
+        check(*export != new.export, "export.*");
         check(*metrics_listen != new.metrics_listen, "metrics.listen");
         check(*watch != new.watch, "watch.mode");
         out
     }
+}
+
+/// Whether `t` (trimmed) can be a DICOM AE title: 1 to 16 printable ASCII characters, no backslash.
+fn is_ae_title(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 16 && t.chars().all(|ch| ch.is_ascii_graphic() || ch == ' ') && !t.contains('\\')
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -1085,7 +1147,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
     );
     let dr = &raw.dicom;
     let title = dr.ae_title.get_ref().trim().to_string();
-    if title.is_empty() || title.len() > 16 || !title.chars().all(|ch| ch.is_ascii_graphic() || ch == ' ') || title.contains('\\') {
+    if !is_ae_title(&title) {
         c.fail(&dr.ae_title, format!("dicom.ae_title = {title:?}: 1 to 16 printable ASCII characters, no backslash"));
     }
     let listen = match dr.listen.get_ref().parse::<std::net::SocketAddr>() {
@@ -1097,7 +1159,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
     };
     for a in &dr.allowed_callers {
         let t = a.trim();
-        if t.is_empty() || t.len() > 16 || t.contains('\\') {
+        if !is_ae_title(t) {
             c.fail(&dr.ae_title, format!("dicom.allowed_callers: {a:?} is not an AE title (1 to 16 characters, no backslash)"));
         }
     }
@@ -1115,6 +1177,32 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         allowed_callers: dr.allowed_callers.iter().map(|a| a.trim().to_string()).collect(),
         max_associations: c.range_i("dicom.max_associations", &dr.max_associations, 1, 256) as usize,
         max_instance_bytes: c.range_i("dicom.max_instance_mb", &dr.max_instance_mb, 1, 65_536) as u64 * 1024 * 1024,
+    };
+    let ex = &raw.export;
+    for (key, v) in [("export.called_ae", &ex.called_ae), ("export.calling_ae", &ex.calling_ae)] {
+        if !is_ae_title(v.get_ref().trim()) {
+            c.fail(v, format!("{key} = {:?}: 1 to 16 printable ASCII characters, no backslash", v.get_ref()));
+        }
+    }
+    let peer = ex.peer.get_ref().trim().to_string();
+    let port_ok = peer.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        c.fail(&ex.peer, format!("export.peer = {peer:?}: expected HOST:PORT, e.g. \"10.0.0.5:104\""));
+    }
+    for item in ex.send.get_ref() {
+        if !["sr", "heatmaps"].contains(&item.as_str()) {
+            c.fail(&ex.send, format!("export.send: {item:?} is not one of \"sr\", \"heatmaps\""));
+        }
+    }
+    let export = ExportSettings {
+        enabled: ex.enabled,
+        peer,
+        called_ae: ex.called_ae.get_ref().trim().to_string(),
+        calling_ae: ex.calling_ae.get_ref().trim().to_string(),
+        sr: ex.send.get_ref().iter().any(|s| s == "sr"),
+        heatmaps: ex.send.get_ref().iter().any(|s| s == "heatmaps"),
+        max_heatmaps: c.range_i("export.max_heatmaps", &ex.max_heatmaps, 0, 1000) as usize,
+        retry_max_seconds: c.range_f("export.retry_max_seconds", &ex.retry_max_seconds, 1.0, 3600.0),
     };
     if !c.issues.is_empty() {
         c.issues.sort_by_key(|i| (i.line, i.column));
@@ -1158,6 +1246,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
             button: raw.alert.led.button.clone(),
         },
         dicom,
+        export,
         metrics_listen,
         log_level: log_level.expect("checked"),
         log_patient_names: raw.log.patient_names,
@@ -1261,6 +1350,11 @@ mod tests {
         assert!(errors("[dicom]\nae_title = \"\"\n").contains("dicom.ae_title"));
         assert!(errors("[dicom]\nmax_instance_mb = 0\n").contains("dicom.max_instance_mb = 0 is outside"));
         assert!(errors("[dicom]\nallowed_callers = [\"A_VERY_LONG_AE_TITLE\"]\n").contains("is not an AE title"));
+        assert!(errors("[export]\npeer = \"pacs\"\n").contains("export.peer = \"pacs\": expected HOST:PORT"));
+        assert!(errors("[export]\nsend = [\"sr\", \"pdf\"]\n").contains("\"pdf\" is not one of"));
+        assert!(errors("[export]\ncalled_ae = \"A\\\\B\"\n").contains("export.called_ae"));
+        let e = Settings::from_str("[export]\nenabled = true\npeer = \"pacs.local:104\"\nsend = [\"sr\"]\n", Path::new("/")).unwrap().export;
+        assert_eq!((e.enabled, e.peer.as_str(), e.sr, e.heatmaps, e.max_heatmaps), (true, "pacs.local:104", true, false, 16));
         let s = Settings::from_str("[dicom]\nenabled = true\nlisten = \"127.0.0.1:11112\"\nallowed_callers = [\"CT1\"]\n[metrics]\nlisten = \"127.0.0.1:9464\"\n", Path::new("/")).unwrap();
         assert_eq!((s.dicom.enabled, s.dicom.allowed_callers.clone(), s.metrics_listen.map(|a| a.port())), (true, vec!["CT1".to_string()], Some(9464)));
         assert_eq!(Settings::from_str("", Path::new("/")).unwrap().metrics_listen, None, "no [metrics]: off");

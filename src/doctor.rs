@@ -261,6 +261,22 @@ pub fn run(source: &ConfigSource) -> Report {
     let _ = writeln!(r, "engine trt    {}", crate::engine::tensorrt_status(lib.as_deref()));
     if let Some(s) = &settings {
         let _ = writeln!(r, "dicom         {}", if s.dicom.enabled { format!("C-ECHO/C-STORE SCP {:?} on {}, callers {}", s.dicom.ae_title, s.dicom.listen, if s.dicom.allowed_callers.is_empty() { "any".into() } else { s.dicom.allowed_callers.join(", ") }) } else { "receiver off (dicom.enabled = false)".into() });
+        if s.export.enabled {
+            let e = &s.export;
+            let what = [("SR", e.sr), ("heat maps", e.heatmaps)].iter().filter(|(_, on)| *on).map(|(w, _)| *w).collect::<Vec<_>>().join(" and ");
+            let waiting = crate::net::export::pending(&s.paths.state.join(crate::net::export::SPOOL_DIR)).len();
+            let echo = crate::net::export::echo(e, std::time::Duration::from_secs(5));
+            let _ = writeln!(r, "export        {what} to {:?} at {} as {:?}: {}; {waiting} object(s) waiting", e.called_ae, e.peer, e.calling_ae, match &echo { Ok(()) => "C-ECHO answered".to_string(), Err(why) => format!("NOT REACHABLE: {why}") });
+            if let Err(why) = echo {
+                problems.push(Problem {
+                    what: format!("export.peer {}", e.peer),
+                    why,
+                    fix: format!("start the PACS, or correct export.peer and export.called_ae; the PACS must accept calling AE {:?} (results wait in the spool meanwhile)", e.calling_ae),
+                });
+            }
+        } else {
+            let _ = writeln!(r, "export        off (export.enabled = false)");
+        }
         let _ = writeln!(r, "metrics       {}", s.metrics_listen.map(|a| format!("http://{a}/metrics and /healthz")).unwrap_or_else(|| "off ([metrics] absent)".into()));
         alerts(&mut r, s);
         let p = &s.paths;

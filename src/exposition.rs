@@ -61,6 +61,12 @@ pub struct Metrics {
     pub gauges: Mutex<Gauges>,
     /// The DICOM receiver's counters, when it runs.
     pub dicom: Mutex<Option<Arc<crate::net::scp::ScpStats>>>,
+    /// Result objects stored by the PACS (`[export]`).
+    pub exported: AtomicU64,
+    /// Result objects the PACS refused for good.
+    pub export_refused: AtomicU64,
+    /// Whether export is on (its families are shown only then).
+    pub export_enabled: std::sync::atomic::AtomicBool,
 }
 
 /// The gauges of [`Metrics`].
@@ -74,6 +80,8 @@ pub struct Gauges {
     pub faults: Vec<FaultKind>,
     /// Whether an alert is latched.
     pub latched: bool,
+    /// Result objects waiting in the export spool.
+    pub export_queue: usize,
 }
 
 impl Metrics {
@@ -116,6 +124,10 @@ impl Metrics {
             family(&mut o, "dicom_refused_total", "counter", "DICOM associations refused.", &[(String::new(), c(&d.refused) as f64)]);
             family(&mut o, "dicom_instances_stored_total", "counter", "DICOM instances written into the drop folder.", &[(String::new(), c(&d.stored) as f64)]);
             family(&mut o, "dicom_instances_failed_total", "counter", "DICOM instances answered with a failure.", &[(String::new(), c(&d.failed) as f64)]);
+        }
+        if self.export_enabled.load(Ordering::Relaxed) {
+            family(&mut o, "export_objects_total", "counter", "Result objects (SR, heat maps) sent to the PACS.", &[("{result=\"stored\"}".into(), c(&self.exported) as f64), ("{result=\"refused\"}".into(), c(&self.export_refused) as f64)]);
+            family(&mut o, "export_queue_objects", "gauge", "Result objects waiting to be sent to the PACS.", &[(String::new(), g.export_queue as f64)]);
         }
         o
     }

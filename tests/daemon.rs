@@ -784,3 +784,189 @@ fn metrics_parse_with_prometheus_and_healthz_turns_503_on_a_fault() {
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }
+
+/// A PACS for the test: Orthanc (Debian's package) on loopback ports, with a temporary JSON
+/// config and storage under `dir`; started and stopped (killed, as a crash) by the test.
+struct Pacs {
+    config: PathBuf,
+    dicom_port: u16,
+    http: String,
+    child: Option<Child>,
+}
+
+impl Pacs {
+    fn new(dir: &Path) -> Pacs {
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        let (dicom_port, http_port) = (free_port(), free_port());
+        let config = dir.join("orthanc.json");
+        let json = serde_json::json!({
+            "Name": "TESTPACS", "StorageDirectory": dir.join("db"), "IndexDirectory": dir.join("db"),
+            "DicomAet": "PACS", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false, "DicomCheckCalledAet": true, "DicomAlwaysAllowStore": true,
+            "DicomAlwaysAllowEcho": true, "Plugins": [], "StableAge": 1
+        });
+        std::fs::write(&config, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+        Pacs { config, dicom_port, http: format!("127.0.0.1:{http_port}"), child: None }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.config.with_extension("log")).unwrap();
+        self.child = Some(Command::new("Orthanc").arg(&self.config).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        assert!(wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(&self.http).is_ok()), "Orthanc did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// GET from Orthanc's REST API (HTTP/1.0: the connection closes after the body).
+    fn get(&self, path: &str) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http).unwrap();
+        let mut bytes = Vec::new();
+        s.read_to_end(&mut bytes).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response") + 4;
+        assert!(bytes.starts_with(b"HTTP/1.0 200") || bytes.starts_with(b"HTTP/1.1 200"), "GET {path}: {}", String::from_utf8_lossy(&bytes[..at]));
+        bytes[at..].to_vec()
+    }
+
+    fn json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.get(path)).unwrap()
+    }
+
+    /// The study with this Study Instance UID: its series as (modality, series UID, instance ids).
+    fn study(&self, study_uid: &str) -> Vec<(String, String, Vec<String>)> {
+        let ids: Vec<String> = serde_json::from_value(self.json("/studies")).unwrap();
+        let Some(id) = ids.into_iter().find(|id| self.json(&format!("/studies/{id}"))["MainDicomTags"]["StudyInstanceUID"] == study_uid) else { return Vec::new() };
+        let series: Vec<String> = serde_json::from_value(self.json(&format!("/studies/{id}"))["Series"].clone()).unwrap();
+        let mut out: Vec<(String, String, Vec<String>)> = series
+            .iter()
+            .map(|s| {
+                let v = self.json(&format!("/series/{s}"));
+                let t = &v["MainDicomTags"];
+                (t["Modality"].as_str().unwrap_or("").to_string(), t["SeriesInstanceUID"].as_str().unwrap_or("").to_string(), serde_json::from_value(v["Instances"].clone()).unwrap())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Pacs {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Results back to the PACS, against Orthanc as the PACS and DCMTK as the scanner and the
+/// validator: a series received by C-STORE gets its SR and (positive) heat maps in the same study
+/// at Orthanc; dsrdump reads the verdict in the SR (dciodvfy finds no error where installed);
+/// the PACS down at the verdict, and again killed during a run, means FAULT EXPORT and the
+/// results waiting, then delivery once it is back and CLEAR; a restart sends nothing twice.
+#[test]
+fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
+    for (tool, install) in [("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")] {
+        if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+            tool_missing(tool, install);
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut pacs = Pacs::new(&root.join("pacs"));
+    let port = free_port();
+    let cfg = config(
+        root,
+        &format!(
+            "[dicom]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+             [export]\nenabled = true\npeer = \"127.0.0.1:{}\"\ncalled_ae = \"PACS\"\ncalling_ae = \"CTSENTRY\"\nmax_heatmaps = 3\nretry_max_seconds = 1\n",
+            pacs.dicom_port
+        ),
+    );
+    // Every slice positive: the series gets heat maps.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("threshold = 0.5", "threshold = 0.000001")).unwrap();
+    let log = root.join("daemon.log");
+    let mut d = start(&cfg, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || read_log().contains("dicom: C-ECHO and C-STORE SCP")), "{}", read_log());
+    let storescu = |port: u16, aec: &str, files: &[PathBuf]| {
+        let out = Command::new("storescu").args(["-aet", "SCANNER", "-aec", aec, "127.0.0.1", &port.to_string()]).args(files).output().unwrap();
+        assert!(out.status.success(), "storescu to {aec}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let faults = |cfg: &Path| status_json(cfg)["faults"].as_array().cloned().unwrap_or_default();
+    let study_uid = "1.2.826.0.1.3680043.8.498.9"; // what the synthetic slices carry
+    let src = root.join("scanner");
+    let (a, b) = ("1.2.826.0.1.3680043.9.7307.19.1", "1.2.826.0.1.3680043.9.7307.19.2");
+    write_series(&src, "a", a, 200, 5);
+    write_series(&src, "b", b, 200, 4);
+    let spool = root.join("var/state/export");
+    let results = root.join("var/results");
+
+    // The PACS is down when series a's verdict comes: FAULT EXPORT, the results wait.
+    storescu(port, "CTSENTRY", &walk(&src.join("a")));
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "{}", read_log());
+    assert!(wait_until(Duration::from_secs(10), || faults(&cfg).iter().any(|f| f == "EXPORT")), "no FAULT EXPORT: {}\n{}", status_json(&cfg), read_log());
+    assert!(read_log().contains("results wait in the spool"), "{}", read_log());
+    let waiting = rels(&spool).into_iter().filter(|r| r.ends_with(".dcm") && !r.starts_with("failed/")).count();
+    assert_eq!(waiting, 4, "the SR and 3 heat maps (export.max_heatmaps) wait: {:?}", rels(&spool));
+
+    // The PACS comes up; the scanner's own copy of the series arrives there too.
+    pacs.start();
+    storescu(pacs.dicom_port, "PACS", &walk(&src.join("a")));
+    assert!(wait_until(Duration::from_secs(20), || faults(&cfg).is_empty()), "FAULT EXPORT not cleared: {}\n{}", status_json(&cfg), read_log());
+    assert!(wait_until(Duration::from_secs(10), || pacs.study(study_uid).len() == 3), "{:?}", pacs.study(study_uid));
+    let series = pacs.study(study_uid);
+    let by_modality = |m: &str| series.iter().filter(|s| s.0 == m).cloned().collect::<Vec<_>>();
+    assert_eq!((by_modality("CT").len(), by_modality("CT")[0].1.as_str(), by_modality("CT")[0].2.len()), (1, a, 5), "{series:?}");
+    assert_eq!(by_modality("SR").iter().map(|s| s.2.len()).collect::<Vec<_>>(), vec![1], "one SR in the scanned study: {series:?}");
+    assert_eq!(by_modality("OT").iter().map(|s| s.2.len()).collect::<Vec<_>>(), vec![3], "3 heat maps in the scanned study: {series:?}");
+    // The SR, as DCMTK reads it: the verdict in words, the counts, the threshold, the model.
+    let sr_file = root.join("sr.dcm");
+    std::fs::write(&sr_file, pacs.get(&format!("/instances/{}/file", by_modality("SR")[0].2[0]))).unwrap();
+    let dump = Command::new("dsrdump").arg(&sr_file).output().unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(dump.status.success(), "dsrdump: {}", String::from_utf8_lossy(&dump.stderr));
+    for want in ["Comprehensive SR Document", "\"Verdict\")=\"positive: 5 of 5 slices", "\"Slices scored\")=\"5\"", "\"Positive slices\")=\"5\"", "\"Slice threshold\")=\"0.000001\"", "\"Algorithm Name\")=\"tiny", "Manufacturer        : ctsentry"] {
+        assert!(text.contains(want), "dsrdump lacks {want:?}:\n{text}");
+    }
+    assert_eq!(text.matches("IMAGE:(,,\"Slice at or above threshold\")").count(), 5, "the SR references every positive slice:\n{text}");
+    if Command::new("which").arg("dciodvfy").output().is_ok_and(|o| o.status.success()) {
+        let v = Command::new("dciodvfy").arg(&sr_file).output().unwrap();
+        let said = String::from_utf8_lossy(&v.stderr).to_string() + &String::from_utf8_lossy(&v.stdout);
+        assert!(!said.lines().any(|l| l.starts_with("Error")), "dciodvfy on the SR:\n{said}");
+    }
+    let sc = pacs.json(&format!("/instances/{}/simplified-tags", by_modality("OT")[0].2[0]));
+    assert_eq!((sc["SOPClassUID"].as_str(), sc["BurnedInAnnotation"].as_str(), sc["PhotometricInterpretation"].as_str()), (Some("1.2.840.10008.5.1.4.1.1.7"), Some("YES"), Some("RGB")), "{sc}");
+    assert!(sc["ImageComments"].as_str().unwrap_or("").contains("NOT FOR DIAGNOSTIC USE"), "{sc}");
+
+    // The PACS dies during a run: series b's results wait (FAULT EXPORT), and go once it is back.
+    pacs.kill();
+    storescu(port, "CTSENTRY", &walk(&src.join("b")));
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 2), "{}", read_log());
+    assert!(wait_until(Duration::from_secs(10), || faults(&cfg).iter().any(|f| f == "EXPORT")), "no FAULT EXPORT: {}", status_json(&cfg));
+    pacs.start();
+    assert!(wait_until(Duration::from_secs(20), || faults(&cfg).is_empty()), "{}\n{}", status_json(&cfg), read_log());
+    assert!(wait_until(Duration::from_secs(10), || pacs.study(study_uid).iter().filter(|s| s.0 == "SR").count() == 2), "{:?}", pacs.study(study_uid));
+
+    // A restart sends nothing again: every object was stored once, and the spool is empty.
+    signal(&d, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
+    let before = read_log();
+    let mut d = start(&cfg, &log);
+    assert!(wait_until(Duration::from_secs(60), || read_log().len() > before.len() && read_log()[before.len()..].contains("ready: watching")), "{}", read_log());
+    std::thread::sleep(Duration::from_secs(3));
+    let stored: Vec<String> = read_log().lines().filter(|l| l.contains("stored by the PACS")).map(|l| l.split_whitespace().nth(4).unwrap_or("").to_string()).collect();
+    let unique: BTreeSet<&String> = stored.iter().collect();
+    assert_eq!((stored.len(), unique.len()), (8, 8), "each of the 8 objects (2 SRs, 6 heat maps) stored exactly once: {stored:?}");
+    assert!(!read_log()[before.len()..].contains("stored by the PACS"), "sent again after the restart");
+    assert!(rels(&spool).iter().all(|r| !r.ends_with(".dcm")), "left in the spool: {:?}", rels(&spool));
+    let totals: Vec<(String, usize)> = pacs.study(study_uid).iter().map(|s| (s.0.clone(), s.2.len())).collect();
+    let want: Vec<(String, usize)> = [("CT", 5), ("OT", 3), ("OT", 3), ("SR", 1), ("SR", 1)].iter().map(|(m, n)| (m.to_string(), *n)).collect();
+    assert_eq!(totals, want, "the study at the PACS: the CT series, and per verdict one SR and 3 heat maps");
+    signal(&d, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
+}

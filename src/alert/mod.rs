@@ -95,11 +95,13 @@ pub enum FaultKind {
     Queue,
     /// The drop folder cannot be watched or read.
     Watch,
+    /// Results cannot be sent to the PACS (`[export]`): unreachable or refusing; they wait.
+    Export,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 6] = [FaultKind::Model, FaultKind::Engine, FaultKind::Disk, FaultKind::Serial, FaultKind::Queue, FaultKind::Watch];
+    pub const ALL: [FaultKind; 7] = [FaultKind::Model, FaultKind::Engine, FaultKind::Disk, FaultKind::Serial, FaultKind::Queue, FaultKind::Watch, FaultKind::Export];
 
     /// The wire name.
     pub fn name(self) -> &'static str {
@@ -110,6 +112,7 @@ impl FaultKind {
             FaultKind::Serial => "SERIAL",
             FaultKind::Queue => "QUEUE",
             FaultKind::Watch => "WATCH",
+            FaultKind::Export => "EXPORT",
         }
     }
 }

@@ -145,6 +145,26 @@ pub enum Record {
         /// Path relative to incoming/.
         file: String,
     },
+    /// A result object (`[export]`) was stored by the PACS and left the spool.
+    Exported {
+        /// Unix time (s).
+        t: f64,
+        /// The spool file's name (`<series id>.<NNN>.dcm`).
+        file: String,
+        /// Its SOP Instance UID.
+        sop: String,
+        /// The PACS's C-STORE status.
+        status: u16,
+    },
+    /// The PACS refused a result object for good; it was set aside in the spool's failed/.
+    ExportRefused {
+        /// Unix time (s).
+        t: f64,
+        /// The spool file's name.
+        file: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A series part still collecting slices.
@@ -234,7 +254,8 @@ impl State {
     /// Applies one record.
     pub fn apply(&mut self, r: &Record) {
         match r {
-            Record::Start { .. } => {}
+            // The export spool is its own queue: these records are the audit trail.
+            Record::Start { .. } | Record::Exported { .. } | Record::ExportRefused { .. } => {}
             Record::Scored { t, file, series, part, slices, unwritten } => {
                 let o = self.open.entry(series.clone()).or_insert_with(|| OpenSeries { part: *part, first_t: *t, ..Default::default() });
                 o.files.push((file.clone(), slices.clone()));
@@ -333,6 +354,7 @@ impl Journal {
                 Record::Alert { series, .. } => state.open.contains_key(series),
                 Record::Done { file, .. } => open_files.contains(file.as_str()),
                 Record::Final { series, part, t, .. } => state.closed.get(series) == Some(&(*part, *t)) && *t >= cutoff,
+                Record::Exported { t, .. } | Record::ExportRefused { t, .. } => *t >= cutoff,
                 _ => false,
             }
         };

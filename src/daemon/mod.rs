@@ -37,7 +37,7 @@ use journal::{now, Journal, Record, SliceRec, State};
 pub use setup::{open_leds, SETUP_RETRY};
 use setup::{open_sinks, prepare, wait_for_setup, Prepared};
 pub use workers::WORKER_BATCH;
-use workers::{worker, Finished, Job, Live, Outcome};
+use workers::{heatmap_path, worker, Finished, Job, Live, Outcome};
 
 /// Errors that stop the daemon from starting (exit 1, or 2 for configuration).
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +137,8 @@ pub struct Daemon {
     last_verdicts: std::collections::VecDeque<crate::status::VerdictView>,
     /// What /metrics and /healthz report.
     metrics: Arc<crate::exposition::Metrics>,
+    /// The sender of results to the PACS (`[export]`), when on.
+    exporter: Option<crate::net::export::Exporter>,
 }
 
 impl Daemon {
@@ -172,6 +174,17 @@ impl Daemon {
             let (_, stats) = crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen { key: "dicom.listen", addr: settings.dicom.listen, source })?;
             *metrics.dicom.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
         }
+        let exporter = if settings.export.enabled {
+            let spool = settings.paths.state.join(crate::net::export::SPOOL_DIR);
+            let ex = crate::net::export::Exporter::start(settings.export.clone(), spool.clone()).map_err(io(&spool))?;
+            metrics.export_enabled.store(true, Ordering::Relaxed);
+            let e = &settings.export;
+            log::info!("export: results to the PACS {:?} at {} as {:?} ({}{}), spool {}", e.called_ae, e.peer, e.calling_ae,
+                if e.sr { "SR" } else { "" }, if e.heatmaps { format!("{}heat maps, at most {} a series", if e.sr { ", " } else { "" }, e.max_heatmaps) } else { String::new() }, spool.display());
+            Some(ex)
+        } else {
+            None
+        };
         if let Some(addr) = settings.metrics_listen {
             crate::exposition::serve(addr, metrics.clone()).map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
         }
@@ -210,6 +223,7 @@ impl Daemon {
             started: now(),
             last_verdicts: std::collections::VecDeque::new(),
             metrics,
+            exporter,
             settings,
         };
         Ok(Some((d, lock)))
@@ -496,6 +510,7 @@ impl Daemon {
                 return Err(DaemonError::WorkerDied(name));
             }
             self.finalize_quiet_series(false);
+            self.export_events();
             sd.watchdog();
             if last_snapshot.elapsed() >= Duration::from_secs(1) {
                 last_snapshot = Instant::now();
@@ -561,6 +576,7 @@ impl Daemon {
             open_series: snap.open_series,
             faults: self.faults.iter().copied().collect(),
             latched: snap.latched.is_some(),
+            export_queue: if self.exporter.is_some() { crate::net::export::pending(&self.settings.paths.state.join(crate::net::export::SPOOL_DIR)).len() } else { 0 },
         };
         if let Err(e) = crate::status::write(&self.settings.paths.state, &snap) {
             log::warn!("{}: status not written: {e}", self.settings.paths.state.display());
@@ -787,12 +803,127 @@ impl Daemon {
             return;
         }
         self.disk(DiskCause::Result, false);
+        if self.exporter.is_some() {
+            let in_order: Vec<(&str, &SliceRec, bool)> = ordered
+                .slices
+                .iter()
+                .map(|s| {
+                    let name = s.source.display().to_string();
+                    let r = &by_name[&(name, s.frame)];
+                    (s.source.to_str().unwrap_or_default(), r, self.scorer.skip_reason(&rule, r.lung_fraction).is_none() && rule.slice_positive(f64::from(r.prob)))
+                })
+                .collect();
+            if !self.spool_export(uid, &o, &rule, &d, &in_order, t) {
+                return;
+            }
+        }
         let verdict = if d.verdict == Verdict::Positive { "positive" } else { "negative" };
         if !self.record(Record::Final { t, series: uid.to_string(), part: o.part, verdict: verdict.into(), positives: d.positives, slices: d.slices, max_prob: d.max_prob, result: path.display().to_string() }) {
             return;
         }
         log::info!("series {key}: {verdict} ({} of {} slices ≥ {:.4}, {} needed) -> {}", d.positives, d.slices, rule.threshold, rule.min_positive_slices, path.display());
         self.publish(uid, o.part, Stage::Final, d.verdict == Verdict::Positive, d.positives, d.slices, d.max_prob);
+    }
+
+    /// Writes the verdict's SR and heat maps into the export spool (before the verdict is
+    /// journalled, so that a crash in between writes them again, the same objects). `slices`:
+    /// each slice in order, with its file and whether it is positive. False when the spool
+    /// cannot be written (FAULT DISK; the verdict is retried).
+    fn spool_export(&mut self, uid: &str, o: &journal::OpenSeries, rule: &Rule, d: &crate::decide::SeriesDecision, slices: &[(&str, &SliceRec, bool)], t: f64) -> bool {
+        use crate::net::export::{self, Flagged, SeriesResult, SpoolError};
+        let key = SeriesKey::of(uid, o.part);
+        if slices.iter().all(|(_, r, _)| r.sop.is_empty()) {
+            log::info!("export: series {key} is not DICOM (NIfTI): nothing is sent to the PACS");
+            return true;
+        }
+        let p = &self.settings.paths;
+        let Some(source) = slices.iter().flat_map(|(f, _, _)| [p.done.join(f), p.incoming.join(f)]).find(|f| f.is_file()) else {
+            log::error!("export: series {key}: none of its files is left in done/ or incoming/ to take the patient and study from; nothing sent");
+            return true;
+        };
+        let multi: HashSet<&str> = o.files.iter().filter(|(_, recs)| recs.len() > 1).map(|(f, _)| f.as_str()).collect();
+        let mut scored: Vec<String> = slices.iter().map(|(_, r, _)| r.sop.clone()).filter(|s| !s.is_empty()).collect();
+        scored.dedup();
+        let flagged = slices
+            .iter()
+            .filter(|(_, _, pos)| *pos)
+            .map(|(f, r, _)| {
+                let png = heatmap_path(&p.results, uid, f, r.frame, multi.contains(f));
+                Flagged { sop: r.sop.clone(), frame: r.frame, multi_frame: multi.contains(f), prob: r.prob, heatmap: png.is_file().then_some(png) }
+            })
+            .collect();
+        let m = &self.scorer.model.manifest.model;
+        let result = SeriesResult {
+            series_uid: uid,
+            part: o.part,
+            positive: d.verdict == Verdict::Positive,
+            positives: d.positives,
+            slices: d.slices,
+            max_prob: d.max_prob,
+            threshold: rule.threshold,
+            min_positive_slices: rule.min_positive_slices,
+            model: (&m.name, &m.version, &m.sha256),
+            scored,
+            flagged,
+            source: &source,
+            t,
+        };
+        let spool = p.state.join(export::SPOOL_DIR);
+        match export::spool(&self.settings.export, &spool, &result) {
+            Ok(files) => {
+                self.disk(DiskCause::Spool, false);
+                log::info!("export: series {key}: {} object(s) queued for the PACS", files.len());
+                if let Some(ex) = &self.exporter {
+                    ex.wake();
+                }
+                true
+            }
+            Err(SpoolError::Source(e)) => {
+                log::error!("export: series {key}: nothing sent: {e}");
+                true
+            }
+            Err(SpoolError::Write(e)) => {
+                log::error!("export: series {key}: {e}; retrying");
+                self.disk(DiskCause::Spool, true);
+                false
+            }
+        }
+    }
+
+    /// Takes the sender's news: journals what the PACS stored or refused, FAULT EXPORT while it
+    /// cannot be reached, CLEAR once something goes through.
+    fn export_events(&mut self) {
+        use crate::net::export::ExportEvent;
+        let Some(ex) = &self.exporter else { return };
+        let events: Vec<ExportEvent> = ex.events.try_iter().collect();
+        for e in events {
+            match e {
+                ExportEvent::Sent { file, class, sop, status } => {
+                    let what = if class == crate::net::export::COMPREHENSIVE_SR { "SR" } else { "heat map" };
+                    let warning = if status == 0 { String::new() } else { format!(" (warning 0x{status:04X})") };
+                    log::info!("export: {file} ({what}, SOP Instance {sop}) stored by the PACS{warning}");
+                    self.metrics.exported.fetch_add(1, Ordering::Relaxed);
+                    self.record(Record::Exported { t: now(), file, sop, status });
+                    if self.faults.contains(&FaultKind::Export) {
+                        log::info!("export: the PACS takes results again");
+                    }
+                    self.fault(FaultKind::Export, false);
+                }
+                ExportEvent::Refused { file, reason } => {
+                    log::error!("export: {file}: {reason}; kept in the spool's {}/ folder", crate::net::export::FAILED_DIR);
+                    self.metrics.export_refused.fetch_add(1, Ordering::Relaxed);
+                    self.record(Record::ExportRefused { t: now(), file, reason });
+                }
+                ExportEvent::Unreachable { reason, retry_s } => {
+                    if self.faults.contains(&FaultKind::Export) {
+                        log::warn!("export: {reason}; trying again in {retry_s:.0} s");
+                    } else {
+                        log::error!("export: {reason}; results wait in the spool, trying again in {retry_s:.0} s");
+                    }
+                    self.fault(FaultKind::Export, true);
+                }
+            }
+        }
     }
 
     fn check_ack(&mut self) {
@@ -909,6 +1040,8 @@ enum DiskCause {
     Move,
     /// A series result cannot be written.
     Result,
+    /// The export spool cannot be written.
+    Spool,
 }
 
 /// Engine failures of one file (alone) before it is taken for the culprit, provided other files

@@ -33,6 +33,13 @@ pub(super) enum Outcome {
     EngineFailed(String),
 }
 
+/// Where the heat map of a positive slice goes: `results/<series id>/heatmaps/`, named after the
+/// file (`/` as `_`), with `-<frame>` when the file holds several slices.
+pub(super) fn heatmap_path(results_dir: &Path, series_uid: &str, rel: &str, frame: usize, multi: bool) -> PathBuf {
+    let name = format!("{}{}.png", rel.replace('/', "_"), if multi { format!("-{frame}") } else { String::new() });
+    results_dir.join(alert::series_id(series_uid, 1)).join("heatmaps").join(name)
+}
+
 pub(super) struct Finished {
     pub(super) path: PathBuf,
     pub(super) rel: String,
@@ -190,15 +197,16 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
         let mut unwritten = Vec::new();
         if live.heatmaps {
             let key = SeriesKey::of(&uid, 1);
-            let dir = results_dir.join(alert::series_id(&uid, 1)).join("heatmaps");
             for (s, o) in slices.iter().zip(outs).filter(|(_, o)| live.rule.slice_positive(f64::from(o.prob))) {
-                let name = format!("{}{}.png", job.rel.replace('/', "_"), if slices.len() > 1 { format!("-{}", s.frame) } else { String::new() });
-                let _ = std::fs::create_dir_all(&dir);
-                match crate::report::write_slice_heatmap(&dir.join(&name), s, &scorer.params, &o.cam, &key.to_string(), o.prob, live.rule.threshold) {
+                let path = heatmap_path(results_dir, &uid, &job.rel, s.frame, slices.len() > 1);
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                match crate::report::write_slice_heatmap(&path, s, &scorer.params, &o.cam, &key.to_string(), o.prob, live.rule.threshold) {
                     Ok(()) => heatmaps += 1,
                     Err(e) => {
-                        log::error!("{}: heat map not written: {e}", dir.join(&name).display());
-                        unwritten.push(format!("{}: {e}", dir.join(&name).display()));
+                        log::error!("{}: heat map not written: {e}", path.display());
+                        unwritten.push(format!("{}: {e}", path.display()));
                     }
                 }
             }

@@ -15,14 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::association::Association;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, UserIdentity};
 
+use super::dimse::{read_command, text, C_ECHO_RQ, MAX_COMMAND_BYTES, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, DATA_SET_MISMATCH, NO_DATA_SET, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, SUCCESS, UNRECOGNIZED_OPERATION};
 use crate::config::DicomSettings;
 
 /// Verification SOP class (C-ECHO).
@@ -45,13 +44,6 @@ pub const TRANSFER_SYNTAXES: [&str; 12] = [
     "1.2.840.10008.1.2.4.91",   // JPEG 2000
 ];
 
-const C_STORE_RQ: u16 = 0x0001;
-const C_STORE_RSP: u16 = 0x8001;
-const C_ECHO_RQ: u16 = 0x0030;
-const C_ECHO_RSP: u16 = 0x8030;
-const NO_DATA_SET: u16 = 0x0101;
-const SUCCESS: u16 = 0x0000;
-const OUT_OF_RESOURCES: u16 = 0xA700;
 
 /// Counters of the receiver (for logs and metrics).
 #[derive(Debug, Default)]
@@ -132,11 +124,6 @@ fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf
     }
 }
 
-/// Largest command set accepted (a C-STORE-RQ is a few hundred bytes).
-const MAX_COMMAND_BYTES: usize = 64 * 1024;
-const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
-const UNRECOGNIZED_OPERATION: u16 = 0x0211;
-const DATA_SET_MISMATCH: u16 = 0xA900;
 
 /// Where a C-STORE's data set goes while it arrives.
 enum Sink {
@@ -273,30 +260,6 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
     Ok(())
 }
 
-/// Checks that every element header of an implicit-VR little-endian command set fits in it
-/// (a declared length larger than the bytes left would make the parser allocate it).
-fn check_command(bytes: &[u8]) -> Result<(), String> {
-    let mut at = 0;
-    while at < bytes.len() {
-        let Some(header) = bytes.get(at..at + 8) else { return Err("a truncated element in the command set".into()) };
-        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        if len > bytes.len() - at - 8 {
-            return Err(format!("a command element declares {len} bytes, {} are left", bytes.len() - at - 8));
-        }
-        at += 8 + len;
-    }
-    Ok(())
-}
-
-fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, String> {
-    check_command(bytes)?;
-    InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).map_err(|e| format!("unreadable command: {e}"))
-}
-
-fn text(cmd: &InMemDicomObject, tag: dicom_core::Tag) -> String {
-    cmd.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string()).unwrap_or_default()
-}
-
 /// What a complete command leads to: an immediate reply, or a data set to receive.
 enum Begun {
     Reply(Vec<u8>),
@@ -304,7 +267,7 @@ enum Begun {
 }
 
 fn begin(cmd: &InMemDicomObject, abstract_syntax: &str, ts: &str, caller: &str, incoming: &Path) -> Begun {
-    let int = |tag| cmd.element(tag).ok().and_then(|e| e.to_int::<u16>().ok());
+    let int = |tag| super::dimse::int(cmd, tag);
     let field = int(tags::COMMAND_FIELD).unwrap_or(0);
     let id = int(tags::MESSAGE_ID).unwrap_or(0);
     let with_data = int(tags::COMMAND_DATA_SET_TYPE).unwrap_or(NO_DATA_SET) != NO_DATA_SET;
@@ -335,33 +298,19 @@ fn begin(cmd: &InMemDicomObject, abstract_syntax: &str, ts: &str, caller: &str, 
     }
 }
 
-/// A response command set (implicit VR little endian, with its group length).
+/// A response command set.
 fn response(field: u16, responding_to: u16, class: &str, sop: Option<&str>, status: u16) -> Vec<u8> {
-    let uid = |s: &str| {
-        let mut s = s.to_string();
-        if s.len() % 2 == 1 {
-            s.push('\0');
-        }
-        PrimitiveValue::from(s)
-    };
+    use dicom_core::{DataElement, PrimitiveValue, VR};
     let mut obj = InMemDicomObject::new_empty();
-    obj.put(DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, uid(class)));
+    obj.put(DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, super::dimse::uid(class)));
     obj.put(DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(field)));
     obj.put(DataElement::new(tags::MESSAGE_ID_BEING_RESPONDED_TO, VR::US, PrimitiveValue::from(responding_to)));
     obj.put(DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(NO_DATA_SET)));
     obj.put(DataElement::new(tags::STATUS, VR::US, PrimitiveValue::from(status)));
     if let Some(sop) = sop {
-        obj.put(DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, uid(sop)));
+        obj.put(DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, super::dimse::uid(sop)));
     }
-    let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
-    let mut body = Vec::new();
-    obj.write_dataset_with_ts(&mut body, &ts).expect("a command set encodes");
-    let mut group = InMemDicomObject::new_empty();
-    group.put(DataElement::new(tags::COMMAND_GROUP_LENGTH, VR::UL, PrimitiveValue::from(body.len() as u32)));
-    let mut out = Vec::new();
-    group.write_dataset_with_ts(&mut out, &ts).expect("a group length encodes");
-    out.extend_from_slice(&body);
-    out
+    super::dimse::command_set(&obj)
 }
 
 /// A file-name-safe form of `s` (letters, digits, `.`, `-`, `_`; anything else `_`).
@@ -393,7 +342,7 @@ impl PartFile {
             .media_storage_sop_class_uid(class)
             .media_storage_sop_instance_uid(sop)
             .transfer_syntax(ts)
-            .implementation_class_uid("1.2.826.0.1.3680043.10.1416.1")
+            .implementation_class_uid(super::dimse::IMPLEMENTATION_CLASS_UID)
             .implementation_version_name("CTSENTRY")
             .build()
             .map_err(std::io::Error::other)?;
@@ -449,12 +398,6 @@ mod tests {
         assert_eq!(cmd.element(tags::MESSAGE_ID_BEING_RESPONDED_TO).unwrap().to_int::<u16>().unwrap(), 7);
         assert_eq!(cmd.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(), SUCCESS);
         assert_eq!(text(&cmd, tags::AFFECTED_SOP_INSTANCE_UID), "1.2.3");
-        let len = cmd.element(tags::COMMAND_GROUP_LENGTH).unwrap().to_int::<u32>().unwrap() as usize;
-        assert_eq!(len, bytes.len() - 12, "group length counts every element after it");
-        // A length field larger than the bytes left is refused before parsing.
-        let mut evil = bytes.clone();
-        evil[4..8].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
-        assert!(read_command(&evil).unwrap_err().contains("declares"));
     }
 
     #[test]

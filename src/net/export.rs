@@ -1,0 +1,704 @@
+//! Results back to the PACS (`[export]`): for each series verdict a Comprehensive SR in the scanned
+//! study (a new series, manufacturer ctsentry) stating the verdict in words, the counts, the
+//! largest probability, the threshold, the model's identity and references to the positive
+//! slices; for a positive series, Secondary Capture images of the positive slices' heat maps
+//! (the daemon's PNGs, with "NOT FOR DIAGNOSTIC USE", the probability and the threshold burned in).
+//!
+//! Delivery is a spool: [`spool`] writes each object as a DICOM file into `state/export/`
+//! (atomically, before the daemon journals the verdict), and the sender thread ([`Exporter`])
+//! sends what the spool holds by C-STORE, removing each file once the PACS has answered
+//! success. A restart resumes from the spool, so each object is sent once; the UIDs are derived
+//! from the series, the model and the rule, so an object written again after a crash is the same
+//! instance to the PACS. While the PACS cannot be reached (or is out of resources) the sender
+//! waits 1, 2, 4 … up to `export.retry_max_seconds` between tries and tells the daemon, which
+//! raises FAULT EXPORT until an object goes through. An object the PACS refuses for good is set
+//! aside in `state/export/failed/` with a `.reason` file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::client::ClientAssociationOptions;
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
+use sha2::{Digest, Sha256};
+
+use super::dimse;
+use crate::config::ExportSettings;
+
+/// Comprehensive SR Storage.
+pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
+/// Secondary Capture Image Storage.
+pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+/// The spool's folder name in the state folder.
+pub const SPOOL_DIR: &str = "export";
+/// Where objects the PACS refused for good are kept, in the spool.
+pub const FAILED_DIR: &str = "failed";
+/// The coding scheme of ctsentry's own concepts (a private scheme, as PS3.16 allows: `99…`).
+pub const SCHEME: &str = "99CTSENTRY";
+/// Series Number of the SR series and of the heat-map series.
+const SR_SERIES_NUMBER: i32 = 7701;
+const SC_SERIES_NUMBER: i32 = 7702;
+
+/// A positive slice.
+#[derive(Debug, Clone)]
+pub struct Flagged {
+    /// Its SOP Instance UID.
+    pub sop: String,
+    /// Its frame (multi-frame images; 0 otherwise).
+    pub frame: usize,
+    /// Whether the image has several frames (then the frame is referenced too).
+    pub multi_frame: bool,
+    /// Its probability.
+    pub prob: f32,
+    /// Its heat map (a PNG written while scoring), if there is one.
+    pub heatmap: Option<PathBuf>,
+}
+
+/// One series verdict to send.
+#[derive(Debug, Clone)]
+pub struct SeriesResult<'a> {
+    /// Series Instance UID of the scanned series.
+    pub series_uid: &'a str,
+    /// Part of the series.
+    pub part: u16,
+    /// The verdict.
+    pub positive: bool,
+    /// Positive slices.
+    pub positives: usize,
+    /// Slices scored.
+    pub slices: usize,
+    /// Largest probability.
+    pub max_prob: f64,
+    /// Slice threshold in force.
+    pub threshold: f64,
+    /// Positive slices a positive series needs.
+    pub min_positive_slices: usize,
+    /// Model name, version and sha256.
+    pub model: (&'a str, &'a str, &'a str),
+    /// Every SOP instance scored (the evidence the verdict rests on), each once.
+    pub scored: Vec<String>,
+    /// The positive slices, in slice order.
+    pub flagged: Vec<Flagged>,
+    /// A DICOM file of the series: patient and study are copied from it.
+    pub source: &'a Path,
+    /// When the verdict was given (unix s).
+    pub t: f64,
+}
+
+/// The patient and study attributes copied from the scanned series, and its SOP class.
+struct Study {
+    elements: Vec<DataElement<InMemDicomObject>>,
+    study_uid: String,
+    source_class: String,
+}
+
+/// Patient and study attributes copied into every object (Type 2 ones are written empty when
+/// the source lacks them).
+const COPIED: [(Tag, VR, bool); 11] = [
+    (tags::PATIENT_NAME, VR::PN, true),
+    (tags::PATIENT_ID, VR::LO, true),
+    (tags::ISSUER_OF_PATIENT_ID, VR::LO, false),
+    (tags::PATIENT_BIRTH_DATE, VR::DA, true),
+    (tags::PATIENT_SEX, VR::CS, true),
+    (tags::STUDY_DATE, VR::DA, true),
+    (tags::STUDY_TIME, VR::TM, true),
+    (tags::REFERRING_PHYSICIAN_NAME, VR::PN, true),
+    (tags::STUDY_ID, VR::SH, true),
+    (tags::ACCESSION_NUMBER, VR::SH, true),
+    (tags::STUDY_DESCRIPTION, VR::LO, false),
+];
+
+impl Study {
+    fn read(source: &Path) -> Result<Study, String> {
+        let obj = OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(source).map_err(|e| format!("{}: {e}", source.display()))?;
+        let text = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string()).unwrap_or_default();
+        let study_uid = text(tags::STUDY_INSTANCE_UID);
+        if study_uid.is_empty() {
+            return Err(format!("{}: no Study Instance UID, so the results have no study to go into", source.display()));
+        }
+        let source_class = text(tags::SOP_CLASS_UID);
+        let mut elements = Vec::new();
+        for (tag, vr, type2) in COPIED {
+            match obj.element(tag) {
+                Ok(e) => elements.push(DataElement::new(tag, vr, e.value().clone())),
+                Err(_) if type2 => elements.push(DataElement::new(tag, vr, PrimitiveValue::Empty)),
+                Err(_) => {}
+            }
+        }
+        Ok(Study { elements, study_uid, source_class })
+    }
+
+    fn put_into(&self, obj: &mut InMemDicomObject) {
+        for e in &self.elements {
+            obj.put(e.clone());
+        }
+        obj.put(DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, dimse::uid(&self.study_uid)));
+    }
+}
+
+/// A UID derived from `parts` (`2.25.` and 128 bits of their SHA-256, as PS3.5 B.2 allows):
+/// the same inputs always give the same UID.
+pub fn derived_uid(parts: &[&str]) -> String {
+    let h = Sha256::digest(parts.join("\n").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    format!("2.25.{}", u128::from_be_bytes(b))
+}
+
+/// Date (`YYYYMMDD`) and time (`HHMMSS`) in UTC of a unix time.
+pub fn utc_date_time(t: f64) -> (String, String) {
+    let secs = t.floor() as i64;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (format!("{y:04}{m:02}{d:02}"), format!("{:02}{:02}{:02}", sod / 3600, sod % 3600 / 60, sod % 60))
+}
+
+fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) {
+    obj.put(DataElement::new(tag, vr, v.into()));
+}
+
+fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
+    obj.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
+}
+
+fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
+    let mut c = InMemDicomObject::new_empty();
+    put(&mut c, tags::CODE_VALUE, VR::SH, value);
+    put(&mut c, tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme);
+    put(&mut c, tags::CODE_MEANING, VR::LO, meaning);
+    c
+}
+
+fn item(value_type: &str, concept: InMemDicomObject) -> InMemDicomObject {
+    let mut it = InMemDicomObject::new_empty();
+    put(&mut it, tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS");
+    put(&mut it, tags::VALUE_TYPE, VR::CS, value_type);
+    put_seq(&mut it, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![concept]);
+    it
+}
+
+fn text_item(concept: InMemDicomObject, text: &str) -> InMemDicomObject {
+    let mut it = item("TEXT", concept);
+    put(&mut it, tags::TEXT_VALUE, VR::UT, text);
+    it
+}
+
+/// A NUM item; `unit` is a UCUM code and its meaning.
+fn num_item(concept: InMemDicomObject, value: f64, unit: (&str, &str)) -> InMemDicomObject {
+    let mut it = item("NUM", concept);
+    let mut mv = InMemDicomObject::new_empty();
+    put_seq(&mut mv, tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code(unit.0, "UCUM", unit.1)]);
+    // DS holds at most 16 characters.
+    let ds = if value.fract() == 0.0 && value.abs() < 1e15 { format!("{value:.0}") } else { format!("{value:.6}") };
+    put(&mut mv, tags::NUMERIC_VALUE, VR::DS, ds);
+    put_seq(&mut it, tags::MEASURED_VALUE_SEQUENCE, vec![mv]);
+    it
+}
+
+fn sop_ref(class: &str, sop: &str, frame: Option<usize>) -> InMemDicomObject {
+    let mut r = InMemDicomObject::new_empty();
+    put(&mut r, tags::REFERENCED_SOP_CLASS_UID, VR::UI, dimse::uid(class));
+    put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, dimse::uid(sop));
+    if let Some(f) = frame {
+        put(&mut r, tags::REFERENCED_FRAME_NUMBER, VR::IS, (f + 1).to_string());
+    }
+    r
+}
+
+/// A new series of ctsentry's in the scanned study.
+struct NewSeries<'a> {
+    modality: &'a str,
+    uid: String,
+    number: i32,
+    description: &'a str,
+}
+
+/// The attributes every object shares: SOP common, patient, study, series, equipment, content
+/// date and time.
+fn common(study: &Study, r: &SeriesResult, class: &str, sop: &str, series: &NewSeries) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    // Text is written as UTF-8, whatever the source used: every decoded name can be encoded.
+    put(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put(&mut o, tags::SOP_CLASS_UID, VR::UI, dimse::uid(class));
+    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, dimse::uid(sop));
+    study.put_into(&mut o);
+    put(&mut o, tags::MODALITY, VR::CS, series.modality);
+    put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, dimse::uid(&series.uid));
+    put(&mut o, tags::SERIES_NUMBER, VR::IS, series.number.to_string());
+    put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, series.description);
+    put(&mut o, tags::MANUFACTURER, VR::LO, "ctsentry");
+    put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, "ctsentry");
+    let (name, version, _) = r.model;
+    put(&mut o, tags::SOFTWARE_VERSIONS, VR::LO, PrimitiveValue::Strs(dicom_core::smallvec::smallvec![format!("ctsentry {}", env!("CARGO_PKG_VERSION")), format!("{name} {version}")]));
+    let (date, time) = utc_date_time(r.t);
+    put(&mut o, tags::CONTENT_DATE, VR::DA, date.as_str());
+    put(&mut o, tags::CONTENT_TIME, VR::TM, time.as_str());
+    put(&mut o, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
+    o
+}
+
+/// The UID of one of a verdict's objects (`what`): derived from the series, its part, the model
+/// and the rule, so that the same verdict always gives the same UIDs.
+fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
+    let verdict = format!("{}|{}|{}", r.part, r.threshold, r.min_positive_slices);
+    let mut parts = vec![r.series_uid, r.model.2, verdict.as_str()];
+    parts.extend_from_slice(what);
+    derived_uid(&parts)
+}
+
+/// The verdict in words, as the SR and the log state it.
+pub fn verdict_words(r: &SeriesResult) -> String {
+    let (p, n, thr, need) = (r.positives, r.slices, r.threshold, r.min_positive_slices);
+    if r.positive {
+        format!("positive: {p} of {n} slices at or above the slice threshold {thr:.4} ({need} needed); findings suggestive of COVID-19 pneumonia")
+    } else {
+        format!("negative: {p} of {n} slices at or above the slice threshold {thr:.4} ({need} needed); no COVID-19 pneumonia pattern found")
+    }
+}
+
+/// The Comprehensive SR of a verdict.
+fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
+    let sop = uid_for(r, &["sr"]);
+    let series = NewSeries { modality: "SR", uid: uid_for(r, &["sr-series"]), number: SR_SERIES_NUMBER, description: "ctsentry COVID-19 pneumonia triage (not for diagnostic use)" };
+    let mut o = common(study, r, COMPREHENSIVE_SR, &sop, &series);
+    put(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
+    put_seq(&mut o, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, Vec::new());
+    put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, Vec::new());
+    put(&mut o, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+    put(&mut o, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+    put(&mut o, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+    put_seq(&mut o, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code("CTS-REPORT", SCHEME, "COVID-19 pneumonia triage result")]);
+    put(&mut o, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
+    // The private coding scheme, declared (PS3.3 C.12.1.1.2).
+    let mut scheme = InMemDicomObject::new_empty();
+    put(&mut scheme, tags::CODING_SCHEME_DESIGNATOR, VR::SH, SCHEME);
+    put(&mut scheme, tags::CODING_SCHEME_NAME, VR::ST, "ctsentry concepts");
+    put(&mut scheme, tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION, VR::ST, "ctsentry developers");
+    put_seq(&mut o, tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE, vec![scheme]);
+    // The evidence: the scanned series' instances that were scored.
+    let mut series_ref = InMemDicomObject::new_empty();
+    put(&mut series_ref, tags::SERIES_INSTANCE_UID, VR::UI, dimse::uid(r.series_uid));
+    put_seq(&mut series_ref, tags::REFERENCED_SOP_SEQUENCE, r.scored.iter().map(|sop| sop_ref(&study.source_class, sop, None)).collect());
+    let mut study_ref = InMemDicomObject::new_empty();
+    put(&mut study_ref, tags::STUDY_INSTANCE_UID, VR::UI, dimse::uid(&study.study_uid));
+    put_seq(&mut study_ref, tags::REFERENCED_SERIES_SEQUENCE, vec![series_ref]);
+    if !r.scored.is_empty() {
+        put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![study_ref]);
+    }
+    let (name, version, sha) = r.model;
+    let unit = ("1", "no units");
+    let slices = ("{slices}", "slices");
+    let mut content = vec![
+        text_item(code("CTS-VERDICT", SCHEME, "Verdict"), &verdict_words(r)),
+        num_item(code("CTS-POSITIVE", SCHEME, "Positive slices"), r.positives as f64, slices),
+        num_item(code("CTS-SLICES", SCHEME, "Slices scored"), r.slices as f64, slices),
+        num_item(code("CTS-MAXPROB", SCHEME, "Maximum slice probability"), r.max_prob, unit),
+        num_item(code("CTS-THRESHOLD", SCHEME, "Slice threshold"), r.threshold, unit),
+        num_item(code("CTS-MINPOS", SCHEME, "Positive slices needed"), r.min_positive_slices as f64, slices),
+        text_item(code("111001", "DCM", "Algorithm Name"), name),
+        text_item(code("111003", "DCM", "Algorithm Version"), version),
+        text_item(code("CTS-SHA256", SCHEME, "Model SHA-256"), sha),
+        text_item(
+            code("CTS-NOTICE", SCHEME, "Notice"),
+            "NOT FOR DIAGNOSTIC USE. A triage aid: a DenseNet121 classifier's slice probabilities, counted against the threshold; a radiologist reads the study.",
+        ),
+    ];
+    for f in &r.flagged {
+        let mut it = item("IMAGE", code("CTS-FLAGGED", SCHEME, "Slice at or above threshold"));
+        put_seq(&mut it, tags::REFERENCED_SOP_SEQUENCE, vec![sop_ref(&study.source_class, &f.sop, f.multi_frame.then_some(f.frame))]);
+        content.push(it);
+    }
+    put_seq(&mut o, tags::CONTENT_SEQUENCE, content);
+    o
+}
+
+/// A Secondary Capture of one heat map (an RGB PNG).
+fn heatmap_capture(study: &Study, r: &SeriesResult, f: &Flagged, png: &Path, number: usize) -> Result<InMemDicomObject, String> {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).map_err(|e| format!("{}: {e}", png.display()))?));
+    let mut reader = dec.read_info().map_err(|e| format!("{}: {e}", png.display()))?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).map_err(|e| format!("{}: {e}", png.display()))?;
+    if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
+        return Err(format!("{}: not an 8-bit RGB image ({:?}, {:?})", png.display(), info.color_type, info.bit_depth));
+    }
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut pixels = buf[..w * h * 3].to_vec();
+    if pixels.len() % 2 == 1 {
+        pixels.push(0);
+    }
+    let sop = uid_for(r, &["sc", &f.sop, &f.frame.to_string()]);
+    let series = NewSeries { modality: "OT", uid: uid_for(r, &["sc-series"]), number: SC_SERIES_NUMBER, description: "ctsentry heat maps (NOT FOR DIAGNOSTIC USE)" };
+    let mut o = common(study, r, SECONDARY_CAPTURE, &sop, &series);
+    put(&mut o, tags::INSTANCE_NUMBER, VR::IS, number.to_string());
+    put(&mut o, tags::CONVERSION_TYPE, VR::CS, "WSD");
+    // Both lungs, not one side of a paired part: empty, as Type 2C allows.
+    put(&mut o, tags::LATERALITY, VR::CS, PrimitiveValue::Empty);
+    put(&mut o, tags::PATIENT_ORIENTATION, VR::CS, PrimitiveValue::Empty);
+    put(&mut o, tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(dicom_core::smallvec::smallvec!["DERIVED".to_string(), "SECONDARY".to_string()]));
+    put(&mut o, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
+    put(&mut o, tags::DERIVATION_DESCRIPTION, VR::ST, format!("class activation map of {} {} over the CT slice", r.model.0, r.model.1));
+    put(&mut o, tags::IMAGE_COMMENTS, VR::LT, format!("NOT FOR DIAGNOSTIC USE. Slice probability {:.4}, threshold {:.4}.", f.prob, r.threshold));
+    put_seq(&mut o, tags::SOURCE_IMAGE_SEQUENCE, vec![sop_ref(&study.source_class, &f.sop, f.multi_frame.then_some(f.frame))]);
+    put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 3u16);
+    put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
+    put(&mut o, tags::PLANAR_CONFIGURATION, VR::US, 0u16);
+    put(&mut o, tags::ROWS, VR::US, h as u16);
+    put(&mut o, tags::COLUMNS, VR::US, w as u16);
+    put(&mut o, tags::BITS_ALLOCATED, VR::US, 8u16);
+    put(&mut o, tags::BITS_STORED, VR::US, 8u16);
+    put(&mut o, tags::HIGH_BIT, VR::US, 7u16);
+    put(&mut o, tags::PIXEL_REPRESENTATION, VR::US, 0u16);
+    put(&mut o, tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixels.into()));
+    Ok(o)
+}
+
+/// Why a verdict's objects were not spooled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpoolError {
+    /// The series' own file cannot give the patient and study: nothing can be sent.
+    Source(String),
+    /// The spool cannot be written (try again).
+    Write(String),
+}
+
+/// Writes the objects of a verdict into the spool `dir` (SR first, then the heat maps of the
+/// `settings.max_heatmaps` most probable positive slices, in slice order), each atomically as
+/// `<series id>.<NNN>.dcm`; returns the files. A heat map that cannot be read is left out (and
+/// logged); the SR names every positive slice regardless.
+pub fn spool(settings: &ExportSettings, dir: &Path, r: &SeriesResult) -> Result<Vec<PathBuf>, SpoolError> {
+    let study = Study::read(r.source).map_err(SpoolError::Source)?;
+    let mut objects = Vec::new();
+    if settings.sr {
+        objects.push(structured_report(&study, r));
+    }
+    if settings.heatmaps && r.positive {
+        let mut best: Vec<&Flagged> = r.flagged.iter().filter(|f| f.heatmap.is_some()).collect();
+        best.sort_by(|a, b| b.prob.total_cmp(&a.prob));
+        best.truncate(settings.max_heatmaps);
+        let chosen: std::collections::HashSet<(&str, usize)> = best.iter().map(|f| (f.sop.as_str(), f.frame)).collect();
+        let mut number = 0;
+        for f in r.flagged.iter().filter(|f| chosen.contains(&(f.sop.as_str(), f.frame))) {
+            let png = f.heatmap.as_deref().expect("chosen ones have a heat map");
+            match heatmap_capture(&study, r, f, png, number + 1) {
+                Ok(o) => {
+                    number += 1;
+                    objects.push(o);
+                }
+                Err(e) => log::warn!("export: heat map left out: {e}"),
+            }
+        }
+    }
+    let id = crate::alert::series_id(r.series_uid, r.part);
+    let mut files = Vec::new();
+    for (i, o) in objects.into_iter().enumerate() {
+        let path = dir.join(format!("{id}.{i:03}.dcm"));
+        let meta = FileMetaTableBuilder::new().transfer_syntax(EXPLICIT_LE).implementation_class_uid(dimse::IMPLEMENTATION_CLASS_UID).implementation_version_name("CTSENTRY");
+        let file = o.with_meta(meta).map_err(|e| SpoolError::Source(format!("{}: {e}", path.display())))?;
+        let mut bytes = Vec::new();
+        file.write_all(&mut bytes).map_err(|e| SpoolError::Source(format!("{}: cannot be encoded: {e}", path.display())))?;
+        crate::daemon::write_atomic(&path, &bytes).map_err(|e| SpoolError::Write(format!("{}: {e}", path.display())))?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// What the sender tells the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportEvent {
+    /// The PACS stored it (status success or warning); the file left the spool.
+    Sent {
+        /// The spool file's name.
+        file: String,
+        /// Its SOP Class UID.
+        class: String,
+        /// Its SOP Instance UID.
+        sop: String,
+        /// The PACS's status.
+        status: u16,
+    },
+    /// The PACS refused it for good: moved to `failed/` with a `.reason`.
+    Refused {
+        /// The spool file's name.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing could be sent: the PACS is unreachable, refuses the association or is out of
+    /// resources. Tried again after `retry_s`.
+    Unreachable {
+        /// Why.
+        reason: String,
+        /// Seconds until the next try.
+        retry_s: f64,
+    },
+}
+
+/// The sender thread's handle.
+pub struct Exporter {
+    wake: Sender<()>,
+    /// What happened to the spool's files.
+    pub events: Receiver<ExportEvent>,
+}
+
+impl Exporter {
+    /// Starts the sender on the spool `dir` (created if missing); it sends what is there at once.
+    pub fn start(settings: ExportSettings, dir: PathBuf) -> std::io::Result<Exporter> {
+        std::fs::create_dir_all(dir.join(FAILED_DIR))?;
+        let (wake, wake_rx) = channel();
+        let (tx, events) = channel();
+        std::thread::Builder::new().name("dicom-export".into()).spawn(move || run(&settings, &dir, &wake_rx, &tx))?;
+        Ok(Exporter { wake, events })
+    }
+
+    /// New files are in the spool: send them (unless the sender is backing off).
+    pub fn wake(&self) {
+        let _ = self.wake.send(());
+    }
+}
+
+/// The spool's files waiting to be sent, oldest name first.
+pub fn pending(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "dcm") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn run(settings: &ExportSettings, dir: &Path, wake: &Receiver<()>, tx: &Sender<ExportEvent>) {
+    let mut backoff: Option<f64> = None;
+    loop {
+        let files = pending(dir);
+        if !files.is_empty() {
+            match send_all(settings, dir, &files, tx) {
+                Ok(()) => backoff = None,
+                Err(reason) => {
+                    let wait = backoff.map_or(1.0, |w| w * 2.0).min(settings.retry_max_seconds);
+                    backoff = Some(wait);
+                    if tx.send(ExportEvent::Unreachable { reason, retry_s: wait }).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Wait for new files, or the back-off (which new files do not cut short), or a periodic
+        // look at the spool.
+        let deadline = Instant::now() + Duration::from_secs_f64(backoff.unwrap_or(30.0));
+        loop {
+            match wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(()) if backoff.is_some() => continue,
+                Ok(()) | Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+/// Moves a file the PACS will never take to `failed/`, with its reason beside it.
+fn set_aside(dir: &Path, path: &Path, reason: &str, tx: &Sender<ExportEvent>) {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let failed = dir.join(FAILED_DIR);
+    let _ = std::fs::create_dir_all(&failed);
+    let _ = std::fs::write(failed.join(format!("{name}.reason")), format!("{reason}\n"));
+    if let Err(e) = std::fs::rename(path, failed.join(&name)) {
+        log::error!("export: {}: cannot be set aside: {e}", path.display());
+    }
+    let _ = tx.send(ExportEvent::Refused { file: name, reason: reason.to_string() });
+}
+
+/// Sends `files` over one association. `Err` when nothing more can be sent now (unreachable,
+/// association refused, out of resources); files refused for good are set aside.
+fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sender<ExportEvent>) -> Result<(), String> {
+    let mut items = Vec::new();
+    for path in files {
+        match OpenFileOptions::new().open_file(path) {
+            Ok(obj) => items.push((path, obj)),
+            Err(e) => set_aside(dir, path, &format!("unreadable spool file: {e}"), tx),
+        }
+    }
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut classes: Vec<String> = items.iter().map(|(_, o)| o.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string()).collect();
+    classes.sort();
+    classes.dedup();
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(settings.calling_ae.as_str())
+        .called_ae_title(settings.called_ae.as_str())
+        .connection_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .write_timeout(Duration::from_secs(60));
+    for c in &classes {
+        options = options.with_presentation_context(c.as_str(), vec![EXPLICIT_LE, IMPLICIT_LE]);
+    }
+    let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
+    let mut assoc = options.establish_with(&settings.peer).map_err(|e| format!("no association with the PACS {where_}: {e}"))?;
+    let accepted: Vec<(u8, String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|c| c.reason == PresentationContextResultReason::Acceptance)
+        .map(|c| (c.id, c.abstract_syntax.trim_end_matches('\0').to_string(), c.transfer_syntax.trim_end_matches('\0').to_string()))
+        .collect();
+    let mut message_id: u16 = 1;
+    for (path, obj) in items {
+        let class = obj.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+        let sop = obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some((pc, _, ts_uid)) = accepted.iter().find(|(_, a, _)| *a == class) else {
+            set_aside(dir, path, &format!("the PACS {where_} does not accept SOP class {class}"), tx);
+            continue;
+        };
+        let Some(ts) = TransferSyntaxRegistry.get(ts_uid) else {
+            let _ = assoc.abort();
+            return Err(format!("the PACS {where_} chose transfer syntax {ts_uid}, which ctsentry cannot write"));
+        };
+        let mut data = Vec::new();
+        if let Err(e) = obj.write_dataset_with_ts(&mut data, ts) {
+            set_aside(dir, path, &format!("cannot be encoded in {ts_uid}: {e}"), tx);
+            continue;
+        }
+        let mut cmd = InMemDicomObject::new_empty();
+        put(&mut cmd, tags::AFFECTED_SOP_CLASS_UID, VR::UI, dimse::uid(&class));
+        put(&mut cmd, tags::COMMAND_FIELD, VR::US, dimse::C_STORE_RQ);
+        put(&mut cmd, tags::MESSAGE_ID, VR::US, message_id);
+        put(&mut cmd, tags::PRIORITY, VR::US, 0u16);
+        put(&mut cmd, tags::COMMAND_DATA_SET_TYPE, VR::US, dimse::DATA_SET);
+        put(&mut cmd, tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, dimse::uid(&sop));
+        let pdu = Pdu::PData { data: vec![PDataValue { presentation_context_id: *pc, value_type: PDataValueType::Command, is_last: true, data: dimse::command_set(&cmd) }] };
+        let sent = assoc.send(&pdu).map_err(|e| e.to_string()).and_then(|()| {
+            let mut w = assoc.send_pdata(*pc);
+            w.write_all(&data).and_then(|()| w.finish()).map_err(|e| e.to_string())
+        });
+        if let Err(e) = sent {
+            return Err(format!("sending to the PACS {where_}: {e}"));
+        }
+        let status = match response_status(&mut assoc, dimse::C_STORE_RSP, message_id) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = assoc.abort();
+                return Err(format!("the PACS {where_}: {e}"));
+            }
+        };
+        message_id = message_id.wrapping_add(1).max(1);
+        match status {
+            // Success, and the warnings that still mean "stored".
+            0x0000 | 0x0001 | 0xB000 | 0xB006 | 0xB007 => {
+                if let Err(e) = std::fs::remove_file(path).and_then(|()| crate::daemon::journal::sync_dir(dir)) {
+                    log::error!("export: {}: sent, but not removed from the spool: {e}", path.display());
+                }
+                if tx.send(ExportEvent::Sent { file: name, class, sop, status }).is_err() {
+                    return Ok(());
+                }
+            }
+            s if s & 0xFF00 == 0xA700 => {
+                let _ = assoc.abort();
+                return Err(format!("the PACS {where_} is out of resources (status 0x{s:04X})"));
+            }
+            s => set_aside(dir, path, &format!("the PACS {where_} refused it with status 0x{s:04X}"), tx),
+        }
+    }
+    let _ = assoc.release();
+    Ok(())
+}
+
+/// Asks the PACS for a C-ECHO (what `doctor` checks): Ok when it answers success.
+pub fn echo(settings: &ExportSettings, timeout: Duration) -> Result<(), String> {
+    let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
+    let mut assoc = ClientAssociationOptions::new()
+        .calling_ae_title(settings.calling_ae.as_str())
+        .called_ae_title(settings.called_ae.as_str())
+        .with_abstract_syntax(crate::net::scp::VERIFICATION)
+        .connection_timeout(timeout)
+        .read_timeout(timeout)
+        .write_timeout(timeout)
+        .establish_with(&settings.peer)
+        .map_err(|e| format!("no association with the PACS {where_}: {e}"))?;
+    let Some(pc) = assoc.presentation_contexts().iter().find(|c| c.reason == PresentationContextResultReason::Acceptance).map(|c| c.id) else {
+        let _ = assoc.abort();
+        return Err(format!("the PACS {where_} does not accept C-ECHO"));
+    };
+    let mut cmd = InMemDicomObject::new_empty();
+    put(&mut cmd, tags::AFFECTED_SOP_CLASS_UID, VR::UI, dimse::uid(crate::net::scp::VERIFICATION));
+    put(&mut cmd, tags::COMMAND_FIELD, VR::US, dimse::C_ECHO_RQ);
+    put(&mut cmd, tags::MESSAGE_ID, VR::US, 1u16);
+    put(&mut cmd, tags::COMMAND_DATA_SET_TYPE, VR::US, dimse::NO_DATA_SET);
+    let pdu = Pdu::PData { data: vec![PDataValue { presentation_context_id: pc, value_type: PDataValueType::Command, is_last: true, data: dimse::command_set(&cmd) }] };
+    assoc.send(&pdu).map_err(|e| format!("the PACS {where_}: {e}"))?;
+    let status = response_status(&mut assoc, dimse::C_ECHO_RSP, 1).map_err(|e| format!("the PACS {where_}: {e}"))?;
+    let _ = assoc.release();
+    if status == dimse::SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("the PACS {where_} answered C-ECHO with status 0x{status:04X}"))
+    }
+}
+
+/// Reads the response (command field `field`) to `message_id` and returns its status.
+fn response_status<S>(assoc: &mut dicom_ul::association::client::ClientAssociation<S>, field: u16, message_id: u16) -> Result<u16, String>
+where
+    S: dicom_ul::association::CloseSocket + std::io::Read + std::io::Write,
+{
+    let mut command = Vec::new();
+    loop {
+        match assoc.receive().map_err(|e| format!("no response: {e}"))? {
+            Pdu::PData { data } => {
+                for v in data {
+                    if v.value_type != PDataValueType::Command {
+                        return Err("a data set where a response was expected".into());
+                    }
+                    command.extend_from_slice(&v.data);
+                    if command.len() > dimse::MAX_COMMAND_BYTES {
+                        return Err("a response over 64 KiB".into());
+                    }
+                    if v.is_last {
+                        let cmd = dimse::read_command(&command)?;
+                        if dimse::int(&cmd, tags::COMMAND_FIELD) != Some(field) || dimse::int(&cmd, tags::MESSAGE_ID_BEING_RESPONDED_TO) != Some(message_id) {
+                            return Err("a response that is not the one awaited".into());
+                        }
+                        return dimse::int(&cmd, tags::STATUS).ok_or_else(|| "a response without a status".to_string());
+                    }
+                }
+            }
+            Pdu::AbortRQ { source } => return Err(format!("aborted the association ({source:?})")),
+            other => return Err(format!("unexpected PDU {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_are_civil_dates() {
+        assert_eq!(utc_date_time(0.0), ("19700101".into(), "000000".into()));
+        assert_eq!(utc_date_time(951_782_400.0), ("20000229".into(), "000000".into()));
+        assert_eq!(utc_date_time(1_795_803_722.5), ("20261127".into(), "182202".into()));
+    }
+
+    #[test]
+    fn derived_uids_are_stable_valid_and_distinct() {
+        let a = derived_uid(&["1.2.3", "sr"]);
+        assert_eq!(a, derived_uid(&["1.2.3", "sr"]));
+        assert_ne!(a, derived_uid(&["1.2.3", "sr-series"]));
+        assert!(a.len() <= 64 && a.starts_with("2.25.") && a[5..].chars().all(|c| c.is_ascii_digit()) && !a[5..].starts_with('0'));
+    }
+}
