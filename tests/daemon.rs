@@ -970,3 +970,101 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }
+
+/// Copies of `files` with valid UIDs (COVID-CT-MD is de-identified with UUID strings where UIDs
+/// belong, which DCMTK refuses to send): study, series and instance UIDs become `2.25.` UIDs
+/// derived from the originals; pixel data and everything else stay as they are.
+fn with_valid_uids(files: &[PathBuf], out: &Path) -> (Vec<PathBuf>, String, String) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    std::fs::create_dir_all(out).unwrap();
+    let valid = |s: &str| ctsentry::net::export::derived_uid(&["test", s.trim_end_matches('\0')]);
+    let (mut study, mut series) = (String::new(), String::new());
+    let copies = files
+        .iter()
+        .map(|f| {
+            let mut obj = dicom_object::open_file(f).unwrap();
+            let uid = |o: &dicom_object::DefaultDicomObject, t| o.element(t).unwrap().to_str().unwrap().to_string();
+            let (st, se, sop) = (valid(&uid(&obj, tags::STUDY_INSTANCE_UID)), valid(&uid(&obj, tags::SERIES_INSTANCE_UID)), valid(&uid(&obj, tags::SOP_INSTANCE_UID)));
+            for (t, v) in [(tags::STUDY_INSTANCE_UID, &st), (tags::SERIES_INSTANCE_UID, &se), (tags::SOP_INSTANCE_UID, &sop)] {
+                obj.put(DataElement::new(t, VR::UI, PrimitiveValue::from(v.as_str())));
+            }
+            obj.meta_mut().media_storage_sop_instance_uid = format!("{sop}\0");
+            obj.meta_mut().update_information_group_length();
+            (study, series) = (st, se);
+            let p = out.join(f.file_name().unwrap());
+            obj.write_to_file(&p).unwrap();
+            p
+        })
+        .collect();
+    (copies, study, series)
+}
+
+/// The whole network path on a real series, as in the scanner room: DCMTK's storescu sends
+/// COVID-CT-MD's P001 (148 slices, JPEG lossless; valid UIDs given first) to the daemon running
+/// the shipped model and to Orthanc; one FINAL verdict over all 148 slices, and its SR (and heat
+/// maps, when positive) in P001's study at Orthanc, stating the same verdict.
+#[test]
+fn a_shared_series_sent_by_storescu_gets_one_verdict_over_every_slice_and_its_results_at_the_pacs() {
+    let Some(data) = shared_data("covid-ct-md/P001") else { return };
+    for (tool, install) in [("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")] {
+        if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+            tool_missing(tool, install);
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (files, study_uid, series_uid) = with_valid_uids(&walk(&data.join("covid-ct-md/P001")), &root.join("scanner"));
+    assert_eq!(files.len(), 148);
+    let mut pacs = Pacs::new(&root.join("pacs"));
+    pacs.start();
+    let port = free_port();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/densenet121-covid.onnx");
+    let cfg = root.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[paths]\nincoming = \"var/incoming\"\ndone = \"var/done\"\nquarantine = \"var/quarantine\"\nresults = \"var/results\"\nstate = \"var/state\"\n\
+             [model]\npath = \"{}\"\n[series]\nquiet_seconds = 2.0\n[disk]\nmin_free_mb = 0\n\
+             [dicom]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nallowed_callers = [\"SCANNER\"]\n\
+             [export]\nenabled = true\npeer = \"127.0.0.1:{}\"\ncalled_ae = \"PACS\"\n",
+            model.display(),
+            pacs.dicom_port
+        ),
+    )
+    .unwrap();
+    let log = root.join("daemon.log");
+    let mut d = start(&cfg, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(120), || read_log().contains("dicom: C-ECHO and C-STORE SCP")), "{}", read_log());
+    for (port, aec) in [(port, "CTSENTRY"), (pacs.dicom_port, "PACS")] {
+        // -xs: propose JPEG lossless (P001's transfer syntax), not only uncompressed ones.
+        let out = Command::new("storescu").args(["-xs", "-aet", "SCANNER", "-aec", aec, "127.0.0.1", &port.to_string()]).args(&files).output().unwrap();
+        assert!(out.status.success(), "storescu to {aec}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let results = root.join("var/results");
+    assert!(wait_until(Duration::from_secs(300), || finals(&results).len() == 1), "{}", read_log());
+    let f = &finals(&results)[0];
+    assert_eq!((f["series_uid"].as_str(), f["slices"].as_u64()), (Some(series_uid.as_str()), Some(148)), "{f}");
+    assert_eq!(rels(&root.join("var/done")).len(), 148);
+    let positive = f["event"] == "ALERT";
+    let positives = f["positives"].as_u64().unwrap();
+    let maps = if positive { positives.min(16) as usize } else { 0 };
+    let want = 2 + usize::from(maps > 0);
+    assert!(wait_until(Duration::from_secs(60), || pacs.study(&study_uid).len() == want), "{:?}\n{}", pacs.study(&study_uid), read_log());
+    let series = pacs.study(&study_uid);
+    let count = |m: &str| series.iter().filter(|s| s.0 == m).map(|s| s.2.len()).collect::<Vec<_>>();
+    assert_eq!(count("CT"), vec![148]);
+    assert_eq!(count("SR"), vec![1]);
+    assert_eq!(count("OT"), if maps > 0 { vec![maps] } else { vec![] });
+    let sr = series.iter().find(|s| s.0 == "SR").unwrap();
+    std::fs::write(root.join("sr.dcm"), pacs.get(&format!("/instances/{}/file", sr.2[0]))).unwrap();
+    let text = String::from_utf8_lossy(&Command::new("dsrdump").arg(root.join("sr.dcm")).output().unwrap().stdout).to_string();
+    let verdict = format!("\"Verdict\")=\"{}: {positives} of 148 slices", if positive { "positive" } else { "negative" });
+    assert!(text.contains(&verdict), "dsrdump lacks {verdict:?}:\n{text}");
+    assert!(text.contains("\"Algorithm Name\")=\"densenet121-covid\""), "{text}");
+    eprintln!("P001 over DICOM: {} of 148 positive ({}), SR and {maps} heat map(s) at Orthanc", positives, f["event"]);
+    signal(&d, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
+}
