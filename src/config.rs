@@ -1095,7 +1095,14 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         &raw.preprocess.backend,
         &[("auto", PreprocessBackend::Auto), ("cpu", PreprocessBackend::Cpu), ("cuda", PreprocessBackend::Cuda)],
     );
-    let threshold = raw.decision.threshold.as_ref().map(|t| c.range_f("decision.threshold", t, 0.0, 1.0));
+    let threshold = raw.decision.threshold.as_ref().map(|t| {
+        let v = c.range_f("decision.threshold", t, 0.0, 1.0);
+        if v == 0.0 {
+            // Every probability is >= 0: every slice, even one skipped for having no lung, would count.
+            c.fail(t, "decision.threshold = 0 makes every slice positive; use a value above 0".into());
+        }
+        v
+    });
     let min_positive_slices = raw.decision.min_positive_slices.as_ref().map(|v| c.range_i("decision.min_positive_slices", v, 1, 10_000) as usize);
     let quiet_seconds = c.range_f("series.quiet_seconds", &raw.series.quiet_seconds, 0.1, 86_400.0);
     let ing = &raw.ingest;
@@ -1350,6 +1357,7 @@ mod tests {
         assert!(errors("[dicom]\nae_title = \"\"\n").contains("dicom.ae_title"));
         assert!(errors("[dicom]\nmax_instance_mb = 0\n").contains("dicom.max_instance_mb = 0 is outside"));
         assert!(errors("[dicom]\nallowed_callers = [\"A_VERY_LONG_AE_TITLE\"]\n").contains("is not an AE title"));
+        assert!(errors("[decision]\nthreshold = 0.0\n").contains("decision.threshold = 0 makes every slice positive"));
         assert!(errors("[export]\npeer = \"pacs\"\n").contains("export.peer = \"pacs\": expected HOST:PORT"));
         assert!(errors("[export]\nsend = [\"sr\", \"pdf\"]\n").contains("\"pdf\" is not one of"));
         assert!(errors("[export]\ncalled_ae = \"A\\\\B\"\n").contains("export.called_ae"));

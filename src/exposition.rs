@@ -41,12 +41,12 @@ impl Histogram {
 
 /// Process-wide counters the scoring code updates (engine calls happen in worker threads).
 pub static INFERENCE: Histogram = Histogram { counts: [const { AtomicU64::new(0) }; 10], over: AtomicU64::new(0), sum_micros: AtomicU64::new(0) };
-/// Slices sent through the engine since the process started.
-pub static SLICES_SCORED: AtomicU64 = AtomicU64::new(0);
 
 /// What the daemon reports; counters only grow, gauges are set once a second.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Slices scored and journalled (a file scored again after a failed batch counts once).
+    pub slices_scored: AtomicU64,
     /// Final verdicts, positive.
     pub series_positive: AtomicU64,
     /// Final verdicts, negative.
@@ -82,7 +82,12 @@ pub struct Gauges {
     pub latched: bool,
     /// Result objects waiting in the export spool.
     pub export_queue: usize,
+    /// When the daemon's control loop last set these (None: not yet running).
+    pub updated: Option<std::time::Instant>,
 }
+
+/// A control loop silent this long makes `/healthz` answer 503 (it reports once a second).
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
 
 impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
@@ -96,7 +101,7 @@ impl Metrics {
                 let _ = writeln!(o, "ctsentry_{name}{labels} {v}");
             }
         };
-        family(&mut o, "slices_scored_total", "counter", "Slices sent through the engine.", &[(String::new(), c(&SLICES_SCORED) as f64)]);
+        family(&mut o, "slices_scored_total", "counter", "Slices scored and journalled, each once (slices without lung, not sent to the engine, included).", &[(String::new(), c(&self.slices_scored) as f64)]);
         family(&mut o, "series_total", "counter", "Final series verdicts.", &[("{verdict=\"positive\"}".into(), c(&self.series_positive) as f64), ("{verdict=\"negative\"}".into(), c(&self.series_negative) as f64)]);
         family(&mut o, "alerts_total", "counter", "Alerts raised.", &[("{stage=\"early\"}".into(), c(&self.alerts_early) as f64), ("{stage=\"final\"}".into(), c(&self.alerts_final) as f64)]);
         family(&mut o, "files_quarantined_total", "counter", "Files moved to quarantine.", &[(String::new(), c(&self.files_quarantined) as f64)]);
@@ -135,6 +140,9 @@ impl Metrics {
     /// `/healthz`: 200 and `ok` without faults, else 503 and the faults.
     pub fn health(&self) -> (u16, String) {
         let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(silent) = g.updated.map(|t| t.elapsed()).filter(|e| *e > STALE_AFTER) {
+            return (503, format!("stalled: the daemon's control loop has not reported for {} s\n", silent.as_secs()));
+        }
         if g.faults.is_empty() {
             (200, "ok\n".into())
         } else {
@@ -237,5 +245,16 @@ mod tests {
         let text = m.render();
         assert!(text.contains("ctsentry_fault{kind=\"DISK\"} 1"), "{text}");
         assert!(text.contains("# TYPE ctsentry_inference_seconds histogram"));
+    }
+
+    #[test]
+    fn health_is_503_when_the_control_loop_went_silent() {
+        let m = Metrics::default();
+        m.gauges.lock().unwrap().updated = Some(std::time::Instant::now());
+        assert_eq!(m.health().0, 200);
+        m.gauges.lock().unwrap().updated = std::time::Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(5));
+        let (code, body) = m.health();
+        assert_eq!(code, 503);
+        assert!(body.starts_with("stalled: the daemon's control loop has not reported for 3"), "{body}");
     }
 }

@@ -136,7 +136,6 @@ impl Scorer {
                     let r = self.engine.infer(&prepared.tensor, prepared.kept).map_err(|e| ScoreError::Backend(e.to_string()))?;
                     crate::exposition::INFERENCE.observe(t.elapsed().as_secs_f64());
                     r.check(prepared.kept).map_err(ScoreError::Output)?;
-                    crate::exposition::SLICES_SCORED.fetch_add(prepared.kept as u64, std::sync::atomic::Ordering::Relaxed);
                     Some(r)
                 };
                 let mut k = 0;

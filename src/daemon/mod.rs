@@ -576,6 +576,7 @@ impl Daemon {
             open_series: snap.open_series,
             faults: self.faults.iter().copied().collect(),
             latched: snap.latched.is_some(),
+            updated: Some(Instant::now()),
             export_queue: if self.exporter.is_some() { crate::net::export::pending(&self.settings.paths.state.join(crate::net::export::SPOOL_DIR)).len() } else { 0 },
         };
         if let Err(e) = crate::status::write(&self.settings.paths.state, &snap) {
@@ -647,6 +648,7 @@ impl Daemon {
                     return;
                 }
                 log::debug!("{}: {n} slice(s) scored, {heatmaps} heat map(s)", f.rel);
+                self.metrics.slices_scored.fetch_add(n as u64, Ordering::Relaxed);
                 self.move_done(&f.path, &f.rel);
                 self.check_early(&series);
             }
