@@ -91,6 +91,106 @@ fn components(on: &[bool], rows: usize, cols: usize) -> (Vec<u32>, Vec<usize>, V
     (labels, sizes, border)
 }
 
+/// The runs of set pixels of `on`, row by row, each as (row, first column, one past the last),
+/// in raster order, with the root of each run's 4-connected component: the smallest index of its
+/// runs (each row's runs are joined by union-find with the runs above that they touch).
+fn connected_runs(on: &[bool], cols: usize) -> (Vec<(u32, u32, u32)>, Vec<u32>) {
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+    let mut parent: Vec<u32> = Vec::new();
+    fn find(parent: &mut [u32], mut x: u32) -> u32 {
+        while parent[x as usize] != x {
+            let up = parent[parent[x as usize] as usize];
+            parent[x as usize] = up;
+            x = up;
+        }
+        x
+    }
+    let mut above = 0..0;
+    for (r, line) in on.chunks_exact(cols).enumerate() {
+        let start = runs.len();
+        let mut p = above.start;
+        let mut c = 0;
+        while c < cols {
+            if !line[c] {
+                c += 1;
+                continue;
+            }
+            let s = c;
+            while c < cols && line[c] {
+                c += 1;
+            }
+            let id = runs.len() as u32;
+            runs.push((r as u32, s as u32, c as u32));
+            parent.push(id);
+            // Runs of the row above sharing a column with [s, c) are 4-connected to it.
+            while p < above.end && (runs[p].2 as usize) <= s {
+                p += 1;
+            }
+            let mut q = p;
+            while q < above.end && (runs[q].1 as usize) < c {
+                let (a, b) = (find(&mut parent, id), find(&mut parent, q as u32));
+                // The smaller index (the earlier run) stays the root.
+                if a != b {
+                    parent[a.max(b) as usize] = a.min(b);
+                }
+                q += 1;
+            }
+        }
+        above = start..runs.len();
+    }
+    // Roots are smaller than the runs under them: one pass in order resolves every run.
+    for i in 0..parent.len() {
+        parent[i] = parent[parent[i] as usize];
+    }
+    (runs, parent)
+}
+
+/// [`components`] by runs ([`connected_runs`]), labelled in the order of each component's first
+/// pixel in raster order, which is the order [`components`]' seeds find them in: the very same
+/// labels, sizes and border flags, with work per run instead of per pixel.
+fn components_by_runs(on: &[bool], rows: usize, cols: usize) -> (Vec<u32>, Vec<usize>, Vec<bool>) {
+    let (runs, root) = connected_runs(on, cols);
+    let mut labels = vec![0u32; on.len()];
+    let mut sizes = vec![0usize];
+    let mut border = vec![false];
+    let mut label_of_root = vec![0u32; runs.len()];
+    for (i, &(r, s, e)) in runs.iter().enumerate() {
+        let root = root[i] as usize;
+        if label_of_root[root] == 0 {
+            label_of_root[root] = sizes.len() as u32;
+            sizes.push(0);
+            border.push(false);
+        }
+        let l = label_of_root[root];
+        let (r, s, e) = (r as usize, s as usize, e as usize);
+        labels[r * cols + s..r * cols + e].fill(l);
+        sizes[l as usize] += e - s;
+        if r == 0 || r + 1 == rows || s == 0 || e == cols {
+            border[l as usize] = true;
+        }
+    }
+    (labels, sizes, border)
+}
+
+/// Sets every pixel of `m` that the border cannot reach through unset pixels (a hole), by the
+/// runs of unset pixels ([`connected_runs`]): the same result as [`fill_holes`].
+fn fill_holes_by_runs(m: &mut [bool], rows: usize, cols: usize) {
+    let off: Vec<bool> = m.iter().map(|&v| !v).collect();
+    let (runs, root) = connected_runs(&off, cols);
+    let mut open = vec![false; runs.len()];
+    for (i, &(r, s, e)) in runs.iter().enumerate() {
+        if r == 0 || r as usize + 1 == rows || s == 0 || e as usize == cols {
+            open[root[i] as usize] = true;
+        }
+    }
+    for (i, &(r, s, e)) in runs.iter().enumerate() {
+        if !open[root[i] as usize] {
+            let at = r as usize * cols;
+            m[at + s as usize..at + e as usize].fill(true);
+        }
+    }
+}
+
 /// Sets every pixel of `m` that the border cannot reach through off pixels (a hole).
 fn fill_holes(m: &mut [bool], rows: usize, cols: usize) {
     let off: Vec<bool> = m.iter().map(|&v| !v).collect();
@@ -199,8 +299,9 @@ pub const WORKING_SIDE: usize = 256;
 /// and `cargo bench --bench preprocess` check it on every slice they see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Morphology {
-    /// Dilation and closing by row spans of the disc stamped from boundary pixels only, hole
-    /// filling by one flood from the border, on the lungs' bounding box: the fast one, in use.
+    /// Dilation and closing by row spans of the disc stamped from boundary pixels only (on the
+    /// lungs' bounding box), component labelling and hole filling by runs of pixels joined by
+    /// union-find: the fast one, in use.
     Spans,
     /// Dilation and closing through full-image Euclidean distance transforms, hole filling by
     /// labelling every background component: the first implementation, kept whole (with its
@@ -290,19 +391,41 @@ fn segment_integer_blocks<T: Copy + Into<i64>>(pixels: &[T], rows: usize, cols: 
         let hu: Vec<f32> = pixels.iter().map(|&p| (p.into() as f64 + intercept) as f32).collect();
         return segment_at_full_resolution(&hu, rows, cols, Morphology::Spans);
     }
-    let block_of: Vec<usize> = (0..cols).map(|c| (c / f).min(c2 - 1)).collect();
+    let blocks = Blocks::new(rows, cols, f);
     let mut sum = vec![0i64; r2 * c2];
-    let mut count = vec![0u32; r2 * c2];
     for (r, line) in pixels.chunks_exact(cols).enumerate() {
         let base = (r / f).min(r2 - 1) * c2;
-        for (&p, &bc) in line.iter().zip(&block_of) {
+        for (&p, &bc) in line.iter().zip(&blocks.block_of) {
             sum[base + bc] += p.into();
-            count[base + bc] += 1;
         }
     }
     let b = intercept as i64;
-    let small: Vec<f32> = sum.iter().zip(&count).map(|(&s, &n)| (s + i64::from(n) * b) as f32 / n as f32).collect();
-    scale_up(&small, &count, rows, cols, f, &block_of, Morphology::Spans)
+    let small: Vec<f32> = sum.iter().zip(&blocks.count).map(|(&s, &n)| (s + i64::from(n) * b) as f32 / n as f32).collect();
+    scale_up(&small, &blocks, rows, cols, Morphology::Spans)
+}
+
+/// The blocks of the reduction by `f`: column `c` is in block column `block_of[c]` (the last one
+/// takes the leftover columns, as the last block row takes the leftover rows), and `count` holds
+/// each block's pixel count, row-major (counted once, not per pixel).
+struct Blocks {
+    f: usize,
+    block_of: Vec<usize>,
+    count: Vec<u32>,
+}
+
+impl Blocks {
+    fn new(rows: usize, cols: usize, f: usize) -> Blocks {
+        let (r2, c2) = ((rows / f).max(1), (cols / f).max(1));
+        let span = |j: usize, n: usize, last: usize| (j * f, if j == last { n } else { (j + 1) * f });
+        let col_spans: Vec<(usize, usize)> = (0..c2).map(|j| span(j, cols, c2 - 1)).collect();
+        let count = (0..r2)
+            .flat_map(|i| {
+                let (a, b) = span(i, rows, r2 - 1);
+                col_spans.iter().map(move |&(c, d)| ((b - a) * (d - c)) as u32)
+            })
+            .collect();
+        Blocks { f, block_of: (0..cols).map(|c| (c / f).min(c2 - 1)).collect(), count }
+    }
 }
 
 /// The block-mean reduction of [`segment`], reading the image a row at a time through `row`
@@ -318,34 +441,33 @@ fn segment_blocks(rows: usize, cols: usize, how: Morphology, mut row: impl FnMut
         }
         return segment_at_full_resolution(&hu, rows, cols, how);
     }
-    let block_of: Vec<usize> = (0..cols).map(|c| (c / f).min(c2 - 1)).collect();
+    let blocks = Blocks::new(rows, cols, f);
     let mut sum = vec![0f32; r2 * c2];
-    let mut count = vec![0u32; r2 * c2];
     for r in 0..rows {
         row(r, &mut line);
         let base = (r / f).min(r2 - 1) * c2;
-        for (&v, &bc) in line.iter().zip(&block_of) {
+        for (&v, &bc) in line.iter().zip(&blocks.block_of) {
             sum[base + bc] += v;
-            count[base + bc] += 1;
         }
     }
-    let small: Vec<f32> = sum.iter().zip(&count).map(|(s, &n)| s / n as f32).collect();
-    scale_up(&small, &count, rows, cols, f, &block_of, how)
+    let small: Vec<f32> = sum.iter().zip(&blocks.count).map(|(s, &n)| s / n as f32).collect();
+    scale_up(&small, &blocks, rows, cols, how)
 }
 
 /// Segments the reduced image and gives each full-resolution pixel its block's value; the
 /// fraction counts each block's pixels (`count`).
-fn scale_up(small: &[f32], count: &[u32], rows: usize, cols: usize, f: usize, block_of: &[usize], how: Morphology) -> LungMask {
+fn scale_up(small: &[f32], blocks: &Blocks, rows: usize, cols: usize, how: Morphology) -> LungMask {
+    let f = blocks.f;
     let (r2, c2) = ((rows / f).max(1), (cols / f).max(1));
     let m = segment_at_full_resolution(small, r2, c2, how);
     let mut mask = vec![0u8; rows * cols];
     for (r, out) in mask.chunks_exact_mut(cols).enumerate() {
         let src = &m.mask[(r / f).min(r2 - 1) * c2..][..c2];
-        for (o, &bc) in out.iter_mut().zip(block_of) {
+        for (o, &bc) in out.iter_mut().zip(&blocks.block_of) {
             *o = src[bc];
         }
     }
-    let inside: u64 = m.mask.iter().zip(count).filter(|(&v, _)| v != 0).map(|(_, &n)| u64::from(n)).sum();
+    let inside: u64 = m.mask.iter().zip(&blocks.count).filter(|(&v, _)| v != 0).map(|(_, &n)| u64::from(n)).sum();
     LungMask { mask, fraction: inside as f32 / (rows * cols) as f32 }
 }
 
@@ -353,19 +475,23 @@ fn scale_up(small: &[f32], count: &[u32], rows: usize, cols: usize, f: usize, bl
 fn segment_at_full_resolution(hu: &[f32], rows: usize, cols: usize, how: Morphology) -> LungMask {
     let n = rows * cols;
     // 1. Body.
+    let label = match how {
+        Morphology::Spans => components_by_runs,
+        Morphology::DistanceTransform => components,
+    };
     let above: Vec<bool> = hu.iter().map(|&v| v > BODY_HU).collect();
-    let (labels, sizes, _) = components(&above, rows, cols);
+    let (labels, sizes, _) = label(&above, rows, cols);
     let Some(body_label) = (1..sizes.len()).max_by_key(|&l| sizes[l]) else {
         return LungMask { mask: vec![0; n], fraction: 0.0 };
     };
     let mut body: Vec<bool> = labels.iter().map(|&l| l as usize == body_label).collect();
     match how {
-        Morphology::Spans => fill_holes_by_flood(&mut body, rows, cols),
+        Morphology::Spans => fill_holes_by_runs(&mut body, rows, cols),
         Morphology::DistanceTransform => fill_holes(&mut body, rows, cols),
     }
     // 2.–3. Air inside the body; the largest two inner components.
     let cand: Vec<bool> = hu.iter().zip(&body).map(|(&v, &b)| b && v < AIR_HU).collect();
-    let (labels, sizes, border) = components(&cand, rows, cols);
+    let (labels, sizes, border) = label(&cand, rows, cols);
     let min_size = (MIN_COMPONENT_FRACTION * n as f64).ceil() as usize;
     let mut values: Vec<Vec<f32>> = vec![Vec::new(); sizes.len()];
     for (&h, &l) in hu.iter().zip(&labels) {
@@ -423,7 +549,7 @@ fn fill_close_dilate_fill(lungs: &[bool], rows: usize, cols: usize, closing: f32
     let (r0, r1, c0, c1) = (r0.saturating_sub(margin), (r1 + margin).min(rows), c0.saturating_sub(margin), (c1 + margin).min(cols));
     let (h, w) = (r1 - r0, c1 - c0);
     let mut crop: Vec<bool> = (r0..r1).flat_map(|r| lungs[r * cols + c0..r * cols + c1].iter().copied()).collect();
-    fill_holes_by_flood(&mut crop, h, w);
+    fill_holes_by_runs(&mut crop, h, w);
     let dilated = dilate_by_spans(&crop, h, w, closing);
     // Closing: the dilation minus what lies within `closing` of its outside (and of the image's
     // edge, which counts as outside, in whole-image coordinates).
@@ -437,7 +563,7 @@ fn fill_close_dilate_fill(lungs: &[bool], rows: usize, cols: usize, closing: f32
         *v = dilated[i] && !near_outside[i] && edge * edge > r2;
     }
     let mut out = dilate_by_spans(&closed, h, w, rim);
-    fill_holes_by_flood(&mut out, h, w);
+    fill_holes_by_runs(&mut out, h, w);
     let mut full = vec![false; rows * cols];
     for (k, r) in (r0..r1).enumerate() {
         full[r * cols + c0..r * cols + c1].copy_from_slice(&out[k * w..(k + 1) * w]);
@@ -459,70 +585,36 @@ fn disc_rows(radius: f32) -> Vec<(isize, isize)> {
 }
 
 /// Morphological dilation of `m` with a Euclidean disc of `radius` pixels: the same set as
-/// [`dilate`]. The nearest set pixel to any pixel outside the set has an unset 4-neighbour
-/// (else the neighbour towards that pixel would be nearer), so stamping the disc's row spans
-/// from such boundary pixels alone gives every pixel within `radius` of the set.
+/// [`dilate`]. The disc is a stack of row spans `(dy, w)`, so the dilation is the union, over
+/// them, of each row's runs widened by `w` on both sides and moved `dy` rows: work per run and
+/// disc row, not per pixel.
 pub fn dilate_by_spans(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec<bool> {
     let disc = disc_rows(radius);
-    let mut out = m.to_vec();
-    for r in 0..rows {
-        for c in 0..cols {
-            let i = r * cols + c;
-            let boundary = m[i] && ((r > 0 && !m[i - cols]) || (r + 1 < rows && !m[i + cols]) || (c > 0 && !m[i - 1]) || (c + 1 < cols && !m[i + 1]));
-            if !boundary {
+    let mut out = vec![false; rows * cols];
+    for (r, line) in m.chunks_exact(cols).enumerate() {
+        let mut c = 0;
+        while c < cols {
+            if !line[c] {
+                c += 1;
                 continue;
+            }
+            let s = c;
+            while c < cols && line[c] {
+                c += 1;
             }
             for &(dy, w) in &disc {
                 let rr = r as isize + dy;
                 if rr < 0 || rr >= rows as isize {
                     continue;
                 }
-                let (a, b) = ((c as isize - w).max(0) as usize, ((c as isize + w) as usize).min(cols - 1));
-                out[rr as usize * cols + a..=rr as usize * cols + b].fill(true);
+                let (a, b) = ((s as isize - w).max(0) as usize, ((c as isize + w) as usize).min(cols));
+                out[rr as usize * cols + a..rr as usize * cols + b].fill(true);
             }
         }
     }
     out
 }
 
-/// Sets every pixel of `m` that the border cannot reach through unset pixels (a hole), by one
-/// flood from the border: the same result as [`fill_holes`].
-fn fill_holes_by_flood(m: &mut [bool], rows: usize, cols: usize) {
-    let mut reached = vec![false; rows * cols];
-    let mut stack: Vec<usize> = Vec::new();
-    let seed = |i: usize, reached: &mut Vec<bool>, stack: &mut Vec<usize>| {
-        if !m[i] && !reached[i] {
-            reached[i] = true;
-            stack.push(i);
-        }
-    };
-    for c in 0..cols {
-        seed(c, &mut reached, &mut stack);
-        seed((rows - 1) * cols + c, &mut reached, &mut stack);
-    }
-    for r in 0..rows {
-        seed(r * cols, &mut reached, &mut stack);
-        seed(r * cols + cols - 1, &mut reached, &mut stack);
-    }
-    while let Some(i) = stack.pop() {
-        let (r, c) = (i / cols, i % cols);
-        if r > 0 {
-            seed(i - cols, &mut reached, &mut stack);
-        }
-        if r + 1 < rows {
-            seed(i + cols, &mut reached, &mut stack);
-        }
-        if c > 0 {
-            seed(i - 1, &mut reached, &mut stack);
-        }
-        if c + 1 < cols {
-            seed(i + 1, &mut reached, &mut stack);
-        }
-    }
-    for (v, &r) in m.iter_mut().zip(&reached) {
-        *v = !r;
-    }
-}
 
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)]
@@ -607,8 +699,27 @@ mod tests {
             let mut a = m.clone();
             let mut b = m.clone();
             fill_holes(&mut a, rows, cols);
-            fill_holes_by_flood(&mut b, rows, cols);
+            fill_holes_by_runs(&mut b, rows, cols);
             assert_eq!(a, b, "fill seed {seed}");
         }
+    }
+
+    #[test]
+    fn labelling_by_runs_equals_the_flood_fill() {
+        for seed in 0..12 {
+            let (rows, cols) = (31 + seed as usize * 7, 47 + seed as usize % 3);
+            let m = blobs(rows, cols, seed);
+            let inverse: Vec<bool> = m.iter().map(|&v| !v).collect();
+            for on in [&m, &inverse] {
+                let (a, b) = (components(on, rows, cols), components_by_runs(on, rows, cols));
+                assert!(a.1.len() > 2, "seed {seed}: several components to compare");
+                assert_eq!(a, b, "seed {seed}");
+            }
+        }
+        // A U shape: two runs in one row that join below, and a run spanning two above.
+        let u = ["#.#.#", "#.#.#", "#####", ".....", "##.##", ".###."];
+        let on: Vec<bool> = u.iter().flat_map(|r| r.chars().map(|ch| ch == '#')).collect();
+        assert_eq!(components(&on, 6, 5), components_by_runs(&on, 6, 5));
+        assert_eq!(components_by_runs(&on, 6, 5).1, vec![0, 11, 7]);
     }
 }
