@@ -879,14 +879,17 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     let root = tmp.path();
     let mut pacs = Pacs::new(&root.join("pacs"));
     let port = free_port();
+    let (mut serial, leds, peers) = alert_peers(root);
     let cfg = config(
         root,
         &format!(
             "[dicom]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
-             [export]\nenabled = true\npeer = \"127.0.0.1:{}\"\ncalled_ae = \"PACS\"\ncalling_ae = \"CTSENTRY\"\nmax_heatmaps = 3\nretry_max_seconds = 1\n",
+             [export]\nenabled = true\npeer = \"127.0.0.1:{}\"\ncalled_ae = \"PACS\"\ncalling_ae = \"CTSENTRY\"\nmax_heatmaps = 3\nretry_max_seconds = 1\n{peers}",
             pacs.dicom_port
         ),
     );
+    let mut buf = Vec::new();
+    let is = |l: &[String], event: &str, kind: &str| l.get(2).is_some_and(|e| e == event) && l.get(3).is_some_and(|k| k == kind);
     // Every slice positive: the series gets heat maps.
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("threshold = 0.5", "threshold = 0.000001")).unwrap();
     let log = root.join("daemon.log");
@@ -911,6 +914,10 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "{}", read_log());
     assert!(wait_until(Duration::from_secs(10), || faults(&cfg).iter().any(|f| f == "EXPORT")), "no FAULT EXPORT: {}\n{}", status_json(&cfg), read_log());
     assert!(read_log().contains("results wait in the spool"), "{}", read_log());
+    // On the serial line and the LEDs, as a technician sees it: FAULT,EXPORT, red blinking.
+    let lines = read_until(&mut serial, &mut buf, Duration::from_secs(10), |l| is(l, "FAULT", "EXPORT"));
+    assert!(lines.iter().any(|l| is(l, "FAULT", "EXPORT")), "{lines:?}");
+    assert!(wait_until(Duration::from_secs(5), || look(&leds)[1] == "blink"), "{:?}", look(&leds));
     let waiting = rels(&spool).into_iter().filter(|r| r.ends_with(".dcm") && !r.starts_with("failed/")).count();
     assert_eq!(waiting, 4, "the SR and 3 heat maps (export.max_heatmaps) wait: {:?}", rels(&spool));
 
@@ -918,6 +925,10 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     pacs.start();
     storescu(pacs.dicom_port, "PACS", &walk(&src.join("a")));
     assert!(wait_until(Duration::from_secs(20), || faults(&cfg).is_empty()), "FAULT EXPORT not cleared: {}\n{}", status_json(&cfg), read_log());
+    let lines = read_until(&mut serial, &mut buf, Duration::from_secs(10), |l| is(l, "CLEAR", "EXPORT"));
+    assert!(lines.iter().any(|l| is(l, "CLEAR", "EXPORT")), "{lines:?}");
+    // Red steady again: the positive series' alert stays latched, the fault is gone.
+    assert!(wait_until(Duration::from_secs(5), || look(&leds)[1] == "on"), "{:?}", look(&leds));
     assert!(wait_until(Duration::from_secs(10), || pacs.study(study_uid).len() == 3), "{:?}", pacs.study(study_uid));
     let series = pacs.study(study_uid);
     let by_modality = |m: &str| series.iter().filter(|s| s.0 == m).cloned().collect::<Vec<_>>();
