@@ -865,8 +865,9 @@ impl Drop for Pacs {
 /// Results back to the PACS, against Orthanc as the PACS and DCMTK as the scanner and the
 /// validator: a series received by C-STORE gets its SR and (positive) heat maps in the same study
 /// at Orthanc; dsrdump reads the verdict in the SR (dciodvfy finds no error where installed);
-/// the PACS down at the verdict, and again killed during a run, means FAULT EXPORT and the
-/// results waiting, then delivery once it is back and CLEAR; a restart sends nothing twice.
+/// the PACS down at the verdict, and again killed while the daemon runs, means FAULT EXPORT
+/// and the results waiting, then delivery once it is back and CLEAR; a restart sends nothing
+/// again.
 #[test]
 fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     for (tool, install) in [("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")] {
@@ -938,23 +939,34 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     // The SR, as DCMTK reads it: the verdict in words, the counts, the threshold, the model.
     let sr_file = root.join("sr.dcm");
     std::fs::write(&sr_file, pacs.get(&format!("/instances/{}/file", by_modality("SR")[0].2[0]))).unwrap();
-    let dump = Command::new("dsrdump").arg(&sr_file).output().unwrap();
+    let dump = Command::new("dsrdump").args(["+Pl", "+Pu"]).arg(&sr_file).output().unwrap();
     let text = String::from_utf8_lossy(&dump.stdout).to_string();
     assert!(dump.status.success(), "dsrdump: {}", String::from_utf8_lossy(&dump.stderr));
-    for want in ["Comprehensive SR Document", "\"Verdict\")=\"positive: 5 of 5 slices", "\"Slices scored\")=\"5\"", "\"Positive slices\")=\"5\"", "\"Slice threshold\")=\"0.000001\"", "\"Algorithm Name\")=\"tiny", "Manufacturer        : ctsentry"] {
+    for want in ["Comprehensive SR Document", "\"Verdict\")=\"positive: 5 of 5 slices", "\"Slices scored\")=\"5\"", "\"Positive slices\")=\"5\"", "\"Slice threshold\")=\"0.000001\"", "threshold 0.000001 (2 needed)", "\"Algorithm Name\")=\"tiny", "Manufacturer        : ctsentry"] {
         assert!(text.contains(want), "dsrdump lacks {want:?}:\n{text}");
     }
     assert_eq!(text.matches("IMAGE:(,,\"Slice at or above threshold\")").count(), 5, "the SR references every positive slice:\n{text}");
+    for k in 0..5 {
+        assert!(text.contains(&format!("(CT image,\"{a}.{k}\")")), "slice {k} not referenced:\n{text}");
+    }
+    let sc_file = root.join("sc.dcm");
+    std::fs::write(&sc_file, pacs.get(&format!("/instances/{}/file", by_modality("OT")[0].2[0]))).unwrap();
+    // The SR and a Secondary Capture against their IODs (dicom3tools; .ci/run installs it).
     if Command::new("which").arg("dciodvfy").output().is_ok_and(|o| o.status.success()) {
-        let v = Command::new("dciodvfy").arg(&sr_file).output().unwrap();
-        let said = String::from_utf8_lossy(&v.stderr).to_string() + &String::from_utf8_lossy(&v.stdout);
-        assert!(!said.lines().any(|l| l.starts_with("Error")), "dciodvfy on the SR:\n{said}");
+        for (what, file) in [("SR", &sr_file), ("Secondary Capture", &sc_file)] {
+            let v = Command::new("dciodvfy").arg(file).output().unwrap();
+            let said = String::from_utf8_lossy(&v.stderr).to_string() + &String::from_utf8_lossy(&v.stdout);
+            assert!(!said.lines().any(|l| l.starts_with("Error")), "dciodvfy on the {what}:\n{said}");
+        }
+    } else {
+        tool_missing("dciodvfy", "apt-get install dicom3tools");
     }
     let sc = pacs.json(&format!("/instances/{}/simplified-tags", by_modality("OT")[0].2[0]));
     assert_eq!((sc["SOPClassUID"].as_str(), sc["BurnedInAnnotation"].as_str(), sc["PhotometricInterpretation"].as_str()), (Some("1.2.840.10008.5.1.4.1.1.7"), Some("YES"), Some("RGB")), "{sc}");
     assert!(sc["ImageComments"].as_str().unwrap_or("").contains("NOT FOR DIAGNOSTIC USE"), "{sc}");
 
-    // The PACS dies during a run: series b's results wait (FAULT EXPORT), and go once it is back.
+    // The PACS dies while the daemon runs, before series b arrives: its results wait (FAULT
+    // EXPORT), and go once the PACS is back.
     pacs.kill();
     storescu(port, "CTSENTRY", &walk(&src.join("b")));
     assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 2), "{}", read_log());

@@ -156,6 +156,17 @@ pub enum Record {
         /// The PACS's C-STORE status.
         status: u16,
     },
+    /// A verdict's results could not be spooled for the PACS (the verdict went on without them).
+    ExportSkipped {
+        /// Unix time (s).
+        t: f64,
+        /// Series Instance UID.
+        series: String,
+        /// Part.
+        part: u16,
+        /// Why.
+        reason: String,
+    },
     /// The PACS refused a result object for good; it was set aside in the spool's failed/.
     ExportRefused {
         /// Unix time (s).
@@ -255,7 +266,7 @@ impl State {
     pub fn apply(&mut self, r: &Record) {
         match r {
             // The export spool is its own queue: these records are the audit trail.
-            Record::Start { .. } | Record::Exported { .. } | Record::ExportRefused { .. } => {}
+            Record::Start { .. } | Record::Exported { .. } | Record::ExportRefused { .. } | Record::ExportSkipped { .. } => {}
             Record::Scored { t, file, series, part, slices, unwritten } => {
                 let o = self.open.entry(series.clone()).or_insert_with(|| OpenSeries { part: *part, first_t: *t, ..Default::default() });
                 o.files.push((file.clone(), slices.clone()));
@@ -354,7 +365,7 @@ impl Journal {
                 Record::Alert { series, .. } => state.open.contains_key(series),
                 Record::Done { file, .. } => open_files.contains(file.as_str()),
                 Record::Final { series, part, t, .. } => state.closed.get(series) == Some(&(*part, *t)) && *t >= cutoff,
-                Record::Exported { t, .. } | Record::ExportRefused { t, .. } => *t >= cutoff,
+                Record::Exported { t, .. } | Record::ExportRefused { t, .. } | Record::ExportSkipped { t, .. } => *t >= cutoff,
                 _ => false,
             }
         };

@@ -139,6 +139,9 @@ pub struct Daemon {
     metrics: Arc<crate::exposition::Metrics>,
     /// The sender of results to the PACS (`[export]`), when on.
     exporter: Option<crate::net::export::Exporter>,
+    /// Verdicts (series, part, counts) whose results this run has spooled: a verdict whose
+    /// journal record is retried is not spooled again.
+    spooled: HashSet<String>,
 }
 
 impl Daemon {
@@ -179,6 +182,11 @@ impl Daemon {
             let ex = crate::net::export::Exporter::start(settings.export.clone(), spool.clone()).map_err(io(&spool))?;
             metrics.export_enabled.store(true, Ordering::Relaxed);
             let e = &settings.export;
+            if !e.sr && !e.heatmaps {
+                log::warn!("export: export.send is empty: nothing will be sent to the PACS");
+            } else if e.heatmaps && !settings.daemon.heatmaps {
+                log::warn!("export: export.send has \"heatmaps\" but results.heatmaps = false: no heat maps are made, so none are sent");
+            }
             log::info!("export: results to the PACS {:?} at {} as {:?} ({}{}), spool {}", e.called_ae, e.peer, e.calling_ae,
                 if e.sr { "SR" } else { "" }, if e.heatmaps { format!("{}heat maps, at most {} a series", if e.sr { ", " } else { "" }, e.max_heatmaps) } else { String::new() }, spool.display());
             Some(ex)
@@ -224,6 +232,7 @@ impl Daemon {
             last_verdicts: std::collections::VecDeque::new(),
             metrics,
             exporter,
+            spooled: HashSet::new(),
             settings,
         };
         Ok(Some((d, lock)))
@@ -815,9 +824,7 @@ impl Daemon {
                     (s.source.to_str().unwrap_or_default(), r, self.scorer.skip_reason(&rule, r.lung_fraction).is_none() && rule.slice_positive(f64::from(r.prob)))
                 })
                 .collect();
-            if !self.spool_export(uid, &o, &rule, &d, &in_order, t) {
-                return;
-            }
+            self.spool_export(uid, &o, &rule, &d, &in_order);
         }
         let verdict = if d.verdict == Verdict::Positive { "positive" } else { "negative" };
         if !self.record(Record::Final { t, series: uid.to_string(), part: o.part, verdict: verdict.into(), positives: d.positives, slices: d.slices, max_prob: d.max_prob, result: path.display().to_string() }) {
@@ -827,25 +834,30 @@ impl Daemon {
         self.publish(uid, o.part, Stage::Final, d.verdict == Verdict::Positive, d.positives, d.slices, d.max_prob);
     }
 
-    /// Writes the verdict's SR and heat maps into the export spool (before the verdict is
-    /// journalled, so that a crash in between writes them again, the same objects). `slices`:
-    /// each slice in order, with its file and whether it is positive. False when the spool
-    /// cannot be written (FAULT DISK; the verdict is retried).
-    fn spool_export(&mut self, uid: &str, o: &journal::OpenSeries, rule: &Rule, d: &crate::decide::SeriesDecision, slices: &[(&str, &SliceRec, bool)], t: f64) -> bool {
+    /// Writes the verdict's SR and heat maps into the export spool, before the verdict is
+    /// journalled: a crash in between writes them again, the same objects (their UIDs and
+    /// content follow from the verdict; the content time is the series' last scoring). Once per
+    /// verdict and run, however often its journal record is retried. The verdict
+    /// never waits for export: what cannot be spooled is logged and journalled as skipped.
+    /// `slices`: each slice in order, with its file and whether it is positive.
+    fn spool_export(&mut self, uid: &str, o: &journal::OpenSeries, rule: &Rule, d: &crate::decide::SeriesDecision, slices: &[(&str, &SliceRec, bool)]) {
         use crate::net::export::{self, Flagged, SeriesResult, SpoolError};
         let key = SeriesKey::of(uid, o.part);
+        if !self.spooled.insert(format!("{uid}|{}|{}|{}|{:?}", o.part, d.positives, d.slices, d.verdict)) {
+            return;
+        }
         if slices.iter().all(|(_, r, _)| r.sop.is_empty()) {
             log::info!("export: series {key} is not DICOM (NIfTI): nothing is sent to the PACS");
-            return true;
+            return;
         }
         let p = &self.settings.paths;
         let Some(source) = slices.iter().flat_map(|(f, _, _)| [p.done.join(f), p.incoming.join(f)]).find(|f| f.is_file()) else {
-            log::error!("export: series {key}: none of its files is left in done/ or incoming/ to take the patient and study from; nothing sent");
-            return true;
+            self.export_skipped(uid, o.part, "none of its files is left in done/ or incoming/ to take the patient and study from".into());
+            return;
         };
         let multi: HashSet<&str> = o.files.iter().filter(|(_, recs)| recs.len() > 1).map(|(f, _)| f.as_str()).collect();
-        let mut scored: Vec<String> = slices.iter().map(|(_, r, _)| r.sop.clone()).filter(|s| !s.is_empty()).collect();
-        scored.dedup();
+        let mut seen = HashSet::new();
+        let scored: Vec<String> = slices.iter().map(|(_, r, _)| r.sop.clone()).filter(|s| !s.is_empty() && seen.insert(s.clone())).collect();
         let flagged = slices
             .iter()
             .filter(|(_, _, pos)| *pos)
@@ -868,7 +880,7 @@ impl Daemon {
             scored,
             flagged,
             source: &source,
-            t,
+            t: o.last_t,
         };
         let spool = p.state.join(export::SPOOL_DIR);
         match export::spool(&self.settings.export, &spool, &result) {
@@ -878,18 +890,19 @@ impl Daemon {
                 if let Some(ex) = &self.exporter {
                     ex.wake();
                 }
-                true
             }
-            Err(SpoolError::Source(e)) => {
-                log::error!("export: series {key}: nothing sent: {e}");
-                true
-            }
+            Err(SpoolError::Source(e)) => self.export_skipped(uid, o.part, e),
             Err(SpoolError::Write(e)) => {
-                log::error!("export: series {key}: {e}; retrying");
                 self.disk(DiskCause::Spool, true);
-                false
+                self.export_skipped(uid, o.part, format!("the spool cannot be written: {e}"));
             }
         }
+    }
+
+    /// A verdict whose results cannot be sent: logged and journalled (the verdict goes on).
+    fn export_skipped(&mut self, uid: &str, part: u16, reason: String) {
+        log::error!("export: series {}: nothing sent to the PACS: {reason}", SeriesKey::of(uid, part));
+        self.record(Record::ExportSkipped { t: now(), series: uid.to_string(), part, reason });
     }
 
     /// Takes the sender's news: journals what the PACS stored or refused, FAULT EXPORT while it
@@ -915,6 +928,12 @@ impl Daemon {
                     log::error!("export: {file}: {reason}; kept in the spool's {}/ folder", crate::net::export::FAILED_DIR);
                     self.metrics.export_refused.fetch_add(1, Ordering::Relaxed);
                     self.record(Record::ExportRefused { t: now(), file, reason });
+                }
+                ExportEvent::Reachable => {
+                    if self.faults.contains(&FaultKind::Export) {
+                        log::info!("export: the PACS takes results again (or none wait)");
+                    }
+                    self.fault(FaultKind::Export, false);
                 }
                 ExportEvent::Unreachable { reason, retry_s } => {
                     if self.faults.contains(&FaultKind::Export) {
@@ -958,7 +977,9 @@ impl Daemon {
     fn apply_retention(&self) {
         let d = &self.settings.daemon;
         let t = now();
-        for (name, dir, days) in [("done", &self.settings.paths.done, d.done_days), ("results", &self.settings.paths.results, d.results_days)] {
+        // Objects the PACS refused for good are results too: kept as long.
+        let refused = self.settings.paths.state.join(crate::net::export::SPOOL_DIR).join(crate::net::export::FAILED_DIR);
+        for (name, dir, days) in [("done", &self.settings.paths.done, d.done_days), ("results", &self.settings.paths.results, d.results_days), ("state/export/failed", &refused, d.results_days)] {
             let s = retention::sweep(dir, days, t);
             if s.files > 0 {
                 log::info!("retention: deleted {} file(s), {:.1} MiB, older than {days} days from {name}/ ({})", s.files, s.bytes as f64 / 1048576.0, dir.display());

@@ -145,12 +145,15 @@ impl Study {
     }
 }
 
-/// A UID derived from `parts` (`2.25.` and 128 bits of their SHA-256, as PS3.5 B.2 allows):
+/// A UID derived from `parts` (`2.25.` and a name-based UUID from their SHA-256, PS3.5 B.2):
 /// the same inputs always give the same UID.
 pub fn derived_uid(parts: &[&str]) -> String {
     let h = Sha256::digest(parts.join("\n").as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);
+    // A name-based UUID (version 5 layout, RFC 4122 variant), as PS3.5 B.2 expects.
+    b[6] = (b[6] & 0x0F) | 0x50;
+    b[8] = (b[8] & 0x3F) | 0x80;
     format!("2.25.{}", u128::from_be_bytes(b))
 }
 
@@ -206,11 +209,20 @@ fn num_item(concept: InMemDicomObject, value: f64, unit: (&str, &str)) -> InMemD
     let mut it = item("NUM", concept);
     let mut mv = InMemDicomObject::new_empty();
     put_seq(&mut mv, tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code(unit.0, "UCUM", unit.1)]);
-    // DS holds at most 16 characters.
-    let ds = if value.fract() == 0.0 && value.abs() < 1e15 { format!("{value:.0}") } else { format!("{value:.6}") };
-    put(&mut mv, tags::NUMERIC_VALUE, VR::DS, ds);
+    put(&mut mv, tags::NUMERIC_VALUE, VR::DS, decimal_string(value));
     put_seq(&mut it, tags::MEASURED_VALUE_SEQUENCE, vec![mv]);
     it
+}
+
+/// `v` as a DS value (at most 16 characters): the shortest exact form where it fits, else 10
+/// significant digits in exponent form.
+pub fn decimal_string(v: f64) -> String {
+    let s = format!("{v}");
+    if s.len() <= 16 {
+        s
+    } else {
+        format!("{v:.9e}")
+    }
 }
 
 fn sop_ref(class: &str, sop: &str, frame: Option<usize>) -> InMemDicomObject {
@@ -255,10 +267,18 @@ fn common(study: &Study, r: &SeriesResult, class: &str, sop: &str, series: &NewS
     o
 }
 
-/// The UID of one of a verdict's objects (`what`): derived from the series, its part, the model
-/// and the rule, so that the same verdict always gives the same UIDs.
+/// The UID of one of a verdict's objects (`what`): derived from the series, its part, the model,
+/// the rule and the verdict with its counts and the instances read, so that the same verdict
+/// always gives the same UIDs and a different one never reuses them.
 fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
-    let verdict = format!("{}|{}|{}", r.part, r.threshold, r.min_positive_slices);
+    // Everything the objects state: another verdict, or the same series read further, is
+    // another instance.
+    let mut scored = Sha256::new();
+    for sop in &r.scored {
+        scored.update(sop.as_bytes());
+        scored.update(b"\n");
+    }
+    let verdict = format!("{}|{}|{}|{}|{}|{}|{}|{:x}", r.part, r.threshold, r.min_positive_slices, r.positive, r.positives, r.slices, r.max_prob, scored.finalize());
     let mut parts = vec![r.series_uid, r.model.2, verdict.as_str()];
     parts.extend_from_slice(what);
     derived_uid(&parts)
@@ -266,11 +286,11 @@ fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
 
 /// The verdict in words, as the SR and the log state it.
 pub fn verdict_words(r: &SeriesResult) -> String {
-    let (p, n, thr, need) = (r.positives, r.slices, r.threshold, r.min_positive_slices);
+    let (p, n, thr, need) = (r.positives, r.slices, decimal_string(r.threshold), r.min_positive_slices);
     if r.positive {
-        format!("positive: {p} of {n} slices at or above the slice threshold {thr:.4} ({need} needed); findings suggestive of COVID-19 pneumonia")
+        format!("positive: {p} of {n} slices at or above the slice threshold {thr} ({need} needed); findings suggestive of COVID-19 pneumonia")
     } else {
-        format!("negative: {p} of {n} slices at or above the slice threshold {thr:.4} ({need} needed); no COVID-19 pneumonia pattern found")
+        format!("negative: {p} of {n} slices at or above the slice threshold {thr} ({need} needed); no COVID-19 pneumonia pattern found")
     }
 }
 
@@ -355,7 +375,7 @@ fn heatmap_capture(study: &Study, r: &SeriesResult, f: &Flagged, png: &Path, num
     put(&mut o, tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(dicom_core::smallvec::smallvec!["DERIVED".to_string(), "SECONDARY".to_string()]));
     put(&mut o, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
     put(&mut o, tags::DERIVATION_DESCRIPTION, VR::ST, format!("class activation map of {} {} over the CT slice", r.model.0, r.model.1));
-    put(&mut o, tags::IMAGE_COMMENTS, VR::LT, format!("NOT FOR DIAGNOSTIC USE. Slice probability {:.4}, threshold {:.4}.", f.prob, r.threshold));
+    put(&mut o, tags::IMAGE_COMMENTS, VR::LT, format!("NOT FOR DIAGNOSTIC USE. Slice probability {:.4}, threshold {}.", f.prob, decimal_string(r.threshold)));
     put_seq(&mut o, tags::SOURCE_IMAGE_SEQUENCE, vec![sop_ref(&study.source_class, &f.sop, f.multi_frame.then_some(f.frame))]);
     put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 3u16);
     put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
@@ -441,8 +461,10 @@ pub enum ExportEvent {
         /// Why.
         reason: String,
     },
-    /// Nothing could be sent: the PACS is unreachable, refuses the association or is out of
-    /// resources. Tried again after `retry_s`.
+    /// The PACS takes results again (after [`ExportEvent::Unreachable`]), or nothing waits.
+    Reachable,
+    /// Nothing could be sent: the PACS is unreachable, refuses the association or one of the
+    /// classes, or is out of resources. Tried again after `retry_s`.
     Unreachable {
         /// Why.
         reason: String,
@@ -483,13 +505,29 @@ pub fn pending(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Objects sent per association at most (each is read only when its turn comes).
+const PER_ASSOCIATION: usize = 64;
+
 fn run(settings: &ExportSettings, dir: &Path, wake: &Receiver<()>, tx: &Sender<ExportEvent>) {
     let mut backoff: Option<f64> = None;
     loop {
         let files = pending(dir);
-        if !files.is_empty() {
-            match send_all(settings, dir, &files, tx) {
-                Ok(()) => backoff = None,
+        let more = files.len() > PER_ASSOCIATION;
+        if files.is_empty() {
+            // Nothing waits: whatever kept the PACS from taking results no longer matters.
+            if backoff.take().is_some() && tx.send(ExportEvent::Reachable).is_err() {
+                return;
+            }
+        } else {
+            match send_all(settings, dir, &files[..files.len().min(PER_ASSOCIATION)], tx) {
+                Ok(()) => {
+                    if backoff.take().is_some() && tx.send(ExportEvent::Reachable).is_err() {
+                        return;
+                    }
+                    if more {
+                        continue;
+                    }
+                }
                 Err(reason) => {
                     let wait = backoff.map_or(1.0, |w| w * 2.0).min(settings.retry_max_seconds);
                     backoff = Some(wait);
@@ -527,27 +565,15 @@ fn set_aside(dir: &Path, path: &Path, reason: &str, tx: &Sender<ExportEvent>) {
 /// Sends `files` over one association. `Err` when nothing more can be sent now (unreachable,
 /// association refused, out of resources); files refused for good are set aside.
 fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sender<ExportEvent>) -> Result<(), String> {
-    let mut items = Vec::new();
-    for path in files {
-        match OpenFileOptions::new().open_file(path) {
-            Ok(obj) => items.push((path, obj)),
-            Err(e) => set_aside(dir, path, &format!("unreadable spool file: {e}"), tx),
-        }
-    }
-    if items.is_empty() {
-        return Ok(());
-    }
-    let mut classes: Vec<String> = items.iter().map(|(_, o)| o.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string()).collect();
-    classes.sort();
-    classes.dedup();
     let mut options = ClientAssociationOptions::new()
         .calling_ae_title(settings.calling_ae.as_str())
         .called_ae_title(settings.called_ae.as_str())
         .connection_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .write_timeout(Duration::from_secs(60));
-    for c in &classes {
-        options = options.with_presentation_context(c.as_str(), vec![EXPLICIT_LE, IMPLICIT_LE]);
+    // Both classes ctsentry writes are proposed; the files are read one at a time below.
+    for c in [COMPREHENSIVE_SR, SECONDARY_CAPTURE] {
+        options = options.with_presentation_context(c, vec![EXPLICIT_LE, IMPLICIT_LE]);
     }
     let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
     let mut assoc = options.establish_with(&settings.peer).map_err(|e| format!("no association with the PACS {where_}: {e}"))?;
@@ -558,13 +584,21 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
         .map(|c| (c.id, c.abstract_syntax.trim_end_matches('\0').to_string(), c.transfer_syntax.trim_end_matches('\0').to_string()))
         .collect();
     let mut message_id: u16 = 1;
-    for (path, obj) in items {
+    for path in files {
+        let obj = match OpenFileOptions::new().open_file(path) {
+            Ok(obj) => obj,
+            Err(e) => {
+                set_aside(dir, path, &format!("unreadable spool file: {e}"), tx);
+                continue;
+            }
+        };
         let class = obj.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
         let sop = obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let Some((pc, _, ts_uid)) = accepted.iter().find(|(_, a, _)| *a == class) else {
-            set_aside(dir, path, &format!("the PACS {where_} does not accept SOP class {class}"), tx);
-            continue;
+            // Usually the PACS's configuration: a fault to fix, not a reason to give up.
+            let _ = assoc.abort();
+            return Err(format!("the PACS {where_} does not accept SOP class {class} ({})", if class == COMPREHENSIVE_SR { "Comprehensive SR" } else { "Secondary Capture" }));
         };
         let Some(ts) = TransferSyntaxRegistry.get(ts_uid) else {
             let _ = assoc.abort();
@@ -700,5 +734,16 @@ mod tests {
         assert_eq!(a, derived_uid(&["1.2.3", "sr"]));
         assert_ne!(a, derived_uid(&["1.2.3", "sr-series"]));
         assert!(a.len() <= 64 && a.starts_with("2.25.") && a[5..].chars().all(|c| c.is_ascii_digit()) && !a[5..].starts_with('0'));
+        let n: u128 = a[5..].parse().unwrap();
+        assert_eq!((n >> 76) & 0xF, 5, "UUID version 5");
+        assert_eq!((n >> 62) & 0x3, 2, "RFC 4122 variant");
+    }
+
+    #[test]
+    fn decimal_strings_fit_sixteen_characters_and_keep_small_values() {
+        for (v, want) in [(0.583824, "0.583824"), (91.0, "91"), (1e-7, "0.0000001"), (0.7376530170440674, "7.376530170e-1")] {
+            assert_eq!(decimal_string(v), want);
+            assert!(decimal_string(v).len() <= 16);
+        }
     }
 }

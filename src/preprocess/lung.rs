@@ -590,7 +590,7 @@ fn disc_rows(radius: f32) -> Vec<(isize, isize)> {
 /// disc row, not per pixel.
 pub fn dilate_by_spans(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec<bool> {
     let disc = disc_rows(radius);
-    let mut out = vec![false; rows * cols];
+    let mut out = m.to_vec();
     for (r, line) in m.chunks_exact(cols).enumerate() {
         let mut c = 0;
         while c < cols {
