@@ -785,6 +785,23 @@ fn metrics_parse_with_prometheus_and_healthz_turns_503_on_a_fault() {
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }
 
+/// Whether `tool` is on the PATH.
+fn installed(tool: &str) -> bool {
+    Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether DCMTK (storescu, dsrdump) and Orthanc are installed; reports the first one missing
+/// ([`tool_missing`]: a failure under CI).
+fn pacs_peers_installed() -> bool {
+    for (tool, install) in [("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")] {
+        if !installed(tool) {
+            tool_missing(tool, install);
+            return false;
+        }
+    }
+    true
+}
+
 /// A PACS for the test: Orthanc (Debian's package) on loopback ports, with a temporary JSON
 /// config and storage under `dir`; started and stopped (killed, as a crash) by the test.
 struct Pacs {
@@ -870,11 +887,8 @@ impl Drop for Pacs {
 /// again.
 #[test]
 fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
-    for (tool, install) in [("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")] {
-        if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
-            tool_missing(tool, install);
-            return;
-        }
+    if !pacs_peers_installed() {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -952,7 +966,7 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     let sc_file = root.join("sc.dcm");
     std::fs::write(&sc_file, pacs.get(&format!("/instances/{}/file", by_modality("OT")[0].2[0]))).unwrap();
     // The SR and a Secondary Capture against their IODs (dicom3tools; .ci/run installs it).
-    if Command::new("which").arg("dciodvfy").output().is_ok_and(|o| o.status.success()) {
+    if installed("dciodvfy") {
         for (what, file) in [("SR", &sr_file), ("Secondary Capture", &sc_file)] {
             let v = Command::new("dciodvfy").arg(file).output().unwrap();
             let said = String::from_utf8_lossy(&v.stderr).to_string() + &String::from_utf8_lossy(&v.stdout);
@@ -1030,11 +1044,8 @@ fn with_valid_uids(files: &[PathBuf], out: &Path) -> (Vec<PathBuf>, String, Stri
 #[test]
 fn a_shared_series_sent_by_storescu_gets_one_verdict_over_every_slice_and_its_results_at_the_pacs() {
     let Some(data) = shared_data("covid-ct-md/P001") else { return };
-    for (tool, install) in [("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")] {
-        if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
-            tool_missing(tool, install);
-            return;
-        }
+    if !pacs_peers_installed() {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();

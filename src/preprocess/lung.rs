@@ -91,6 +91,21 @@ fn components(on: &[bool], rows: usize, cols: usize) -> (Vec<u32>, Vec<usize>, V
     (labels, sizes, border)
 }
 
+/// The runs of set pixels of one row: `(first column, one past the last)`, left to right.
+fn row_runs(line: &[bool]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut c = 0;
+    std::iter::from_fn(move || {
+        while c < line.len() && !line[c] {
+            c += 1;
+        }
+        let s = c;
+        while c < line.len() && line[c] {
+            c += 1;
+        }
+        (c > s).then_some((s, c))
+    })
+}
+
 /// The runs of set pixels of `on`, row by row, each as (row, first column, one past the last),
 /// in raster order, with the root of each run's 4-connected component: the smallest index of its
 /// runs (each row's runs are joined by union-find with the runs above that they touch).
@@ -109,16 +124,7 @@ fn connected_runs(on: &[bool], cols: usize) -> (Vec<(u32, u32, u32)>, Vec<u32>) 
     for (r, line) in on.chunks_exact(cols).enumerate() {
         let start = runs.len();
         let mut p = above.start;
-        let mut c = 0;
-        while c < cols {
-            if !line[c] {
-                c += 1;
-                continue;
-            }
-            let s = c;
-            while c < cols && line[c] {
-                c += 1;
-            }
+        for (s, c) in row_runs(line) {
             let id = runs.len() as u32;
             runs.push((r as u32, s as u32, c as u32));
             parent.push(id);
@@ -592,16 +598,7 @@ pub fn dilate_by_spans(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec
     let disc = disc_rows(radius);
     let mut out = m.to_vec();
     for (r, line) in m.chunks_exact(cols).enumerate() {
-        let mut c = 0;
-        while c < cols {
-            if !line[c] {
-                c += 1;
-                continue;
-            }
-            let s = c;
-            while c < cols && line[c] {
-                c += 1;
-            }
+        for (s, c) in row_runs(line) {
             for &(dy, w) in &disc {
                 let rr = r as isize + dy;
                 if rr < 0 || rr >= rows as isize {
