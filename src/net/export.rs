@@ -216,7 +216,7 @@ fn num_item(concept: InMemDicomObject, value: f64, unit: (&str, &str)) -> InMemD
 
 /// `v` as a DS value (at most 16 characters): the shortest exact form where it fits, else 10
 /// significant digits in exponent form.
-pub fn decimal_string(v: f64) -> String {
+fn decimal_string(v: f64) -> String {
     let s = format!("{v}");
     if s.len() <= 16 {
         s
@@ -284,8 +284,8 @@ fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
     derived_uid(&parts)
 }
 
-/// The verdict in words, as the SR and the log state it.
-pub fn verdict_words(r: &SeriesResult) -> String {
+/// The verdict in words, as the SR states it.
+fn verdict_words(r: &SeriesResult) -> String {
     let (p, n, thr, need) = (r.positives, r.slices, decimal_string(r.threshold), r.min_positive_slices);
     if r.positive {
         format!("positive: {p} of {n} slices at or above the slice threshold {thr} ({need} needed); findings suggestive of COVID-19 pneumonia")
