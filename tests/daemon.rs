@@ -722,15 +722,22 @@ fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }
 
-/// GET `path` from `addr`: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
+/// GET `path` from `addr` (HTTP/1.0: the server closes after the body): (status code, body).
+fn http_get_bytes(addr: &str, path: &str) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |p| p + 4);
+    let code = String::from_utf8_lossy(&bytes[..at]).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, bytes[at..].to_vec())
+}
+
+/// [`http_get_bytes`] with a text body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (code, body) = http_get_bytes(addr, path);
+    (code, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// /metrics parsed by the Prometheus project's own Python client parser: what was scored is
@@ -839,16 +846,11 @@ impl Pacs {
         }
     }
 
-    /// GET from Orthanc's REST API (HTTP/1.0: the connection closes after the body).
+    /// GET from Orthanc's REST API; anything but 200 fails the test.
     fn get(&self, path: &str) -> Vec<u8> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http).unwrap();
-        let mut bytes = Vec::new();
-        s.read_to_end(&mut bytes).unwrap();
-        let at = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response") + 4;
-        assert!(bytes.starts_with(b"HTTP/1.0 200") || bytes.starts_with(b"HTTP/1.1 200"), "GET {path}: {}", String::from_utf8_lossy(&bytes[..at]));
-        bytes[at..].to_vec()
+        let (code, body) = http_get_bytes(&self.http, path);
+        assert_eq!(code, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+        body
     }
 
     fn json(&self, path: &str) -> serde_json::Value {
@@ -881,7 +883,7 @@ impl Drop for Pacs {
 
 /// Results back to the PACS, against Orthanc as the PACS and DCMTK as the scanner and the
 /// validator: a series received by C-STORE gets its SR and (positive) heat maps in the same study
-/// at Orthanc; dsrdump reads the verdict in the SR (dciodvfy finds no error where installed);
+/// at Orthanc; dsrdump reads the verdict in the SR, dciodvfy finds no error in it nor in a heat map;
 /// the PACS down at the verdict, and again killed while the daemon runs, means FAULT EXPORT
 /// and the results waiting, then delivery once it is back and CLEAR; a restart sends nothing
 /// again.

@@ -78,7 +78,7 @@ pub fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, String> {
     InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).map_err(|e| format!("unreadable command: {e}"))
 }
 
-/// A text element of a command set, without padding (empty when absent).
+/// A text element (of a command set or a data set), without padding (empty when absent).
 pub fn text(cmd: &InMemDicomObject, tag: Tag) -> String {
     cmd.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string()).unwrap_or_default()
 }

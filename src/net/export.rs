@@ -120,7 +120,7 @@ const COPIED: [(Tag, VR, bool); 11] = [
 impl Study {
     fn read(source: &Path) -> Result<Study, String> {
         let obj = OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(source).map_err(|e| format!("{}: {e}", source.display()))?;
-        let text = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string()).unwrap_or_default();
+        let text = |tag| dimse::text(&obj, tag);
         let study_uid = text(tags::STUDY_INSTANCE_UID);
         if study_uid.is_empty() {
             return Err(format!("{}: no Study Instance UID, so the results have no study to go into", source.display()));
