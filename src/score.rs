@@ -322,11 +322,12 @@ fn tensorrt(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
 /// The OpenVINO engine in the precision `engine.precision` resolves to on this CPU, or why it
 /// cannot be had.
 fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
-    use crate::engine::openvino::{cpu_has_bf16, library, resolve_precision, OpenVinoEngine};
+    use crate::engine::openvino::{cache_dir, cpu_has_bf16, library, resolve_precision, OpenVinoEngine};
     let precision = resolve_precision(s.precision, cpu_has_bf16())?;
     let lib = library(s.openvino_library.as_deref())?;
     let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
-    Ok(Arc::new(OpenVinoEngine::load(model, &lib, precision, threads).map_err(|e| e.to_string())?))
+    let cache = cache_dir(&s.paths.state);
+    Ok(Arc::new(OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map_err(|e| e.to_string())?))
 }
 
 /// The ONNX Runtime engine, or why it cannot be had.

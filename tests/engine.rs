@@ -145,13 +145,13 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
     let n = 11; // more than one OpenVINO batch of 8
     let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
     let want = tract.infer(&batch, n).unwrap();
-    let f32_engine = OpenVinoEngine::load(&model, &lib, "f32", 2).unwrap();
+    let f32_engine = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap();
     assert_eq!((f32_engine.name(), f32_engine.precision()), ("openvino", "f32"));
     let got = f32_engine.infer(&batch, n).unwrap();
     assert!(got.prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-5), "{:?} vs {:?}", got.prob, want.prob);
     assert!(got.cam.iter().zip(&want.cam).all(|(x, y)| (x - y).abs() < 1e-4));
     if cpu_has_bf16() {
-        let bf16 = OpenVinoEngine::load(&model, &lib, "bf16", 2).unwrap();
+        let bf16 = OpenVinoEngine::load(&model, &lib, "bf16", 2, None).unwrap();
         assert_eq!(bf16.precision(), "bf16");
         let got = bf16.infer(&batch, n).unwrap();
         let worst = got.prob.iter().zip(&want.prob).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
@@ -160,6 +160,40 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
         eprintln!("notice: this CPU runs no bf16; the bf16 half of this test did not run");
     }
     let (_d, p) = bundle(|m| m.replace("cam = \"cam\"", "cam = \"heat\""));
-    let e = OpenVinoEngine::load(&Model::load(&p).unwrap(), &lib, "f32", 2).err().unwrap();
+    let e = OpenVinoEngine::load(&Model::load(&p).unwrap(), &lib, "f32", 2, None).err().unwrap();
     assert!(e.to_string().contains("\"heat\" is not among them"), "{e}");
+}
+
+/// The compiled-model cache: the first load writes it, a later load from it gives the same
+/// outputs as an uncached engine, and a cache folder that cannot be used (here a file) falls
+/// back to compiling without one instead of failing.
+#[test]
+fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
+    use ctsentry::engine::openvino::{cache_dir, library, OpenVinoEngine, CACHE_DIR};
+    let Ok(lib) = library(None) else {
+        common::tool_missing("the OpenVINO library", "pip install openvino");
+        return;
+    };
+    let model = Model::load(&tiny()).unwrap();
+    let mut rng = Rng::new(9);
+    let n = 3;
+    let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
+    let want = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap().infer(&batch, n).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let dir = cache_dir(state.path()).expect("a writable state folder gets a cache");
+    assert_eq!(dir, state.path().join(CACHE_DIR));
+    let files = |d: &Path| std::fs::read_dir(d).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_file()).count();
+    let first = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap().infer(&batch, n).unwrap();
+    assert!(files(&dir) > 0, "the first load wrote no compiled model into {}", dir.display());
+    let cached = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap().infer(&batch, n).unwrap();
+    for got in [&first, &cached] {
+        assert!(got.prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-6), "{:?} vs {:?}", got.prob, want.prob);
+        assert!(got.cam.iter().zip(&want.cam).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+    let not_a_folder = state.path().join("plain-file");
+    std::fs::write(&not_a_folder, b"x").unwrap();
+    assert_eq!(cache_dir(&not_a_folder), None, "a state path that is a file gets no cache");
+    let e = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&not_a_folder)).unwrap();
+    let got = e.infer(&batch, n).unwrap();
+    assert!(got.prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-6));
 }

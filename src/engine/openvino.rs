@@ -76,6 +76,20 @@ pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
     Err(format!("no OpenVINO library: not in {PACKAGED_DIR} (the Debian package), and python3 has no `openvino` package (pip install openvino); or set engine.openvino_library"))
 }
 
+/// The compiled-model cache folder under `state` (created when missing), if this process can
+/// write there: the daemon's own state folder, so a `score` run by another user leaves it alone.
+pub fn cache_dir(state: &Path) -> Option<PathBuf> {
+    let dir = state.join(CACHE_DIR);
+    std::fs::create_dir_all(&dir).ok()?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let writable = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    writable.then_some(dir)
+}
+
+/// The folder under `paths.state` that holds OpenVINO's compiled models.
+pub const CACHE_DIR: &str = "openvino-cache";
+
 /// Fields drop in declaration order: the request, then the compiled model, then the core that
 /// owns the plugins they run on.
 struct Session {
@@ -98,7 +112,22 @@ impl OpenVinoEngine {
     /// Loads OpenVINO from `lib`, reads and compiles the model for the CPU in `precision`
     /// (`bf16` or `f32`) on `threads` threads, checking names against the manifest and that the
     /// compiled model runs the precision asked for.
-    pub fn load(model: &Model, lib: &Path, precision: &'static str, threads: usize) -> Result<OpenVinoEngine, EngineError> {
+    ///
+    /// With `cache` (a folder this process can write), OpenVINO keeps the compiled model there
+    /// (its `CACHE_DIR`, keyed by the graph, the settings and the OpenVINO version) and later
+    /// loads skip most of the compilation. A cache that cannot be used is left out with a warning,
+    /// never a failure.
+    pub fn load(model: &Model, lib: &Path, precision: &'static str, threads: usize, cache: Option<&Path>) -> Result<OpenVinoEngine, EngineError> {
+        if let Some(dir) = cache {
+            match Self::load_with(model, lib, precision, threads, Some(dir)) {
+                Ok(e) => return Ok(e),
+                Err(e) => log::warn!("OpenVINO compiled-model cache {} not used: {e}", dir.display()),
+            }
+        }
+        Self::load_with(model, lib, precision, threads, None)
+    }
+
+    fn load_with(model: &Model, lib: &Path, precision: &'static str, threads: usize, cache: Option<&Path>) -> Result<OpenVinoEngine, EngineError> {
         let m = &model.manifest;
         let err = |reason: String| EngineError::Load { model: model.path.display().to_string(), reason };
         let ov = |what: &'static str| move |e: openvino::InferenceError| err(format!("OpenVINO {what}: {e}"));
@@ -106,6 +135,10 @@ impl OpenVinoEngine {
         let mut core = Core::new().map_err(|e| err(format!("OpenVINO: {e}")))?;
         core.set_property(&DeviceType::CPU, &RwPropertyKey::HintInferencePrecision, precision).map_err(ov("precision hint"))?;
         core.set_property(&DeviceType::CPU, &RwPropertyKey::InferenceNumThreads, &threads.max(1).to_string()).map_err(ov("threads"))?;
+        if let Some(dir) = cache {
+            let dir = dir.to_str().ok_or_else(|| err(format!("cache folder {} is not UTF-8", dir.display())))?;
+            core.set_property(&DeviceType::CPU, &RwPropertyKey::CacheDir, dir).map_err(ov("cache folder"))?;
+        }
         let graph = core.read_model_from_buffer(&model.bytes, None).map_err(ov("cannot read the model"))?;
         let names = |n: usize, at: &dyn Fn(usize) -> Result<String, openvino::InferenceError>| (0..n).map(at).collect::<Result<Vec<String>, _>>();
         let inputs = names(graph.get_inputs_len().map_err(ov("inputs"))?, &|i| graph.get_input_by_index(i)?.get_name()).map_err(ov("inputs"))?;
