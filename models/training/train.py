@@ -61,9 +61,10 @@ class Net(nn.Module):
         return logit, cam
 
 
-def augment(x, g):
+def augment(x, g, m=None):
     """CT-suited augmentation on a normalised [B,3,H,W] batch: rotation ±10°, shift ±6%,
-    scale 0.9–1.1, left-right flip, contrast ×0.9–1.1 and brightness ±0.1 (normalised units)."""
+    scale 0.9–1.1, left-right flip, contrast ×0.9–1.1 and brightness ±0.1 (normalised units).
+    `m` ([B,1,H,W] lesion masks) gets the same geometric transform; returns (x, m)."""
     b = x.shape[0]
     ang = (torch.rand(b, generator=g) * 2 - 1) * (10 * np.pi / 180)
     sc = 0.9 + torch.rand(b, generator=g) * 0.2
@@ -77,7 +78,28 @@ def augment(x, g):
     y = F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
     c = 0.9 + torch.rand(b, 1, 1, 1, generator=g) * 0.2
     d = (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * 0.1
-    return y * c + d
+    if m is not None:
+        m = F.grid_sample(m, grid, align_corners=False, padding_mode="zeros")
+    return y * c + d, m
+
+
+def lesion_cells(m, size=7):
+    """Share of each CAM cell ([B,size,size]) covered by the (augmented) lesion masks [B,1,H,W]."""
+    return F.adaptive_avg_pool2d(m, size)[:, 0]
+
+
+def attention_loss(cam, cells, min_share=0.02):
+    """Pointing loss for slices with a known lesion mask: −log of the spatial-softmax mass of the
+    class activation map that falls on cells holding lesion (≥ `min_share` of the cell). Teaches
+    the map's peak to sit on the lesion; it does not change how the image-level logit is formed
+    (global average pooling + linear), so the served `prob`/`cam` contract is unchanged.
+    Returns the mean over rows that have lesion cells, and how many rows that was."""
+    target = (cells >= min_share).flatten(1).float()
+    keep = target.sum(1) > 0
+    if not keep.any():
+        return cam.new_zeros(()), 0
+    att = torch.softmax(cam.flatten(1)[keep].float(), dim=1)
+    return -torch.log((att * target[keep]).sum(1) + 1e-6).mean(), int(keep.sum())
 
 
 def patient(file):
@@ -117,6 +139,9 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--ema", type=float, default=0.99, help="exponential moving average of the weights (per step) that is evaluated and saved; 0: none")
     ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16", help="training arithmetic (bf16: CPU autocast, AMX where present); evaluation is f32")
+    ap.add_argument("--masks", action="append", default=[], help="lesions.py masks/ folder: simulated slices found there get the pointing loss (repeatable)")
+    ap.add_argument("--cam-weight", type=float, default=0.0, help="weight of the pointing loss on simulated lesions (0: image labels only)")
+    ap.add_argument("--eval-every", type=int, default=1, help="report held-out numbers every N epochs (and after the last)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--out", required=True)
@@ -164,10 +189,27 @@ def main():
     def gather(items):
         return np.stack([xs[k][i] for k, i, *_ in items]).astype(np.float32) if items else np.zeros((0, 3, 224, 224), np.float32)
 
+    def lesion_masks(items):
+        """[N,1,224,224] uint8 lesion masks (area-resampled ×255, 0 where none is known)."""
+        out = np.zeros((len(items), 1, 224, 224), np.uint8)
+        found = 0
+        for j, (*_, y, _, file) in enumerate(items):
+            if y != 1:
+                continue
+            for d in a.masks:
+                path = os.path.join(d, os.path.splitext(file)[0] + ".npy")
+                if os.path.exists(path):
+                    m = torch.from_numpy(np.load(path).astype(np.float32))[None, None]
+                    out[j, 0] = (F.interpolate(m, size=(224, 224), mode="area")[0, 0] * 255).round().byte().numpy()
+                    found += 1
+                    break
+        return out, found
+
     xtr, ytr = gather(train), np.array([y for _, _, y, _, _ in train], np.float32)
+    mtr, masked = lesion_masks(train) if a.cam_weight > 0 else (None, 0)
     xev, yev = gather(held), np.array([y for _, _, y, _, _ in held], np.float32)
     count = lambda items: {g: sum(1 for *_, gg, _ in items if gg == g) for g in sorted({it[3] for it in items})}
-    print(f"train {len(train)} ({int(ytr.sum())} positive) {count(train)}; held out {len(held)} ({int(yev.sum())} positive) {count(held)}", flush=True)
+    print(f"train {len(train)} ({int(ytr.sum())} positive, {masked} with lesion masks) {count(train)}; held out {len(held)} ({int(yev.sum())} positive) {count(held)}", flush=True)
 
     model = Net().to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
@@ -185,26 +227,37 @@ def main():
     for epoch in range(a.epochs):
         model.train()
         order = torch.randperm(len(train), generator=g).numpy()
-        total, n = 0.0, 0
+        total, n, total_att, n_att = 0.0, 0, 0.0, 0
         for s in range(0, len(order), a.batch):
             b = order[s : s + a.batch]
             if len(b) < 2:
                 continue  # batch norm needs two
-            xb = augment(torch.from_numpy(xtr[b]), g).contiguous(memory_format=torch.channels_last)
+            mb = torch.from_numpy(mtr[b]).float() / 255 if mtr is not None else None
+            xb, mb = augment(torch.from_numpy(xtr[b]), g, mb)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(ytr[b])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
-                logit, _ = model(xb)
-            loss = F.binary_cross_entropy_with_logits(logit.float(), yb, pos_weight=pos_weight)
+                logit, cam = model(xb)
+            bce = F.binary_cross_entropy_with_logits(logit.float(), yb, pos_weight=pos_weight)
+            loss = bce
+            if mb is not None:
+                att, k = attention_loss(cam, lesion_cells(mb))
+                if k:
+                    loss = loss + a.cam_weight * att * k / len(b)
+                    total_att += att.item() * k
+                    n_att += k
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            total += loss.item() * len(b)
+            total += bce.item() * len(b)
             n += len(b)
         rec = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0)}
-        if len(held):
+        if n_att:
+            rec["pointing_loss"] = total_att / n_att
+        if len(held) and ((epoch + 1) % a.eval_every == 0 or epoch + 1 == a.epochs):
             p = evaluate(final(), xev, np.arange(len(held)))
             acc = float(((p >= 0.5) == (yev == 1)).mean())
             eps = 1e-7
