@@ -171,6 +171,7 @@ epochs = {args["epochs"]}
 batch = {args["batch"]}
 learning_rate = {args["lr"]}
 seed = {args["seed"]}
+pointing_loss_weight = {args.get("cam_weight", 0.0)}
 seconds = {summary["seconds"]}
 torch = "{summary["torch"]}"
 final_train_loss = {hist["train_loss"]:.4f}
