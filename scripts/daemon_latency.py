@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--model", default="models/densenet121-covid.onnx")
     ap.add_argument("--quiet-seconds", type=float, default=10.0)
     ap.add_argument("--extra", default="", help="more config lines, e.g. '[engine]\\nbackend = \"tract\"'")
+    ap.add_argument("--cache", help="keep the OpenVINO compiled-model cache here between runs (copied into the fresh state folder before the start, and from it after a run that found none): later runs start warm, as a box does after its first start")
     ap.add_argument("series")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="ctsentry-latency-")
@@ -29,6 +30,10 @@ def main():
         f.write(f'[paths]\nincoming = "in"\ndone = "done"\nquarantine = "q"\nresults = "results"\nstate = "state"\n'
                 f'[model]\npath = "{os.path.abspath(a.model)}"\n[series]\nquiet_seconds = {a.quiet_seconds}\n'
                 f'[results]\nheatmaps = false\n' + a.extra.replace("\\n", "\n") + "\n")
+    cache = os.path.join(root, "state", "openvino-cache")
+    warm = bool(a.cache) and os.path.isdir(a.cache)
+    if warm:
+        shutil.copytree(a.cache, cache)
     log = open(os.path.join(root, "daemon.log"), "w")
     p = subprocess.Popen([a.ctsentry, "--config", cfg, "run"], stderr=log)
     while "] ready: " not in open(os.path.join(root, "daemon.log")).read():
@@ -58,6 +63,8 @@ def main():
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=60)
     res = json.load(open(os.path.join(root, "results", final["series_id"] + ".json")))
+    if a.cache and not warm and os.path.isdir(cache):
+        shutil.copytree(cache, a.cache)
     scored = res["times"]["last_scored"] - t0
     print(f"{len(files)} slices copied in {t_last - t0:.2f} s")
     if early:
@@ -66,7 +73,7 @@ def main():
         print("EARLY alert: none (the series is negative)")
     print(f"last slice scored {res['times']['last_scored'] - t_last:+.2f} s after the last file landed; {len(files) / scored:.1f} slices/s end to end")
     print(f"final verdict {final['event']} ({final['positives']} of {final['slices']} slices): {final['t'] - t_last:.2f} s after the last file landed (quiet_seconds {a.quiet_seconds}; {final['t'] - t_last - a.quiet_seconds:+.2f} s beyond it)")
-    print(f"engine {res['engine']} {res.get('precision', '')}, preprocess {res['preprocess']}, threshold {res['threshold']}; peak RSS {hwm / 1024:.0f} MiB")
+    print(f"engine {res['engine']} {res.get('precision', '')}, preprocess {res['preprocess']}, threshold {res['threshold']}; peak RSS {hwm / 1024:.0f} MiB ({'warm' if warm else 'no' if not a.cache else 'cold'} compiled-model cache)")
     shutil.rmtree(root)
 
 
