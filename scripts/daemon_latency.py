@@ -4,6 +4,7 @@ into the drop folder in one go (each file written under a .part name, then renam
 the time from the last file landing to the EARLY alert and to the final verdict, and slices/s.
 
     python3 scripts/daemon_latency.py --ctsentry target/release/ctsentry ../shared/data/covid-ct-md/P001
+    python3 scripts/daemon_latency.py --cache /tmp/lat-cache ...   # twice: the second run starts warm
 """
 import argparse
 import json
@@ -31,7 +32,9 @@ def main():
                 f'[model]\npath = "{os.path.abspath(a.model)}"\n[series]\nquiet_seconds = {a.quiet_seconds}\n'
                 f'[results]\nheatmaps = false\n' + a.extra.replace("\\n", "\n") + "\n")
     cache = os.path.join(root, "state", "openvino-cache")
-    warm = bool(a.cache) and os.path.isdir(a.cache)
+    # Warm only when the kept folder holds a compiled model (OpenVINO keys its entries itself:
+    # one for another model or OpenVINO version is simply not used, and the run is cold).
+    warm = bool(a.cache) and any(f.endswith(".blob") for _, _, fs in os.walk(a.cache) for f in fs)
     if warm:
         shutil.copytree(a.cache, cache)
     log = open(os.path.join(root, "daemon.log"), "w")
@@ -63,8 +66,8 @@ def main():
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=60)
     res = json.load(open(os.path.join(root, "results", final["series_id"] + ".json")))
-    if a.cache and not warm and os.path.isdir(cache):
-        shutil.copytree(cache, a.cache)
+    if a.cache and os.path.isdir(cache):
+        shutil.copytree(cache, a.cache, dirs_exist_ok=True)
     scored = res["times"]["last_scored"] - t0
     print(f"{len(files)} slices copied in {t_last - t0:.2f} s")
     if early:

@@ -326,8 +326,12 @@ fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
     let precision = resolve_precision(s.precision, cpu_has_bf16())?;
     let lib = library(s.openvino_library.as_deref())?;
     let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
-    let cache = cache_dir(&s.paths.state);
-    Ok(Arc::new(OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map_err(|e| e.to_string())?))
+    let cache = cache_dir(&s.paths.state, precision, threads).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
+    let e = OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map_err(|e| e.to_string())?;
+    if e.from_cache() {
+        log::info!("OpenVINO: compiled model imported from {}", cache.as_deref().unwrap_or(Path::new("")).display());
+    }
+    Ok(Arc::new(e))
 }
 
 /// The ONNX Runtime engine, or why it cannot be had.

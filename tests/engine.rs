@@ -142,7 +142,7 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
     let model = Model::load(&tiny()).unwrap();
     let tract = TractEngine::load(&model).unwrap();
     let mut rng = Rng::new(5);
-    let n = 11; // more than one OpenVINO batch of 8
+    let n = 11; // more than one OpenVINO batch (4 slices)
     let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
     let want = tract.infer(&batch, n).unwrap();
     let f32_engine = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap();
@@ -164,12 +164,14 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
     assert!(e.to_string().contains("\"heat\" is not among them"), "{e}");
 }
 
-/// The compiled-model cache: the first load writes it, a later load from it gives the same
-/// outputs as an uncached engine, and a cache folder that cannot be used (here a file) falls
-/// back to compiling without one instead of failing.
+/// The compiled-model cache: the first load compiles and writes it, a second load imports it
+/// (OpenVINO's LOADED_FROM_CACHE) and gives the same outputs as an uncached engine; a cache
+/// folder OpenVINO cannot take (a path that is not UTF-8) falls back to compiling without one;
+/// only a process that owns the state folder gets a cache, and the state folder is never made.
 #[test]
 fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
     use ctsentry::engine::openvino::{cache_dir, library, OpenVinoEngine, CACHE_DIR};
+    use std::os::unix::ffi::OsStrExt;
     let Ok(lib) = library(None) else {
         common::tool_missing("the OpenVINO library", "pip install openvino");
         return;
@@ -178,22 +180,35 @@ fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
     let mut rng = Rng::new(9);
     let n = 3;
     let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
-    let want = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap().infer(&batch, n).unwrap();
+    let uncached = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap();
+    assert!(!uncached.from_cache());
+    let want = uncached.infer(&batch, n).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let dir = cache_dir(state.path()).expect("a writable state folder gets a cache");
-    assert_eq!(dir, state.path().join(CACHE_DIR));
-    let files = |d: &Path| std::fs::read_dir(d).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_file()).count();
-    let first = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap().infer(&batch, n).unwrap();
-    assert!(files(&dir) > 0, "the first load wrote no compiled model into {}", dir.display());
-    let cached = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap().infer(&batch, n).unwrap();
-    for got in [&first, &cached] {
+    let dir = cache_dir(state.path(), "f32", 2).expect("a state folder this user owns gets a cache");
+    assert_eq!(dir, state.path().join(CACHE_DIR).join("f32-2t"));
+    let first = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap();
+    assert!(!first.from_cache(), "nothing was cached yet");
+    let files = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_file()).count();
+    assert!(files > 0, "the first load wrote no compiled model into {}", dir.display());
+    let second = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap();
+    assert!(second.from_cache(), "the second load compiled again instead of importing");
+    for e in [&first, &second] {
+        let got = e.infer(&batch, n).unwrap();
         assert!(got.prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-6), "{:?} vs {:?}", got.prob, want.prob);
         assert!(got.cam.iter().zip(&want.cam).all(|(x, y)| (x - y).abs() < 1e-5));
     }
-    let not_a_folder = state.path().join("plain-file");
-    std::fs::write(&not_a_folder, b"x").unwrap();
-    assert_eq!(cache_dir(&not_a_folder), None, "a state path that is a file gets no cache");
-    let e = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&not_a_folder)).unwrap();
-    let got = e.infer(&batch, n).unwrap();
-    assert!(got.prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-6));
+    let odd = state.path().join(std::ffi::OsStr::from_bytes(b"cache-\xff"));
+    let e = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&odd)).unwrap();
+    assert!(!e.from_cache());
+    assert!(e.infer(&batch, n).unwrap().prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-6));
+    let missing = state.path().join("no-state-yet");
+    assert!(cache_dir(&missing, "f32", 2).is_err());
+    assert!(!missing.exists(), "cache_dir must not create the state folder");
+    if unsafe { libc::geteuid() } == 0 {
+        let other = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(other.path(), Some(4242), None).unwrap();
+        let why = cache_dir(other.path(), "f32", 2).unwrap_err();
+        assert!(why.contains("not a folder owned by this user"), "{why}");
+        assert!(!other.path().join(CACHE_DIR).exists(), "root left a cache in another user's state folder");
+    }
 }

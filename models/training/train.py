@@ -196,17 +196,21 @@ def main():
         for j, (*_, y, _, file) in enumerate(items):
             if y != 1:
                 continue
-            for d in a.masks:
-                path = os.path.join(d, os.path.splitext(file)[0] + ".npy")
-                if os.path.exists(path):
-                    m = torch.from_numpy(np.load(path).astype(np.float32))[None, None]
-                    out[j, 0] = (F.interpolate(m, size=(224, 224), mode="area")[0, 0] * 255).round().byte().numpy()
-                    found += 1
-                    break
+            paths = [p for p in (os.path.join(d, os.path.splitext(file)[0] + ".npy") for d in a.masks) if os.path.exists(p)]
+            if len(paths) > 1:
+                raise SystemExit(f"{file}: a lesion mask in more than one --masks folder ({', '.join(paths)}): which one belongs to it is ambiguous")
+            if paths:
+                m = torch.from_numpy(np.load(paths[0]).astype(np.float32))[None, None]
+                out[j, 0] = (F.interpolate(m, size=(224, 224), mode="area")[0, 0] * 255).round().byte().numpy()
+                found += 1
         return out, found
 
     xtr, ytr = gather(train), np.array([y for _, _, y, _, _ in train], np.float32)
     mtr, masked = lesion_masks(train) if a.cam_weight > 0 else (None, 0)
+    if a.cam_weight > 0 and masked == 0:
+        raise SystemExit(f"--cam-weight {a.cam_weight}: no training positive has a lesion mask in {a.masks or 'any --masks folder (none given)'}")
+    if a.masks and a.cam_weight <= 0:
+        print("warning: --masks without --cam-weight: the masks are not used", flush=True)
     xev, yev = gather(held), np.array([y for _, _, y, _, _ in held], np.float32)
     count = lambda items: {g: sum(1 for *_, gg, _ in items if gg == g) for g in sorted({it[3] for it in items})}
     print(f"train {len(train)} ({int(ytr.sum())} positive, {masked} with lesion masks) {count(train)}; held out {len(held)} ({int(yev.sum())} positive) {count(held)}", flush=True)

@@ -78,18 +78,26 @@ pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
     Err(format!("no OpenVINO library: not in {PACKAGED_DIR} (the Debian package), and python3 has no `openvino` package (pip install openvino); or set engine.openvino_library"))
 }
 
-/// The compiled-model cache folder under `state` (created when missing), if this process can
-/// write there: the daemon's own state folder, so a `score` run by another user leaves it alone.
-pub fn cache_dir(state: &Path) -> Option<PathBuf> {
-    let dir = state.join(CACHE_DIR);
-    std::fs::create_dir_all(&dir).ok()?;
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    let writable = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    writable.then_some(dir)
+/// The compiled-model cache folder for `precision` on `threads` threads under `state`, created
+/// when missing, or why there is none. Only a process that owns `state` gets it (the daemon's
+/// user on a box, the developer in a checkout): a command run by root or another user must not
+/// leave files there that the daemon cannot replace, nor load blobs another user wrote. `state`
+/// itself is never created here.
+pub fn cache_dir(state: &Path, precision: &str, threads: usize) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(state).map_err(|e| format!("{}: {e}", state.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(format!("{} is not a folder owned by this user (uid {me})", state.display()));
+    }
+    let dir = state.join(CACHE_DIR).join(format!("{precision}-{}t", threads.max(1)));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
-/// The folder under `paths.state` that holds OpenVINO's compiled models.
+/// The folder under `paths.state` that holds OpenVINO's compiled models, one sub-folder per
+/// precision and thread count (OpenVINO's own key covers the graph, the device and its version).
 pub const CACHE_DIR: &str = "openvino-cache";
 
 /// Fields drop in declaration order: the request, then the compiled model, then the core that
@@ -104,6 +112,7 @@ struct Session {
 pub struct OpenVinoEngine {
     session: Mutex<Session>,
     precision: &'static str,
+    from_cache: bool,
     size: usize,
     input: String,
     prob: String,
@@ -115,32 +124,22 @@ impl OpenVinoEngine {
     /// (`bf16` or `f32`) on `threads` threads, checking names against the manifest and that the
     /// compiled model runs the precision asked for.
     ///
-    /// With `cache` (a folder this process can write), OpenVINO keeps the compiled model there
-    /// (its `CACHE_DIR`, keyed by the graph, the settings and the OpenVINO version) and later
-    /// loads skip most of the compilation. A cache that cannot be used is left out with a warning,
-    /// never a failure.
+    /// With `cache` (see [`cache_dir`]), OpenVINO keeps the compiled model there (its
+    /// `CACHE_DIR`) and later loads import it instead of compiling (OpenVINO itself recompiles
+    /// over a stale or damaged entry). A cache OpenVINO cannot use is left out with a warning and
+    /// the model compiled without it, never a failure.
     pub fn load(model: &Model, lib: &Path, precision: &'static str, threads: usize, cache: Option<&Path>) -> Result<OpenVinoEngine, EngineError> {
-        if let Some(dir) = cache {
-            match Self::load_with(model, lib, precision, threads, Some(dir)) {
-                Ok(e) => return Ok(e),
-                Err(e) => log::warn!("OpenVINO compiled-model cache {} not used: {e}", dir.display()),
-            }
-        }
-        Self::load_with(model, lib, precision, threads, None)
-    }
-
-    fn load_with(model: &Model, lib: &Path, precision: &'static str, threads: usize, cache: Option<&Path>) -> Result<OpenVinoEngine, EngineError> {
         let m = &model.manifest;
         let err = |reason: String| EngineError::Load { model: model.path.display().to_string(), reason };
         let ov = |what: &'static str| move |e: openvino::InferenceError| err(format!("OpenVINO {what}: {e}"));
         openvino_sys::library::load_from(lib.to_path_buf()).map_err(|e| err(format!("cannot load OpenVINO from {}: {e}", lib.display())))?;
-        let mut core = Core::new().map_err(|e| err(format!("OpenVINO: {e}")))?;
-        core.set_property(&DeviceType::CPU, &RwPropertyKey::HintInferencePrecision, precision).map_err(ov("precision hint"))?;
-        core.set_property(&DeviceType::CPU, &RwPropertyKey::InferenceNumThreads, &threads.max(1).to_string()).map_err(ov("threads"))?;
-        if let Some(dir) = cache {
-            let dir = dir.to_str().ok_or_else(|| err(format!("cache folder {} is not UTF-8", dir.display())))?;
-            core.set_property(&DeviceType::CPU, &RwPropertyKey::CacheDir, dir).map_err(ov("cache folder"))?;
-        }
+        let new_core = || -> Result<Core, EngineError> {
+            let mut core = Core::new().map_err(|e| err(format!("OpenVINO: {e}")))?;
+            core.set_property(&DeviceType::CPU, &RwPropertyKey::HintInferencePrecision, precision).map_err(ov("precision hint"))?;
+            core.set_property(&DeviceType::CPU, &RwPropertyKey::InferenceNumThreads, &threads.max(1).to_string()).map_err(ov("threads"))?;
+            Ok(core)
+        };
+        let mut core = new_core()?;
         let graph = core.read_model_from_buffer(&model.bytes, None).map_err(ov("cannot read the model"))?;
         let names = |n: usize, at: &dyn Fn(usize) -> Result<String, openvino::InferenceError>| (0..n).map(at).collect::<Result<Vec<String>, _>>();
         let inputs = names(graph.get_inputs_len().map_err(ov("inputs"))?, &|i| graph.get_input_by_index(i)?.get_name()).map_err(ov("inputs"))?;
@@ -153,7 +152,23 @@ impl OpenVinoEngine {
                 return Err(err(format!("graph outputs are {outputs:?}; the manifest's output {name:?} is not among them")));
             }
         }
-        let mut compiled = core.compile_model(&graph, DeviceType::CPU).map_err(ov("cannot compile the model"))?;
+        let cached = cache.map(|dir| {
+            let tried = match dir.to_str() {
+                Some(d) => core.set_property(&DeviceType::CPU, &RwPropertyKey::CacheDir, d).and_then(|()| core.compile_model(&graph, DeviceType::CPU)).map_err(|e| e.to_string()),
+                None => Err("the path is not UTF-8".to_string()),
+            };
+            tried.map_err(|why| log::warn!("OpenVINO compiled-model cache {} not used: {why}", dir.display()))
+        });
+        let mut compiled = match cached {
+            Some(Ok(c)) => c,
+            _ => {
+                if cache.is_some() {
+                    core = new_core()?; // without the cache folder
+                }
+                core.compile_model(&graph, DeviceType::CPU).map_err(ov("cannot compile the model"))?
+            }
+        };
+        let from_cache = cache.is_some() && compiled.get_property(&PropertyKey::Other("LOADED_FROM_CACHE".into())).is_ok_and(|v| v.eq_ignore_ascii_case("yes") || v == "true" || v == "1");
         let runs = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map_err(ov("precision"))?.to_string();
         if runs != precision {
             return Err(err(format!("OpenVINO compiled the model for {runs}, not the {precision} asked for")));
@@ -162,6 +177,7 @@ impl OpenVinoEngine {
         Ok(OpenVinoEngine {
             session: Mutex::new(Session { request, _compiled: compiled, _core: core }),
             precision,
+            from_cache,
             size: m.input.size,
             input: m.input.name.clone(),
             prob: m.output.prob.clone(),
@@ -169,6 +185,10 @@ impl OpenVinoEngine {
         })
     }
 
+    /// Whether the compiled model was imported from the cache rather than compiled.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
 }
 
 impl Engine for OpenVinoEngine {
