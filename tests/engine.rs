@@ -69,6 +69,12 @@ fn tract_matches_the_graph_computed_by_hand() {
     assert!(engine.infer(&batch[..10], 1).is_err());
 }
 
+/// `n` random 224² three-channel slices in [-1, 1), from `seed`.
+fn random_batch(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect()
+}
+
 /// Copies the tiny bundle into a temp folder with the manifest edited by `edit`.
 fn bundle(edit: impl Fn(String) -> String) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -120,9 +126,8 @@ fn onnxruntime_matches_tract() {
     let model = Model::load(&tiny()).unwrap();
     let ort = ctsentry::engine::onnxruntime::OrtEngine::load(&model, &lib, 2).unwrap();
     let tract = TractEngine::load(&model).unwrap();
-    let mut rng = Rng::new(11);
     let n = 11; // more than one ONNX Runtime batch of 8
-    let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
+    let batch = random_batch(11, n);
     let (a, b) = (ort.infer(&batch, n).unwrap(), tract.infer(&batch, n).unwrap());
     assert_eq!(ort.name(), "onnxruntime");
     assert!(a.prob.iter().zip(&b.prob).all(|(x, y)| (x - y).abs() < 1e-5), "{:?} vs {:?}", a.prob, b.prob);
@@ -141,9 +146,8 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
     };
     let model = Model::load(&tiny()).unwrap();
     let tract = TractEngine::load(&model).unwrap();
-    let mut rng = Rng::new(5);
     let n = 11; // more than one OpenVINO batch (4 slices)
-    let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
+    let batch = random_batch(5, n);
     let want = tract.infer(&batch, n).unwrap();
     let f32_engine = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap();
     assert_eq!((f32_engine.name(), f32_engine.precision()), ("openvino", "f32"));
@@ -177,9 +181,8 @@ fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
         return;
     };
     let model = Model::load(&tiny()).unwrap();
-    let mut rng = Rng::new(9);
     let n = 3;
-    let batch: Vec<f32> = (0..n * 3 * 224 * 224).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect();
+    let batch = random_batch(9, n);
     let uncached = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap();
     assert!(!uncached.from_cache());
     let want = uncached.infer(&batch, n).unwrap();
