@@ -69,6 +69,16 @@ fn tract_matches_the_graph_computed_by_hand() {
     assert!(engine.infer(&batch[..10], 1).is_err());
 }
 
+/// The OpenVINO library where the appliance finds it, or `None` after reporting it missing
+/// (a failure under CI, where .ci/run installs it).
+fn openvino_library() -> Option<PathBuf> {
+    let lib = ctsentry::engine::openvino::library(None).ok();
+    if lib.is_none() {
+        common::tool_missing("the OpenVINO library", "pip install openvino");
+    }
+    lib
+}
+
 /// `n` random 224² three-channel slices in [-1, 1), from `seed`.
 fn random_batch(seed: u64, n: usize) -> Vec<f32> {
     let mut rng = Rng::new(seed);
@@ -139,11 +149,8 @@ fn onnxruntime_matches_tract() {
 /// probability) in bf16 where the CPU runs it; names that differ from the manifest are refused.
 #[test]
 fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
-    use ctsentry::engine::openvino::{cpu_has_bf16, library, OpenVinoEngine};
-    let Ok(lib) = library(None) else {
-        common::tool_missing("the OpenVINO library", "pip install openvino");
-        return;
-    };
+    use ctsentry::engine::openvino::{cpu_has_bf16, OpenVinoEngine};
+    let Some(lib) = openvino_library() else { return };
     let model = Model::load(&tiny()).unwrap();
     let tract = TractEngine::load(&model).unwrap();
     let n = 11; // more than one OpenVINO batch (4 slices)
@@ -174,12 +181,9 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
 /// only a process that owns the state folder gets a cache, and the state folder is never made.
 #[test]
 fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
-    use ctsentry::engine::openvino::{cache_dir, library, OpenVinoEngine, CACHE_DIR};
+    use ctsentry::engine::openvino::{cache_dir, OpenVinoEngine, CACHE_DIR};
     use std::os::unix::ffi::OsStrExt;
-    let Ok(lib) = library(None) else {
-        common::tool_missing("the OpenVINO library", "pip install openvino");
-        return;
-    };
+    let Some(lib) = openvino_library() else { return };
     let model = Model::load(&tiny()).unwrap();
     let n = 3;
     let batch = random_batch(9, n);
