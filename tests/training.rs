@@ -128,3 +128,68 @@ fn lesion_simulator_draws_into_the_lungs_deterministically() {
         assert!(rise / count as f64 > 10.0, "{file}: the lesion raises the lung by {:.0} HU on average", rise / count as f64);
     }
 }
+
+/// Writes an evaluate.py output folder: held-out patients, `eval-full-held_out/scores.csv` rows
+/// (file, prob, label) and the series probabilities `ctsentry score` gave.
+fn fold(dir: &Path, held: &[&str], rows: &[(&str, f64, u8)], series: &[(&str, &[f64])]) {
+    std::fs::create_dir_all(dir.join("eval-full-held_out")).unwrap();
+    let mut csv = String::from("file,slice_index,z,lung_fraction,prob,label,positive\n");
+    for (i, (file, prob, label)) in rows.iter().enumerate() {
+        csv += &format!("{file},{i},0,0.3,{prob},{label},0\n");
+    }
+    std::fs::write(dir.join("eval-full-held_out/scores.csv"), csv).unwrap();
+    let series: serde_json::Map<String, serde_json::Value> = series
+        .iter()
+        .map(|(name, probs)| (name.to_string(), serde_json::json!({"slices": probs.len(), "probs": probs, "held_out": true})))
+        .collect();
+    let report = serde_json::json!({"held_out": held, "series": series});
+    std::fs::write(dir.join("report.json"), report.to_string()).unwrap();
+}
+
+fn crossval(folds: &[&Path], out: &Path) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/crossval.py");
+    let mut c = Command::new("python3");
+    c.arg(script).args(["--sensitivity", "0.9", "--out"]).arg(out);
+    for f in folds {
+        c.arg("--fold").arg(f);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn crossval_pools_each_slice_from_the_fold_that_held_it_out() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (a, b, c) = (t.join("a"), t.join("b"), t.join("c"));
+    fold(
+        &a,
+        &["P001", "normal001"],
+        &[("P001/1.dcm", 0.9, 1), ("P001/2.dcm", 0.8, 1), ("P001/3.dcm", 0.7, 1), ("P001/4.dcm", 0.1, 0), ("normal001/1.dcm", 0.2, 0), ("normal001/2.dcm", 0.3, 0), ("normal001/3.dcm", 0.05, 0)],
+        &[("P001", &[0.9, 0.8, 0.7, 0.1]), ("normal001", &[0.2, 0.3, 0.05])],
+    );
+    fold(&b, &["cap001"], &[("cap001/1.dcm", 0.75, 0), ("cap001/2.dcm", 0.1, 0)], &[("cap001", &[0.75, 0.1])]);
+    let o = crossval(&[&a, &b], &t.join("cv.json"));
+    assert!(o.status.success(), "crossval.py: {}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("cv.json")).unwrap()).unwrap();
+    // Three positives: sensitivity ≥ 0.9 needs all three, so the threshold is the lowest, 0.7.
+    assert_eq!(r["threshold"].as_f64(), Some(0.7), "{r}");
+    let full = &r["pooled"]["full"];
+    assert_eq!((full["slices"].as_u64(), full["positives"].as_u64()), (Some(9), Some(3)), "{full}");
+    // Of 3 × 6 pairs only (0.7, cap001's 0.75) is ranked wrong.
+    assert!((full["auc"].as_f64().unwrap() - 17.0 / 18.0).abs() < 1e-9, "{full}");
+    assert!((full["specificity"].as_f64().unwrap() - 5.0 / 6.0).abs() < 1e-9, "{full}");
+    assert_eq!(r["series"]["P001"]["positives_at_threshold"].as_u64(), Some(3), "{r}");
+    assert_eq!(r["series"]["cap001"]["positives_at_threshold"].as_u64(), Some(1), "{r}");
+    // COVID-19: 3 positive slices; the most of a non-COVID series: 1 → 2 separates them.
+    assert_eq!((r["min_positive_slices"].as_u64(), r["series_margin"].as_i64()), (Some(2), Some(2)), "{r}");
+
+    // A patient held out by two folds would be counted twice: refused, naming it.
+    fold(&c, &["P001"], &[("P001/1.dcm", 0.5, 1)], &[("P001", &[0.5])]);
+    let o = crossval(&[&a, &b, &c], &t.join("cv2.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("P001 is held out by both"), "{err}");
+    assert!(!t.join("cv2.json").exists());
+}
