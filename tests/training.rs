@@ -129,23 +129,26 @@ fn lesion_simulator_draws_into_the_lungs_deterministically() {
     }
 }
 
-/// Writes an evaluate.py output folder: held-out patients, `eval-full-held_out/scores.csv` rows
-/// (file, prob, label) and the series probabilities `ctsentry score` gave.
-fn fold(dir: &Path, held: &[&str], rows: &[(&str, f64, u8)], series: &[(&str, &[f64])]) {
-    std::fs::create_dir_all(dir.join("eval-full-held_out")).unwrap();
-    let mut csv = String::from("file,slice_index,z,lung_fraction,prob,label,positive\n");
-    for (i, (file, prob, label)) in rows.iter().enumerate() {
-        csv += &format!("{file},{i},0,0.3,{prob},{label},0\n");
+/// Writes an evaluate.py output folder of `run`: its held-out patients, `eval-NAME/scores.csv`
+/// for each (NAME, rows of file, prob, label) and the series probabilities `ctsentry score` gave.
+fn fold(dir: &Path, run: &str, held: &[&str], evals: &[(&str, &[(&str, f64, u8)])], series: &[(&str, &[f64])]) {
+    for (name, rows) in evals {
+        std::fs::create_dir_all(dir.join(format!("eval-{name}"))).unwrap();
+        let mut csv = String::from("file,slice_index,z,lung_fraction,prob,label,positive\n");
+        for (i, (file, prob, label)) in rows.iter().enumerate() {
+            csv += &format!("{file},{i},0,0.3,{prob},{label},0\n");
+        }
+        std::fs::write(dir.join(format!("eval-{name}/scores.csv")), csv).unwrap();
     }
-    std::fs::write(dir.join("eval-full-held_out/scores.csv"), csv).unwrap();
     let series: serde_json::Map<String, serde_json::Value> = series
         .iter()
         .map(|(name, probs)| (name.to_string(), serde_json::json!({"slices": probs.len(), "probs": probs, "held_out": true})))
         .collect();
-    let report = serde_json::json!({"held_out": held, "series": series});
+    let report = serde_json::json!({"run": run, "held_out": held, "series": series});
     std::fs::write(dir.join("report.json"), report.to_string()).unwrap();
 }
 
+/// Runs crossval.py on `folds` (sensitivity target 0.9), the report written to `out`.
 fn crossval(folds: &[&Path], out: &Path) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/crossval.py");
     let mut c = Command::new("python3");
@@ -163,33 +166,57 @@ fn crossval_pools_each_slice_from_the_fold_that_held_it_out() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let (a, b, c) = (t.join("a"), t.join("b"), t.join("c"));
+    let (a, b) = (t.join("a"), t.join("b"));
+    let full_a: &[(&str, f64, u8)] = &[("P001/1.dcm", 0.9, 1), ("P001/2.dcm", 0.8, 1), ("P001/3.dcm", 0.7, 1), ("P001/4.dcm", 0.1, 0), ("normal001/1.dcm", 0.2, 0), ("normal001/2.dcm", 0.3, 0), ("normal001/3.dcm", 0.05, 0)];
     fold(
         &a,
+        "/runs/a",
         &["P001", "normal001"],
-        &[("P001/1.dcm", 0.9, 1), ("P001/2.dcm", 0.8, 1), ("P001/3.dcm", 0.7, 1), ("P001/4.dcm", 0.1, 0), ("normal001/1.dcm", 0.2, 0), ("normal001/2.dcm", 0.3, 0), ("normal001/3.dcm", 0.05, 0)],
+        &[
+            ("full-held_out", full_a),
+            // The reference protocol is a subset of full: it must not be counted again.
+            ("reference-held_out", &full_a[..3]),
+            // Every slice, trained on or not: never pooled (cap001 is fold b's to score).
+            ("full-all", &[("cap001/1.dcm", 0.0, 0), ("cap001/9.dcm", 0.99, 0)]),
+        ],
         &[("P001", &[0.9, 0.8, 0.7, 0.1]), ("normal001", &[0.2, 0.3, 0.05])],
     );
-    fold(&b, &["cap001"], &[("cap001/1.dcm", 0.75, 0), ("cap001/2.dcm", 0.1, 0)], &[("cap001", &[0.75, 0.1])]);
+    fold(
+        &b,
+        "/runs/b",
+        &["cap001", "A0002"],
+        &[("full-held_out", &[("cap001/1.dcm", 0.75, 0), ("cap001/2.dcm", 0.72, 0), ("cap001/3.dcm", 0.1, 0)]), ("lung-pet-ct-dx-held_out", &[("A0002-B40f/1.dcm", 0.4, 0)])],
+        &[("cap001", &[0.75, 0.72, 0.1]), ("A0002-B40f", &[0.4])],
+    );
     let o = crossval(&[&a, &b], &t.join("cv.json"));
     assert!(o.status.success(), "crossval.py: {}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("cv.json")).unwrap()).unwrap();
-    // Three positives: sensitivity ≥ 0.9 needs all three, so the threshold is the lowest, 0.7.
-    assert_eq!(r["threshold"].as_f64(), Some(0.7), "{r}");
+    // Three positives: sensitivity ≥ 0.9 needs all three, so the threshold is just below the
+    // lowest, 0.7 (scores.csv rounds to 6 decimals; the slice that sets it must stay above it).
+    assert_eq!(r["threshold"].as_f64(), Some(0.699999), "{r}");
     let full = &r["pooled"]["full"];
-    assert_eq!((full["slices"].as_u64(), full["positives"].as_u64()), (Some(9), Some(3)), "{full}");
-    // Of 3 × 6 pairs only (0.7, cap001's 0.75) is ranked wrong.
-    assert!((full["auc"].as_f64().unwrap() - 17.0 / 18.0).abs() < 1e-9, "{full}");
-    assert!((full["specificity"].as_f64().unwrap() - 5.0 / 6.0).abs() < 1e-9, "{full}");
+    assert_eq!((full["slices"].as_u64(), full["positives"].as_u64()), (Some(10), Some(3)), "{full}");
+    // Of 3 × 7 pairs, (0.7, 0.75) and (0.7, 0.72) are ranked wrong.
+    assert!((full["auc"].as_f64().unwrap() - 19.0 / 21.0).abs() < 1e-9, "{full}");
+    assert!((full["specificity"].as_f64().unwrap() - 5.0 / 7.0).abs() < 1e-9, "{full}");
+    assert_eq!(r["pooled"]["all real CT"]["slices"].as_u64(), Some(11), "full + lung-pet-ct-dx: {r}");
+    assert_eq!(r["per_fold"]["full (b)"]["slices"].as_u64(), Some(3), "{r}");
     assert_eq!(r["series"]["P001"]["positives_at_threshold"].as_u64(), Some(3), "{r}");
-    assert_eq!(r["series"]["cap001"]["positives_at_threshold"].as_u64(), Some(1), "{r}");
-    // COVID-19: 3 positive slices; the most of a non-COVID series: 1 → 2 separates them.
-    assert_eq!((r["min_positive_slices"].as_u64(), r["series_margin"].as_i64()), (Some(2), Some(2)), "{r}");
+    assert_eq!(r["series"]["cap001"]["positives_at_threshold"].as_u64(), Some(2), "{r}");
+    // COVID-19: 3 positive slices; the most of a non-COVID series: 2. A series alerts at ≥ the
+    // rule, so only 3 separates them (a midpoint rounded down, 2, would alert on cap001).
+    assert_eq!((r["min_positive_slices"].as_u64(), r["series_margin"].as_i64()), (Some(3), Some(1)), "{r}");
 
-    // A patient held out by two folds would be counted twice: refused, naming it.
-    fold(&c, &["P001"], &[("P001/1.dcm", 0.5, 1)], &[("P001", &[0.5])]);
+    // A patient held out by two folds would be counted twice; a run is one fold: both refused.
+    let c = t.join("c");
+    fold(&c, "/runs/c", &["P001"], &[("full-held_out", &[("P001/1.dcm", 0.5, 1)])], &[("P001", &[0.5])]);
     let o = crossval(&[&a, &b, &c], &t.join("cv2.json"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("P001 is held out by both"), "{err}");
-    assert!(!t.join("cv2.json").exists());
+    let d = t.join("d");
+    fold(&d, "/runs/a", &["A0001"], &[("full-held_out", &[("A0001-L/1.dcm", 0.5, 0)])], &[]);
+    let o = crossval(&[&a, &d], &t.join("cv3.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("same run (/runs/a)"), "{err}");
+    assert!(!t.join("cv2.json").exists() && !t.join("cv3.json").exists());
 }

@@ -24,6 +24,8 @@ import os
 import subprocess
 import sys
 
+from folds import patient
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SERIES = {
@@ -82,8 +84,7 @@ def main():
     for name, (root, rows) in protocols.items():
         variants = {"all": rows}
         if held:
-            patient = lambda r: r.get("patient") or r["file"].split("/")[0].split("-")[0]
-            variants["held_out"] = [r for r in rows if patient(r) in held or r["file"].split("/")[0].split("-")[0] in held]
+            variants["held_out"] = [r for r in rows if r.get("patient") in held or patient(r["file"]) in held]
         for v, subset in variants.items():
             if not subset:
                 continue

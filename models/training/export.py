@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from folds import threshold_for_sensitivity  # noqa: E402
 from train import Net, load_prep  # noqa: E402
 
 
@@ -62,12 +63,11 @@ def series_uids(folders):
 
 def pick_threshold(scores_csv, target):
     rows = [r for r in csv.DictReader(open(scores_csv)) if real_ct(r)]
-    pos = sorted((float(r["prob"]) for r in rows if r["label"] == "1"), reverse=True)
+    pos = [float(r["prob"]) for r in rows if r["label"] == "1"]
     neg = [float(r["prob"]) for r in rows if r["label"] == "0"]
     if not pos:
         raise SystemExit(f"{scores_csv}: no positives to choose a threshold on")
-    k = int(np.ceil(target * len(pos)))  # this many positives must be at or above it
-    t = pos[k - 1]
+    t = threshold_for_sensitivity(pos, target)
     sens = sum(p >= t for p in pos) / len(pos)
     spec = sum(n < t for n in neg) / len(neg) if neg else float("nan")
     return t, sens, spec, len(pos), len(neg)

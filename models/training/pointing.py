@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import Net, load_prep, patient  # noqa: E402
+from folds import patient  # noqa: E402
+from train import Net, load_prep  # noqa: E402
 
 
 def main():

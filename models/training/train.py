@@ -36,6 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import folds
+from folds import patient
+
 
 def load_prep(folder):
     x = np.load(os.path.join(folder, "tensors.npy"), mmap_mode="r")
@@ -102,11 +105,6 @@ def attention_loss(cam, cells, min_share=0.02):
     return -torch.log((att * target[keep]).sum(1) + 1e-6).mean(), int(keep.sum())
 
 
-def patient(file):
-    """The patient a CT row belongs to: its first folder up to the first `-`."""
-    return file.split("/")[0].split("-")[0]
-
-
 def evaluate(model, x, idx, bs=16):
     model.eval()
     out = []
@@ -118,11 +116,8 @@ def evaluate(model, x, idx, bs=16):
 
 
 def auc(p, y):
-    pos, neg = p[y == 1], p[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(gt / (len(pos) * len(neg)))
+    """AUC of scores `p` against 0/1 labels `y`."""
+    return folds.auc(p[y == 1], p[y == 0])
 
 
 def main():

@@ -1,0 +1,32 @@
+"""What the training tools share and that needs no torch: which patient a slice belongs to, the
+AUC, and the sensitivity-targeted threshold. train.py, export.py, evaluate.py and crossval.py
+import it, so a split, a metric and a threshold mean the same thing in each."""
+import math
+
+import numpy as np
+
+
+def patient(file):
+    """The patient a CT slice belongs to: the first folder of its path up to the first `-`
+    (`P001`, `A0002` for both of A0002's reconstructions, `cap001` for `cap001-sim2`, the lesions
+    simulated into cap001), so that no patient is ever on both sides of a split."""
+    return file.split("/")[0].split("-")[0]
+
+
+def auc(pos, neg):
+    """Area under the ROC curve of positive against negative scores (ties count one half); NaN
+    when either side is empty."""
+    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(gt / (len(pos) * len(neg)))
+
+
+def threshold_for_sensitivity(pos, target):
+    """The largest threshold that keeps at least `target` of the positive scores at or above it
+    (a slice is positive when its probability is >= the threshold)."""
+    if len(pos) == 0:
+        raise ValueError("no positive scores to choose a threshold on")
+    pos = sorted(pos, reverse=True)
+    return pos[int(math.ceil(target * len(pos))) - 1]
