@@ -220,3 +220,92 @@ fn crossval_pools_each_slice_from_the_fold_that_held_it_out() {
     assert!(!o.status.success() && err.contains("same run (/runs/a)"), "{err}");
     assert!(!t.join("cv2.json").exists() && !t.join("cv3.json").exists());
 }
+
+/// Writes `n` slices of one patient under `dir`: file IMG000k.dcm at the z of `z[k]`.
+fn release_patient(dir: &Path, series: u32, z: &[f64]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (k, &zk) in z.iter().enumerate() {
+        let mut s = CtSlice::pattern(32, 32, k as i32, zk);
+        s.series_uid = format!("1.2.826.0.1.3680043.8.498.5{series}");
+        s.sop_uid = format!("1.2.826.0.1.3680043.8.498.5{series}.{k}");
+        s.write(&dir.join(format!("IMG{k:04}.dcm")), EXPLICIT_LE);
+    }
+}
+
+fn convert(release: &Path, out: &Path) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/covid_ct_md.py");
+    Command::new("python3").arg(script).arg("--release").arg(release).arg("--out").arg(out).output().unwrap()
+}
+
+#[test]
+fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let rel = t.join("COVID-CT-MD");
+    // A stand-in of the release: file names do not give slice order (z 6, 0, 4, 2).
+    release_patient(&rel.join("COVID-19 Cases/P001"), 1, &[6.0, 0.0, 4.0, 2.0]);
+    release_patient(&rel.join("COVID-19 Cases/P002"), 2, &[0.0, 2.0]);
+    release_patient(&rel.join("Cap Cases/cap001"), 3, &[4.0, 2.0, 0.0]);
+    release_patient(&rel.join("Normal Cases/normal001"), 4, &[0.0, 2.0]);
+    // Label indices skip a number, as the release's do; P002 has no slice labels.
+    std::fs::write(
+        rel.join("Index.csv"),
+        "Folder/ID,Diagnosis,Relative Path,Label Index\nP001,COVID-19,COVID-19 Cases/,0\nP002,COVID-19,COVID-19 Cases/,\ncap001,CAP,Cap Cases/,2\n",
+    )
+    .unwrap();
+    let npy = |rows: &str, path: &Path| {
+        let code = format!("import numpy as np; np.save({:?}, np.array({rows}, dtype=np.uint8))", path.to_str().unwrap());
+        assert!(Command::new("python3").args(["-c", &code]).status().unwrap().success());
+    };
+    // By slice location: P001's 2nd and 3rd slices from the feet (IMG0003, IMG0002) are infected;
+    // cap001's lowest (IMG0002) is.
+    npy("[[0,1,1,0,0,0],[1,0,0,0,0,0]]", &rel.join("Slice-level-labels.npy"));
+    let before = tree(&rel);
+
+    let labels = t.join("labels.csv");
+    let o = convert(&rel, &labels);
+    assert!(o.status.success(), "covid_ct_md.py: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("left out 1 COVID-19 patients without slice labels: P002"));
+    let text = std::fs::read_to_string(&labels).unwrap();
+    let row = |file: &str| text.lines().find(|l| l.starts_with(file)).unwrap_or_else(|| panic!("{file} not in\n{text}")).to_string();
+    assert_eq!(row("COVID-19 Cases/P001/IMG0001.dcm"), "COVID-19 Cases/P001/IMG0001.dcm,P001,COVID-19,0,4,0.0,0,0");
+    assert_eq!(row("COVID-19 Cases/P001/IMG0003.dcm"), "COVID-19 Cases/P001/IMG0003.dcm,P001,COVID-19,1,4,2.0,1,1");
+    assert_eq!(row("COVID-19 Cases/P001/IMG0002.dcm"), "COVID-19 Cases/P001/IMG0002.dcm,P001,COVID-19,2,4,4.0,1,1");
+    assert_eq!(row("COVID-19 Cases/P001/IMG0000.dcm"), "COVID-19 Cases/P001/IMG0000.dcm,P001,COVID-19,3,4,6.0,0,0");
+    // CAP: the expert's infection label is kept, but it is not COVID-19.
+    assert_eq!(row("Cap Cases/cap001/IMG0002.dcm"), "Cap Cases/cap001/IMG0002.dcm,cap001,CAP,0,3,0.0,0,1");
+    assert_eq!(text.lines().filter(|l| l.contains("/normal001/")).count(), 2);
+    assert!(!text.contains("P002"), "{text}");
+    assert!(tree(&rel) == before, "the release is only read");
+
+    // `ctsentry prep` reads the release with these labels.
+    prep(&["--labels", labels.to_str().unwrap()], &t.join("prep"), &rel);
+    let index = std::fs::read_to_string(t.join("prep/index.csv")).unwrap();
+    let header: Vec<&str> = index.lines().next().unwrap().split(',').collect();
+    let (fi, li) = (header.iter().position(|h| *h == "file").unwrap(), header.iter().position(|h| *h == "label").unwrap());
+    let positives: Vec<&str> = index.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|f| f[li] == "1").map(|f| f[fi]).collect::<Vec<_>>();
+    assert_eq!(positives, ["COVID-19 Cases/P001/IMG0003.dcm", "COVID-19 Cases/P001/IMG0002.dcm"], "{index}");
+
+    // A label array that does not match the labelled patients, and an output inside the release,
+    // are refused, naming the file.
+    npy("[[0,1],[1,0],[0,0]]", &t.join("three.npy"));
+    let o = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/covid_ct_md.py"))
+        .arg("--release")
+        .arg(&rel)
+        .arg("--labels")
+        .arg(t.join("three.npy"))
+        .arg("--out")
+        .arg(t.join("x.csv"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("three.npy: 3 label rows for 2 labelled patients"), "{err}");
+    let o = convert(&rel, &rel.join("labels.csv"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("inside the release"), "{err}");
+    assert!(tree(&rel) == before);
+}

@@ -42,7 +42,7 @@ class Exported(torch.nn.Module):
 
 def real_ct(row):
     """A held-out row from a real CT scan: not a UCSD picture, not a simulated lesion."""
-    return not row["group"].startswith("ucsd") and "-sim" not in row["file"].split("/")[0]
+    return not row["group"].startswith("ucsd") and "-sim" not in os.path.basename(os.path.dirname(row["file"]))
 
 
 def series_uids(folders):
@@ -172,6 +172,7 @@ batch = {args["batch"]}
 learning_rate = {args["lr"]}
 seed = {args["seed"]}
 pointing_loss_weight = {args.get("cam_weight", 0.0)}
+initial_weights = "{f"{os.path.basename(args['init'])} (sha256 {summary.get('init_sha256')})" if args.get("init") else "none: trained from scratch"}"
 seconds = {summary["seconds"]}
 torch = "{summary["torch"]}"
 final_train_loss = {hist["train_loss"]:.4f}

@@ -7,10 +7,12 @@ import numpy as np
 
 
 def patient(file):
-    """The patient a CT slice belongs to: the first folder of its path up to the first `-`
+    """The patient a CT slice belongs to: the folder holding the file, up to the first `-`
     (`P001`, `A0002` for both of A0002's reconstructions, `cap001` for `cap001-sim2`, the lesions
-    simulated into cap001), so that no patient is ever on both sides of a split."""
-    return file.split("/")[0].split("-")[0]
+    simulated into cap001; `P001` for the full release's `COVID-19 Cases/P001/…`), so that no
+    patient is ever on both sides of a split."""
+    parts = file.split("/")
+    return parts[-2 if len(parts) > 1 else 0].split("-")[0]
 
 
 def auc(pos, neg):

@@ -209,10 +209,16 @@ def write_dicom(path, hu, spacing, z, index, series_uid, study_uid, series_name)
     ds.save_as(path, enforce_file_format=True)
 
 
+def series_of(file):
+    """The series a prep row belongs to: the folder holding its file (`P001` for `P001/x.dcm` and
+    for the full COVID-CT-MD release's `COVID-19 Cases/P001/x.dcm`)."""
+    return os.path.basename(os.path.dirname(file)) or file
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--background", action="append", required=True, help="a `ctsentry prep --hu` folder of lesion-free series (repeatable)")
-    ap.add_argument("--series", default="all", help="background series (first folder of `file`) to use: all or a comma list")
+    ap.add_argument("--series", default="all", help="background series (the folder holding `file`) to use: all or a comma list")
     ap.add_argument("--variants", type=int, default=3, help="lesioned copies of each background slice")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -228,10 +234,10 @@ def main():
         rows = read_index(folder)
         series_len = {}
         for r in rows:
-            s = r["file"].split("/")[0]
+            s = series_of(r["file"])
             series_len[s] = max(series_len.get(s, 0), r["slice_index"] + 1)
         for r in rows:
-            series = r["file"].split("/")[0]
+            series = series_of(r["file"])
             if (want is not None and series not in want) or r["label"] == "1" or r["lung_fraction"] < MIN_LUNG_FRACTION:
                 continue
             hu = np.load(os.path.join(folder, "hu", f"{int(r['row']):06}.npy")).astype(np.float32)

@@ -10,9 +10,10 @@ for the full, reproducible recipe (prep commands, the validation run, the shippe
         --train-series cap001 --eval-series P001,normal001 --epochs 12 --out /tmp/run-val
 
 Data selection (one rule per source, recorded in the run's summary.json):
-- CT series (COVID-CT-MD, lung-pet-ct-dx, simulated lesions): a row's patient is the first
-  folder of its `file` up to its first `-` (`P001`, `cap001`, `A0002` for both of A0002's
-  reconstructions, `cap001` for `cap001-sim2`, the lesions simulated into cap001); `--train-series`
+- CT series (COVID-CT-MD, lung-pet-ct-dx, simulated lesions): a row's patient is the folder
+  holding its `file` up to its first `-` (`P001`, `cap001`, `A0002` for both of A0002's
+  reconstructions, `cap001` for `cap001-sim2`, the lesions simulated into cap001; `P001` for the
+  full release's `COVID-19 Cases/P001/…`: `covid_ct_md.py`); `--train-series`
   and `--eval-series` name patients (`all` for every one), so no patient, and no slice a lesion
   was simulated into, is ever on both sides of a split. Every slice is used with its label
   (slices of the COVID-19 patient without visible infection are negatives; CAP slices are hard
@@ -62,6 +63,45 @@ class Net(nn.Module):
         w = self.backbone.classifier.weight[0]  # [1024]
         cam = torch.einsum("nkhw,k->nhw", f, w)  # class activation map (= Grad-CAM at this layer up to scale)
         return logit, cam
+
+
+def load_init(net, path):
+    """Loads the convolutional features of a DenseNet121 checkpoint into `net` (its head, a
+    1000-class ImageNet one or our 1-output one, is left out): torchvision's ImageNet file
+    (`densenet121-a639ec97.pth`, old `norm.1`-style keys included), a torchvision
+    `densenet121().state_dict()`, or a train.py `model.pt`. Exits naming the file when it is
+    not one of those. Returns its sha256."""
+    import hashlib
+    import re
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"{path}: not a PyTorch checkpoint ({e})")
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict):
+        raise SystemExit(f"{path}: not a state dict")
+    old = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    features = {}
+    for k, v in sd.items():
+        k = k.removeprefix("module.").removeprefix("backbone.")
+        m = old.match(k)
+        k = m.group(1) + m.group(2) if m else k
+        if k.startswith("features."):
+            features[k[len("features."):]] = v
+    own = net.backbone.features.state_dict()
+    # Checkpoints older than batch norm's step counter (ImageNet's is) do not hold it.
+    missing = sorted(k for k in own if k not in features and not k.endswith("num_batches_tracked"))
+    extra = sorted(k for k in features if k not in own)
+    if missing or extra:
+        raise SystemExit(f"{path}: not DenseNet121 features ({len(missing)} of its {len(own)} tensors missing, e.g. {missing[:1]}; {len(extra)} unknown, e.g. {extra[:1]})")
+    for k, v in own.items():
+        features.setdefault(k, v)
+    try:
+        net.backbone.features.load_state_dict(features, strict=True)
+    except RuntimeError as e:  # a tensor of another shape
+        raise SystemExit(f"{path}: not DenseNet121 features ({' '.join(str(e).split())[:300]})")
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
 def augment(x, g, m=None):
@@ -137,6 +177,7 @@ def main():
     ap.add_argument("--masks", action="append", default=[], help="lesions.py masks/ folder: simulated slices found there get the pointing loss (repeatable)")
     ap.add_argument("--cam-weight", type=float, default=0.0, help="weight of the pointing loss on simulated lesions (0: image labels only)")
     ap.add_argument("--eval-every", type=int, default=1, help="report held-out numbers every N epochs (and after the last)")
+    ap.add_argument("--init", help="start from these DenseNet121 weights (e.g. torchvision's ImageNet densenet121-a639ec97.pth) instead of from scratch; the head is new")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--out", required=True)
@@ -210,7 +251,11 @@ def main():
     count = lambda items: {g: sum(1 for *_, gg, _ in items if gg == g) for g in sorted({it[3] for it in items})}
     print(f"train {len(train)} ({int(ytr.sum())} positive, {masked} with lesion masks) {count(train)}; held out {len(held)} ({int(yev.sum())} positive) {count(held)}", flush=True)
 
-    model = Net().to(memory_format=torch.channels_last)
+    model = Net()
+    init_sha = load_init(model, a.init) if a.init else None
+    if init_sha:
+        print(f"features from {a.init} (sha256 {init_sha})", flush=True)
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     # The averaged weights (and batch-norm statistics) are what is evaluated and shipped: a
     # from-scratch model on few images swings from epoch to epoch, the average much less.
@@ -274,6 +319,7 @@ def main():
         "held_out": count(held),
         "history": history,
         "seconds": round(time.time() - t0),
+        "init_sha256": init_sha,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
     }
