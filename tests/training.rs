@@ -249,26 +249,40 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
     release_patient(&rel.join("COVID-19 Cases/P001"), 1, &[6.0, 0.0, 4.0, 2.0]);
     release_patient(&rel.join("COVID-19 Cases/P002"), 2, &[0.0, 2.0]);
     release_patient(&rel.join("Cap Cases/cap001"), 3, &[4.0, 2.0, 0.0]);
+    release_patient(&rel.join("Cap Cases/cap002"), 5, &[0.0, 2.0]);
     release_patient(&rel.join("Normal Cases/normal001"), 4, &[0.0, 2.0]);
-    // Label indices skip a number, as the release's do; P002 has no slice labels.
+    // cap001's Slice Location runs against its Image Position (z 4, 2, 0; location -4, -2, 0):
+    // the labels follow the location.
+    let relocate = format!(
+        "import pydicom\nfor k, z in enumerate([4, 2, 0]):\n    p = {:?} + f'/IMG{{k:04}}.dcm'\n    ds = pydicom.dcmread(p); ds.SliceLocation = -z; ds.save_as(p)",
+        rel.join("Cap Cases/cap001").to_str().unwrap()
+    );
+    assert!(Command::new("python3").args(["-c", &relocate]).status().unwrap().success());
+    // Not DICOM: skipped with a note (a hidden file is not even read).
+    std::fs::write(rel.join("COVID-19 Cases/P001/notes.txt"), "reader's notes").unwrap();
+    std::fs::write(rel.join("COVID-19 Cases/P001/.DS_Store"), [0u8; 8]).unwrap();
+    // Label indices skip a number and are not in Index.csv's row order, as the release's; P002
+    // has no slice labels; cap002 is not listed at all.
     std::fs::write(
         rel.join("Index.csv"),
-        "Folder/ID,Diagnosis,Relative Path,Label Index\nP001,COVID-19,COVID-19 Cases/,0\nP002,COVID-19,COVID-19 Cases/,\ncap001,CAP,Cap Cases/,2\n",
+        "Folder/ID,Diagnosis,Relative Path,Label Index\ncap001,CAP,Cap Cases/,2\nP001,COVID-19,COVID-19 Cases/,0\nP002,COVID-19,COVID-19 Cases/,\n",
     )
     .unwrap();
     let npy = |rows: &str, path: &Path| {
         let code = format!("import numpy as np; np.save({:?}, np.array({rows}, dtype=np.uint8))", path.to_str().unwrap());
         assert!(Command::new("python3").args(["-c", &code]).status().unwrap().success());
     };
-    // By slice location: P001's 2nd and 3rd slices from the feet (IMG0003, IMG0002) are infected;
-    // cap001's lowest (IMG0002) is.
+    // Row 0 (index 0, P001): its 2nd and 3rd slices from the feet (IMG0003, IMG0002) are
+    // infected; row 1 (index 2, cap001): its lowest by location (IMG0000) is.
     npy("[[0,1,1,0,0,0],[1,0,0,0,0,0]]", &rel.join("Slice-level-labels.npy"));
     let before = tree(&rel);
 
     let labels = t.join("labels.csv");
     let o = convert(&rel, &labels);
     assert!(o.status.success(), "covid_ct_md.py: {}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("left out 1 COVID-19 patients without slice labels: P002"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("left out 1 COVID-19 patients without slice labels: P002"), "{stdout}");
+    assert!(stdout.contains("P001/notes.txt: skipped, not a DICOM image") && !stdout.contains("DS_Store"), "{stdout}");
     let text = std::fs::read_to_string(&labels).unwrap();
     let row = |file: &str| text.lines().find(|l| l.starts_with(file)).unwrap_or_else(|| panic!("{file} not in\n{text}")).to_string();
     assert_eq!(row("COVID-19 Cases/P001/IMG0001.dcm"), "COVID-19 Cases/P001/IMG0001.dcm,P001,COVID-19,0,4,0.0,0,0");
@@ -276,7 +290,10 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
     assert_eq!(row("COVID-19 Cases/P001/IMG0002.dcm"), "COVID-19 Cases/P001/IMG0002.dcm,P001,COVID-19,2,4,4.0,1,1");
     assert_eq!(row("COVID-19 Cases/P001/IMG0000.dcm"), "COVID-19 Cases/P001/IMG0000.dcm,P001,COVID-19,3,4,6.0,0,0");
     // CAP: the expert's infection label is kept, but it is not COVID-19.
-    assert_eq!(row("Cap Cases/cap001/IMG0002.dcm"), "Cap Cases/cap001/IMG0002.dcm,cap001,CAP,0,3,0.0,0,1");
+    assert_eq!(row("Cap Cases/cap001/IMG0000.dcm"), "Cap Cases/cap001/IMG0000.dcm,cap001,CAP,0,3,-4.0,0,1");
+    assert_eq!(row("Cap Cases/cap001/IMG0002.dcm"), "Cap Cases/cap001/IMG0002.dcm,cap001,CAP,2,3,0.0,0,0");
+    // Unlisted CAP patients are negatives whose infection is unknown (empty), not 0.
+    assert_eq!(row("Cap Cases/cap002/IMG0001.dcm"), "Cap Cases/cap002/IMG0001.dcm,cap002,CAP,1,2,2.0,0,");
     assert_eq!(text.lines().filter(|l| l.contains("/normal001/")).count(), 2);
     assert!(!text.contains("P002"), "{text}");
     assert!(tree(&rel) == before, "the release is only read");
@@ -307,5 +324,19 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
     let o = convert(&rel, &rel.join("labels.csv"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("inside the release"), "{err}");
+    // Two patients given one label row.
+    std::fs::write(t.join("dup.csv"), "Folder/ID,Diagnosis,Relative Path,Label Index\ncap001,CAP,Cap Cases/,0\nP001,COVID-19,COVID-19 Cases/,0\n").unwrap();
+    let o = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/covid_ct_md.py"))
+        .arg("--release")
+        .arg(&rel)
+        .arg("--index")
+        .arg(t.join("dup.csv"))
+        .arg("--out")
+        .arg(t.join("y.csv"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("dup.csv: a Label Index is given to two patients"), "{err}");
     assert!(tree(&rel) == before);
 }

@@ -255,7 +255,7 @@ def main():
                     continue
                 new, lesion, info = res
                 name = f"{series}-sim{v}"
-                stem = os.path.splitext(r["file"].split("/", 1)[-1].replace("/", "_"))[0]
+                stem = os.path.splitext(os.path.basename(r["file"]))[0]
                 rel = f"{name}/{stem}.dcm"
                 os.makedirs(os.path.join(a.out, "dicom", name), exist_ok=True)
                 os.makedirs(os.path.join(a.out, "masks", name), exist_ok=True)
