@@ -131,7 +131,10 @@ fn lesion_simulator_draws_into_the_lungs_deterministically() {
 
 /// Writes an evaluate.py output folder of `run`: its held-out patients, `eval-NAME/scores.csv`
 /// for each (NAME, rows of file, prob, label) and the series probabilities `ctsentry score` gave.
-fn fold(dir: &Path, run: &str, held: &[&str], evals: &[(&str, &[(&str, f64, u8)])], series: &[(&str, &[f64])]) {
+/// Rows of a `scores.csv`: file, probability, label.
+type Scores<'a> = &'a [(&'a str, f64, u8)];
+
+fn fold(dir: &Path, run: &str, held: &[&str], evals: &[(&str, Scores)], series: &[(&str, &[f64])]) {
     for (name, rows) in evals {
         std::fs::create_dir_all(dir.join(format!("eval-{name}"))).unwrap();
         let mut csv = String::from("file,slice_index,z,lung_fraction,prob,label,positive\n");
@@ -167,7 +170,7 @@ fn crossval_pools_each_slice_from_the_fold_that_held_it_out() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let (a, b) = (t.join("a"), t.join("b"));
-    let full_a: &[(&str, f64, u8)] = &[("P001/1.dcm", 0.9, 1), ("P001/2.dcm", 0.8, 1), ("P001/3.dcm", 0.7, 1), ("P001/4.dcm", 0.1, 0), ("normal001/1.dcm", 0.2, 0), ("normal001/2.dcm", 0.3, 0), ("normal001/3.dcm", 0.05, 0)];
+    let full_a: Scores = &[("P001/1.dcm", 0.9, 1), ("P001/2.dcm", 0.8, 1), ("P001/3.dcm", 0.7, 1), ("P001/4.dcm", 0.1, 0), ("normal001/1.dcm", 0.2, 0), ("normal001/2.dcm", 0.3, 0), ("normal001/3.dcm", 0.05, 0)];
     fold(
         &a,
         "/runs/a",
