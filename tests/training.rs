@@ -235,9 +235,15 @@ fn release_patient(dir: &Path, series: u32, z: &[f64]) {
     }
 }
 
-fn convert(release: &Path, out: &Path) -> std::process::Output {
+/// Runs covid_ct_md.py on `release` with `extra` options (`--index`, `--labels`), writing `out`.
+fn convert(release: &Path, out: &Path, extra: &[(&str, &Path)]) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/covid_ct_md.py");
-    Command::new("python3").arg(script).arg("--release").arg(release).arg("--out").arg(out).output().unwrap()
+    let mut c = Command::new("python3");
+    c.arg(script).arg("--release").arg(release).arg("--out").arg(out);
+    for (flag, path) in extra {
+        c.arg(flag).arg(path);
+    }
+    c.output().unwrap()
 }
 
 #[test]
@@ -281,7 +287,7 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
     let before = tree(&rel);
 
     let labels = t.join("labels.csv");
-    let o = convert(&rel, &labels);
+    let o = convert(&rel, &labels, &[]);
     assert!(o.status.success(), "covid_ct_md.py: {}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("left out 1 COVID-19 patients without slice labels: P002"), "{stdout}");
@@ -312,33 +318,15 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
     // A label array that does not match the labelled patients, and an output inside the release,
     // are refused, naming the file.
     npy("[[0,1],[1,0],[0,0]]", &t.join("three.npy"));
-    let o = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/covid_ct_md.py"))
-        .arg("--release")
-        .arg(&rel)
-        .arg("--labels")
-        .arg(t.join("three.npy"))
-        .arg("--out")
-        .arg(t.join("x.csv"))
-        .output()
-        .unwrap();
+    let o = convert(&rel, &t.join("x.csv"), &[("--labels", &t.join("three.npy"))]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("three.npy: 3 label rows for 2 labelled patients"), "{err}");
-    let o = convert(&rel, &rel.join("labels.csv"));
+    let o = convert(&rel, &rel.join("labels.csv"), &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("inside the release"), "{err}");
     // Two patients given one label row.
     std::fs::write(t.join("dup.csv"), "Folder/ID,Diagnosis,Relative Path,Label Index\ncap001,CAP,Cap Cases/,0\nP001,COVID-19,COVID-19 Cases/,0\n").unwrap();
-    let o = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/covid_ct_md.py"))
-        .arg("--release")
-        .arg(&rel)
-        .arg("--index")
-        .arg(t.join("dup.csv"))
-        .arg("--out")
-        .arg(t.join("y.csv"))
-        .output()
-        .unwrap();
+    let o = convert(&rel, &t.join("y.csv"), &[("--index", &t.join("dup.csv"))]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("dup.csv: a Label Index is given to two patients"), "{err}");
     assert!(tree(&rel) == before);
