@@ -51,10 +51,21 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// `python3 models/training/NAME`, to be given its arguments.
+fn training_script(name: &str) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training").join(name));
+    c
+}
+
+/// Runs a Python snippet (`python3 -c`), which must succeed.
+fn python(code: &str) {
+    let o = Command::new("python3").args(["-c", code]).output().unwrap();
+    assert!(o.status.success(), "python3 -c {code}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn simulate(background: &Path, seed: u32, out: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/lesions.py");
-    let o = Command::new("python3")
-        .arg(script)
+    let o = training_script("lesions.py")
         .args(["--background".as_ref(), background.as_os_str(), "--variants".as_ref(), "2".as_ref(), "--seed".as_ref(), seed.to_string().as_ref(), "--out".as_ref(), out.as_os_str()])
         .output()
         .unwrap();
@@ -153,9 +164,8 @@ fn fold(dir: &Path, run: &str, held: &[&str], evals: &[(&str, Scores)], series: 
 
 /// Runs crossval.py on `folds` (sensitivity target 0.9), the report written to `out`.
 fn crossval(folds: &[&Path], out: &Path) -> std::process::Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/crossval.py");
-    let mut c = Command::new("python3");
-    c.arg(script).args(["--sensitivity", "0.9", "--out"]).arg(out);
+    let mut c = training_script("crossval.py");
+    c.args(["--sensitivity", "0.9", "--out"]).arg(out);
     for f in folds {
         c.arg("--fold").arg(f);
     }
@@ -237,9 +247,8 @@ fn release_patient(dir: &Path, series: u32, z: &[f64]) {
 
 /// Runs covid_ct_md.py on `release` with `extra` options (`--index`, `--labels`), writing `out`.
 fn convert(release: &Path, out: &Path, extra: &[(&str, &Path)]) -> std::process::Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training/covid_ct_md.py");
-    let mut c = Command::new("python3");
-    c.arg(script).arg("--release").arg(release).arg("--out").arg(out);
+    let mut c = training_script("covid_ct_md.py");
+    c.arg("--release").arg(release).arg("--out").arg(out);
     for (flag, path) in extra {
         c.arg(flag).arg(path);
     }
@@ -266,7 +275,7 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
         "import pydicom\nfor k, z in enumerate([4, 2, 0]):\n    p = {:?} + f'/IMG{{k:04}}.dcm'\n    ds = pydicom.dcmread(p); ds.SliceLocation = -z; ds.save_as(p)",
         rel.join("Cap Cases/cap001").to_str().unwrap()
     );
-    assert!(Command::new("python3").args(["-c", &relocate]).status().unwrap().success());
+    python(&relocate);
     // Not DICOM: skipped with a note (a hidden file is not even read).
     std::fs::write(rel.join("COVID-19 Cases/P001/notes.txt"), "reader's notes").unwrap();
     std::fs::write(rel.join("COVID-19 Cases/P001/.DS_Store"), [0u8; 8]).unwrap();
@@ -278,8 +287,7 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
     )
     .unwrap();
     let npy = |rows: &str, path: &Path| {
-        let code = format!("import numpy as np; np.save({:?}, np.array({rows}, dtype=np.uint8))", path.to_str().unwrap());
-        assert!(Command::new("python3").args(["-c", &code]).status().unwrap().success());
+        python(&format!("import numpy as np; np.save({:?}, np.array({rows}, dtype=np.uint8))", path.to_str().unwrap()));
     };
     // Row 0 (index 0, P001): its 2nd and 3rd slices from the feet (IMG0003, IMG0002) are
     // infected; row 1 (index 2, cap001): its lowest by location (IMG0000) is.
