@@ -126,18 +126,35 @@ def augment(x, g, m=None):
     return y * c + d, m
 
 
-def lesion_cells(m, size=7):
-    """Share of each CAM cell ([B,size,size]) covered by the (augmented) lesion masks [B,1,H,W]."""
-    return F.adaptive_avg_pool2d(m, size)[:, 0]
+def lesion_cells(m, size=7, target="share", min_share=0.02):
+    """Which CAM cells ([B,size,size], 0/1) hold the (augmented) lesion masks [B,1,H,W].
+    `share`: cells at least `min_share` covered by lesion. `centre`: cells whose centre lies
+    within the pointing game's tolerance (15 px per 512) of the lesion, the places where a
+    heat map's peak counts as a hit (pointing.py), with `share` for a slice whose lesions lie
+    near no centre."""
+    share = (F.adaptive_avg_pool2d(m, size)[:, 0] >= min_share).float()
+    if target == "share":
+        return share
+    h, w = m.shape[2:]
+    r = 15.0 * w / 512.0
+    k = int(np.ceil(r))
+    yy, xx = torch.meshgrid(torch.arange(-k, k + 1.0), torch.arange(-k, k + 1.0), indexing="ij")
+    disc = ((yy**2 + xx**2) <= r * r).float()[None, None]
+    near = F.conv2d((m >= 0.5).float(), disc, padding=k)[:, 0] > 0  # within r of a lesion pixel
+    rows = ((torch.arange(size) + 0.5) * h / size - 0.5).round().long()
+    cols = ((torch.arange(size) + 0.5) * w / size - 0.5).round().long()
+    centre = near[:, rows][:, :, cols].float()
+    none = centre.flatten(1).sum(1) == 0
+    return torch.where(none[:, None, None], share, centre)
 
 
-def attention_loss(cam, cells, min_share=0.02):
+def attention_loss(cam, cells):
     """Pointing loss for slices with a known lesion mask: −log of the spatial-softmax mass of the
-    class activation map that falls on cells holding lesion (≥ `min_share` of the cell). Teaches
-    the map's peak to sit on the lesion; it does not change how the image-level logit is formed
-    (global average pooling + linear), so the served `prob`/`cam` contract is unchanged.
+    class activation map that falls on the lesion's cells (`lesion_cells`). Teaches the map's
+    peak to sit on the lesion; it does not change how the image-level logit is formed (global
+    average pooling + linear), so the served `prob`/`cam` contract is unchanged.
     Returns the mean over rows that have lesion cells, and how many rows that was."""
-    target = (cells >= min_share).flatten(1).float()
+    target = cells.flatten(1)
     keep = target.sum(1) > 0
     if not keep.any():
         return cam.new_zeros(()), 0
@@ -176,6 +193,7 @@ def main():
     ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16", help="training arithmetic (bf16: CPU autocast, AMX where present); evaluation is f32")
     ap.add_argument("--masks", action="append", default=[], help="lesions.py masks/ folder: simulated slices found there get the pointing loss (repeatable)")
     ap.add_argument("--cam-weight", type=float, default=0.0, help="weight of the pointing loss on simulated lesions (0: image labels only)")
+    ap.add_argument("--cam-target", choices=["share", "centre"], default="share", help="the pointing loss's lesion cells: those >= 2%% covered by lesion, or those whose centre is within the pointing game's tolerance of it")
     ap.add_argument("--eval-every", type=int, default=1, help="report held-out numbers every N epochs (and after the last)")
     ap.add_argument("--init", help="start from these DenseNet121 weights (e.g. torchvision's ImageNet densenet121-a639ec97.pth) instead of from scratch; the head is new")
     ap.add_argument("--seed", type=int, default=7)
@@ -285,7 +303,7 @@ def main():
             bce = F.binary_cross_entropy_with_logits(logit.float(), yb, pos_weight=pos_weight)
             loss = bce
             if mb is not None:
-                att, k = attention_loss(cam, lesion_cells(mb))
+                att, k = attention_loss(cam, lesion_cells(mb, target=a.cam_target))
                 if k:
                     loss = loss + a.cam_weight * att * k / len(b)
                     total_att += att.item() * k
