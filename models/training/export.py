@@ -93,6 +93,7 @@ def main():
     net.load_state_dict(torch.load(os.path.join(a.run, "model.pt"), map_location="cpu"))
     net.eval()
     model = Exported(net).eval()
+    os.makedirs(a.out, exist_ok=True)
     onnx_path = os.path.join(a.out, a.name + ".onnx")
     x = torch.zeros(2, 3, 224, 224)
     torch.onnx.export(
@@ -172,6 +173,7 @@ batch = {args["batch"]}
 learning_rate = {args["lr"]}
 seed = {args["seed"]}
 pointing_loss_weight = {args.get("cam_weight", 0.0)}
+pointing_loss_target = "{args.get("cam_target", "share")}"
 initial_weights = {json.dumps(f"{os.path.basename(args['init'])} (sha256 {summary.get('init_sha256')})" if args.get("init") else "none: trained from scratch")}
 seconds = {summary["seconds"]}
 torch = "{summary["torch"]}"

@@ -39,6 +39,7 @@ import torchvision
 
 import folds
 from folds import patient
+from pointing import TOLERANCE_PER_512
 
 
 def load_prep(folder):
@@ -136,7 +137,7 @@ def lesion_cells(m, size=7, target="share", min_share=0.02):
     if target == "share":
         return share
     h, w = m.shape[2:]
-    r = 15.0 * w / 512.0
+    r = TOLERANCE_PER_512 * w / 512.0
     k = int(np.ceil(r))
     yy, xx = torch.meshgrid(torch.arange(-k, k + 1.0), torch.arange(-k, k + 1.0), indexing="ij")
     disc = ((yy**2 + xx**2) <= r * r).float()[None, None]
