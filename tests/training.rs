@@ -342,8 +342,8 @@ fn covid_ct_md_release_labels_follow_slice_location_and_prep_reads_them() {
 
 /// The pointing game's geometry (`models/training/pointing.py`, torch-free): the heat maps'
 /// bilinear upsampling puts a one-hot map's maximum at its cell centre, the peak is searched
-/// inside the lung only, a hit is within 15 px per 512 of the lesion, and the ceiling (the best
-/// any 7 × 7 map can do) misses a small lesion that lies between the 49 cell centres.
+/// inside the lung only, a hit is within 15 px per 512 of the lesion, and the reach (what the 49
+/// one-hot 7 × 7 maps can point at) misses a small lesion that lies between the cell centres.
 #[test]
 fn pointing_game_geometry_follows_the_heat_maps() {
     if !python_ready() {
@@ -361,11 +361,15 @@ everywhere = np.ones((512, 512), bool)
 # falls between pixels 255 and 256 (a tie: the first wins).
 p = P.peak(P.upsample(hot(3, 3), 512, 512), everywhere)
 assert p == (255, 255), p
+# Cell 1's centre is 1.5 blocks in: 109.2 (corner-aligned sampling would put it at 85).
+assert P.peak(P.upsample(hot(1, 1), 512, 512), everywhere) == (109, 109)
+assert P.peak(P.upsample(hot(1, 5), 224, 224), np.ones((224, 224), bool)) == (47, 175), "47.5 and 175.5: ties"
 up = P.upsample(np.full((7, 7), 0.3), 300, 200)
 assert up.shape == (300, 200) and np.allclose(up, 0.3), "the weights of every pixel sum to 1"
 # Confined to the lung: a hot corner cell outside it peaks at the lung pixel nearest the corner.
-lung = np.zeros((512, 512), bool); lung[100:400, 60:400] = True
-assert P.peak(P.upsample(hot(0, 0), 512, 512), lung) == (100, 60)
+lung = np.zeros((512, 512), bool); lung[100:450, 60:450] = True
+assert P.peak(P.upsample(hot(6, 0), 512, 512), lung) == (449, 60)
+assert P.peak(P.upsample(hot(0, 6), 512, 512), lung) == (100, 449)
 assert P.peak(P.upsample(hot(0, 0), 512, 512), np.zeros((512, 512), bool)) == (0, 0), "no lung: the whole image"
 def disc(r, c, radius=3, shape=(512, 512)):
     y, x = np.ogrid[:shape[0], :shape[1]]
@@ -376,10 +380,10 @@ assert not P.hit(p, P.lesion_distance(np.zeros((512, 512), bool))), "no lesion: 
 # The tolerance scales with the width: 15 px per 512 is 6.6 px at 224.
 assert P.hit((100, 100), P.lesion_distance(disc(100, 108, 2, (224, 224))))
 assert not P.hit((100, 100), P.lesion_distance(disc(100, 109, 2, (224, 224))))
-# The ceiling: a lesion on a cell centre can be pointed at, one midway between four centres
-# (about 48 px from each) by no 7 x 7 map at all.
-assert P.ceiling_hit(everywhere, P.lesion_distance(disc(329, 183)))
-assert not P.ceiling_hit(everywhere, P.lesion_distance(disc(292, 292)))
+# The reach: a lesion on a cell centre can be pointed at, one midway between four centres
+# (about 48 px from each) by no one-hot map.
+assert P.reach_hit(everywhere, P.lesion_distance(disc(329, 183)))
+assert not P.reach_hit(everywhere, P.lesion_distance(disc(292, 292)))
 "#
     ));
 }

@@ -9,11 +9,12 @@ game of Zhang J et al., "Top-down neural attention by excitation backprop", ECCV
 15-pixel tolerance). Reports the hit rate over all lesioned slices and over those the model calls
 positive at `--threshold`.
 
-It also reports the **ceiling**: the share of slices on which *some* map of the same grid could
-hit. A bilinear upsampling's maximum lies at a cell centre (or, where that centre is outside
-the lung, at the lung pixel that weighs it most), so a 7 x 7 map can point at only 49 places
-of a slice; a lesion far from all of them cannot be hit by any model with this output. The
-ceiling tries the 49 maps with one hot cell.
+It also reports the **reach**: the share of slices on which one of the 49 maps with a single hot
+cell, upsampled and confined to the lung the same way, would hit. Away from the lung's edge a
+bilinear map's maximum lies at a cell centre, so a lesion far from every centre is out of reach
+of such a map; near the edge, maps mixing neighbouring cells can peak on the lung boundary
+between centres. The reach is therefore a lower bound of what any map of this grid can score:
+when it is high, the grid is not what limits the pointing game.
 
 Scores a training run (`--run`, train.py's model.pt, PyTorch f32) or a model bundle (`--onnx`,
 e.g. the shipped models/densenet121-covid.onnx, onnxruntime f32).
@@ -22,7 +23,7 @@ e.g. the shipped models/densenet121-covid.onnx, onnxruntime f32).
     python3 models/training/pointing.py --run /tmp/run-val --prep /tmp/prep/sim \
         --masks /tmp/sim/masks --patients normal001,A0001 --threshold 0.5
 
-The geometry (`upsample`, `peak`, `hit`, `ceiling_hit`) needs numpy and scipy only:
+The geometry (`upsample`, `peak`, `hit`, `reach_hit`) needs numpy and scipy only:
 `tests/training.rs` checks it without torch.
 """
 import argparse
@@ -77,8 +78,8 @@ def hit(p, distance):
     return bool(distance[p] <= TOLERANCE_PER_512 * distance.shape[1] / 512.0)
 
 
-def ceiling_hit(lung, distance, side=7):
-    """Whether any `side x side` map with one hot cell would hit on this slice."""
+def reach_hit(lung, distance, side=7):
+    """Whether some `side x side` map with one hot cell would hit on this slice."""
     h, w = lung.shape
     wy, wx = bilinear_weights(side, h), bilinear_weights(side, w)
     return any(hit(peak(np.outer(wy[:, i], wx[:, j]), lung), distance) for i in range(side) for j in range(side))
@@ -128,6 +129,8 @@ def main():
     score = scorer(a)
     x = np.load(os.path.join(a.prep, "tensors.npy"), mmap_mode="r")
     rows = list(csv.DictReader(open(os.path.join(a.prep, "index.csv"))))
+    if len(rows) != x.shape[0]:
+        raise SystemExit(f"{a.prep}: index.csv has {len(rows)} rows, tensors.npy {x.shape[0]}")
     pick = [i for i, r in enumerate(rows) if patient(r["file"]) in want]
     if not pick:
         raise SystemExit(f"{a.prep}: no slice of {', '.join(sorted(want))}")
@@ -140,9 +143,12 @@ def main():
             mask = os.path.join(a.masks, os.path.splitext(rows[i]["file"])[0] + ".npy")
             if not os.path.exists(mask):
                 raise SystemExit(f"{rows[i]['file']}: no lesion mask at {mask}")
-            distance = lesion_distance(np.load(mask) > 0)
+            lesion = np.load(mask) > 0
+            if lesion.shape != lung.shape:
+                raise SystemExit(f"{mask}: lesion mask {lesion.shape} is not the slice's shape {lung.shape}")
+            distance = lesion_distance(lesion)
             p = peak(upsample(cam[k], *lung.shape), lung)
-            results.append((rows[i]["file"], float(prob[k]), int(p[0]), int(p[1]), int(hit(p, distance)), int(ceiling_hit(lung, distance, cam.shape[1]))))
+            results.append((rows[i]["file"], float(prob[k]), int(p[0]), int(p[1]), int(hit(p, distance)), int(reach_hit(lung, distance, cam.shape[1]))))
     n = len(results)
     called = [r for r in results if r[1] >= a.threshold]
     summary = {
@@ -150,7 +156,7 @@ def main():
         "pointing_game": sum(r[4] for r in results) / n,
         "called_positive": len(called),
         "pointing_game_called_positive": sum(r[4] for r in called) / max(len(called), 1),
-        "ceiling": sum(r[5] for r in results) / n,
+        "reach": sum(r[5] for r in results) / n,
         "threshold": a.threshold,
         "patients": sorted(want),
         "model": a.onnx or a.run,
@@ -158,7 +164,7 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             wr = csv.writer(f)
-            wr.writerow(["file", "prob", "peak_row", "peak_col", "hit", "ceiling_hit"])
+            wr.writerow(["file", "prob", "peak_row", "peak_col", "hit", "reach_hit"])
             wr.writerows(results)
     print(json.dumps(summary))
 

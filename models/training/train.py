@@ -129,10 +129,11 @@ def augment(x, g, m=None):
 
 def lesion_cells(m, size=7, target="share", min_share=0.02):
     """Which CAM cells ([B,size,size], 0/1) hold the (augmented) lesion masks [B,1,H,W].
-    `share`: cells at least `min_share` covered by lesion. `centre`: cells whose centre lies
-    within the pointing game's tolerance (15 px per 512) of the lesion, the places where a
-    heat map's peak counts as a hit (pointing.py), with `share` for a slice whose lesions lie
-    near no centre."""
+    `share`: cells at least `min_share` covered by lesion. `centre`: cells whose centre (the
+    input pixel nearest it) lies within the pointing game's tolerance (15 px per 512) of a
+    lesion pixel (one at least half covered at the input's resolution), the places where a heat
+    map's peak counts as a hit (pointing.py), with `share` for a slice whose lesions lie near no
+    centre."""
     share = (F.adaptive_avg_pool2d(m, size)[:, 0] >= min_share).float()
     if target == "share":
         return share
