@@ -1,9 +1,24 @@
-"""What the training tools share and that needs no torch: which patient a slice belongs to, the
-AUC, and the sensitivity-targeted threshold. train.py, export.py, evaluate.py and crossval.py
-import it, so a split, a metric and a threshold mean the same thing in each."""
+"""What the training tools share and that needs no torch: reading a `ctsentry prep` folder,
+which patient a slice belongs to, the AUC, and the sensitivity-targeted threshold. train.py,
+export.py, evaluate.py, pointing.py and crossval.py import it, so a split, a metric and a
+threshold mean the same thing in each."""
+import csv
+import json
 import math
+import os
 
 import numpy as np
+
+
+def load_prep(folder):
+    """A `ctsentry prep` folder: (tensors [N,3,224,224] memory-mapped, index.csv rows, params.json);
+    exits naming the folder when index.csv and tensors.npy disagree."""
+    x = np.load(os.path.join(folder, "tensors.npy"), mmap_mode="r")
+    rows = list(csv.DictReader(open(os.path.join(folder, "index.csv"))))
+    params = json.load(open(os.path.join(folder, "params.json")))
+    if len(rows) != x.shape[0]:
+        raise SystemExit(f"{folder}: index.csv has {len(rows)} rows, tensors.npy {x.shape[0]}")
+    return x, rows, params
 
 
 def patient(file):

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from folds import patient  # noqa: E402
+from folds import load_prep, patient  # noqa: E402
 
 TOLERANCE_PER_512 = 15.0
 
@@ -127,10 +127,7 @@ def main():
     a = ap.parse_args()
     want = set(a.patients.split(","))
     score = scorer(a)
-    x = np.load(os.path.join(a.prep, "tensors.npy"), mmap_mode="r")
-    rows = list(csv.DictReader(open(os.path.join(a.prep, "index.csv"))))
-    if len(rows) != x.shape[0]:
-        raise SystemExit(f"{a.prep}: index.csv has {len(rows)} rows, tensors.npy {x.shape[0]}")
+    x, rows, _ = load_prep(a.prep)
     pick = [i for i, r in enumerate(rows) if patient(r["file"]) in want]
     if not pick:
         raise SystemExit(f"{a.prep}: no slice of {', '.join(sorted(want))}")

@@ -38,16 +38,8 @@ import torch.nn.functional as F
 import torchvision
 
 import folds
-from folds import patient
+from folds import load_prep, patient
 from pointing import TOLERANCE_PER_512
-
-
-def load_prep(folder):
-    x = np.load(os.path.join(folder, "tensors.npy"), mmap_mode="r")
-    rows = list(csv.DictReader(open(os.path.join(folder, "index.csv"))))
-    params = json.load(open(os.path.join(folder, "params.json")))
-    assert len(rows) == x.shape[0], f"{folder}: index.csv has {len(rows)} rows, tensors {x.shape[0]}"
-    return x, rows, params
 
 
 class Net(nn.Module):
