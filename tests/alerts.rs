@@ -176,6 +176,26 @@ fn port_unplugged_and_replugged_mid_stream_loses_nothing() {
     alerts.stop();
 }
 
+/// What the sink writes as it stops (STOPPING, the daemon's last word) reaches the line before
+/// it closes the port, and stays readable after the port is closed (the daemon has exited by the
+/// time a slow reader looks): the reading side must not take the hang-up for the end of data.
+#[test]
+fn the_last_messages_before_stop_are_read_after_the_port_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyCTS");
+    let mut master = plug(&link);
+    let alerts = Alerts::start(vec![Box::new(SerialSink::new(settings(&link, false), "0.1.0;tiny-1"))]);
+    alerts.emit(Event::Ready { latched: None });
+    alerts.emit(Event::Stopping);
+    alerts.stop();
+    // The port is closed now: the reader only comes later.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut buf = Vec::new();
+    let lines = read_lines(&mut master, &mut buf, 2, Duration::from_secs(5));
+    let got: Vec<&str> = lines.iter().map(|l| l[2].as_str()).collect();
+    assert_eq!(got, ["READY", "STOPPING"], "{lines:?}");
+}
+
 fn wait(mut f: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {

@@ -2,7 +2,6 @@
 //! volumes, so that `cargo test` needs no external data.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -382,17 +381,39 @@ pub fn plug(link: &Path) -> TTYPort {
     master
 }
 
+/// Reads what the master side of a pty holds, waiting up to 50 ms for something.
+///
+/// Not `TTYPort::read`: it polls first and gives up on POLLHUP even when POLLIN is set too, so
+/// the lines a daemon wrote just before it closed the port (STOPPING, then exit) could never be
+/// read once it had gone. Read here, they can: the kernel keeps them for the master.
+fn read_master(port: &TTYPort, b: &mut [u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    let fd = port.as_raw_fd();
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; `fd` stays open while `port` is borrowed.
+    let ready = unsafe { libc::poll(&mut p, 1, 50) };
+    if ready != 1 || p.revents & libc::POLLIN == 0 {
+        if p.revents & libc::POLLHUP != 0 {
+            // The far end is closed and nothing is left to read: poll returns at once.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return 0;
+    }
+    // SAFETY: reads into `b`, at most its length.
+    let k = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
+    usize::try_from(k).unwrap_or(0)
+}
+
 /// Reads whole lines from `port` until `n` lines or `within` passed; each line is parsed and
-/// its checksum verified (panics otherwise). Returns the fields of each.
+/// its checksum verified (panics otherwise). Returns the fields of each. Lines written before
+/// the far end closed the port are read too.
 pub fn read_lines(port: &mut TTYPort, buf: &mut Vec<u8>, n: usize, within: Duration) -> Vec<Vec<String>> {
     let t = Instant::now();
     let mut out = Vec::new();
-    port.set_timeout(Duration::from_millis(50)).unwrap();
     while out.len() < n && t.elapsed() < within {
         let mut b = [0u8; 256];
-        if let Ok(k) = port.read(&mut b) {
-            buf.extend_from_slice(&b[..k]);
-        }
+        let k = read_master(port, &mut b);
+        buf.extend_from_slice(&b[..k]);
         while let Some(i) = buf.iter().position(|&c| c == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
             let text = String::from_utf8(line).unwrap();
