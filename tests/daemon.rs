@@ -365,7 +365,7 @@ fn a_missing_model_keeps_the_daemon_up_with_a_visible_fault_until_fixed() {
     // SIGTERM: STOPPING on the line, exit 0.
     signal(&child, libc::SIGTERM);
     let lines = read_until(&mut port, &mut buf, Duration::from_secs(20), |l| l[2] == "STOPPING");
-    assert!(lines.iter().any(|l| l[2] == "STOPPING"), "{lines:?}");
+    assert!(lines.iter().any(|l| l[2] == "STOPPING"), "{lines:?}\n{}", read_log());
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }
 
