@@ -202,6 +202,8 @@ impl Default for RawPreprocess {
 struct RawDecision {
     threshold: Option<Spanned<f64>>,
     min_positive_slices: Option<Spanned<i64>>,
+    min_positive_extent_mm: Option<Spanned<f64>>,
+    min_positive_share: Option<Spanned<f64>>,
 }
 
 
@@ -582,6 +584,10 @@ pub struct Settings {
     /// Positive slices needed for a positive series (None: the manifest's, else
     /// [`crate::decide::DEFAULT_MIN_POSITIVE_SLICES`]).
     pub min_positive_slices: Option<usize>,
+    /// Millimetres of positive slices a positive series needs (None: the manifest's, else 0).
+    pub min_positive_extent_mm: Option<f64>,
+    /// Share of the lung in positive slices a positive series needs (None: the manifest's, else 0).
+    pub min_positive_share: Option<f64>,
     /// Silence after which a series is complete.
     pub quiet_seconds: f64,
     /// Watching, results and disk settings of the daemon.
@@ -685,6 +691,10 @@ pub struct LiveSettings {
     pub threshold: Option<f64>,
     /// See [`Settings::min_positive_slices`].
     pub min_positive_slices: Option<usize>,
+    /// See [`Settings::min_positive_extent_mm`].
+    pub min_positive_extent_mm: Option<f64>,
+    /// See [`Settings::min_positive_share`].
+    pub min_positive_share: Option<f64>,
     /// See [`Settings::quiet_seconds`].
     pub quiet_seconds: f64,
     /// See [`Settings::ingest`].
@@ -725,6 +735,8 @@ impl Settings {
             preprocess,
             threshold,
             min_positive_slices,
+            min_positive_extent_mm,
+            min_positive_share,
             quiet_seconds,
             daemon: DaemonSettings { watch, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days },
             ingest,
@@ -738,7 +750,7 @@ impl Settings {
         } = self;
         (
             FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, export, metrics_listen, watch },
-            LiveSettings { threshold, min_positive_slices, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
+            LiveSettings { threshold, min_positive_slices, min_positive_extent_mm, min_positive_share, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
         )
     }
 
@@ -758,6 +770,8 @@ impl Settings {
             preprocess: f.preprocess,
             threshold: l.threshold,
             min_positive_slices: l.min_positive_slices,
+            min_positive_extent_mm: l.min_positive_extent_mm,
+            min_positive_share: l.min_positive_share,
             quiet_seconds: l.quiet_seconds,
             daemon: DaemonSettings {
                 watch: f.watch,
@@ -1104,6 +1118,8 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         v
     });
     let min_positive_slices = raw.decision.min_positive_slices.as_ref().map(|v| c.range_i("decision.min_positive_slices", v, 1, 10_000) as usize);
+    let min_positive_extent_mm = raw.decision.min_positive_extent_mm.as_ref().map(|v| c.range_f("decision.min_positive_extent_mm", v, 0.0, 2_000.0));
+    let min_positive_share = raw.decision.min_positive_share.as_ref().map(|v| c.range_f("decision.min_positive_share", v, 0.0, 1.0));
     let quiet_seconds = c.range_f("series.quiet_seconds", &raw.series.quiet_seconds, 0.1, 86_400.0);
     let ing = &raw.ingest;
     let modalities: Vec<String> = ing.modalities.get_ref().iter().map(|m| m.trim().to_ascii_uppercase()).collect();
@@ -1229,6 +1245,8 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settings, Vec<Con
         preprocess: preprocess.expect("checked"),
         threshold,
         min_positive_slices,
+        min_positive_extent_mm,
+        min_positive_share,
         quiet_seconds,
         ingest: IngestOptions { limits, modalities, allow_missing_modality: ing.allow_missing_modality, display_window: None },
         daemon,

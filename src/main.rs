@@ -373,6 +373,8 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
                     "max_prob": r.decision.max_prob, "verdict": r.decision.verdict, "threshold": sc.rule.threshold,
                     "threshold_source": sc.rule.threshold_source, "min_positive_slices": sc.rule.min_positive_slices,
                     "min_positive_source": sc.rule.min_positive_source, "min_lung_fraction": sc.rule.min_lung_fraction,
+                    "min_positive_extent_mm": sc.rule.min_positive_extent_mm, "min_positive_share": sc.rule.min_positive_share, "physical_source": sc.rule.physical_source,
+                    "positive_extent_mm": r.decision.positive_extent_mm, "positive_share": r.decision.positive_share,
                     "skipped": r.slices.iter().filter(|s| s.skipped.is_some()).count(),
                     "model": {"name": m.name, "version": m.version, "sha256": m.sha256}, "engine": sc.engine.name(), "precision": sc.engine.precision(), "preprocess": sc.pre.name()})
             );
@@ -384,9 +386,9 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
                 println!("  {:>5} {:>6.3} {:>6.3} {:>7}{} {}", sl.slice_index, sl.z, sl.lung_fraction, prob, if sl.positive { "*" } else { " " }, sl.file.display());
             }
             println!(
-                "  verdict: {:?} — {} of {} slices ≥ {:.3} ({}), {} needed ({}); {} without lung not scored; max prob {:.4}; model {} {} (sha256 {}…), engine {}, preprocess {}",
+                "  verdict: {:?} — {} of {} slices ≥ {:.3} ({}), {} mm, {:.1} % of the lung; needed {}; {} without lung not scored; max prob {:.4}; model {} {} (sha256 {}…), engine {}, preprocess {}",
                 r.decision.verdict, r.decision.positives, r.decision.slices, sc.rule.threshold, sc.rule.threshold_source,
-                sc.rule.min_positive_slices, sc.rule.min_positive_source, r.slices.iter().filter(|s| s.skipped.is_some()).count(), r.decision.max_prob, m.name, m.version, &m.sha256[..12], sc.engine.name(), sc.pre.name()
+                r.decision.positive_extent_mm.map_or("unknown".into(), |e| format!("{e:.1}")), r.decision.positive_share * 100.0, sc.rule.describe(), r.slices.iter().filter(|s| s.skipped.is_some()).count(), r.decision.max_prob, m.name, m.version, &m.sha256[..12], sc.engine.name(), sc.pre.name()
             );
         }
     }

@@ -111,6 +111,17 @@ pub struct DecisionInfo {
     /// (optional; the config's `decision.min_positive_slices` overrides it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_positive_slices: Option<usize>,
+    /// Craniocaudal millimetres a positive series' positive slices must stand for (optional; the
+    /// config's `decision.min_positive_extent_mm` overrides it). See [`crate::decide`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_positive_extent_mm: Option<f64>,
+    /// Share of a positive series' lung that must lie in positive slices (optional; the config's
+    /// `decision.min_positive_share` overrides it). See [`crate::decide`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_positive_share: Option<f64>,
+    /// How the series rule's values were chosen, with their provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_rule_method: Option<String>,
     /// Slices whose lung mask covers less than this share of the image are not sent to the
     /// engine: they are reported with probability 0 and a reason (optional; 0 scores every slice).
     #[serde(default)]
@@ -176,6 +187,12 @@ impl Manifest {
         }
         if !(0.0..=1.0).contains(&self.decision.threshold) {
             bad.push(format!("decision.threshold = {} is outside 0..=1", self.decision.threshold));
+        }
+        if let Some(e) = self.decision.min_positive_extent_mm.filter(|e| !(e.is_finite() && *e >= 0.0)) {
+            bad.push(format!("decision.min_positive_extent_mm = {e} must be a finite number of millimetres >= 0"));
+        }
+        if let Some(s) = self.decision.min_positive_share.filter(|s| !(0.0..=1.0).contains(s)) {
+            bad.push(format!("decision.min_positive_share = {s} is outside 0..=1"));
         }
         if self.model.sha256.len() != 64 || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             bad.push(format!("model.sha256 = {:?} is not 64 hex digits", self.model.sha256));

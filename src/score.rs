@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::{EngineBackend, PreprocessBackend, Settings};
-use crate::decide::{Rule, SeriesDecision};
+use crate::decide::{Rule, SeriesDecision, SliceEvidence};
 use crate::engine::{tract::TractEngine, Engine};
 use crate::ingest::series::Series;
 use crate::model::Model;
@@ -196,8 +196,12 @@ impl Scorer {
                 cam: o.cam,
             })
             .collect();
-        let probs: Vec<f64> = slices.iter().map(|s| f64::from(s.prob)).collect();
-        Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&probs), slices })
+        let evidence: Vec<SliceEvidence> = slices
+            .iter()
+            .zip(series.slab_mm())
+            .map(|(s, slab_mm)| SliceEvidence { prob: f64::from(s.prob), lung_fraction: f64::from(s.lung_fraction), slab_mm, scored: s.skipped.is_none() })
+            .collect();
+        Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&evidence), slices })
     }
 }
 
@@ -269,7 +273,24 @@ pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest) -> Rule {
         (None, Some(n)) => (n, "manifest"),
         (None, None) => (crate::decide::DEFAULT_MIN_POSITIVE_SLICES, "default"),
     };
-    Rule { threshold, threshold_source, min_positive_slices, min_positive_source: min_positive_source.into(), min_lung_fraction: manifest.decision.min_lung_fraction }
+    let pick = |config: Option<f64>, manifest: Option<f64>| match (config, manifest) {
+        (Some(v), _) => (v, "config"),
+        (None, Some(v)) => (v, "manifest"),
+        (None, None) => (0.0, "default"),
+    };
+    let (min_positive_extent_mm, extent_source) = pick(s.min_positive_extent_mm, manifest.decision.min_positive_extent_mm);
+    let (min_positive_share, share_source) = pick(s.min_positive_share, manifest.decision.min_positive_share);
+    let physical_source = if extent_source == share_source { extent_source.to_string() } else { format!("extent: {extent_source}, share: {share_source}") };
+    Rule {
+        threshold,
+        threshold_source,
+        min_positive_slices,
+        min_positive_source: min_positive_source.into(),
+        min_positive_extent_mm,
+        min_positive_share,
+        physical_source,
+        min_lung_fraction: manifest.decision.min_lung_fraction,
+    }
 }
 
 /// `engine.backend = "auto"`: the first usable of a TensorRT plan, OpenVINO, ONNX Runtime, and

@@ -61,7 +61,10 @@ fn score_json_follows_the_contract() {
     assert_eq!(first["z"], 0.0);
     assert!(first["file"].as_str().unwrap().ends_with("a/4.dcm"));
     for s in &series {
-        for key in ["series_uid", "slices", "positives", "max_prob", "verdict", "threshold", "min_positive_slices", "model", "engine", "precision"] {
+        for key in [
+            "series_uid", "slices", "positives", "max_prob", "verdict", "threshold", "min_positive_slices", "model", "engine", "precision",
+            "min_positive_extent_mm", "min_positive_share", "physical_source", "positive_extent_mm", "positive_share",
+        ] {
             assert!(s.get(key).is_some(), "{key} missing in {s}");
         }
         assert_eq!(s["threshold_source"], "config");
@@ -200,4 +203,62 @@ fn slices_without_lung_are_skipped_and_the_rule_names_its_sources() {
     let lines = score("[decision]\nmin_positive_slices = 3\n");
     let series = lines.iter().find(|l| l["type"] == "series").unwrap();
     assert_eq!((series["min_positive_slices"].as_u64(), series["min_positive_source"].as_str()), (Some(3), Some("config")), "{series}");
+}
+
+/// The physical series rule (`min_positive_extent_mm`, `min_positive_share`) comes from the
+/// manifest unless the config sets it, is shown with its inputs in the series line, and gives
+/// the same verdict for a series and for every 4th slice of it; a count rule that the full
+/// series meets is missed by the thick cut.
+#[test]
+fn the_physical_series_rule_decides_the_same_for_thin_and_thick_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
+    let model = dir.path().join("tiny.onnx");
+    std::fs::copy(&src, &model).unwrap();
+    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap() + "min_positive_extent_mm = 12.0\nmin_positive_share = 0.3\n";
+    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    // 24 chest slices, 2 mm apart; a stretch of 10 (20 mm) has denser lungs (-650 HU instead of
+    // -850, still lung to the mask), which the tiny model scores differently from the rest.
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("full")).unwrap();
+    std::fs::create_dir_all(input.join("thick")).unwrap();
+    let (hu, _) = chest(128, 128, 0.0);
+    for k in 0..24 {
+        let dense = (6..16).contains(&k);
+        let mut s = CtSlice::pattern(128, 128, k, 2.0 * k as f64);
+        s.stored = hu.iter().map(|&v| v.round() as i32 + if v <= -800.0 && v > -950.0 && dense { 200 } else { 0 }).collect();
+        s.write(&input.join(format!("full/{k}.dcm")), EXPLICIT_LE);
+        if k % 4 == 0 {
+            let mut t = s.clone();
+            t.series_uid = format!("{}.4", t.series_uid);
+            t.write(&input.join(format!("thick/{k}.dcm")), EXPLICIT_LE);
+        }
+    }
+    let score = |extra: &str, folder: &str| {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n[preprocess]\nbackend = \"cpu\"\n{extra}", model.display())).unwrap();
+        let (code, out, err) = run(&["--config", cfg.to_str().unwrap(), "score", "--json", input.join(folder).to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let probs: Vec<f64> = lines.iter().filter(|l| l["type"] == "slice").map(|l| l["prob"].as_f64().unwrap()).collect();
+        (lines.into_iter().find(|l| l["type"] == "series").unwrap(), probs)
+    };
+    // A threshold between the dense and the plain slices' scores.
+    let (_, probs) = score("", "full");
+    let (lo, hi) = (probs[..6].iter().chain(&probs[16..]).copied().fold(0.0, f64::max), probs[6..16].iter().copied().fold(1.0, f64::min));
+    assert!(hi > lo, "dense slices should score higher: {probs:?}");
+    let t = format!("[decision]\nthreshold = {}\n", (lo + hi) / 2.0);
+    let (full, _) = score(&t, "full");
+    assert_eq!((full["positives"].as_u64(), full["positive_extent_mm"].as_f64()), (Some(10), Some(20.0)), "{full}");
+    assert_eq!((full["min_positive_extent_mm"].as_f64(), full["min_positive_share"].as_f64(), full["physical_source"].as_str()), (Some(12.0), Some(0.3), Some("manifest")), "{full}");
+    assert!(full["positive_share"].as_f64().unwrap() > 0.3, "{full}");
+    assert_eq!(full["verdict"], "positive", "{full}");
+    let (thick, _) = score(&t, "thick");
+    assert_eq!((thick["slices"].as_u64(), thick["positives"].as_u64(), thick["positive_extent_mm"].as_f64()), (Some(6), Some(2), Some(16.0)), "{thick}");
+    assert_eq!(thick["verdict"], "positive", "{thick}");
+    // A count rule the full series meets (8 slices) misses the thick cut; the config's values win.
+    let count = format!("{t}min_positive_slices = 8\nmin_positive_extent_mm = 0\nmin_positive_share = 0\n");
+    assert_eq!(score(&count, "full").0["verdict"], "positive");
+    let (thick, _) = score(&count, "thick");
+    assert_eq!((thick["verdict"].as_str(), thick["physical_source"].as_str()), (Some("negative"), Some("config")), "{thick}");
 }

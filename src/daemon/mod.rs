@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::alert::{self, Alerts, Cleared, Event, FaultKind, SeriesKey, Stage};
 use crate::config::{Settings, WatchMode};
-use crate::decide::{Rule, Verdict};
+use crate::decide::{Rule, SliceEvidence, Verdict};
 use crate::ingest::{series, Pixels, Rescale, Slice, SourceKind, Uids};
 use crate::score::Scorer;
 pub use files::{free_mb, is_running, move_unique, request_ack, unique_path, write_atomic, ACK_FILE};
@@ -291,7 +291,8 @@ impl Daemon {
         let m = &self.scorer.model.manifest.model;
         let line = serde_json::json!({"id": id, "t": now(), "event": if positive { "ALERT" } else { "NEGATIVE" }, "stage": stage_name,
             "series_uid": uid, "series_id": alert::series_id(uid, part), "series_key": key.to_string(), "part": part, "positives": positives, "slices": slices, "max_prob": max_prob,
-            "threshold": rule.threshold, "min_positive_slices": rule.min_positive_slices, "model": format!("{} {}", m.name, m.version)});
+            "threshold": rule.threshold, "min_positive_slices": rule.min_positive_slices,
+            "min_positive_extent_mm": rule.min_positive_extent_mm, "min_positive_share": rule.min_positive_share, "model": format!("{} {}", m.name, m.version)});
         match self.outbox.append(&line) {
             Ok(_) => self.disk(DiskCause::Feed, false),
             Err(e) => {
@@ -322,9 +323,10 @@ impl Daemon {
 
     /// Re-publishes events the journal holds but the feed lacks (a crash between the two).
     fn republish(&mut self) {
-        let open: Vec<(String, u16, Vec<f64>)> = self.state.open.iter().filter(|(_, o)| o.alert_t.is_some()).map(|(k, o)| (k.clone(), o.part, o.probs())).collect();
-        for (uid, part, probs) in open {
-            let d = self.rule().series(&probs);
+        let open: Vec<(String, journal::OpenSeries)> = self.state.open.iter().filter(|(_, o)| o.alert_t.is_some()).map(|(k, o)| (k.clone(), o.clone())).collect();
+        for (uid, o) in open {
+            let part = o.part;
+            let d = self.decide_open(&uid, &o);
             self.publish(&uid, part, Stage::Early, true, d.positives, d.slices, d.max_prob);
         }
         let finals: Vec<Record> = Journal::read(self.journal.path()).unwrap_or_default().into_iter().filter(|r| matches!(r, Record::Final { .. })).collect();
@@ -380,9 +382,9 @@ impl Daemon {
             self.emit(Event::Degraded { on: true });
         }
         log::info!(
-            "ready: watching {} ({:?}), {} workers, model {} {} (sha256 {}…), threshold {:.4} ({}), {} positive slices per series ({}), slices with lung fraction < {} not scored, engine {}, preprocess {}; {} series open from before",
+            "ready: watching {} ({:?}), {} workers, model {} {} (sha256 {}…), threshold {:.4} ({}), series rule {}, slices with lung fraction < {} not scored, engine {}, preprocess {}; {} series open from before",
             self.settings.paths.incoming.display(), self.settings.daemon.watch, workers, m.name, m.version, &m.sha256[..12.min(m.sha256.len())],
-            self.scorer.rule.threshold, self.scorer.rule.threshold_source, self.scorer.rule.min_positive_slices, self.scorer.rule.min_positive_source,
+            self.scorer.rule.threshold, self.scorer.rule.threshold_source, self.scorer.rule.describe(),
             self.scorer.rule.min_lung_fraction, self.scorer.engine.name(), self.scorer.pre.name(),
             self.state.open.len()
         );
@@ -709,12 +711,32 @@ impl Daemon {
         self.live.lock().expect("live settings").rule.clone()
     }
 
+    /// What the series rule needs of each slice of an ordered open series.
+    fn evidence(&self, rule: &Rule, ordered: &series::Series, recs: &[SliceRec]) -> Vec<SliceEvidence> {
+        recs.iter()
+            .zip(ordered.slab_mm())
+            .map(|(r, slab_mm)| SliceEvidence {
+                prob: f64::from(r.prob),
+                lung_fraction: f64::from(r.lung_fraction),
+                slab_mm,
+                scored: self.scorer.skip_reason(rule, r.lung_fraction).is_none(),
+            })
+            .collect()
+    }
+
+    /// The rule's verdict on an open series as it stands.
+    fn decide_open(&self, uid: &str, o: &journal::OpenSeries) -> crate::decide::SeriesDecision {
+        let rule = self.rule();
+        let (ordered, recs) = order_open(uid, o);
+        rule.series(&self.evidence(&rule, &ordered, &recs))
+    }
+
     fn check_early(&mut self, series: &str) {
         let Some(o) = self.state.open.get(series) else { return };
         if o.alert_t.is_some() {
             return;
         }
-        let d = self.rule().series(&o.probs());
+        let d = self.decide_open(series, o);
         if d.verdict == Verdict::Positive {
             let part = o.part;
             if self.record(Record::Alert { t: now(), series: series.to_string(), part, positives: d.positives, slices: d.slices, max_prob: d.max_prob }) {
@@ -753,37 +775,15 @@ impl Daemon {
         let Some(o) = self.state.open.get(uid).cloned() else { return };
         let rule = self.rule();
         let key = SeriesKey::of(uid, o.part);
-        // Order the slices as `score` does, from the journal's geometry.
-        let mut stubs = Vec::new();
-        let mut recs = Vec::new();
-        for (file, r) in o.slices() {
-            stubs.push(Slice {
-                source: PathBuf::from(file),
-                frame: r.frame,
-                rows: 0,
-                cols: 0,
-                pixels: Pixels::I16(Vec::new()),
-                rescale: Rescale::default(),
-                geometry: r.geometry,
-                uids: Uids { series: uid.to_string(), ..Default::default() },
-                modality: None,
-                image_type: Vec::new(),
-                transfer_syntax: None,
-                kind: SourceKind::Dicom,
-            });
-            recs.push(((file.to_string(), r.frame), r.clone()));
-        }
-        let by_name: std::collections::HashMap<(String, usize), SliceRec> = recs.into_iter().collect();
-        let ordered = series::order(uid.to_string(), stubs);
-        let probs: Vec<f64> = ordered.slices.iter().map(|s| f64::from(by_name[&(s.source.display().to_string(), s.frame)].prob)).collect();
-        let d = rule.series(&probs);
+        let (ordered, recs) = order_open(uid, &o);
+        let d = rule.series(&self.evidence(&rule, &ordered, &recs));
         let m = &self.scorer.model.manifest.model;
         let slices: Vec<serde_json::Value> = ordered
             .slices
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let r = &by_name[&(s.source.display().to_string(), s.frame)];
+                let r = &recs[i];
                 let skipped = self.scorer.skip_reason(&rule, r.lung_fraction);
                 let mut v = serde_json::json!({"file": s.source.display().to_string(), "frame": s.frame, "slice_index": i, "z": ordered.z[i],
                     "lung_fraction": r.lung_fraction, "prob": r.prob, "positive": skipped.is_none() && rule.slice_positive(f64::from(r.prob))});
@@ -799,6 +799,8 @@ impl Daemon {
             "verdict": d.verdict, "positives": d.positives, "slices": d.slices, "max_prob": d.max_prob,
             "threshold": rule.threshold, "threshold_source": rule.threshold_source, "min_positive_slices": rule.min_positive_slices,
             "min_positive_source": rule.min_positive_source, "min_lung_fraction": rule.min_lung_fraction,
+            "min_positive_extent_mm": rule.min_positive_extent_mm, "min_positive_share": rule.min_positive_share, "physical_source": rule.physical_source,
+            "positive_extent_mm": d.positive_extent_mm, "positive_share": d.positive_share,
             "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
             "engine": self.scorer.engine.name(), "precision": self.scorer.engine.precision(), "preprocess": self.scorer.pre.name(), "ctsentry": env!("CARGO_PKG_VERSION"),
             "order_key": ordered.order_key, "duplicates": ordered.duplicates, "gaps": ordered.gaps,
@@ -818,9 +820,8 @@ impl Daemon {
             let in_order: Vec<(&str, &SliceRec, bool)> = ordered
                 .slices
                 .iter()
-                .map(|s| {
-                    let name = s.source.display().to_string();
-                    let r = &by_name[&(name, s.frame)];
+                .zip(&recs)
+                .map(|(s, r)| {
                     (s.source.to_str().unwrap_or_default(), r, self.scorer.skip_reason(&rule, r.lung_fraction).is_none() && rule.slice_positive(f64::from(r.prob)))
                 })
                 .collect();
@@ -830,7 +831,10 @@ impl Daemon {
         if !self.record(Record::Final { t, series: uid.to_string(), part: o.part, verdict: verdict.into(), positives: d.positives, slices: d.slices, max_prob: d.max_prob, result: path.display().to_string() }) {
             return;
         }
-        log::info!("series {key}: {verdict} ({} of {} slices ≥ {:.4}, {} needed) -> {}", d.positives, d.slices, rule.threshold, rule.min_positive_slices, path.display());
+        log::info!(
+            "series {key}: {verdict} ({} of {} slices ≥ {:.4}, {} mm, {:.1} % of the lung; needed {}) -> {}",
+            d.positives, d.slices, rule.threshold, d.positive_extent_mm.map_or("unknown".into(), |e| format!("{e:.1}")), d.positive_share * 100.0, rule.describe(), path.display()
+        );
         self.publish(uid, o.part, Stage::Final, d.verdict == Verdict::Positive, d.positives, d.slices, d.max_prob);
     }
 
@@ -1037,7 +1041,7 @@ impl Daemon {
         *self.live.lock().expect("live settings") = Live { rule: rule.clone(), heatmaps: s.daemon.heatmaps, ingest: s.ingest.clone() };
         watcher.set_timing(s.daemon.poll_seconds, s.daemon.stable_seconds);
         log::set_max_level(s.log_level);
-        log::info!("config reloaded: threshold {:.4} ({}), {} positive slices per series, quiet {} s", rule.threshold, rule.threshold_source, rule.min_positive_slices, s.quiet_seconds);
+        log::info!("config reloaded: threshold {:.4} ({}), series rule {}, quiet {} s", rule.threshold, rule.threshold_source, rule.describe(), s.quiet_seconds);
     }
 }
 
@@ -1079,3 +1083,29 @@ pub const CRASH_LIMIT: u32 = 3;
 /// How often expired files are deleted (`[retention]`); also once at start.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
+/// Orders an open series' slices as `score` does, from the journal's geometry: the series (of
+/// pixel-less stand-ins) and each slice's record, in series order.
+fn order_open(uid: &str, o: &journal::OpenSeries) -> (series::Series, Vec<SliceRec>) {
+    let mut stubs = Vec::new();
+    let mut by_name = std::collections::HashMap::new();
+    for (file, r) in o.slices() {
+        stubs.push(Slice {
+            source: PathBuf::from(file),
+            frame: r.frame,
+            rows: 0,
+            cols: 0,
+            pixels: Pixels::I16(Vec::new()),
+            rescale: Rescale::default(),
+            geometry: r.geometry,
+            uids: Uids { series: uid.to_string(), ..Default::default() },
+            modality: None,
+            image_type: Vec::new(),
+            transfer_syntax: None,
+            kind: SourceKind::Dicom,
+        });
+        by_name.insert((file.to_string(), r.frame), r.clone());
+    }
+    let ordered = series::order(uid.to_string(), stubs);
+    let recs = ordered.slices.iter().map(|s| by_name[&(s.source.display().to_string(), s.frame)].clone()).collect();
+    (ordered, recs)
+}

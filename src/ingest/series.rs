@@ -123,6 +123,38 @@ pub fn order(uid: String, slices: Vec<Slice>) -> Series {
     Series { uid, slices, keys, z, order_key, duplicates, gaps }
 }
 
+impl Series {
+    /// The craniocaudal thickness (mm) each slice stands for, in series order: half the distance
+    /// to each neighbour (so every k-th slice of a series stands for k times the slab and a
+    /// series' extent does not depend on how thick it was cut), a side across a gap limited to
+    /// the median spacing (a missing stretch is not claimed by its neighbours), and a lone slice
+    /// its Slice Thickness. `None` for every slice when positions are unknown (ordered by Instance
+    /// Number or input order) and no Slice Thickness is given.
+    pub fn slab_mm(&self) -> Vec<Option<f64>> {
+        let n = self.slices.len();
+        let thickness = |i: usize| self.slices[i].geometry.slice_thickness.filter(|t| t.is_finite() && *t > 0.0);
+        let physical = matches!(self.order_key, OrderKey::Position | OrderKey::SliceLocation);
+        if !physical || n < 2 {
+            return (0..n).map(thickness).collect();
+        }
+        let steps: Vec<f64> = self.keys.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut distinct: Vec<f64> = steps.iter().copied().filter(|d| *d >= SAME_POSITION_MM).collect();
+        distinct.sort_by(f64::total_cmp);
+        let Some(&median) = distinct.get(distinct.len() / 2) else {
+            // Every slice at one position: no extent along the axis can be measured.
+            return (0..n).map(thickness).collect();
+        };
+        let side = |d: f64| d.min(median) / 2.0;
+        (0..n)
+            .map(|i| {
+                let below = if i > 0 { side(steps[i - 1]) } else { median / 2.0 };
+                let above = if i + 1 < n { side(steps[i]) } else { median / 2.0 };
+                Some(below + above)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +218,26 @@ mod tests {
         let ser = order("x".into(), vec![s("a", Some(3.0), None, None)]);
         assert_eq!(ser.z, vec![0.0]);
         assert!(ser.gaps.is_empty() && ser.duplicates.is_empty());
+    }
+
+    #[test]
+    fn slabs_follow_the_spacing_and_every_kth_slice_keeps_the_extent() {
+        let full = order("x".into(), (0..40).map(|i| s(&format!("{i:02}"), Some(2.0 * i as f64), None, None)).collect());
+        let slabs: Vec<f64> = full.slab_mm().into_iter().map(|w| w.unwrap()).collect();
+        assert!(slabs.iter().all(|w| (w - 2.0).abs() < 1e-12), "{slabs:?}");
+        for k in [2, 3, 4] {
+            let cut = order("x".into(), (0..40).step_by(k).map(|i| s(&format!("{i:02}"), Some(2.0 * i as f64), None, None)).collect());
+            let total: f64 = cut.slab_mm().into_iter().map(|w| w.unwrap()).sum();
+            assert!((total - 80.0).abs() <= 2.0 * k as f64, "k={k}: {total}");
+        }
+        // A gap is not claimed by its neighbours; duplicates share their slab.
+        let gap = order("x".into(), [0.0, 2.0, 4.0, 20.0, 22.0, 22.0, 24.0].iter().enumerate().map(|(i, z)| s(&i.to_string(), Some(*z), None, None)).collect());
+        let w: Vec<f64> = gap.slab_mm().into_iter().map(|w| w.unwrap()).collect();
+        assert_eq!(w, vec![2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 2.0]);
+        // No positions: Slice Thickness, else unknown.
+        let mut a = s("a", None, None, Some(1));
+        a.geometry.slice_thickness = Some(5.0);
+        let ser = order("x".into(), vec![a, s("b", None, None, Some(2))]);
+        assert_eq!(ser.slab_mm(), vec![Some(5.0), None]);
     }
 }
