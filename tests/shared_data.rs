@@ -130,3 +130,72 @@ fn fast_lung_mask_equals_the_reference_on_every_shared_ct_slice() {
     println!("{} slices, {with_lungs} with lungs: identical masks", slices.len());
     assert!(with_lungs > 300);
 }
+
+/// The shipped series rule on real series: P001 (COVID-19, 2 mm) alerts, and so does every
+/// cut of it to every 2nd, 3rd and 4th slice (4-8 mm, every offset), while normal001 stays
+/// negative at every cut; the count rule that 3.0.0 shipped (68 slices) misses P001 at 8 mm.
+/// The slices are scored once by `ctsentry score` (a slice's score does not depend on its
+/// neighbours, tests/score.rs); the cuts are ordered and decided by the library, as the
+/// appliance does.
+#[test]
+fn the_shipped_series_rule_holds_when_the_series_is_cut_thicker() {
+    use ctsentry::decide::{Rule, SliceEvidence, Verdict};
+    let Some(data) = common::shared_data("covid-ct-md/P001") else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/densenet121-covid.onnx");
+    let d = ctsentry::model::Model::load(&model).unwrap().manifest.decision;
+    let rule = Rule {
+        threshold: d.threshold,
+        threshold_source: "manifest".into(),
+        min_positive_slices: d.min_positive_slices.unwrap_or(ctsentry::decide::DEFAULT_MIN_POSITIVE_SLICES),
+        min_positive_source: "manifest".into(),
+        min_positive_extent_mm: d.min_positive_extent_mm.unwrap_or(0.0),
+        min_positive_share: d.min_positive_share.unwrap_or(0.0),
+        physical_source: "manifest".into(),
+        min_lung_fraction: d.min_lung_fraction,
+    };
+    let count = Rule { min_positive_slices: 68, min_positive_extent_mm: 0.0, min_positive_share: 0.0, ..rule.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n", model.display())).unwrap();
+    for (patient, expected) in [("P001", Verdict::Positive), ("normal001", Verdict::Negative)] {
+        let folder = data.join("covid-ct-md").join(patient);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctsentry")).arg("--config").arg(&cfg).args(["score", "--json"]).arg(&folder).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let by_file: HashMap<String, (f64, f64, bool)> = lines
+            .iter()
+            .filter(|l| l["type"] == "slice")
+            .map(|l| (l["file"].as_str().unwrap().to_string(), (l["prob"].as_f64().unwrap(), l["lung_fraction"].as_f64().unwrap(), l.get("skipped").is_none())))
+            .collect();
+        let shipped = lines.iter().find(|l| l["type"] == "series").unwrap();
+        let files = ingest::collect_files(&[folder]).unwrap();
+        // In slice order (file names do not give it), so that a cut is every k-th slice along the patient.
+        let slices = series::order(patient.into(), files.iter().map(|p| read_one(p)).collect()).slices;
+        let n = slices.len();
+        for k in 1..=4 {
+            for offset in 0..k {
+                let ser = series::order(patient.into(), slices.iter().skip(offset).step_by(k).cloned().collect());
+                let ev: Vec<SliceEvidence> = ser
+                    .slices
+                    .iter()
+                    .zip(ser.slab_mm())
+                    .map(|(s, slab_mm)| {
+                        let (prob, lung_fraction, scored) = by_file[&s.source.display().to_string()];
+                        SliceEvidence { prob, lung_fraction, slab_mm, scored }
+                    })
+                    .collect();
+                let got = rule.series(&ev);
+                println!("{patient} every {k} (offset {offset}): {} slices, {} positive, {:.0} mm, share {:.2}: {:?}", ev.len(), got.positives, got.positive_extent_mm.unwrap(), got.positive_share, got.verdict);
+                assert_eq!(got.verdict, expected, "{patient}, every {k}th slice from {offset}: {got:?}");
+                if k == 1 {
+                    assert_eq!((shipped["verdict"].as_str(), shipped["positives"].as_u64()), (Some(if expected == Verdict::Positive { "positive" } else { "negative" }), Some(got.positives as u64)), "{shipped}");
+                    assert_eq!(got.slices, n);
+                }
+                if patient == "P001" && k == 4 {
+                    assert_eq!(count.series(&ev).verdict, Verdict::Negative, "68 slices cannot be reached by {} slices", ev.len());
+                }
+            }
+        }
+    }
+}
