@@ -387,3 +387,41 @@ assert not P.reach_hit(everywhere, P.lesion_distance(disc(292, 292)))
 "#
     ));
 }
+
+/// The operating-point rule's parts that need no torch: every (source, label) cell weighs the
+/// same; Platt scaling recovers a known logit transform; the ECE is near 0 for calibrated and
+/// large for overconfident scores; the threshold keeps the sensitivity averaged over sources
+/// (each one vote) at the target, with each source's own threshold as the spread.
+#[test]
+fn operating_point_helpers_weigh_sources_alike_and_calibrate() {
+    if !python_ready() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training");
+    python(&format!(
+        r#"
+import sys; sys.path.insert(0, {dir:?})
+import numpy as np
+import folds, headfit as H
+y = np.array([1] * 90 + [0] * 10 + [0] * 5)
+src = np.array(["big"] * 100 + ["small"] * 5)
+w = H.weights(y, src)
+cells = {{(s, l): w[(src == s) & (y == l)].sum() for s, l in [("big", 1), ("big", 0), ("small", 0)]}}
+assert np.allclose(list(cells.values()), len(y) / 3), cells
+assert abs(w.mean() - 1) < 1e-12
+rng = np.random.default_rng(1)
+z = rng.normal(0, 2, 4000)
+truth = H.sig(0.5 * z - 0.3)
+lab = (rng.random(4000) < truth).astype(float)
+a, b = H.platt(z, lab, np.ones(4000))
+assert abs(a - 0.5) < 0.08 and abs(b + 0.3) < 0.12, (a, b)
+assert H.ece(truth, lab) < 0.04, H.ece(truth, lab)
+assert H.ece(H.sig(3 * z), lab) > 0.15, H.ece(H.sig(3 * z), lab)
+t, per = folds.threshold_for_mean_sensitivity({{"a": [0.9, 0.8, 0.7, 0.6], "b": [0.5, 0.4]}}, 0.75)
+assert (t, per) == (0.5, {{"a": 0.7, "b": 0.4}}), (t, per)
+# One vote per source: 1,000 easy positives of one source do not lower the bar for the other.
+t, _ = folds.threshold_for_mean_sensitivity({{"many": [0.9] * 1000, "few": [0.3, 0.2]}}, 0.75)
+assert t == 0.3, t
+"#
+    ));
+}

@@ -47,3 +47,19 @@ def threshold_for_sensitivity(pos, target):
         raise ValueError("no positive scores to choose a threshold on")
     pos = sorted(pos, reverse=True)
     return pos[int(math.ceil(target * len(pos))) - 1]
+
+
+def threshold_for_mean_sensitivity(groups, target):
+    """The largest threshold at which the sensitivity averaged over `groups` (name -> positive
+    scores; each group one vote, so that no source with many slices sets it alone) is >= `target`,
+    rounded down to 6 decimals (the scores' precision in the CSVs), and the per-group thresholds
+    of `threshold_for_sensitivity` (the spread)."""
+    groups = {g: np.asarray(v, dtype=float) for g, v in groups.items() if len(v)}
+    if not groups:
+        raise ValueError("no positive scores to choose a threshold on")
+    best = min(float(v.min()) for v in groups.values())
+    for t in np.unique(np.concatenate(list(groups.values())))[::-1]:
+        if np.mean([(v >= t).mean() for v in groups.values()]) >= target:
+            best = float(t)
+            break
+    return math.floor(best * 1e6) / 1e6, {g: float(threshold_for_sensitivity(list(v), target)) for g, v in groups.items()}
