@@ -91,6 +91,10 @@ pub struct Snapshot {
     pub threshold: Option<f64>,
     /// Positive slices a series needs (null while no model is loaded and the config sets none).
     pub min_positive_slices: Option<usize>,
+    /// The whole series rule in words, with where each value came from (`Rule::describe`; null
+    /// while no model is loaded, and in snapshots of older versions).
+    #[serde(default)]
+    pub series_rule: Option<String>,
     /// Files handled (done or quarantined) since the journal began.
     pub files_handled: u64,
     /// The most recent final verdicts, newest first.
@@ -116,6 +120,7 @@ impl Snapshot {
             model: ModelView { name: settings.model_path.display().to_string(), version: "unavailable".into(), sha256: String::new() },
             threshold: settings.threshold,
             min_positive_slices: settings.min_positive_slices,
+            series_rule: None,
             files_handled: 0,
             last_verdicts: Vec::new(),
         }
@@ -189,7 +194,7 @@ pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
     let _ = writeln!(r, "work        {} file(s) waiting, {} scoring, {} series open, {} files handled", snap.queue, snap.scoring, snap.open_series, snap.files_handled);
     let _ = writeln!(
         r,
-        "model       {} {} (sha256 {}…), engine {} {}, preprocess {}, threshold {}, {} positive slice(s) per series",
+        "model       {} {} (sha256 {}…), engine {} {}, preprocess {}, threshold {}, series rule {}",
         snap.model.name,
         snap.model.version,
         &snap.model.sha256[..12.min(snap.model.sha256.len())],
@@ -197,7 +202,7 @@ pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
         snap.precision,
         snap.preprocess,
         snap.threshold.map(|t| format!("{t:.4}")).unwrap_or_else(|| "unknown".into()),
-        snap.min_positive_slices.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into())
+        snap.series_rule.clone().or_else(|| snap.min_positive_slices.map(|n| format!("≥ {n} slices positive"))).unwrap_or_else(|| "unknown".into())
     );
     for v in &snap.last_verdicts {
         let _ = writeln!(r, "verdict     {} {} ({} of {} slices, max {:.3}), {}", v.series_key, v.verdict.to_uppercase(), v.positives, v.slices, v.max_prob, ago(v.t));
@@ -228,6 +233,7 @@ mod tests {
             model: ModelView { name: "m".into(), version: "1".into(), sha256: "ab".repeat(32) },
             threshold: Some(0.5),
             min_positive_slices: Some(2),
+            series_rule: Some("≥ 2 slices, ≥ 136 mm positive (count: manifest, physical: manifest)".into()),
             files_handled: 9,
             last_verdicts: vec![],
         };

@@ -579,6 +579,7 @@ impl Daemon {
             model: crate::status::ModelView { name: m.name.clone(), version: m.version.clone(), sha256: m.sha256.clone() },
             threshold: Some(rule.threshold),
             min_positive_slices: Some(rule.min_positive_slices),
+            series_rule: Some(rule.describe()),
             files_handled: self.state.handled,
             last_verdicts: self.last_verdicts.iter().cloned().collect(),
         };
