@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Fine-tunes the last dense block, norm5 and the head of a bundle on every source,
-leave-one-source-out, from the block's cached input (`features.py --block4`).
+leave-sources-out, from the block's cached input (`features.py --block4`); with `--whole`, the
+whole network from the prep tensors (flips and intensity augmentation).
 
 The bundle's ONNX graph from the last dense block's input to the head is run as a PyTorch module
 built from the graph itself (Concat, BatchNormalization, Relu, Conv nodes and their
@@ -55,15 +56,16 @@ class Subgraph(nn.Module):
     """The ONNX nodes from `BLOCK4_INPUT` to `HEAD_INPUT`, with the head; forward returns
     (logit [N], cam [N,7,7]) as the bundle computes them."""
 
-    def __init__(self, model):
+    def __init__(self, model, start=BLOCK4_INPUT):
         from onnx import numpy_helper
 
         super().__init__()
+        self.start = start
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         nodes, started = [], False
         for n in model.graph.node:
             if not started:
-                started = BLOCK4_INPUT in n.input
+                started = start in n.input
             if started:
                 nodes.append(n)
                 if HEAD_INPUT in n.output:
@@ -93,7 +95,7 @@ class Subgraph(nn.Module):
         return self.stats[name]
 
     def forward(self, x):
-        env = {BLOCK4_INPUT: x}
+        env = {self.start: x}
         for n in self.nodes:
             a = {at.name: at for at in n.attribute}
             ins = [self.value(i, env) for i in n.input]
@@ -104,6 +106,15 @@ class Subgraph(nn.Module):
             elif n.op_type == "BatchNormalization":
                 eps = a["epsilon"].f if "epsilon" in a else 1e-5
                 out = F.batch_norm(ins[0], ins[3], ins[4], ins[1], ins[2], training=False, eps=eps)
+            elif n.op_type in ("MaxPool", "AveragePool"):
+                pads = list(a["pads"].ints) if "pads" in a else [0, 0, 0, 0]
+                k, st = list(a["kernel_shape"].ints), list(a["strides"].ints)
+                if pads[0] != pads[2] or pads[1] != pads[3] or ("ceil_mode" in a and a["ceil_mode"].i):
+                    raise SystemExit(f"{n.name}: unsupported pooling attributes")
+                if n.op_type == "MaxPool":
+                    out = F.max_pool2d(ins[0], k, st, pads[:2])
+                else:
+                    out = F.avg_pool2d(ins[0], k, st, pads[:2], count_include_pad=bool(a["count_include_pad"].i) if "count_include_pad" in a else False)
             elif n.op_type == "Conv":
                 pads = list(a["pads"].ints) if "pads" in a else [0, 0, 0, 0]
                 if pads[0] != pads[2] or pads[1] != pads[3]:
@@ -112,7 +123,7 @@ class Subgraph(nn.Module):
                 group = a["group"].i if "group" in a else 1
                 out = F.conv2d(ins[0], ins[1], ins[2] if len(ins) > 2 else None, stride=strides, padding=pads[:2], groups=group)
             else:
-                raise SystemExit(f"{n.name}: {n.op_type} is not expected between the last dense block's input and the head")
+                raise SystemExit(f"{n.name}: {n.op_type} is not expected between {self.start} and the head")
             env[n.output[0]] = out
         f = env[HEAD_INPUT]
         logit = f.mean(dim=(2, 3)) @ self.head_w[0] + self.head_b[0]
@@ -158,13 +169,16 @@ def load(a):
     sims = {os.path.basename(os.path.normpath(s)).replace("sim-", "sim"): s for s in a.sims}
     for name in names:
         rows = list(csv.DictReader(open(os.path.join(a.prep, name, "index.csv"))))
-        z = np.load(os.path.join(a.features, name + ".npz"))
         src = headfit.sources_of(name, rows, patient_source)
         for r, (s, p, sim) in zip(rows, src):
             if not sim:
                 patient_source[os.path.basename(os.path.dirname(r["file"])) or r["file"]] = (s, p)
         keep = [i for i, r in enumerate(rows) if r["label"] in ("0", "1") and float(r["lung_fraction"]) >= a.min_lung]
-        xs.append(z["block4"][keep])
+        if a.whole:
+            tensors = np.load(os.path.join(a.prep, name, "tensors.npy"), mmap_mode="r")
+            xs.append(Rows(tensors, keep))
+        else:
+            xs.append(np.load(os.path.join(a.features, name + ".npz"))["block4"][keep])
         for i in keep:
             r = rows[i]
             ys.append(int(r["label"]))
@@ -179,7 +193,41 @@ def load(a):
                 elif name in ("ma", "medseg") and a.extra:
                     c = cells_of(headfit.mask_of(a.extra, name, r["file"]))
             cells.append(c)
-    return np.concatenate(xs), np.array(ys), np.array(lungs), meta, np.stack(cells), rowref
+    return (Rows.join(xs) if a.whole else np.concatenate(xs)), np.array(ys), np.array(lungs), meta, np.stack(cells), rowref
+
+
+class Rows:
+    """Rows of memory-mapped prep tensors, indexed like an array (`x[idx]` gathers a batch)."""
+
+    def __init__(self, tensors, keep):
+        self.parts = [(tensors, np.asarray(keep, dtype=int))]
+
+    @staticmethod
+    def join(all_rows):
+        r = Rows.__new__(Rows)
+        r.parts = [p for rows in all_rows for p in rows.parts]
+        r.offsets = np.cumsum([0] + [len(k) for _, k in r.parts])
+        return r
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+            out = Rows.__new__(Rows)
+            out.parts = [(self, idx)]
+            out.offsets = np.array([0, len(idx)])
+            return out
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        return np.stack([np.asarray(self._row(p, i - self.offsets[p])) for p, i in zip(part, idx)])
+
+    def _row(self, p, i):
+        src, keep = self.parts[p]
+        return src[[keep[i]]][0] if isinstance(src, Rows) else src[keep[i]]
 
 
 def train(model, x, y, w, cells, a, seed):
@@ -194,9 +242,17 @@ def train(model, x, y, w, cells, a, seed):
         for s in range(0, len(order) - 1, a.batch):
             b = order[s : s + a.batch]
             xb = torch.from_numpy(x[b.numpy()].astype(np.float32))
+            cb = ct[b].float()
+            if a.whole:
+                # Left-right flips (the cells flip with the image), contrast x0.9-1.1 and
+                # brightness +-0.1 in normalised units, as train.py's augmentation.
+                flip = torch.rand(len(b), generator=g) < 0.5
+                xb[flip] = xb[flip].flip(-1)
+                cb[flip] = cb[flip].flip(-1)
+                xb = xb * (0.9 + 0.2 * torch.rand(len(b), 1, 1, 1, generator=g)) + (torch.rand(len(b), 1, 1, 1, generator=g) * 0.2 - 0.1)
             logit, cam = model(xb)
             loss = (wt[b] * F.binary_cross_entropy_with_logits(logit, yt[b], reduction="none")).mean()
-            att, k = attention_loss(cam, ct[b].float())
+            att, k = attention_loss(cam, cb)
             if k:
                 loss = loss + a.cam_weight * att * k / len(b)
             opt.zero_grad()
@@ -206,7 +262,7 @@ def train(model, x, y, w, cells, a, seed):
     return model
 
 
-def predict(model, x, bs=128):
+def predict(model, x, bs=32):
     out, cams = [], []
     with torch.no_grad():
         for s in range(0, len(x), bs):
@@ -254,6 +310,8 @@ def main():
     ap.add_argument("--sensitivity", type=float, default=0.92)
     ap.add_argument("--folds", default=DEFAULT_FOLDS, help="folds: groups of sources held out together, `;`-separated, each a comma list (every source must be in one)")
     ap.add_argument("--no-final", action="store_true", help="skip the model fitted on everything")
+    ap.add_argument("--partial", action="store_true", help="allow folds that leave some sources never held out (an exploratory run)")
+    ap.add_argument("--whole", action="store_true", help="train the whole graph from the prep tensors (input to head; flips and intensity augmentation) instead of the last dense block from --features")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", required=True)
@@ -270,15 +328,17 @@ def main():
           + ", ".join(f"{s} {int((src == s).sum())}" for s in sorted(set(src))), flush=True)
 
     # The graph as a module reproduces the bundle's own outputs.
+    start = "input" if a.whole else BLOCK4_INPUT
     z0 = np.load(os.path.join(a.features, "ct.npz"))
-    m0 = Subgraph(base)
-    l0, _ = predict(m0, z0["block4"][:32])
-    dl = float(np.abs(l0 - z0["logit"][:32]).max())
-    print(f"subgraph vs bundle, 32 rows: max |dlogit| {dl:.2e} (float16 cache)", flush=True)
+    m0 = Subgraph(base, start)
+    probe = np.load(os.path.join(a.prep, "ct", "tensors.npy"), mmap_mode="r")[:8] if a.whole else z0["block4"][:32]
+    l0, _ = predict(m0, np.asarray(probe))
+    dl = float(np.abs(l0 - z0["logit"][: len(l0)]).max())
+    print(f"subgraph vs bundle, {len(l0)} rows: max |dlogit| {dl:.2e}", flush=True)
 
     folds = [f.split(",") for f in a.folds.split(";")]
     missing = set(src) - {s for f in folds for s in f}
-    if missing:
+    if missing and not a.partial:
         raise SystemExit(f"--folds: sources in no fold: {', '.join(sorted(missing))}")
     z = np.full(len(y), np.nan)
     cams = np.zeros((len(y), 7, 7), np.float32)
@@ -287,7 +347,7 @@ def main():
     for f in folds:
         te = np.isin(src, f)
         tr = ~te
-        m = train(Subgraph(base), x[tr], y[tr], headfit.weights(y[tr], src[tr]), cells[tr], a, a.seed)
+        m = train(Subgraph(base, start), x[tr], y[tr], headfit.weights(y[tr], src[tr]), cells[tr], a, a.seed)
         z[te], cams[te] = predict(m, x[te])
         fold_models.append((f, m))
         print(f"fold {'+'.join(f)}: {int(tr.sum())} trained on, {int(te.sum())} held out, {time.time() - t0:.0f} s", flush=True)
@@ -330,7 +390,7 @@ def main():
             os.link(os.path.join(a.out, "loso", f[0] + ".onnx"), os.path.join(a.out, "loso", other + ".onnx"))
     if not a.no_final:
         t1 = time.time()
-        final = train(Subgraph(base), x, y, w, cells, a, a.seed)
+        final = train(Subgraph(base, start), x, y, w, cells, a, a.seed)
         final.export(base, os.path.join(a.out, "final.onnx"), (pa, pb))
         summary["final_seconds"] = round(time.time() - t1)
     json.dump(summary, open(os.path.join(a.out, "summary.json"), "w"), indent=2)
