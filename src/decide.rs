@@ -77,11 +77,13 @@ impl Rule {
     /// The series conditions in words, e.g. `≥ 2 slices, ≥ 15 mm and ≥ 15 % of the lung positive`.
     pub fn describe(&self) -> String {
         let mut parts = vec![format!("≥ {} slices", self.min_positive_slices)];
+        // At most 2 decimals, trailing zeros dropped (0.07 × 100 is 7.000000000000001).
+        let num = |v: f64| format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_string();
         if self.min_positive_extent_mm > 0.0 {
-            parts.push(format!("≥ {} mm", self.min_positive_extent_mm));
+            parts.push(format!("≥ {} mm", num(self.min_positive_extent_mm)));
         }
         if self.min_positive_share > 0.0 {
-            parts.push(format!("≥ {} % of the lung", self.min_positive_share * 100.0));
+            parts.push(format!("≥ {} % of the lung", num(self.min_positive_share * 100.0)));
         }
         format!("{} positive (count: {}, physical: {})", parts.join(", "), self.min_positive_source, self.physical_source)
     }
@@ -94,8 +96,9 @@ impl Rule {
     /// The verdict for a series whose slices, in series order, are `slices`.
     ///
     /// Where a slice's slab is unknown (no positions, no Slice Thickness), the extent is unknown
-    /// (`None`): the extent condition then cannot be met unless it is 0, and the share weighs
-    /// every slice alike.
+    /// (`None`): the extent condition is then not applied (the verdict rests on the count and
+    /// the share, which weighs every slice alike), so that such a series is never silently
+    /// unable to alert; results show the extent as null.
     pub fn series(&self, slices: &[SliceEvidence]) -> SeriesDecision {
         let positive = |s: &SliceEvidence| s.scored && self.slice_positive(s.prob);
         let positives = slices.iter().filter(|s| positive(s)).count();
@@ -103,10 +106,14 @@ impl Rule {
         let known = !slices.is_empty() && slices.iter().all(|s| s.slab_mm.is_some());
         let slab = |s: &SliceEvidence| if known { s.slab_mm.unwrap_or(0.0) } else { 1.0 };
         let positive_extent_mm = known.then(|| slices.iter().filter(|s| positive(s)).map(slab).sum::<f64>());
-        let lung: f64 = slices.iter().filter(|s| s.scored).map(|s| s.lung_fraction * slab(s)).sum();
-        let positive_lung: f64 = slices.iter().filter(|s| positive(s)).map(|s| s.lung_fraction * slab(s)).sum();
+        // Weighted by lung where lung was measured; by slab alone where no slice has any (a
+        // model without a lung mask reports none).
+        let measured = slices.iter().any(|s| s.scored && s.lung_fraction > 0.0);
+        let weight = |s: &SliceEvidence| if measured { s.lung_fraction * slab(s) } else { slab(s) };
+        let lung: f64 = slices.iter().filter(|s| s.scored).map(weight).sum();
+        let positive_lung: f64 = slices.iter().filter(|s| positive(s)).map(weight).sum();
         let positive_share = if lung > 0.0 { positive_lung / lung } else { 0.0 };
-        let extent_met = if self.min_positive_extent_mm > 0.0 { positive_extent_mm.is_some_and(|e| e >= self.min_positive_extent_mm) } else { true };
+        let extent_met = positive_extent_mm.is_none_or(|e| e >= self.min_positive_extent_mm);
         let met = positives >= self.min_positive_slices && extent_met && positive_share >= self.min_positive_share;
         SeriesDecision {
             slices: slices.len(),
@@ -180,6 +187,7 @@ mod tests {
     fn the_description_names_every_condition_and_its_source() {
         assert_eq!(rule(2, 15.0, 0.15).describe(), "≥ 2 slices, ≥ 15 mm, ≥ 15 % of the lung positive (count: config, physical: config)");
         assert_eq!(rule(3, 0.0, 0.0).describe(), "≥ 3 slices positive (count: config, physical: config)");
+        assert_eq!(rule(2, 136.5, 0.07).describe(), "≥ 2 slices, ≥ 136.5 mm, ≥ 7 % of the lung positive (count: config, physical: config)");
     }
 
     #[test]
@@ -205,8 +213,14 @@ mod tests {
         e[0].lung_fraction = 0.01;
         e[1].lung_fraction = 0.01;
         assert!(r.series(&e).positive_share < 0.05);
-        // Unknown spacing: an extent condition cannot be met.
-        assert_eq!(r.series(&ev(&[0.9; 10], None)).verdict, Verdict::Negative);
+        // No lung measured anywhere (a model without a lung mask): the share weighs slabs.
+        let mut none = ev(&[0.9, 0.9, 0.1, 0.1], Some(10.0));
+        none.iter_mut().for_each(|s| s.lung_fraction = 0.0);
+        assert!((r.series(&none).positive_share - 0.5).abs() < 1e-12);
+        // Unknown spacing: the extent condition is not applied (count and share decide).
+        let unknown = r.series(&ev(&[0.9; 10], None));
+        assert_eq!((unknown.positive_extent_mm, unknown.verdict), (None, Verdict::Positive));
+        assert_eq!(r.series(&ev(&[0.9, 0.1, 0.1, 0.1, 0.1, 0.1], None)).verdict, Verdict::Negative, "share 1/6 < 0.2");
     }
 
     /// Generated chest series (2 mm, lung bell-shaped along the axis, a contiguous affected

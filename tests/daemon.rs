@@ -615,6 +615,42 @@ fn a_series_sent_again_after_the_journal_forgot_it_gets_a_new_part_and_its_own_v
     assert!(results.join(format!("{}.2.json", ctsentry::alert::series_id(uid, 1))).exists());
 }
 
+/// The physical series rule in the daemon: from the config (reloadable like the count), in the
+/// result file, the feed and `status`; a series of 12 dense slices 2.5 mm apart (30 mm) alerts
+/// at `min_positive_extent_mm = 20`, one of 4 (10 mm) does not, and `score --json` agrees.
+#[test]
+fn the_daemon_decides_by_millimetres_of_positive_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = config(root, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("min_positive_slices = 2\n", "min_positive_slices = 2\nmin_positive_extent_mm = 20\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (long, short) = ("1.2.826.0.1.3680043.8.498.301", "1.2.826.0.1.3680043.8.498.302");
+    write_series(&root.join("src"), "long", long, 200, 12);
+    write_series(&root.join("src"), "short", short, 200, 4);
+    let batch = batch_verdicts(&cfg, &root.join("src"));
+    assert_eq!((batch[long].0.as_str(), batch[short].0.as_str()), ("positive", "negative"), "{batch:?}");
+    assert_eq!((batch[long].1, batch[short].1), (12, 4), "every slice positive in both: {batch:?}");
+    let var = root.join("var");
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    let log = root.join("daemon.log");
+    let mut child = start(&cfg, &log);
+    drop_into(&root.join("src"), &var.join("incoming"));
+    let results = var.join("results");
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 2), "{}", std::fs::read_to_string(&log).unwrap());
+    let st = status_json(&cfg);
+    assert_eq!(st["series_rule"], "≥ 2 slices, ≥ 20 mm positive (count: config, physical: extent: config, share: default)", "{st:#}");
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+    for (uid, verdict, extent) in [(long, "positive", 30.0), (short, "negative", 10.0)] {
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{}.json", ctsentry::alert::series_id(uid, 1)))).unwrap()).unwrap();
+        assert_eq!((r["verdict"].as_str(), r["positive_extent_mm"].as_f64(), r["min_positive_extent_mm"].as_f64()), (Some(verdict), Some(extent), Some(20.0)), "{r:#}");
+        assert_eq!((r["physical_source"].as_str(), r["positive_share"].as_f64()), (Some("extent: config, share: default"), Some(1.0)), "{r:#}");
+        let f = finals(&results).into_iter().find(|e| e["series_uid"] == uid).unwrap();
+        assert_eq!((f["event"].as_str(), f["min_positive_extent_mm"].as_f64()), (Some(if verdict == "positive" { "ALERT" } else { "NEGATIVE" }), Some(20.0)), "{f}");
+    }
+}
+
 /// Peak resident memory (VmHWM) of a process, in MiB.
 fn peak_rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -974,7 +1010,8 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     let dump = Command::new("dsrdump").args(["+Pl", "+Pu"]).arg(&sr_file).output().unwrap();
     let text = String::from_utf8_lossy(&dump.stdout).to_string();
     assert!(dump.status.success(), "dsrdump: {}", String::from_utf8_lossy(&dump.stderr));
-    for want in ["Comprehensive SR Document", "\"Verdict\")=\"positive: 5 of 5 slices", "\"Slices scored\")=\"5\"", "\"Positive slices\")=\"5\"", "\"Slice threshold\")=\"0.000001\"", "threshold 0.000001 (2 needed)", "\"Algorithm Name\")=\"tiny", "Manufacturer        : ctsentry"] {
+    for want in ["Comprehensive SR Document", "\"Verdict\")=\"positive: 5 of 5 slices", "\"Slices scored\")=\"5\"", "\"Positive slices\")=\"5\"", "\"Slice threshold\")=\"0.000001\"", "threshold 0.000001, ", "(needed: >= 2 slices positive (count: config, physical: default))",
+        "\"Craniocaudal extent of positive slices\")=\"", "\"Positive extent needed\")=\"0\"", "\"Share of the lung in positive slices\")=\"", "\"Algorithm Name\")=\"tiny", "Manufacturer        : ctsentry"] {
         assert!(text.contains(want), "dsrdump lacks {want:?}:\n{text}");
     }
     assert_eq!(text.matches("IMAGE:(,,\"Slice at or above threshold\")").count(), 5, "the SR references every positive slice:\n{text}");

@@ -712,10 +712,12 @@ impl Daemon {
         self.live.lock().expect("live settings").rule.clone()
     }
 
-    /// What the series rule needs of each slice of an ordered open series.
-    fn evidence(&self, rule: &Rule, ordered: &series::Series, recs: &[SliceRec]) -> Vec<SliceEvidence> {
+    /// What the series rule needs of each slice of an ordered open series (`complete`: for the
+    /// final verdict; else slabs as [`series::Series::slab_mm_received`] counts them).
+    fn evidence(&self, rule: &Rule, ordered: &series::Series, recs: &[SliceRec], complete: bool) -> Vec<SliceEvidence> {
+        let slabs = if complete { ordered.slab_mm() } else { ordered.slab_mm_received() };
         recs.iter()
-            .zip(ordered.slab_mm())
+            .zip(slabs)
             .map(|(r, slab_mm)| SliceEvidence {
                 prob: f64::from(r.prob),
                 lung_fraction: f64::from(r.lung_fraction),
@@ -725,11 +727,11 @@ impl Daemon {
             .collect()
     }
 
-    /// The rule's verdict on an open series as it stands.
+    /// The rule's EARLY verdict on an open series as it stands.
     fn decide_open(&self, uid: &str, o: &journal::OpenSeries) -> crate::decide::SeriesDecision {
         let rule = self.rule();
         let (ordered, recs) = order_open(uid, o);
-        rule.series(&self.evidence(&rule, &ordered, &recs))
+        rule.series(&self.evidence(&rule, &ordered, &recs, false))
     }
 
     fn check_early(&mut self, series: &str) {
@@ -777,7 +779,10 @@ impl Daemon {
         let rule = self.rule();
         let key = SeriesKey::of(uid, o.part);
         let (ordered, recs) = order_open(uid, &o);
-        let d = rule.series(&self.evidence(&rule, &ordered, &recs));
+        let d = rule.series(&self.evidence(&rule, &ordered, &recs, true));
+        if d.positive_extent_mm.is_none() && rule.min_positive_extent_mm > 0.0 {
+            log::warn!("series {key}: slice spacing unknown (no positions, no Slice Thickness): decided without the extent condition");
+        }
         let m = &self.scorer.model.manifest.model;
         let slices: Vec<serde_json::Value> = ordered
             .slices
@@ -881,6 +886,11 @@ impl Daemon {
             max_prob: d.max_prob,
             threshold: rule.threshold,
             min_positive_slices: rule.min_positive_slices,
+            min_positive_extent_mm: rule.min_positive_extent_mm,
+            min_positive_share: rule.min_positive_share,
+            positive_extent_mm: d.positive_extent_mm,
+            positive_share: d.positive_share,
+            series_rule: rule.describe(),
             model: (&m.name, &m.version, &m.sha256),
             scored,
             flagged,

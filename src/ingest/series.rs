@@ -153,6 +153,22 @@ impl Series {
             })
             .collect()
     }
+
+    /// [`Series::slab_mm`] for a series still arriving (an EARLY decision): each slab at most
+    /// the slice's Slice Thickness where it is known. Slices may arrive in any order, so two
+    /// received slices far apart would otherwise each claim half the distance between them;
+    /// an early verdict never counts more than the slices themselves cover. The final verdict
+    /// uses [`Series::slab_mm`].
+    pub fn slab_mm_received(&self) -> Vec<Option<f64>> {
+        self.slab_mm()
+            .into_iter()
+            .zip(&self.slices)
+            .map(|(w, s)| match (w, s.geometry.slice_thickness.filter(|t| t.is_finite() && *t > 0.0)) {
+                (Some(w), Some(t)) => Some(w.min(t)),
+                (w, _) => w,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -239,5 +255,15 @@ mod tests {
         a.geometry.slice_thickness = Some(5.0);
         let ser = order("x".into(), vec![a, s("b", None, None, Some(2))]);
         assert_eq!(ser.slab_mm(), vec![Some(5.0), None]);
+        // The first two slices of a 2 mm series to arrive may lie 150 mm apart: while it is
+        // still arriving, each counts its own thickness, not 150 mm.
+        let thin = |name: &str, z: f64| {
+            let mut x = s(name, Some(z), None, None);
+            x.geometry.slice_thickness = Some(2.0);
+            x
+        };
+        let early = order("x".into(), vec![thin("a", 0.0), thin("b", 150.0)]);
+        assert_eq!(early.slab_mm(), vec![Some(150.0), Some(150.0)]);
+        assert_eq!(early.slab_mm_received(), vec![Some(2.0), Some(2.0)]);
     }
 }

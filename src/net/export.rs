@@ -82,6 +82,16 @@ pub struct SeriesResult<'a> {
     pub threshold: f64,
     /// Positive slices a positive series needs.
     pub min_positive_slices: usize,
+    /// Millimetres of positive slices a positive series needs (0: no such condition).
+    pub min_positive_extent_mm: f64,
+    /// Share of the lung in positive slices a positive series needs (0: no such condition).
+    pub min_positive_share: f64,
+    /// Millimetres the positive slices stand for (`None`: slice spacing unknown).
+    pub positive_extent_mm: Option<f64>,
+    /// Share of the series' lung in positive slices.
+    pub positive_share: f64,
+    /// The whole series rule in words (`Rule::describe`).
+    pub series_rule: String,
     /// Model name, version and sha256.
     pub model: (&'a str, &'a str, &'a str),
     /// Every SOP instance scored (the evidence the verdict rests on), each once.
@@ -278,7 +288,10 @@ fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
         scored.update(sop.as_bytes());
         scored.update(b"\n");
     }
-    let verdict = format!("{}|{}|{}|{}|{}|{}|{}|{:x}", r.part, r.threshold, r.min_positive_slices, r.positive, r.positives, r.slices, r.max_prob, scored.finalize());
+    let verdict = format!(
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{:x}",
+        r.part, r.threshold, r.min_positive_slices, r.min_positive_extent_mm, r.min_positive_share, r.positive, r.positives, r.slices, r.max_prob, r.positive_extent_mm, r.positive_share, scored.finalize()
+    );
     let mut parts = vec![r.series_uid, r.model.2, verdict.as_str()];
     parts.extend_from_slice(what);
     derived_uid(&parts)
@@ -286,11 +299,14 @@ fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
 
 /// The verdict in words, as the SR states it.
 fn verdict_words(r: &SeriesResult) -> String {
-    let (p, n, thr, need) = (r.positives, r.slices, decimal_string(r.threshold), r.min_positive_slices);
+    // ASCII in the words (the objects are UTF-8, but PACS viewers differ in what they show).
+    let (p, n, thr, need) = (r.positives, r.slices, decimal_string(r.threshold), r.series_rule.replace('≥', ">="));
+    let extent = r.positive_extent_mm.map_or("unknown extent".to_string(), |e| format!("{e:.0} mm"));
+    let share = format!("{:.0} % of the lung", r.positive_share * 100.0);
     if r.positive {
-        format!("positive: {p} of {n} slices at or above the slice threshold {thr} ({need} needed); findings suggestive of COVID-19 pneumonia")
+        format!("positive: {p} of {n} slices at or above the slice threshold {thr}, {extent}, {share} (needed: {need}); findings suggestive of COVID-19 pneumonia")
     } else {
-        format!("negative: {p} of {n} slices at or above the slice threshold {thr} ({need} needed); no COVID-19 pneumonia pattern found")
+        format!("negative: {p} of {n} slices at or above the slice threshold {thr}, {extent}, {share} (needed: {need}); no COVID-19 pneumonia pattern found")
     }
 }
 
@@ -333,6 +349,9 @@ fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
         num_item(code("CTS-MAXPROB", SCHEME, "Maximum slice probability"), r.max_prob, unit),
         num_item(code("CTS-THRESHOLD", SCHEME, "Slice threshold"), r.threshold, unit),
         num_item(code("CTS-MINPOS", SCHEME, "Positive slices needed"), r.min_positive_slices as f64, slices),
+        num_item(code("CTS-MINEXT", SCHEME, "Positive extent needed"), r.min_positive_extent_mm, ("mm", "millimeter")),
+        num_item(code("CTS-SHARE", SCHEME, "Share of the lung in positive slices"), r.positive_share, unit),
+        num_item(code("CTS-MINSHARE", SCHEME, "Share of the lung needed"), r.min_positive_share, unit),
         text_item(code("111001", "DCM", "Algorithm Name"), name),
         text_item(code("111003", "DCM", "Algorithm Version"), version),
         text_item(code("CTS-SHA256", SCHEME, "Model SHA-256"), sha),
@@ -341,6 +360,9 @@ fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
             "NOT FOR DIAGNOSTIC USE. A triage aid: a DenseNet121 classifier's slice probabilities, counted against the threshold; a radiologist reads the study.",
         ),
     ];
+    if let Some(e) = r.positive_extent_mm {
+        content.insert(3, num_item(code("CTS-EXTENT", SCHEME, "Craniocaudal extent of positive slices"), e, ("mm", "millimeter")));
+    }
     for f in &r.flagged {
         let mut it = item("IMAGE", code("CTS-FLAGGED", SCHEME, "Slice at or above threshold"));
         put_seq(&mut it, tags::REFERENCED_SOP_SEQUENCE, vec![sop_ref(&study.source_class, &f.sop, f.multi_frame.then_some(f.frame))]);
