@@ -272,6 +272,7 @@ def main():
     ap.add_argument("--prep", required=True, help="folder holding the prep folders")
     ap.add_argument("--names", default="ct,lpd,ms,ucsd,ma,medseg,song,simct,simlpd,simms", help="prep folders to use (comma list)")
     ap.add_argument("--extra", help="assemble.sh's output folder (the real lesion masks, for the pointing game)")
+    ap.add_argument("--min-lung", type=float, default=0.0, help="only rows with at least this lung fraction (0.02: the slices the appliance scores; recipe A ran with 0)")
     ap.add_argument("--c", type=float, default=0.05)
     ap.add_argument("--sensitivity", type=float, default=0.92)
     ap.add_argument("--out", required=True)
@@ -279,6 +280,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     names = a.names.split(",")
     x, y, lung, meta = load(a.features, a.prep, names)
+    keep = lung >= a.min_lung
+    x, y, lung, meta = x[keep], y[keep], lung[keep], [m for m, k in zip(meta, keep) if k]
     src = np.array([m[0] for m in meta])
     print(f"{len(y)} slices, {int(y.sum())} positive, sources: " + ", ".join(f"{s} {int((src == s).sum())}" for s in sorted(set(src))), flush=True)
 
