@@ -164,7 +164,7 @@ pub fn check(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
         }
     }
     if s.led.enabled {
-        if let Err(e) = crate::daemon::open_leds(s) {
+        if let Err(e) = crate::alert::led::open_configured(&s.led) {
             let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 match s.led.driver {
                     crate::config::LedDriver::Sysfs => format!(
@@ -281,7 +281,7 @@ pub fn run(source: &ConfigSource) -> Report {
         alerts(&mut r, s);
         let p = &s.paths;
         for (name, d) in [("incoming", &p.incoming), ("done", &p.done), ("quarantine", &p.quarantine), ("results", &p.results), ("state", &p.state)] {
-            let free = crate::daemon::free_mb(d).or_else(|| d.parent().and_then(crate::daemon::free_mb));
+            let free = crate::durable::free_mb(d).or_else(|| d.parent().and_then(crate::durable::free_mb));
             let state = match std::fs::metadata(d) {
                 Ok(m) if m.is_dir() => if m.permissions().readonly() { "read-only".to_string() } else { "ok".to_string() },
                 Ok(_) => "NOT A FOLDER".to_string(),
@@ -321,7 +321,7 @@ fn alerts(r: &mut String, s: &Settings) {
     let _ = writeln!(r, "serial ports  {}", if ports.is_empty() { "none found".to_string() } else { ports.join(", ") });
     let l = &s.led;
     let cfg = if l.enabled { "enabled" } else { "disabled" };
-    match crate::daemon::open_leds(s).map(|_| ()) {
+    match crate::alert::led::open_configured(&s.led).map(|_| ()) {
         Ok(()) => {
             let _ = writeln!(r, "leds          {:?} ({cfg}): green, red, amber open", l.driver);
         }

@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod durable;
 pub mod ingest;
 pub mod prep;
 pub mod preprocess;

@@ -24,9 +24,9 @@ pub struct LatchedView {
 }
 
 impl LatchedView {
-    /// The view of the journal's latch.
-    pub fn of(l: &crate::daemon::journal::Latched) -> LatchedView {
-        LatchedView { series_key: crate::alert::SeriesKey::of(&l.series, l.part).to_string(), series_uid: l.series.clone(), since: l.since }
+    /// The view of a latch on part `part` of series `series_uid` since `since` (unix s).
+    pub fn of(series_uid: &str, part: u16, since: f64) -> LatchedView {
+        LatchedView { series_key: crate::alert::SeriesKey::of(series_uid, part).to_string(), series_uid: series_uid.to_string(), since }
     }
 }
 
@@ -104,12 +104,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// The snapshot of a daemon that is up but cannot score (no usable model or engine): the
     /// fault, the latch, and the model path it is waiting for in place of the model's identity.
-    pub fn without_scorer(settings: &crate::config::Settings, started: f64, fault: crate::alert::FaultKind, latched: Option<&crate::daemon::journal::Latched>) -> Snapshot {
+    pub fn without_scorer(settings: &crate::config::Settings, started: f64, fault: crate::alert::FaultKind, latched: Option<LatchedView>) -> Snapshot {
         Snapshot {
             pid: std::process::id(),
             started,
-            updated: crate::daemon::journal::now(),
-            latched: latched.map(LatchedView::of),
+            updated: crate::durable::now(),
+            latched,
             open_series: 0,
             queue: 0,
             scoring: 0,

@@ -27,6 +27,15 @@ pub enum Lamp {
     Blink,
 }
 
+/// Opens the LEDs of `[alert.led]` with their driver (sysfs LED class or GPIO character device).
+pub fn open_configured(l: &crate::config::LedSettings) -> std::io::Result<Box<dyn LedDriver>> {
+    use crate::config::LedDriver as Driver;
+    Ok(match l.driver {
+        Driver::Sysfs => Box::new(SysfsLeds::open([l.green.clone().into(), l.red.clone().into(), l.amber.clone().into()])?),
+        Driver::Gpio => Box::new(GpioLeds::open([&l.green, &l.red, &l.amber], l.active_low)?),
+    })
+}
+
 /// Blink half-period.
 pub const BLINK: Duration = Duration::from_millis(500);
 

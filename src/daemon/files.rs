@@ -63,30 +63,7 @@ pub fn unique_path(path: &Path) -> PathBuf {
         .expect("some free name")
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsync and rename: readers see the old or
-/// the new content, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    journal::sync_dir(dir)
-}
-
-/// Free space (MiB) of the file system holding `path`.
-pub fn free_mb(path: &Path) -> Option<f64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs with a valid C string and a zeroed out-struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (r == 0).then(|| st.f_bavail as f64 * st.f_frsize as f64 / (1024.0 * 1024.0))
-}
+pub use crate::durable::{free_mb, write_atomic};
 
 /// The file `ctsentry ack` creates in the state folder.
 pub const ACK_FILE: &str = "ack.request";

@@ -252,6 +252,13 @@ pub struct Latched {
     pub since: f64,
 }
 
+impl Latched {
+    /// As `status` shows it.
+    pub fn view(&self) -> crate::status::LatchedView {
+        crate::status::LatchedView::of(&self.series, self.part, self.since)
+    }
+}
+
 impl State {
     /// The part a newly scored slice of `series` belongs to.
     pub fn part_for(&self, series: &str) -> u16 {
@@ -325,10 +332,7 @@ pub struct Journal {
 /// How long closed series are remembered (to number late parts).
 pub const KEEP_CLOSED_SECONDS: f64 = 24.0 * 3600.0;
 
-/// Seconds since the Unix epoch.
-pub fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
+pub use crate::durable::now;
 
 impl Journal {
     /// Opens (creating) `state/journal.jsonl`, replays it, compacts it, and returns it with the
@@ -441,10 +445,7 @@ impl Journal {
     }
 }
 
-/// Makes a directory's entries (renames, creations) durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub use crate::durable::sync_dir;
 
 #[cfg(test)]
 mod tests {

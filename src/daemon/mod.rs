@@ -568,7 +568,7 @@ impl Daemon {
             pid: std::process::id(),
             started: self.started,
             updated: now(),
-            latched: self.state.latched.as_ref().map(crate::status::LatchedView::of),
+            latched: self.state.latched.as_ref().map(journal::Latched::view),
             open_series: self.state.open.len(),
             queue: self.waiting.len(),
             scoring: self.in_flight.len(),

@@ -60,14 +60,9 @@ pub(super) fn open_sinks(settings: &Settings, version: &str) -> (Vec<Box<dyn ale
     (sinks, serial_up)
 }
 
-/// Opens the configured LEDs with their driver.
+/// Opens the configured LEDs with their driver ([`alert::led::open_configured`]).
 pub fn open_leds(s: &Settings) -> std::io::Result<Box<dyn alert::led::LedDriver>> {
-    use crate::config::LedDriver;
-    let l = &s.led;
-    Ok(match l.driver {
-        LedDriver::Sysfs => Box::new(alert::led::SysfsLeds::open([l.green.clone().into(), l.red.clone().into(), l.amber.clone().into()])?),
-        LedDriver::Gpio => Box::new(alert::led::GpioLeds::open([&l.green, &l.red, &l.amber], l.active_low)?),
-    })
+    alert::led::open_configured(&s.led)
 }
 
 /// The fault a set-up error shows.
@@ -137,7 +132,7 @@ pub(super) fn wait_for_setup(first: DaemonError, settings: &mut Settings, config
         if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             last_status = Some(Instant::now());
             sd.send(&format!("STATUS=FAULT {}: {why}", kind.name()));
-            let snap = crate::status::Snapshot::without_scorer(settings, started, kind, latched.as_ref());
+            let snap = crate::status::Snapshot::without_scorer(settings, started, kind, latched.as_ref().map(super::journal::Latched::view));
             // The state folder itself may be what is broken: then there is no status to give.
             let _ = crate::status::write(&settings.paths.state, &snap);
         }

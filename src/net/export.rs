@@ -456,7 +456,7 @@ pub fn spool(settings: &ExportSettings, dir: &Path, r: &SeriesResult) -> Result<
         let file = o.with_meta(meta).map_err(|e| SpoolError::Source(format!("{}: {e}", path.display())))?;
         let mut bytes = Vec::new();
         file.write_all(&mut bytes).map_err(|e| SpoolError::Source(format!("{}: cannot be encoded: {e}", path.display())))?;
-        crate::daemon::write_atomic(&path, &bytes).map_err(|e| SpoolError::Write(format!("{}: {e}", path.display())))?;
+        crate::durable::write_atomic(&path, &bytes).map_err(|e| SpoolError::Write(format!("{}: {e}", path.display())))?;
         files.push(path);
     }
     Ok(files)
@@ -657,7 +657,7 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
         match status {
             // Success, and the warnings that still mean "stored".
             0x0000 | 0x0001 | 0xB000 | 0xB006 | 0xB007 => {
-                if let Err(e) = std::fs::remove_file(path).and_then(|()| crate::daemon::journal::sync_dir(dir)) {
+                if let Err(e) = std::fs::remove_file(path).and_then(|()| crate::durable::sync_dir(dir)) {
                     log::error!("export: {}: sent, but not removed from the spool: {e}", path.display());
                 }
                 if tx.send(ExportEvent::Sent { file: name, class, sop, status }).is_err() {
