@@ -133,6 +133,17 @@ fn batch_verdicts(cfg: &Path, src: &Path) -> BTreeMap<String, (String, u64)> {
         .collect()
 }
 
+/// Starts the daemon of `cfg` (its folders under `root/var`, its log in `root/daemon.log`) and
+/// drops `root/src` into its incoming folder: the child, the results folder and the log.
+fn start_and_drop(root: &Path, cfg: &Path) -> (Child, PathBuf, PathBuf) {
+    let var = root.join("var");
+    std::fs::create_dir_all(var.join("incoming")).unwrap();
+    let log = root.join("daemon.log");
+    let child = start(cfg, &log);
+    drop_into(&root.join("src"), &var.join("incoming"));
+    (child, var.join("results"), log)
+}
+
 fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
     while t.elapsed() < within {
@@ -478,12 +489,7 @@ fn two_series_sharing_a_display_key_keep_their_own_verdicts_and_results() {
     let cfg = config(root, "");
     write_series(&root.join("src"), "a", &a, 200, 3);
     write_series(&root.join("src"), "b", &b, 0, 4);
-    let var = root.join("var");
-    std::fs::create_dir_all(var.join("incoming")).unwrap();
-    let log = root.join("daemon.log");
-    let mut child = start(&cfg, &log);
-    drop_into(&root.join("src"), &var.join("incoming"));
-    let results = var.join("results");
+    let (mut child, results, log) = start_and_drop(root, &cfg);
     assert!(wait_until(Duration::from_secs(60), || finals(&results).len() >= 2), "{:#?}\n{}", events(&results), std::fs::read_to_string(&log).unwrap());
     let f = finals(&results);
     assert_eq!(f.len(), 2, "{f:#?}");
@@ -631,12 +637,7 @@ fn the_daemon_decides_by_millimetres_of_positive_slices() {
     let batch = batch_verdicts(&cfg, &root.join("src"));
     assert_eq!((batch[long].0.as_str(), batch[short].0.as_str()), ("positive", "negative"), "{batch:?}");
     assert_eq!((batch[long].1, batch[short].1), (12, 4), "every slice positive in both: {batch:?}");
-    let var = root.join("var");
-    std::fs::create_dir_all(var.join("incoming")).unwrap();
-    let log = root.join("daemon.log");
-    let mut child = start(&cfg, &log);
-    drop_into(&root.join("src"), &var.join("incoming"));
-    let results = var.join("results");
+    let (mut child, results, log) = start_and_drop(root, &cfg);
     assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 2), "{}", std::fs::read_to_string(&log).unwrap());
     let st = status_json(&cfg);
     assert_eq!(st["series_rule"], "≥ 2 slices, ≥ 20 mm positive (count: config, physical: extent: config, share: default)", "{st:#}");

@@ -149,17 +149,22 @@ fn bench_measures_decode_and_end_to_end_on_files() {
     assert_eq!(v["engine"], expected);
 }
 
+/// The tiny test model copied into `dir` with `decision` lines appended to its manifest.
+fn tiny_model_with(dir: &Path, decision: &str) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
+    let model = dir.join("tiny.onnx");
+    std::fs::copy(&src, &model).unwrap();
+    std::fs::write(model.with_extension("toml"), std::fs::read_to_string(src.with_extension("toml")).unwrap() + decision).unwrap();
+    model
+}
+
 /// Slices without lung are not sent to the engine when the manifest says so (`min_lung_fraction`):
 /// probability 0 and a reason; the manifest's `min_positive_slices` applies unless the config
 /// sets one, and every result says which.
 #[test]
 fn slices_without_lung_are_skipped_and_the_rule_names_its_sources() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
-    let model = dir.path().join("tiny.onnx");
-    std::fs::copy(&src, &model).unwrap();
-    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap() + "min_positive_slices = 1\nmin_lung_fraction = 0.05\n";
-    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    let model = tiny_model_with(dir.path(), "min_positive_slices = 1\nmin_lung_fraction = 0.05\n");
     // 20 chest slices (two lungs), three of them (one before the others, one across a chunk of
     // 16) soft tissue only; the chest slices differ in density so that their scores differ.
     let input = dir.path().join("in");
@@ -212,11 +217,7 @@ fn slices_without_lung_are_skipped_and_the_rule_names_its_sources() {
 #[test]
 fn the_physical_series_rule_decides_the_same_for_thin_and_thick_cuts() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/testdata/tiny-densenet.onnx");
-    let model = dir.path().join("tiny.onnx");
-    std::fs::copy(&src, &model).unwrap();
-    let manifest = std::fs::read_to_string(src.with_extension("toml")).unwrap() + "min_positive_extent_mm = 12.0\nmin_positive_share = 0.3\n";
-    std::fs::write(model.with_extension("toml"), manifest).unwrap();
+    let model = tiny_model_with(dir.path(), "min_positive_extent_mm = 12.0\nmin_positive_share = 0.3\n");
     // 24 chest slices, 2 mm apart; a stretch of 10 (20 mm) has denser lungs (-650 HU instead of
     // -850, still lung to the mask), which the tiny model scores differently from the rest.
     let input = dir.path().join("in");

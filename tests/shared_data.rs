@@ -143,17 +143,9 @@ fn the_shipped_series_rule_holds_when_the_series_is_cut_thicker() {
     let Some(data) = common::shared_data("covid-ct-md/P001") else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("models/densenet121-covid.onnx");
-    let d = ctsentry::model::Model::load(&model).unwrap().manifest.decision;
-    let rule = Rule {
-        threshold: d.threshold,
-        threshold_source: "manifest".into(),
-        min_positive_slices: d.min_positive_slices.unwrap_or(ctsentry::decide::DEFAULT_MIN_POSITIVE_SLICES),
-        min_positive_source: "manifest".into(),
-        min_positive_extent_mm: d.min_positive_extent_mm.unwrap_or(0.0),
-        min_positive_share: d.min_positive_share.unwrap_or(0.0),
-        physical_source: "manifest".into(),
-        min_lung_fraction: d.min_lung_fraction,
-    };
+    // The rule as the appliance makes it from the shipped manifest (no [decision] in the config).
+    let rule = ctsentry::score::rule_for(&ctsentry::config::Settings::defaults(root), &ctsentry::model::Model::load(&model).unwrap().manifest);
+    assert_eq!((rule.physical_source.as_str(), rule.threshold_source.as_str()), ("extent: manifest, share: default", "manifest"));
     let count = Rule { min_positive_slices: 68, min_positive_extent_mm: 0.0, min_positive_share: 0.0, ..rule.clone() };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");

@@ -58,6 +58,12 @@ fn training_script(name: &str) -> Command {
     c
 }
 
+/// Runs a Python snippet with `models/training` on its import path; it must succeed.
+fn training_python(code: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training");
+    python(&format!("import sys; sys.path.insert(0, {:?})\n{code}", dir.display().to_string()));
+}
+
 /// Runs a Python snippet (`python3 -c`), which must succeed.
 fn python(code: &str) {
     let o = Command::new("python3").args(["-c", code]).output().unwrap();
@@ -349,10 +355,8 @@ fn pointing_game_geometry_follows_the_heat_maps() {
     if !python_ready() {
         return;
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training");
-    python(&format!(
+    training_python(
         r#"
-import sys; sys.path.insert(0, {dir:?})
 import numpy as np
 import pointing as P
 hot = lambda i, j: np.eye(1, 49, 7 * i + j).reshape(7, 7)
@@ -384,8 +388,8 @@ assert not P.hit((100, 100), P.lesion_distance(disc(100, 109, 2, (224, 224))))
 # (about 48 px from each) by no one-hot map.
 assert P.reach_hit(everywhere, P.lesion_distance(disc(329, 183)))
 assert not P.reach_hit(everywhere, P.lesion_distance(disc(292, 292)))
-"#
-    ));
+"#,
+    );
 }
 
 /// The operating-point rule's parts that need no torch: every (source, label) cell weighs the
@@ -397,16 +401,14 @@ fn operating_point_helpers_weigh_sources_alike_and_calibrate() {
     if !python_ready() {
         return;
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/training");
-    python(&format!(
+    training_python(
         r#"
-import sys; sys.path.insert(0, {dir:?})
 import numpy as np
 import folds, headfit as H
 y = np.array([1] * 90 + [0] * 10 + [0] * 5)
 src = np.array(["big"] * 100 + ["small"] * 5)
 w = H.weights(y, src)
-cells = {{(s, l): w[(src == s) & (y == l)].sum() for s, l in [("big", 1), ("big", 0), ("small", 0)]}}
+cells = {(s, l): w[(src == s) & (y == l)].sum() for s, l in [("big", 1), ("big", 0), ("small", 0)]}
 assert np.allclose(list(cells.values()), len(y) / 3), cells
 assert abs(w.mean() - 1) < 1e-12
 rng = np.random.default_rng(1)
@@ -417,11 +419,11 @@ a, b = H.platt(z, lab, np.ones(4000))
 assert abs(a - 0.5) < 0.08 and abs(b + 0.3) < 0.12, (a, b)
 assert H.ece(truth, lab) < 0.04, H.ece(truth, lab)
 assert H.ece(H.sig(3 * z), lab) > 0.15, H.ece(H.sig(3 * z), lab)
-t, per = folds.threshold_for_mean_sensitivity({{"a": [0.9, 0.8, 0.7, 0.6], "b": [0.5, 0.4]}}, 0.75)
-assert (t, per) == (0.5, {{"a": 0.7, "b": 0.4}}), (t, per)
+t, per = folds.threshold_for_mean_sensitivity({"a": [0.9, 0.8, 0.7, 0.6], "b": [0.5, 0.4]}, 0.75)
+assert (t, per) == (0.5, {"a": 0.7, "b": 0.4}), (t, per)
 # One vote per source: 1,000 easy positives of one source do not lower the bar for the other.
-t, _ = folds.threshold_for_mean_sensitivity({{"many": [0.9] * 1000, "few": [0.3, 0.2]}}, 0.75)
+t, _ = folds.threshold_for_mean_sensitivity({"many": [0.9] * 1000, "few": [0.3, 0.2]}, 0.75)
 assert t == 0.3, t
-"#
-    ));
+"#,
+    );
 }

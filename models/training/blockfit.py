@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import headfit  # noqa: E402
 from features import BLOCK4_INPUT  # noqa: E402
 from folds import threshold_for_mean_sensitivity  # noqa: E402
-from train import attention_loss  # noqa: E402
+from train import attention_loss, lesion_cells  # noqa: E402
 
 HEAD_INPUT = "/net/Relu_output_0"
 # Seven folds, each holding out one to three sources at once (fixed with the rule; a source held
@@ -155,10 +155,10 @@ class Subgraph(nn.Module):
 
 
 def cells_of(mask):
-    """7x7 cells >= 2 % covered by a lesion mask (any size; the image maps whole onto 224)."""
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    m = F.interpolate(m, size=(224, 224), mode="area")
-    return (F.adaptive_avg_pool2d(m, 7)[0, 0] >= 0.02).numpy().astype(np.uint8)
+    """train.lesion_cells ("share": cells >= 2 % covered) of a lesion mask of any size, resampled
+    as train.py resamples its masks (the image maps whole onto 224)."""
+    m = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(224, 224), mode="area")
+    return lesion_cells(m)[0].numpy().astype(np.uint8)
 
 
 def load(a):
@@ -176,7 +176,7 @@ def load(a):
         keep = [i for i, r in enumerate(rows) if r["label"] in ("0", "1") and float(r["lung_fraction"]) >= a.min_lung]
         if a.whole:
             tensors = np.load(os.path.join(a.prep, name, "tensors.npy"), mmap_mode="r")
-            xs.append(Rows(tensors, keep))
+            xs.append(Rows([(tensors, i) for i in keep]))
         else:
             xs.append(np.load(os.path.join(a.features, name + ".npz"))["block4"][keep])
         for i in keep:
@@ -197,37 +197,26 @@ def load(a):
 
 
 class Rows:
-    """Rows of memory-mapped prep tensors, indexed like an array (`x[idx]` gathers a batch)."""
+    """Rows of memory-mapped prep tensors, indexed like an array: a boolean mask gives the
+    selected rows (still unread), integer indices or a slice read and stack them."""
 
-    def __init__(self, tensors, keep):
-        self.parts = [(tensors, np.asarray(keep, dtype=int))]
+    def __init__(self, refs):
+        self.refs = refs  # (tensors, row) pairs
 
     @staticmethod
     def join(all_rows):
-        r = Rows.__new__(Rows)
-        r.parts = [p for rows in all_rows for p in rows.parts]
-        r.offsets = np.cumsum([0] + [len(k) for _, k in r.parts])
-        return r
+        return Rows([r for rows in all_rows for r in rows.refs])
 
     def __len__(self):
-        return int(self.offsets[-1])
+        return len(self.refs)
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):
-            idx = np.arange(len(self))[idx]
+            idx = range(len(self))[idx]
         idx = np.asarray(idx)
         if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-            out = Rows.__new__(Rows)
-            out.parts = [(self, idx)]
-            out.offsets = np.array([0, len(idx)])
-            return out
-        part = np.searchsorted(self.offsets, idx, side="right") - 1
-        return np.stack([np.asarray(self._row(p, i - self.offsets[p])) for p, i in zip(part, idx)])
-
-    def _row(self, p, i):
-        src, keep = self.parts[p]
-        return src[[keep[i]]][0] if isinstance(src, Rows) else src[keep[i]]
+            return Rows([r for r, k in zip(self.refs, idx) if k])
+        return np.stack([t[i] for t, i in (self.refs[j] for j in idx)])
 
 
 def train(model, x, y, w, cells, a, seed):

@@ -23,7 +23,7 @@ import tomllib
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from folds import load_prep  # noqa: E402
+from folds import load_prep, manifest_head  # noqa: E402
 
 GEMM_W = "net.backbone.classifier.weight"
 GEMM_B = "net.backbone.classifier.bias"
@@ -129,31 +129,9 @@ def main():
     if dp is not None:
         training.append(f"head_vs_base_features_max_prob_diff = {dp:.2e}")
     text = f"""# The shipped model: DenseNet121 (torchvision, trained from scratch: no pretrained DenseNet121
-# weights can be had here) with a sigmoid head refitted on every source, and its class activation
-# map. Contract, training and evaluation: models/README.md.
-[model]
-name = "{a.name}"
-version = "{a.version}"
-sha256 = "{sha}"
-description = "DenseNet121 COVID-19 pneumonia slice classifier (sigmoid) with class activation map"
-
-[input]
-name = "{i['name']}"
-layout = "{i['layout']}"
-size = {i['size']}
-channels = {i['channels']}
-
-[preprocess]
-window_center = {p['window_center']}
-window_width = {p['window_width']}
-lung_mask = {str(p['lung_mask']).lower()}
-mean = {p['mean']}
-std = {p['std']}
-
-[output]
-prob = "{manifest['output']['prob']}"
-cam = "{manifest['output']['cam']}"
-
+# weights can be had here), a sigmoid head, and its class activation map; weights derived from a
+# base bundle (see [training]). Contract, training and evaluation: models/README.md.
+{manifest_head(a.name, a.version, sha, i, p, manifest["output"])}
 [decision]
 {chr(10).join(dec)}
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from folds import threshold_for_sensitivity  # noqa: E402
+from folds import manifest_head, threshold_for_sensitivity  # noqa: E402
 from train import Net, load_prep  # noqa: E402
 
 
@@ -131,29 +131,7 @@ def main():
     text = f'''# The shipped model: DenseNet121 (torchvision, trained from scratch: no pretrained weights can
 # be downloaded here), a 1-output sigmoid head, and its class activation map. Contract, training
 # and evaluation: models/README.md.
-[model]
-name = "{a.name}"
-version = "{a.version}"
-sha256 = "{sha}"
-description = "DenseNet121 COVID-19 pneumonia slice classifier (sigmoid) with class activation map"
-
-[input]
-name = "input"
-layout = "NCHW"
-size = {p["size"]}
-channels = 3
-
-[preprocess]
-window_center = {p["window_center"]}
-window_width = {p["window_width"]}
-lung_mask = {str(p["lung_mask"]).lower()}
-mean = {p["mean"]}
-std = {p["std"]}
-
-[output]
-prob = "prob"
-cam = "cam"
-
+{manifest_head(a.name, a.version, sha, {"name": "input", "layout": "NCHW", "size": p["size"], "channels": 3}, p, {"prob": "prob", "cam": "cam"})}
 [decision]
 threshold = {t:.6f}
 method = "{method}"

@@ -63,3 +63,33 @@ def threshold_for_mean_sensitivity(groups, target):
             best = float(t)
             break
     return math.floor(best * 1e6) / 1e6, {g: float(threshold_for_sensitivity(list(v), target)) for g, v in groups.items()}
+
+
+def manifest_head(name, version, sha, inp, pre, out):
+    """The model bundle manifest's [model], [input], [preprocess] and [output] tables (the
+    contract in models/README.md), as export.py and bundle.py write them: `inp` has name,
+    layout, size, channels; `pre` window_center, window_width, lung_mask, mean, std; `out` prob,
+    cam."""
+    return f"""[model]
+name = "{name}"
+version = "{version}"
+sha256 = "{sha}"
+description = "DenseNet121 COVID-19 pneumonia slice classifier (sigmoid) with class activation map"
+
+[input]
+name = "{inp['name']}"
+layout = "{inp['layout']}"
+size = {inp['size']}
+channels = {inp['channels']}
+
+[preprocess]
+window_center = {pre['window_center']}
+window_width = {pre['window_width']}
+lung_mask = {str(pre['lung_mask']).lower()}
+mean = {pre['mean']}
+std = {pre['std']}
+
+[output]
+prob = "{out['prob']}"
+cam = "{out['cam']}"
+"""

@@ -727,6 +727,17 @@ impl Daemon {
             .collect()
     }
 
+    /// Whether an EARLY verdict on `o` could be positive, from its records alone (no ordering):
+    /// enough positive slices, and, an early slab being at most its Slice Thickness, enough
+    /// thickness among them. `check_early` runs after every scored file; this keeps it from
+    /// ordering the whole series each time while the rule cannot be met.
+    fn early_possible(&self, rule: &Rule, o: &journal::OpenSeries) -> bool {
+        let positive: Vec<&SliceRec> =
+            o.slices().into_iter().map(|(_, r)| r).filter(|r| self.scorer.skip_reason(rule, r.lung_fraction).is_none() && rule.slice_positive(f64::from(r.prob))).collect();
+        let thickness: Option<f64> = positive.iter().map(|r| r.geometry.slice_thickness.filter(|t| t.is_finite() && *t > 0.0)).sum();
+        positive.len() >= rule.min_positive_slices && thickness.is_none_or(|t| t >= rule.min_positive_extent_mm)
+    }
+
     /// The rule's EARLY verdict on an open series as it stands.
     fn decide_open(&self, uid: &str, o: &journal::OpenSeries) -> crate::decide::SeriesDecision {
         let rule = self.rule();
@@ -736,7 +747,7 @@ impl Daemon {
 
     fn check_early(&mut self, series: &str) {
         let Some(o) = self.state.open.get(series) else { return };
-        if o.alert_t.is_some() {
+        if o.alert_t.is_some() || !self.early_possible(&self.rule(), o) {
             return;
         }
         let d = self.decide_open(series, o);
