@@ -74,7 +74,7 @@ impl Rule {
         (lung_fraction < self.min_lung_fraction as f32).then(|| format!("no lung: lung fraction {lung_fraction:.3} < {} (manifest)", self.min_lung_fraction))
     }
 
-    /// The series conditions in words, e.g. `≥ 2 slices, ≥ 15 mm and ≥ 15 % of the lung positive`.
+    /// The series conditions in words, e.g. `≥ 2 slices, ≥ 15 mm, ≥ 15 % of the lung positive (count: manifest, physical: manifest)`.
     pub fn describe(&self) -> String {
         let mut parts = vec![format!("≥ {} slices", self.min_positive_slices)];
         // At most 2 decimals, trailing zeros dropped (0.07 × 100 is 7.000000000000001).
