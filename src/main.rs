@@ -282,7 +282,7 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             let s = settings(&config, verbosity, true)?;
             let snap = ctsentry::status::read(&s.paths.state).map_err(|e| Failure::from(anyhow::Error::new(e)))?;
             let running = ctsentry::daemon::is_running(&s.paths.state);
-            let now = ctsentry::daemon::journal::now();
+            let now = ctsentry::durable::now();
             if json {
                 println!("{}", ctsentry::status::to_json(&snap, running, now));
             } else {
