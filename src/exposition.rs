@@ -152,11 +152,12 @@ impl Metrics {
 }
 
 /// Serves `/metrics` and `/healthz` on `listen` from a background thread; returns the address
-/// bound (an error when it cannot be bound).
-pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+/// bound (an error when it cannot be bound)
+/// and the server's thread (named `metrics`), which the daemon supervises.
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for conn in listener.incoming() {
             let Ok(conn) = conn else {
@@ -165,24 +166,21 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Socke
             };
             // A few at a time, each on its own thread with a deadline: a slow client cannot
             // hold the others up for more than REQUEST_DEADLINE.
-            if busy.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                continue;
-            }
-            busy.fetch_add(1, Ordering::SeqCst);
-            let (m, b) = (metrics.clone(), busy.clone());
+            let Some(slot) = crate::net::scp::Slot::take(&busy, MAX_CONNECTIONS) else { continue };
+            let m = metrics.clone();
             let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+                let _slot = slot;
                 if let Err(e) = answer(conn, &m) {
                     log::debug!("metrics: {e}");
                 }
-                b.fetch_sub(1, Ordering::SeqCst);
             });
-            if spawned.is_err() {
-                busy.fetch_sub(1, Ordering::SeqCst);
+            if let Err(e) = spawned {
+                log::warn!("metrics: cannot start a thread for a connection: {e}");
             }
         }
     })?;
     log::info!("metrics: Prometheus text at http://{addr}/metrics, health at http://{addr}/healthz");
-    Ok(addr)
+    Ok((addr, thread))
 }
 
 /// Connections served at once.

@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod durable;
+pub mod failpoint;
 pub mod ingest;
 pub mod prep;
 pub mod preprocess;

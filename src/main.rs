@@ -270,8 +270,8 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
                     return Ok(0);
                 }
             }
-            let p = ctsentry::daemon::request_ack(&s.paths.state, &by).with_context(|| format!("writing to {}", s.paths.state.display()))?;
-            if ctsentry::daemon::is_running(&s.paths.state) {
+            let p = ctsentry::durable::StateDir::new(&s.paths.state).request_ack(&by).with_context(|| format!("writing to {}", s.paths.state.display()))?;
+            if ctsentry::durable::StateDir::new(&s.paths.state).is_locked() {
                 eprintln!("acknowledgement requested ({}); the daemon clears the alert within a second", p.display());
             } else {
                 eprintln!("acknowledgement stored ({}); no daemon is running on this state folder: it applies at its next start", p.display());
@@ -281,7 +281,7 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
         Command::Status { json } => {
             let s = settings(&config, verbosity, true)?;
             let snap = ctsentry::status::read(&s.paths.state).map_err(|e| Failure::from(anyhow::Error::new(e)))?;
-            let running = ctsentry::daemon::is_running(&s.paths.state);
+            let running = ctsentry::durable::StateDir::new(&s.paths.state).is_locked();
             let now = ctsentry::durable::now();
             if json {
                 println!("{}", ctsentry::status::to_json(&snap, running, now));

@@ -6,9 +6,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The snapshot's file name in the state folder.
-pub const STATUS_FILE: &str = "status.json";
-
 /// How many recent verdicts the snapshot keeps.
 pub const LAST_VERDICTS: usize = 10;
 
@@ -148,14 +145,12 @@ pub enum StatusError {
 /// edge box should not take 86,400 syncs a day for it.
 pub fn write(state_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(snap).expect("snapshot serialises");
-    let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, state_dir.join(STATUS_FILE))
+    crate::durable::write_replace(&crate::durable::StateDir::new(state_dir).status(), text.as_bytes())
 }
 
 /// Reads the snapshot in `state_dir`.
 pub fn read(state_dir: &Path) -> Result<Snapshot, StatusError> {
-    let path = state_dir.join(STATUS_FILE);
+    let path = crate::durable::StateDir::new(state_dir).status();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StatusError::Missing(path)),
@@ -245,7 +240,7 @@ mod tests {
         assert_eq!(v["latched"]["series_key"], "0a1b2c3d");
         assert!(to_json(&back, false, 160.0)["uptime_s"].is_null());
         assert!(to_text(&back, false, 160.0).contains("NOT RUNNING"));
-        std::fs::write(dir.path().join(STATUS_FILE), "{").unwrap();
+        std::fs::write(crate::durable::StateDir::new(dir.path()).status(), "{").unwrap();
         assert!(matches!(read(dir.path()), Err(StatusError::Bad { .. })));
     }
 }

@@ -1,101 +1,179 @@
-//! File operations of the daemon: moves that never overwrite and never leave their root,
-//! atomic writes, free space, the state folder's lock, the acknowledgement request.
+//! What happens to a file once a worker is done with it: its slices journalled and the file
+//! moved to done/, or quarantined with a `.reason` beside it, or kept for a retry; and the
+//! moves a crash left unfinished. The decisions are [`super::table`]'s; this performs them.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use super::{io, journal, DaemonError};
+use super::faults::DiskCause;
+use super::journal::Record;
+use super::table::{after_engine_failure, EngineRetry, Rest, Take};
+use super::workers::{Finished, Job, Outcome};
+use super::Daemon;
+use crate::alert::{self, Event, FaultKind};
+use crate::durable::{move_unique, now, unique_path, write_atomic};
 
-/// Moves `src` to `dst_root/rel`, never overwriting: on a name collision `NAME.dupN.EXT` is
-/// used. Falls back to copy + fsync + remove across file systems. Returns the destination.
-/// `rel` must be a plain relative path (no root, no `..`): the destination is always inside
-/// `dst_root`.
-pub fn move_unique(src: &Path, dst_root: &Path, rel: &str) -> std::io::Result<PathBuf> {
-    let rel_path = Path::new(rel);
-    if rel.is_empty() || !rel_path.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{rel:?} is not a plain relative path under {}", dst_root.display())));
-    }
-    let dst = unique_path(&dst_root.join(rel_path));
-    let parent = dst.parent().unwrap_or(dst_root);
-    std::fs::create_dir_all(parent)?;
-    match std::fs::rename(src, &dst) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let tmp = parent.join(format!(".{}.part", dst.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-            std::fs::copy(src, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &dst)?;
-            std::fs::remove_file(src)?;
+/// How long a file whose move failed rests before the next try.
+const MOVE_RETRY: Duration = Duration::from_secs(30);
+/// How long a file whose journal record failed rests before it is scored again.
+const RECORD_RETRY: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Moves what a crash left scored but unmoved (or records a move the crash did not).
+    pub(super) fn resume_unmoved(&mut self) {
+        let unmoved: Vec<String> = self.state.unmoved.keys().cloned().collect();
+        for rel in unmoved {
+            let path = self.settings.paths.incoming.join(&rel);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                self.move_done(&path, &rel);
+            } else {
+                // Moved before the crash, not yet recorded.
+                self.record(Record::Done { t: now(), file: rel, to: String::new() });
+            }
         }
-        Err(e) => return Err(e),
     }
-    journal::sync_dir(parent)?;
-    if let Some(p) = src.parent() {
-        let _ = journal::sync_dir(p);
-    }
-    Ok(dst)
-}
 
-/// The path of `file` relative to the drop folder `root`, `/`-separated; `None` when `file` is
-/// not inside `root` (the daemon then leaves it alone rather than guess a destination).
-pub(super) fn relative_in(file: &Path, root: &Path) -> Option<String> {
-    let rel = file.strip_prefix(root).ok()?;
-    let parts: Option<Vec<_>> = rel.components().map(|c| match c {
-        std::path::Component::Normal(p) => Some(p.to_string_lossy()),
-        _ => None,
-    }).collect();
-    parts.filter(|p| !p.is_empty()).map(|p| p.join("/"))
-}
-
-/// `path`, or `NAME.dupN.EXT` (N = 1, 2, …) when it exists.
-pub fn unique_path(path: &Path) -> PathBuf {
-    if std::fs::symlink_metadata(path).is_err() {
-        return path.to_path_buf();
-    }
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let (stem, ext) = match name.find('.') {
-        Some(0) | None => (name.as_str(), ""),
-        Some(i) => (&name[..i], &name[i..]),
-    };
-    (1..)
-        .map(|n| path.with_file_name(format!("{stem}.dup{n}{ext}")))
-        .find(|p| std::fs::symlink_metadata(p).is_err())
-        .expect("some free name")
-}
-
-pub use crate::durable::{free_mb, write_atomic};
-
-/// The file `ctsentry ack` creates in the state folder.
-pub const ACK_FILE: &str = "ack.request";
-
-/// Asks the daemon (running or next to start) to clear the latched alert.
-pub fn request_ack(state_dir: &Path, by: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(state_dir)?;
-    let p = state_dir.join(ACK_FILE);
-    write_atomic(&p, by.as_bytes())?;
-    Ok(p)
-}
-
-/// Whether a daemon holds `state/lock` now.
-pub fn is_running(state_dir: &Path) -> bool {
-    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(state_dir.join("lock")) else { return false };
-    // SAFETY: flock on an open descriptor.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    r != 0
-}
-
-pub(super) fn lock(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
-    let p = state_dir.join("lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p).map_err(io(&p))?;
-    // `is_running` (status, ack) holds the lock for an instant: try a few times before
-    // concluding that another daemon has it.
-    for _ in 0..10 {
-        // SAFETY: flock on an open descriptor; the lock lives as long as the file.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(f);
+    /// A file left incoming/: forgotten; a move fault it caused ends (once no other file is
+    /// stuck).
+    pub(super) fn moved(&mut self, path: &Path) {
+        if self.files.remove(path) {
+            self.disk(DiskCause::Move, false);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Err(DaemonError::Locked(format!("{}: another `ctsentry run` uses this state folder", p.display())))
-}
 
+    /// A move failed: the file rests and is tried again; FAULT DISK meanwhile.
+    fn unmovable(&mut self, path: &Path) {
+        self.files.rest(path, Rest::Unmovable, Instant::now() + MOVE_RETRY, None);
+        self.disk(DiskCause::Move, true);
+    }
+
+    /// Moves a scored and recorded file to done/.
+    pub(super) fn move_done(&mut self, path: &Path, rel: &str) {
+        match move_unique(path, &self.settings.paths.done, rel) {
+            Ok(to) => {
+                self.record(Record::Done { t: now(), file: rel.to_string(), to: to.display().to_string() });
+                self.moved(path);
+            }
+            Err(e) => {
+                let hint = match (e.kind(), path.parent()) {
+                    (std::io::ErrorKind::PermissionDenied, Some(dir)) => format!(" (the daemon needs write access to {} and {}: the sender must leave its folders writable)", dir.display(), self.settings.paths.done.display()),
+                    _ => String::new(),
+                };
+                log::error!("{}: scored but cannot be moved to {}: {e}{hint}; retrying in {} s", path.display(), self.settings.paths.done.display(), MOVE_RETRY.as_secs());
+                self.unmovable(path);
+            }
+        }
+    }
+
+    /// Gives waiting files to the workers, journalled as attempted before any worker opens
+    /// them ([`FileTable::dispatch`] decides which). Nothing new is read while the disk is full
+    /// or the journal cannot be written (the attempt record is also the probe that ends a
+    /// journal fault: tried again every 5 s).
+    pub(super) fn dispatch(&mut self, jobs: &SyncSender<Job>, capacity: usize) {
+        let journal_down = self.faults.disk_for(DiskCause::Journal) && self.journal_failed.is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+        let blocked = self.faults.disk_for(DiskCause::Space) || journal_down;
+        let state = &self.state;
+        let takes = self.files.dispatch(capacity, blocked, |rel| state.attempts.get(rel).copied().unwrap_or(0), |rel| state.unmoved.contains_key(rel), |p| std::fs::symlink_metadata(p).is_ok());
+        let mut batch = Vec::new();
+        for take in takes {
+            match take {
+                Take::Read(path, rel) => batch.push((path, rel)),
+                Take::MoveDone(path, rel) => self.move_done(&path, &rel),
+                Take::Gone(path) => self.moved(&path),
+                Take::Quarantine(path, rel, crashes) => {
+                    let reason = format!("the daemon stopped while reading this file {crashes} times (it crashes the reader); not read again");
+                    self.quarantine(&path, &rel, crate::alert::RejectKind::Content, &reason);
+                }
+            }
+        }
+        // Not journalled: not read either (they stay waiting).
+        if !batch.is_empty() && self.record(Record::Attempt { t: now(), files: batch.iter().map(|(_, r)| r.clone()).collect() }) {
+            for (path, rel) in batch {
+                if jobs.try_send(Job { path: path.clone(), rel }).is_ok() {
+                    self.files.start(&path);
+                }
+            }
+        }
+        let busy = self.files.in_flight() > 0 || self.files.waiting() > 0;
+        if busy != self.busy {
+            self.busy = busy;
+            self.emit(Event::Scoring { busy });
+        }
+    }
+
+    /// Takes a worker's outcome for one file.
+    pub(super) fn finish(&mut self, f: Finished) {
+        let Some(entry) = self.files.finished(&f.path) else {
+            log::warn!("{}: a result for a file not in flight; ignored", f.rel);
+            return;
+        };
+        match f.outcome {
+            Outcome::Scored { series, slices, heatmaps, unwritten } => {
+                self.fault(FaultKind::Engine, false);
+                self.last_scored = now();
+                let mut part = self.state.part_for(&series);
+                if !self.state.open.contains_key(&series) {
+                    // A series whose final verdict is older than the journal remembers: the feed
+                    // still knows its parts.
+                    while self.outbox.contains(&format!("{}:FINAL", alert::series_id(&series, part))) {
+                        part += 1;
+                    }
+                }
+                let n = slices.len();
+                if !self.record(Record::Scored { t: now(), file: f.rel.clone(), series: series.clone(), part, slices, unwritten }) {
+                    // Scored but not recorded: it is scored again later, and holds its series open.
+                    self.files.rest(&f.path, Rest::Unrecorded, Instant::now() + RECORD_RETRY, None);
+                    return;
+                }
+                self.files.scored(&f.path);
+                log::debug!("{}: {n} slice(s) scored, {heatmaps} heat map(s)", f.rel);
+                self.metrics.slices_scored.fetch_add(n as u64, Ordering::Relaxed);
+                self.move_done(&f.path, &f.rel);
+                self.check_early(&series);
+            }
+            Outcome::Unreadable(kind, reason) => self.quarantine(&f.path, &f.rel, kind, &reason),
+            Outcome::EngineFailed(e) => {
+                let (n, first) = entry.engine_failures.map(|(n, first)| (n + 1, first)).unwrap_or((1, now()));
+                match after_engine_failure(n, first, self.last_scored) {
+                    // The file's fault rather than the engine's: it failed on its own, again and
+                    // again, while other files were scored.
+                    EngineRetry::Quarantine => {
+                        let reason = format!("the engine failed on this file {n} times while it scored others: {e}");
+                        self.quarantine(&f.path, &f.rel, alert::RejectKind::Content, &reason);
+                    }
+                    EngineRetry::After(wait) => {
+                        self.record(Record::Retry { t: now(), file: f.rel.clone() });
+                        log::error!("{}: scoring failed ({n}): {e}; the file stays and is retried in {} s", f.rel, wait.as_secs());
+                        self.fault(FaultKind::Engine, true);
+                        self.files.rest(&f.path, Rest::Engine, Instant::now() + wait, Some((n, first)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves a file to quarantine/ with its reason beside it (`NAME.reason`, written first and
+    /// durably), journals it and says REJECT.
+    pub(super) fn quarantine(&mut self, path: &Path, rel: &str, kind: alert::RejectKind, reason: &str) {
+        log::warn!("quarantined {rel}: {reason}");
+        let q = &self.settings.paths.quarantine;
+        let dst = unique_path(&q.join(rel));
+        let reason_file = PathBuf::from(format!("{}.reason", dst.display()));
+        let text = format!("file: {rel}\nreason: {reason}\ntime: {}\nctsentry: {}\n", now(), env!("CARGO_PKG_VERSION"));
+        let dst_rel = dst.strip_prefix(q).map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|_| rel.to_string());
+        match write_atomic(&reason_file, text.as_bytes()).and_then(|_| move_unique(path, q, &dst_rel)) {
+            Ok(to) => {
+                self.record(Record::Quarantined { t: now(), file: rel.to_string(), to: to.display().to_string(), reason: reason.to_string() });
+                self.metrics.files_quarantined.fetch_add(1, Ordering::Relaxed);
+                self.emit(Event::Reject { why: kind });
+                self.moved(path);
+            }
+            Err(e) => {
+                log::error!("{}: cannot quarantine: {e}; retrying in {} s", path.display(), MOVE_RETRY.as_secs());
+                self.unmovable(path);
+            }
+        }
+    }
+}

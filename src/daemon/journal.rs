@@ -338,7 +338,7 @@ impl Journal {
     /// Opens (creating) `state/journal.jsonl`, replays it, compacts it, and returns it with the
     /// state it describes and the records kept.
     pub fn open(state_dir: &Path) -> Result<(Journal, State), JournalError> {
-        let path = state_dir.join("journal.jsonl");
+        let path = crate::durable::StateDir::new(state_dir).journal();
         let err = |source| JournalError { path: path.clone(), source };
         std::fs::create_dir_all(state_dir).map_err(err)?;
         let records = Self::read(&path).map_err(err)?;

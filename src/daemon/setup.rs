@@ -2,12 +2,15 @@
 //! the visible wait while something of that cannot be set up ([`wait_for_setup`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::journal::{now, Journal, State};
-use super::{io, lock, outbox, systemd, DaemonError, Signals};
+use super::control::{Control, TICK};
+use super::journal::{Journal, State};
+use super::{io, lock, outbox, systemd, DaemonError};
+use crate::durable::{now, StateDir};
 use crate::alert::{self, Alerts, Cleared, Event, FaultKind, SeriesKey};
 use crate::config::Settings;
 use crate::score::Scorer;
@@ -52,17 +55,12 @@ pub(super) fn open_sinks(settings: &Settings, version: &str) -> (Vec<Box<dyn ale
         sinks.push(Box::new(s));
     }
     if settings.led.enabled {
-        match open_leds(settings) {
+        match alert::led::open_configured(&settings.led) {
             Ok(d) => sinks.push(Box::new(alert::led::LedSink::new(d))),
             Err(e) => log::error!("LEDs not available: {e} (see `ctsentry doctor`)"),
         }
     }
     (sinks, serial_up)
-}
-
-/// Opens the configured LEDs with their driver ([`alert::led::open_configured`]).
-pub fn open_leds(s: &Settings) -> std::io::Result<Box<dyn alert::led::LedDriver>> {
-    alert::led::open_configured(&s.led)
 }
 
 /// The fault a set-up error shows.
@@ -78,12 +76,12 @@ fn setup_fault(e: &DaemonError) -> FaultKind {
 /// a retry every [`SETUP_RETRY`] catches a fix such as a model copied into place or a folder
 /// given the right owner) or a stop signal arrives (`None`). Files in the drop folder wait
 /// untouched meanwhile.
-pub(super) fn wait_for_setup(first: DaemonError, settings: &mut Settings, config_path: &Path, alerts: &Alerts, signals: &Signals, held: &mut Option<(PathBuf, std::fs::File)>) -> Option<Prepared> {
+pub(super) fn wait_for_setup(first: DaemonError, settings: &mut Settings, config_path: &Path, alerts: &Alerts, control: &Receiver<Control>, held: &mut Option<(PathBuf, std::fs::File)>) -> Option<Prepared> {
     let sd = systemd::Notifier::from_env();
     let mut kind = setup_fault(&first);
     let mut why = first.to_string();
     // The latch, if the journal can be read, so READY and `status` show it meanwhile.
-    let latched = Journal::read(&settings.paths.state.join("journal.jsonl")).ok().and_then(|records| {
+    let latched = Journal::read(&StateDir::new(&settings.paths.state).journal()).ok().and_then(|records| {
         let mut st = State::default();
         records.iter().for_each(|r| st.apply(r));
         st.latched
@@ -96,12 +94,16 @@ pub(super) fn wait_for_setup(first: DaemonError, settings: &mut Settings, config
     let mut last_try = Instant::now();
     let mut last_status = None::<Instant>;
     loop {
-        if signals.stop.load(Ordering::Relaxed) {
-            sd.send("STOPPING=1");
-            alerts.emit(Event::Stopping);
-            return None;
-        }
-        let reload = signals.reload.swap(false, Ordering::Relaxed);
+        let reload = match control.recv_timeout(TICK) {
+            Ok(Control::Stop) => {
+                sd.send("STOPPING=1");
+                alerts.emit(Event::Stopping);
+                return None;
+            }
+            Ok(Control::Reload) => true,
+            // No worker runs yet: nothing else arrives.
+            Ok(Control::Done(_)) | Err(_) => false,
+        };
         if reload {
             match Settings::load(config_path) {
                 Ok(new) => *settings = new,
@@ -137,7 +139,6 @@ pub(super) fn wait_for_setup(first: DaemonError, settings: &mut Settings, config
             let _ = crate::status::write(&settings.paths.state, &snap);
         }
         sd.watchdog();
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -2,7 +2,7 @@
 //! all their slices in one engine call, isolating panics and engine failures per file.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use super::journal::SliceRec;
@@ -50,7 +50,7 @@ pub(super) struct Finished {
 /// onnxruntime are faster on batches than on single slices).
 pub const WORKER_BATCH: usize = 8;
 
-pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, jobs: Arc<Mutex<Receiver<Job>>>, done: SyncSender<Finished>) {
+pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<super::control::Control>) {
     loop {
         let batch: Vec<Job> = {
             let rx = jobs.lock().expect("job queue");
@@ -66,7 +66,7 @@ pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: P
         };
         let live = live.lock().expect("live settings").clone();
         for (job, outcome) in score_isolated(&scorer, &live, &results_dir, batch) {
-            if done.send(Finished { path: job.path, rel: job.rel, outcome }).is_err() {
+            if done.send(super::control::Control::Done(Finished { path: job.path, rel: job.rel, outcome })).is_err() {
                 return;
             }
         }
@@ -106,7 +106,7 @@ fn score_isolated(scorer: &Scorer, live: &Live, results_dir: &Path, batch: Vec<J
         match run(vec![job.clone()]) {
             Ok(results) => out.extend(results),
             Err(payload) => {
-                let msg = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+                let msg = crate::failpoint::panic_message(payload.as_ref());
                 out.push((job, Outcome::Unreadable(alert::RejectKind::Content, format!("internal error while reading or scoring this file ({msg}); kept here for a developer"))));
             }
         }

@@ -347,11 +347,7 @@ pub(crate) fn guard_panics<T>(path: &Path, f: impl FnOnce() -> Result<T, IngestE
         Ok(r) => r,
         Err(payload) => {
             CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
+            let msg = crate::failpoint::panic_message(payload.as_ref());
             Err(IngestError::rejected(path, format!("decoder failed on malformed data ({msg})")))
         }
     }

@@ -38,10 +38,9 @@ pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
-/// The spool's folder name in the state folder.
-pub const SPOOL_DIR: &str = "export";
-/// Where objects the PACS refused for good are kept, in the spool.
-pub const FAILED_DIR: &str = "failed";
+/// The spool's folder name in the state folder, and where objects the PACS refused for good are
+/// kept in the spool ([`crate::durable::StateDir`] names them).
+pub use crate::durable::{EXPORT_FAILED as FAILED_DIR, EXPORT_SPOOL as SPOOL_DIR};
 /// The coding scheme of ctsentry's own concepts (a private scheme, as PS3.16 allows: `99…`).
 pub const SCHEME: &str = "99CTSENTRY";
 /// Series Number of the SR series and of the heat-map series.
@@ -504,12 +503,13 @@ pub struct Exporter {
 
 impl Exporter {
     /// Starts the sender on the spool `dir` (created if missing); it sends what is there at once.
-    pub fn start(settings: ExportSettings, dir: PathBuf) -> std::io::Result<Exporter> {
+    /// Returns its handle and its thread (named `dicom-export`), which the daemon supervises.
+    pub fn start(settings: ExportSettings, dir: PathBuf) -> std::io::Result<(Exporter, std::thread::JoinHandle<()>)> {
         std::fs::create_dir_all(dir.join(FAILED_DIR))?;
         let (wake, wake_rx) = channel();
         let (tx, events) = channel();
-        std::thread::Builder::new().name("dicom-export".into()).spawn(move || run(&settings, &dir, &wake_rx, &tx))?;
-        Ok(Exporter { wake, events })
+        let thread = std::thread::Builder::new().name("dicom-export".into()).spawn(move || run(&settings, &dir, &wake_rx, &tx))?;
+        Ok((Exporter { wake, events }, thread))
     }
 
     /// New files are in the spool: send them (unless the sender is backing off).
@@ -533,6 +533,7 @@ const PER_ASSOCIATION: usize = 64;
 fn run(settings: &ExportSettings, dir: &Path, wake: &Receiver<()>, tx: &Sender<ExportEvent>) {
     let mut backoff: Option<f64> = None;
     loop {
+        crate::failpoint::hit("export-run");
         let files = pending(dir);
         let more = files.len() > PER_ASSOCIATION;
         if files.is_empty() {

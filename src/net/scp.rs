@@ -75,12 +75,14 @@ impl AccessControl for Callers {
 
 /// Starts the receiver: binds `settings.listen` (an error if it cannot) and serves associations
 /// on background threads, writing into `incoming`.
-pub fn start(settings: &DicomSettings, incoming: &Path) -> std::io::Result<(SocketAddr, Arc<ScpStats>)> {
+/// Returns the address bound, the counters, and the accept loop's thread (named `dicom-scp`),
+/// which the daemon supervises.
+pub fn start(settings: &DicomSettings, incoming: &Path) -> std::io::Result<(SocketAddr, Arc<ScpStats>, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(settings.listen)?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(ScpStats::default());
     let (s, dir, st) = (settings.clone(), incoming.to_path_buf(), stats.clone());
-    std::thread::Builder::new().name("dicom-scp".into()).spawn(move || accept_loop(listener, s, dir, st))?;
+    let thread = std::thread::Builder::new().name("dicom-scp".into()).spawn(move || accept_loop(listener, s, dir, st))?;
     log::info!(
         "dicom: C-ECHO and C-STORE SCP {:?} on {addr}, callers {}, at most {} associations, instances up to {} MiB",
         settings.ae_title,
@@ -88,7 +90,24 @@ pub fn start(settings: &DicomSettings, incoming: &Path) -> std::io::Result<(Sock
         settings.max_associations,
         settings.max_instance_bytes >> 20
     );
-    Ok((addr, stats))
+    Ok((addr, stats, thread))
+}
+
+/// One of `dicom.max_associations` places, held by a connection's thread: returned when it is
+/// dropped, however the thread ends (also by a panic, and when the thread cannot start).
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes a place when fewer than `max` are taken.
+    pub(crate) fn take(active: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        active.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).ok().map(|_| Slot(active.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf, stats: Arc<ScpStats>) {
@@ -103,23 +122,28 @@ fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf
                 continue;
             }
         };
+        crate::failpoint::hit("scp-accept");
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-        if active.load(Ordering::SeqCst) >= settings.max_associations {
+        let Some(slot) = Slot::take(&active, settings.max_associations) else {
             log::warn!("dicom: connection from {peer} closed: {} associations already (dicom.max_associations)", settings.max_associations);
             stats.refused.fetch_add(1, Ordering::Relaxed);
             continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
-        let (s, dir, st, act) = (settings.clone(), incoming.clone(), stats.clone(), active.clone());
+        };
+        let (s, dir, st) = (settings.clone(), incoming.clone(), stats.clone());
         let spawned = std::thread::Builder::new().name("dicom-assoc".into()).spawn(move || {
-            if let Err(e) = serve(stream, &peer, &s, &dir, &st) {
-                log::warn!("dicom: association with {peer}: {e}");
+            let _slot = slot;
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::failpoint::hit("scp-serve");
+                serve(stream, &peer, &s, &dir, &st)
+            }));
+            match served {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("dicom: association with {peer}: {e}"),
+                Err(p) => log::error!("dicom: association with {peer}: internal error ({}); connection closed, its place freed", crate::failpoint::panic_message(p.as_ref())),
             }
-            act.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
             log::error!("dicom: cannot start a thread for a connection: {e}");
-            active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
