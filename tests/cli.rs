@@ -7,7 +7,7 @@ use std::process::Command;
 use common::*;
 
 fn ctsentry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ctsentry"))
+    let out = common::bin()
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -158,7 +158,7 @@ fn declared_lengths_past_the_end_are_refused() {
 }
 
 fn ctsentry_in(cwd: &std::path::Path, env: Option<&std::path::Path>, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ctsentry"));
+    let mut c = common::bin();
     c.args(args).current_dir(cwd).env_remove("CTSENTRY_CONFIG");
     if let Some(e) = env {
         c.env("CTSENTRY_CONFIG", e);

@@ -141,7 +141,7 @@ fn prep_writes_tensors_index_and_pictures() {
     std::fs::write(root.join("a/notes.txt"), "x").unwrap();
     std::fs::write(dir.path().join("labels.csv"), "file,covid,other\na/0.dcm,1,x\na/2.dcm,0,y\n").unwrap();
     let out = dir.path().join("out");
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_ctsentry"))
+    let st = common::bin()
         .args(["prep", "--png", "--size", "32", "--labels"])
         .arg(dir.path().join("labels.csv"))
         .arg("--out")

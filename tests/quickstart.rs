@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn bin(cwd: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ctsentry"));
+    let mut c = common::bin();
     c.current_dir(cwd).env_remove("CTSENTRY_CONFIG").env_remove("RUST_LOG");
     c
 }

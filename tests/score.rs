@@ -3,12 +3,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ctsentry")).args(args).output().unwrap();
+    let out = common::bin().args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

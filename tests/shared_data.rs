@@ -152,7 +152,7 @@ fn the_shipped_series_rule_holds_when_the_series_is_cut_thicker() {
     std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n", model.display())).unwrap();
     for (patient, expected) in [("P001", Verdict::Positive), ("normal001", Verdict::Negative)] {
         let folder = data.join("covid-ct-md").join(patient);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ctsentry")).arg("--config").arg(&cfg).args(["score", "--json"]).arg(&folder).output().unwrap();
+        let out = common::bin().arg("--config").arg(&cfg).args(["score", "--json"]).arg(&folder).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let by_file: HashMap<String, (f64, f64, bool)> = lines

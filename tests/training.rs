@@ -7,11 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{tool_missing, CtSlice, EXPLICIT_LE};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ctsentry"))
-}
+use common::{bin, tool_missing, CtSlice, EXPLICIT_LE};
 
 fn python_ready() -> bool {
     let ok = Command::new("python3").args(["-c", "import numpy, scipy, pydicom"]).output().is_ok_and(|o| o.status.success());

@@ -119,15 +119,12 @@ fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), (alert::Reje
     use alert::RejectKind;
     // Failpoints for the tests (debug builds only): a worker panic, or the process dying, on a
     // chosen file.
-    #[cfg(debug_assertions)]
-    {
-        let is = |var: &str| std::env::var_os(var).is_some_and(|n| job.path.file_name() == Some(n.as_os_str()));
-        if is("CTSENTRY_TEST_PANIC_ON") {
-            panic!("test failpoint CTSENTRY_TEST_PANIC_ON");
-        }
-        if is("CTSENTRY_TEST_ABORT_ON") {
-            std::process::abort();
-        }
+    let name = job.path.file_name().map(|n| n.to_string_lossy());
+    if crate::failpoint::fires("worker-panic", name.as_deref()) {
+        panic!("failpoint worker-panic (CTSENTRY_FAILPOINTS)");
+    }
+    if crate::failpoint::fires("worker-abort", name.as_deref()) {
+        std::process::abort();
     }
     let slices = match ingest::read_file(&job.path, &live.ingest) {
         Ok(s) if s.is_empty() => return Err((RejectKind::Content, "no image in the file".into())),
@@ -142,20 +139,14 @@ fn read_job(live: &Live, job: &Job) -> Result<(String, Vec<Slice>), (alert::Reje
     Ok((uid, slices))
 }
 
-/// Failpoint for the tests (debug builds only): `CTSENTRY_TEST_ENGINE_FAIL_ON=NAME:TIMES` makes
-/// the engine fail on the first TIMES calls that include the file NAME.
-#[cfg(debug_assertions)]
+/// Failpoint for the tests (debug builds only): `engine-fail@NAME:TIMES` makes the engine fail
+/// on the first TIMES calls that include the file NAME.
 fn engine_failpoint<T>(parts: &[(Job, String, T)]) -> Option<crate::score::ScoreError> {
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let spec = std::env::var("CTSENTRY_TEST_ENGINE_FAIL_ON").ok()?;
-    let (name, times) = spec.rsplit_once(':')?;
-    let hit = parts.iter().any(|(j, _, _)| j.path.file_name().is_some_and(|n| n == name));
-    (hit && CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times.parse().ok()?).then(|| crate::score::ScoreError::Backend("test failpoint CTSENTRY_TEST_ENGINE_FAIL_ON".into()))
-}
-
-#[cfg(not(debug_assertions))]
-fn engine_failpoint<T>(_: &[(Job, String, T)]) -> Option<crate::score::ScoreError> {
-    None
+    parts
+        .iter()
+        .filter_map(|(j, _, _)| j.path.file_name().map(|n| n.to_string_lossy()))
+        .any(|n| crate::failpoint::fires("engine-fail", Some(&n)))
+        .then(|| crate::score::ScoreError::Backend("failpoint engine-fail (CTSENTRY_FAILPOINTS)".into()))
 }
 
 /// Reads and scores a batch of files, all their slices in one engine call.

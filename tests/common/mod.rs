@@ -21,6 +21,11 @@ pub const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 pub const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
 pub const RLE: &str = "1.2.840.10008.1.2.5";
 
+/// The `ctsentry` binary under test.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ctsentry"))
+}
+
 /// A description of one synthetic CT slice.
 #[derive(Clone)]
 pub struct CtSlice {

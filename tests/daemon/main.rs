@@ -1,0 +1,12 @@
+//! The daemon end to end, as a separate process, by theme. Each theme is a module; they share
+//! [`harness`] (and the fixtures of `tests/common`).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+mod crashes;
+mod network;
+mod operation;
+mod series;
+mod supervision;
