@@ -15,13 +15,13 @@
 //! positives gathers extent without covering much of its lung. Every value, with its source,
 //! appears in every result.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Positive slices a series needs when neither the config nor the manifest says.
 pub const DEFAULT_MIN_POSITIVE_SLICES: usize = 2;
 
 /// The decision rule, with where each of its values came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
     /// Slice positive when prob ≥ threshold.
     pub threshold: f64,
@@ -45,7 +45,7 @@ pub struct Rule {
 }
 
 /// A series verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// The rule is met.
@@ -127,7 +127,7 @@ impl Rule {
 }
 
 /// What the rule says about one series.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SeriesDecision {
     /// Slices scored.
     pub slices: usize,

@@ -33,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod output;
 pub mod engine;
 pub mod exposition;
 

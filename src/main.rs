@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use ctsentry::config::{ConfigSource, Settings};
 use ctsentry::preprocess::{cpu::Cpu, Params};
+use ctsentry::output::{ScoreLine, SeriesSummary};
 use ctsentry::{ingest, inspect, logging, prep};
 
 /// The system allocator with a per-thread cap used while parsers read untrusted files.
@@ -334,6 +335,11 @@ fn scorer(s: &Settings) -> Result<ctsentry::score::Scorer, Failure> {
     ctsentry::score::Scorer::from_settings(s).map_err(usage)
 }
 
+/// One JSON line of a typed output.
+fn json_line(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("output types serialise")
+}
+
 fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
     let files = ingest::collect_files(paths).map_err(usage)?;
     // The model loads (and the engine compiles it) while the files are decoded.
@@ -345,7 +351,7 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
     let sc = sc?;
     for e in &errors {
         if json {
-            println!("{}", serde_json::json!({"type": "error", "file": e.path().display().to_string(), "error": e.to_string()}));
+            println!("{}", json_line(&ScoreLine::Error { file: e.path().display().to_string(), error: e.to_string() }));
         } else {
             eprintln!("skipped: {e}");
         }
@@ -357,27 +363,10 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
         progress.add(r.slices.len());
         if json {
             for sl in &r.slices {
-                println!(
-                    "{}",
-                    serde_json::to_value(sl).map(|mut v| {
-                        v["type"] = "slice".into();
-                        v["series_uid"] = r.uid.clone().into();
-                        v["file"] = sl.file.display().to_string().into();
-                        v
-                    }).context("serialising")?
-                );
+                println!("{}", json_line(&ScoreLine::Slice { series_uid: r.uid.clone(), score: sl.clone() }));
             }
-            println!(
-                "{}",
-                serde_json::json!({"type": "series", "series_uid": r.uid, "slices": r.decision.slices, "positives": r.decision.positives,
-                    "max_prob": r.decision.max_prob, "verdict": r.decision.verdict, "threshold": sc.rule.threshold,
-                    "threshold_source": sc.rule.threshold_source, "min_positive_slices": sc.rule.min_positive_slices,
-                    "min_positive_source": sc.rule.min_positive_source, "min_lung_fraction": sc.rule.min_lung_fraction,
-                    "min_positive_extent_mm": sc.rule.min_positive_extent_mm, "min_positive_share": sc.rule.min_positive_share, "physical_source": sc.rule.physical_source,
-                    "positive_extent_mm": r.decision.positive_extent_mm, "positive_share": r.decision.positive_share,
-                    "skipped": r.slices.iter().filter(|s| s.skipped.is_some()).count(),
-                    "model": {"name": m.name, "version": m.version, "sha256": m.sha256}, "engine": sc.engine.name(), "precision": sc.engine.precision(), "preprocess": sc.pre.name()})
-            );
+            let skipped = r.slices.iter().filter(|s| s.skipped.is_some()).count();
+            println!("{}", json_line(&ScoreLine::Series { summary: Box::new(SeriesSummary::new(&r.uid, r.decision, &sc.rule, &sc)), skipped }));
         } else {
             println!("series {}  ({} slices)", r.uid, r.slices.len());
             println!("  {:>5} {:>6} {:>6} {:>7}  file", "index", "z", "lung", "prob");

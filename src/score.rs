@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineBackend, PreprocessBackend, Settings};
 use crate::decide::{Rule, SeriesDecision, SliceEvidence};
@@ -46,7 +46,7 @@ pub struct Scorer {
 }
 
 /// One scored slice.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceScore {
     /// The file.
     pub file: PathBuf,

@@ -46,16 +46,7 @@ pub struct VerdictView {
     pub t: f64,
 }
 
-/// Model identity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelView {
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// sha256 of the ONNX file.
-    pub sha256: String,
-}
+pub use crate::output::ModelView;
 
 /// What the daemon writes (DESIGN.md keys, plus a few more for people).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

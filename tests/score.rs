@@ -73,6 +73,11 @@ fn score_json_follows_the_contract() {
     }
     let max = |uid: &str| series.iter().find(|s| s["series_uid"] == uid).unwrap()["max_prob"].as_f64().unwrap();
     assert!(max("1.2.3.2") > max("1.2.3.1"), "the denser series scores higher");
+    // The same lines read back as types, and written again, say the same.
+    for l in out.lines() {
+        let typed: ctsentry::output::ScoreLine = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert_eq!(serde_json::to_string(&typed).unwrap(), l);
+    }
 }
 
 #[test]

@@ -49,10 +49,10 @@ impl Outbox {
         self.ids.contains(id)
     }
 
-    /// Appends `event` (which must have a string `id`) unless its id is present; durable on
-    /// return. Returns whether it was appended.
-    pub fn append(&mut self, event: &serde_json::Value) -> std::io::Result<bool> {
-        let id = event["id"].as_str().expect("events have an id").to_string();
+    /// Appends `event` unless its id is present; durable on return. Returns whether it was
+    /// appended.
+    pub fn append(&mut self, event: &crate::output::FeedEvent) -> std::io::Result<bool> {
+        let id = event.id.clone();
         if self.ids.contains(&id) {
             return Ok(false);
         }

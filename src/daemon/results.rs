@@ -1,4 +1,4 @@
-//! Where verdicts go: the feed (`results/feed.jsonl`, each verdict exactly once), the alert
+//! Where verdicts go: the feed (`results/events.jsonl`, each verdict exactly once), the alert
 //! sinks, the counters, and the status snapshot `ctsentry status` reads.
 
 use std::time::Instant;
@@ -8,6 +8,7 @@ use super::journal::{self, Journal, Record};
 use super::Daemon;
 use crate::alert::{self, Event, SeriesKey, Stage};
 use crate::durable::now;
+use crate::output::{FeedEvent, FeedKind, FeedStage};
 
 impl Daemon {
     /// Puts a verdict event in the feed (exactly once) and, when it was not there yet, hands it
@@ -36,10 +37,24 @@ impl Daemon {
         }
         let rule = self.rule();
         let m = &self.scorer.model.manifest.model;
-        let line = serde_json::json!({"id": id, "t": now(), "event": if positive { "ALERT" } else { "NEGATIVE" }, "stage": stage_name,
-            "series_uid": uid, "series_id": alert::series_id(uid, part), "series_key": key.to_string(), "part": part, "positives": positives, "slices": slices, "max_prob": max_prob,
-            "threshold": rule.threshold, "min_positive_slices": rule.min_positive_slices,
-            "min_positive_extent_mm": rule.min_positive_extent_mm, "min_positive_share": rule.min_positive_share, "model": format!("{} {}", m.name, m.version)});
+        let line = FeedEvent {
+            id,
+            t: now(),
+            event: if positive { FeedKind::Alert } else { FeedKind::Negative },
+            stage: if stage == Stage::Early { FeedStage::Early } else { FeedStage::Final },
+            series_uid: uid.to_string(),
+            series_id: alert::series_id(uid, part),
+            series_key: key.to_string(),
+            part,
+            positives,
+            slices,
+            max_prob,
+            threshold: rule.threshold,
+            min_positive_slices: rule.min_positive_slices,
+            min_positive_extent_mm: rule.min_positive_extent_mm,
+            min_positive_share: rule.min_positive_share,
+            model: format!("{} {}", m.name, m.version),
+        };
         match self.outbox.append(&line) {
             Ok(_) => self.disk(DiskCause::Feed, false),
             Err(e) => {
@@ -106,7 +121,7 @@ impl Daemon {
             engine: self.scorer.engine.name().into(),
             precision: self.scorer.engine.precision().into(),
             preprocess: self.scorer.pre.name().into(),
-            model: crate::status::ModelView { name: m.name.clone(), version: m.version.clone(), sha256: m.sha256.clone() },
+            model: crate::output::ModelView::of(m),
             threshold: Some(rule.threshold),
             min_positive_slices: Some(rule.min_positive_slices),
             series_rule: Some(rule.describe()),

@@ -11,6 +11,7 @@ use crate::alert::{self, SeriesKey, Stage};
 use crate::decide::{Rule, SliceEvidence, Verdict};
 use crate::durable::{now, write_atomic};
 use crate::ingest::{series, Pixels, Rescale, Slice, SourceKind, Uids};
+use crate::output::{ResultFile, ResultSlice, SeriesResult, SeriesSummary, Times};
 
 impl Daemon {
     /// The series rule in force (the live settings' copy).
@@ -93,38 +94,46 @@ impl Daemon {
         if d.positive_extent_mm.is_none() && rule.min_positive_extent_mm > 0.0 {
             log::warn!("series {key}: slice spacing unknown (no positions, no Slice Thickness): decided without the extent condition");
         }
-        let m = &self.scorer.model.manifest.model;
-        let slices: Vec<serde_json::Value> = ordered
+        let slice_scores = ordered
             .slices
             .iter()
+            .zip(&recs)
             .enumerate()
-            .map(|(i, s)| {
-                let r = &recs[i];
+            .map(|(i, (s, r))| {
                 let skipped = self.scorer.skip_reason(&rule, r.lung_fraction);
-                let mut v = serde_json::json!({"file": s.source.display().to_string(), "frame": s.frame, "slice_index": i, "z": ordered.z[i],
-                    "lung_fraction": r.lung_fraction, "prob": r.prob, "positive": skipped.is_none() && rule.slice_positive(f64::from(r.prob))});
-                if let Some(why) = skipped {
-                    v["skipped"] = why.into();
+                ResultSlice {
+                    file: s.source.display().to_string(),
+                    frame: s.frame,
+                    slice_index: i,
+                    z: ordered.z[i],
+                    lung_fraction: r.lung_fraction,
+                    prob: r.prob,
+                    positive: skipped.is_none() && rule.slice_positive(f64::from(r.prob)),
+                    skipped,
                 }
-                v
             })
             .collect();
         let t = now();
-        let result = serde_json::json!({
-            "type": "series", "series_uid": uid, "series_id": alert::series_id(uid, o.part), "series_key": key.to_string(), "part": o.part,
-            "verdict": d.verdict, "positives": d.positives, "slices": d.slices, "max_prob": d.max_prob,
-            "threshold": rule.threshold, "threshold_source": rule.threshold_source, "min_positive_slices": rule.min_positive_slices,
-            "min_positive_source": rule.min_positive_source, "min_lung_fraction": rule.min_lung_fraction,
-            "min_positive_extent_mm": rule.min_positive_extent_mm, "min_positive_share": rule.min_positive_share, "physical_source": rule.physical_source,
-            "positive_extent_mm": d.positive_extent_mm, "positive_share": d.positive_share,
-            "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
-            "engine": self.scorer.engine.name(), "precision": self.scorer.engine.precision(), "preprocess": self.scorer.pre.name(), "ctsentry": env!("CARGO_PKG_VERSION"),
-            "order_key": ordered.order_key, "duplicates": ordered.duplicates, "gaps": ordered.gaps,
-            "times": {"first_scored": o.first_t, "last_scored": o.last_t, "early_alert": o.alert_t, "final": t,
-                      "early_alert_after_first_s": o.alert_t.map(|a| a - o.first_t), "final_after_last_s": t - o.last_t},
-            "slice_scores": slices,
-            "unwritten_outputs": o.unwritten,
-        });
+        let result = ResultFile::Series(Box::new(SeriesResult {
+            summary: SeriesSummary::new(uid, d, &rule, &self.scorer),
+            series_id: alert::series_id(uid, o.part),
+            series_key: key.to_string(),
+            part: o.part,
+            ctsentry: env!("CARGO_PKG_VERSION").into(),
+            order_key: ordered.order_key,
+            duplicates: ordered.duplicates.clone(),
+            gaps: ordered.gaps.clone(),
+            times: Times {
+                first_scored: o.first_t,
+                last_scored: o.last_t,
+                early_alert: o.alert_t,
+                final_t: t,
+                early_alert_after_first_s: o.alert_t.map(|a| a - o.first_t),
+                final_after_last_s: t - o.last_t,
+            },
+            slice_scores,
+            unwritten_outputs: o.unwritten.clone(),
+        }));
         let path = self.settings.paths.results.join(format!("{}.json", alert::series_id(uid, o.part)));
         if let Err(e) = write_atomic(&path, serde_json::to_string_pretty(&result).expect("json").as_bytes()) {
             log::error!("{}: result not written: {e}; retrying", path.display());

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use super::Slice;
 
 /// Which key ordered a series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderKey {
     /// Position along the slice normal.
@@ -26,7 +26,7 @@ pub enum OrderKey {
 }
 
 /// A gap in a series: the spacing between two consecutive slices is much larger than usual.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gap {
     /// Index (in series order) of the slice before the gap.
     pub after: usize,

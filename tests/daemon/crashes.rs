@@ -51,7 +51,7 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     assert!(wait_until(Duration::from_secs(30), || readies(&log) > before));
     let results = var.join("results");
     let done = wait_until(Duration::from_secs(120), || {
-        walk(&incoming).is_empty() && events(&results).iter().filter(|e| e["stage"] == "FINAL").count() >= 3
+        walk(&incoming).is_empty() && finals(&results).len() >= 3
     });
     signal(&child, libc::SIGTERM);
     let code = wait_exit(&mut child, Duration::from_secs(20));
@@ -79,28 +79,29 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     // Exactly one final verdict per series, agreeing with `score`; exactly one early alert per
     // positive series; nothing for the negative one.
     let ev = events(&results);
-    let finals: Vec<&serde_json::Value> = ev.iter().filter(|e| e["stage"] == "FINAL").collect();
-    let earlies: Vec<&serde_json::Value> = ev.iter().filter(|e| e["stage"] == "EARLY").collect();
+    let finals: Vec<&FeedEvent> = ev.iter().filter(|e| e.stage == FeedStage::Final).collect();
+    let earlies: Vec<&FeedEvent> = ev.iter().filter(|e| e.stage == FeedStage::Early).collect();
     assert_eq!(finals.len(), 3, "{ev:#?}");
-    let ids: BTreeSet<&str> = ev.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let ids: BTreeSet<&str> = ev.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids.len(), ev.len(), "no event twice");
     for (uid, (verdict, positives)) in &expected {
-        let f: Vec<_> = finals.iter().filter(|e| e["series_uid"] == uid.as_str()).collect();
+        let f: Vec<_> = finals.iter().filter(|e| e.series_uid == *uid).collect();
         assert_eq!(f.len(), 1, "{uid}: {ev:#?}");
-        assert_eq!(f[0]["event"], if verdict == "positive" { "ALERT" } else { "NEGATIVE" });
-        assert_eq!(f[0]["positives"].as_u64().unwrap(), *positives, "{uid}");
-        assert_eq!(f[0]["part"], 1);
-        let e = earlies.iter().filter(|e| e["series_uid"] == uid.as_str()).count();
+        assert_eq!(f[0].event, if verdict == "positive" { FeedKind::Alert } else { FeedKind::Negative });
+        assert_eq!(f[0].positives as u64, *positives, "{uid}");
+        assert_eq!(f[0].part, 1);
+        let e = earlies.iter().filter(|e| e.series_uid == *uid).count();
         assert_eq!(e, usize::from(verdict == "positive"), "{uid}: {ev:#?}");
         // The result file.
-        let id = f[0]["series_id"].as_str().unwrap();
-        assert!(id.len() == 64 && id.starts_with(f[0]["series_key"].as_str().unwrap()), "{id}");
-        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{id}.json"))).unwrap()).unwrap();
-        assert_eq!(r["verdict"], verdict.as_str());
-        assert_eq!(r["slice_scores"].as_array().unwrap().len(), 6);
-        assert_eq!(r["threshold"], 0.5);
-        assert_eq!(r["model"]["name"], "tiny-densenet");
-        let idx: Vec<u64> = r["slice_scores"].as_array().unwrap().iter().map(|s| s["slice_index"].as_u64().unwrap()).collect();
+        let id = &f[0].series_id;
+        assert!(id.len() == 64 && id.starts_with(&f[0].series_key), "{id}");
+        let r = result_file(&results, uid, 1);
+        assert_eq!(&r.series_id, id);
+        assert_eq!(serde_json::to_value(r.summary.decision.verdict).unwrap(), verdict.as_str());
+        assert_eq!(r.slice_scores.len(), 6);
+        assert_eq!(r.summary.rule.threshold, 0.5);
+        assert_eq!(r.summary.model.name, "tiny-densenet");
+        let idx: Vec<usize> = r.slice_scores.iter().map(|s| s.slice_index).collect();
         assert_eq!(idx, (0..6).collect::<Vec<_>>());
     }
     assert_eq!(walk(&results).iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count(), 3);
@@ -129,9 +130,9 @@ fn a_file_that_makes_a_worker_panic_is_quarantined_and_its_batch_mates_are_score
     drop_into(&root.join("src"), &var.join("incoming"));
     let results = var.join("results");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", read_log());
+    assert!(wait_until(Duration::from_secs(60), || !finals(&results).is_empty()), "{}", read_log());
     let f = finals(&results);
-    assert_eq!(f[0]["slices"], 5, "the five good slices, once each: {f:#?}");
+    assert_eq!(f[0].slices, 5, "the five good slices, once each: {f:#?}");
     let reason = std::fs::read_to_string(var.join("quarantine/s/poison.dcm.reason")).unwrap();
     assert!(reason.contains("internal error while reading or scoring this file"), "{reason}");
     assert_eq!(rels(&var.join("done")).len(), 5);
@@ -158,7 +159,7 @@ fn a_file_that_kills_the_process_is_quarantined_after_three_deaths_not_read_fore
         // crashing C++ decoder would.
         let mut child = start_with(&cfg, &log, &[("CTSENTRY_FAILPOINTS", "worker-abort@poison.dcm")]);
         let finished = wait_until(Duration::from_secs(30), || {
-            child.try_wait().unwrap().is_some() || events(&results).iter().any(|e| e["stage"] == "FINAL")
+            child.try_wait().unwrap().is_some() || !finals(&results).is_empty()
         });
         assert!(finished, "{}", std::fs::read_to_string(&log).unwrap());
         if child.try_wait().unwrap().is_some() {
@@ -173,7 +174,7 @@ fn a_file_that_kills_the_process_is_quarantined_after_three_deaths_not_read_fore
     let reason = std::fs::read_to_string(var.join("quarantine/s/poison.dcm.reason")).unwrap();
     assert!(reason.contains("stopped while reading this file 3 times"), "{reason}");
     let f = finals(&results);
-    assert_eq!((f.len(), f[0]["slices"].as_u64()), (1, Some(4)), "{f:#?}");
+    assert_eq!((f.len(), f[0].slices), (1, 4), "{f:#?}");
     assert_eq!(rels(&var.join("done")).len(), 4, "the batch-mates were not blamed");
 }
 
@@ -193,11 +194,11 @@ fn a_file_waiting_for_an_engine_retry_keeps_its_series_open() {
     drop_into(&root.join("src"), &var.join("incoming"));
     let results = var.join("results");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", read_log());
+    assert!(wait_until(Duration::from_secs(60), || !finals(&results).is_empty()), "{}", read_log());
     std::thread::sleep(Duration::from_secs(2));
     let f = finals(&results);
     assert_eq!(f.len(), 1, "{f:#?}");
-    assert_eq!((f[0]["slices"].as_u64(), f[0]["part"].as_u64()), (Some(4), Some(1)), "{f:#?}");
+    assert_eq!((f[0].slices, f[0].part), (4, 1), "{f:#?}");
     assert!(read_log().contains("scoring failed (1)"), "{}", read_log());
     assert_eq!(rels(&var.join("done")).len(), 4);
     signal(&child, libc::SIGTERM);

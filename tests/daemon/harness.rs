@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use ctsentry::output::{FeedEvent, FeedKind, FeedStage, ResultFile, SeriesResult};
 use super::common::*;
 
 /// A running `ctsentry run`: killed and reaped when dropped.
@@ -128,7 +129,7 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
     None
 }
 
-pub fn events(results: &Path) -> Vec<serde_json::Value> {
+pub fn events(results: &Path) -> Vec<FeedEvent> {
     std::fs::read_to_string(results.join("events.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -138,11 +139,19 @@ pub fn events(results: &Path) -> Vec<serde_json::Value> {
 }
 
 /// The final verdicts in the feed, in order.
-pub fn finals(results: &Path) -> Vec<serde_json::Value> {
-    events(results).into_iter().filter(|e| e["stage"] == "FINAL").collect()
+pub fn finals(results: &Path) -> Vec<FeedEvent> {
+    events(results).into_iter().filter(|e| e.stage == FeedStage::Final).collect()
 }
 
-/// What `ctsentry score --json` says about each series (the batch path; the daemon must agree).
+/// The result file of series `uid`, part `part`, read as its type.
+pub fn result_file(results: &Path, uid: &str, part: u16) -> SeriesResult {
+    let p = results.join(format!("{}.json", ctsentry::alert::series_id(uid, part)));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    match serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", p.display())) {
+        ResultFile::Series(r) => *r,
+    }
+}
+
 pub fn batch_verdicts(cfg: &Path, src: &Path) -> BTreeMap<String, (String, u64)> {
     let out = bin().args(["--config", cfg.to_str().unwrap(), "score", "--json", src.to_str().unwrap()]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)

@@ -171,7 +171,7 @@ fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
     let results = root.join("var/results");
     assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "no FINAL:\n{}", read_log());
     let f = &finals(&results)[0];
-    assert_eq!((f["series_uid"].as_str(), f["slices"].as_u64()), (Some("1.2.826.0.1.3680043.9.7307.17.1"), Some(6)), "{f}");
+    assert_eq!((f.series_uid.as_str(), f.slices), ("1.2.826.0.1.3680043.9.7307.17.1", 6), "{f:?}");
     assert_eq!(rels(&root.join("var/done")).iter().filter(|r| r.starts_with("dicom-SCANNER/") && r.ends_with(".dcm")).count(), 6, "{:?}", rels(&root.join("var/done")));
     assert!(walk(&root.join("var/incoming")).is_empty(), "left in incoming: {:?}", walk(&root.join("var/incoming")));
     // An instance over dicom.max_instance_mb (1 MiB here; this one is 2.4 MB) is refused with
@@ -364,10 +364,10 @@ fn a_shared_series_sent_by_storescu_gets_one_verdict_over_every_slice_and_its_re
     let results = root.join("var/results");
     assert!(wait_until(Duration::from_secs(300), || finals(&results).len() == 1), "{}", read_log());
     let f = &finals(&results)[0];
-    assert_eq!((f["series_uid"].as_str(), f["slices"].as_u64()), (Some(series_uid.as_str()), Some(148)), "{f}");
+    assert_eq!((f.series_uid.as_str(), f.slices), (series_uid.as_str(), 148), "{f:?}");
     assert_eq!(rels(&root.join("var/done")).len(), 148);
-    let positive = f["event"] == "ALERT";
-    let positives = f["positives"].as_u64().unwrap();
+    let positive = f.event == FeedKind::Alert;
+    let positives = f.positives;
     let maps = if positive { positives.min(16) as usize } else { 0 };
     let want = if maps > 0 { modalities(&[("CT", 148), ("SR", 1), ("OT", maps)]) } else { modalities(&[("CT", 148), ("SR", 1)]) };
     assert!(wait_until(Duration::from_secs(60), || pacs.counts(&study_uid) == want), "{:?}\n{}", pacs.study(&study_uid), read_log());
@@ -378,7 +378,7 @@ fn a_shared_series_sent_by_storescu_gets_one_verdict_over_every_slice_and_its_re
     let verdict = format!("\"Verdict\")=\"{}: {positives} of 148 slices", if positive { "positive" } else { "negative" });
     assert!(text.contains(&verdict), "dsrdump lacks {verdict:?}:\n{text}");
     assert!(text.contains("\"Algorithm Name\")=\"densenet121-covid\""), "{text}");
-    eprintln!("P001 over DICOM: {} of 148 positive ({}), SR and {maps} heat map(s) at Orthanc", positives, f["event"]);
+    eprintln!("P001 over DICOM: {} of 148 positive ({:?}), SR and {maps} heat map(s) at Orthanc", positives, f.event);
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }

@@ -59,7 +59,7 @@ fn ack_reload_and_bad_reload_while_running() {
     std::fs::create_dir_all(var.join("incoming")).unwrap();
     drop_into(&root.join("src"), &var.join("incoming"));
     let results = var.join("results");
-    assert!(wait_until(Duration::from_secs(60), || events(&results).iter().any(|e| e["stage"] == "FINAL")), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(wait_until(Duration::from_secs(60), || !finals(&results).is_empty()), "{}", std::fs::read_to_string(&log).unwrap());
     // A broken config on SIGHUP is refused and the daemon keeps running.
     let good = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, good.replace("min_positive_slices = 2", "min_positive_slices = \"x\"")).unwrap();
@@ -213,8 +213,7 @@ fn metrics_parse_with_prometheus_and_healthz_turns_503_on_a_fault() {
         assert!(out.status.success(), "the Prometheus parser refused:\n{body}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let verdict = finals(&results)[0]["event"].as_str().unwrap().to_string();
-    let label = if verdict == "ALERT" { "positive" } else { "negative" };
+    let label = if finals(&results)[0].event == FeedKind::Alert { "positive" } else { "negative" };
     assert!(wait_until(Duration::from_secs(5), || {
         let (code, body) = http_get(&addr, "/metrics");
         let m = parse(&body);

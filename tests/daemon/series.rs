@@ -41,11 +41,10 @@ fn two_series_sharing_a_display_key_keep_their_own_verdicts_and_results() {
     let f = finals(&results);
     assert_eq!(f.len(), 2, "{f:#?}");
     for (uid, n) in [(&a, 3), (&b, 4)] {
-        let e = f.iter().find(|e| e["series_uid"] == uid.as_str()).unwrap_or_else(|| panic!("no FINAL for {uid}: {f:#?}"));
-        assert_eq!(e["slices"], n);
-        let id = ctsentry::alert::series_id(uid, 1);
-        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{id}.json"))).unwrap()).unwrap();
-        assert_eq!((r["series_uid"].as_str(), r["slices"].as_u64()), (Some(uid.as_str()), Some(n)));
+        let e = f.iter().find(|e| e.series_uid == *uid).unwrap_or_else(|| panic!("no FINAL for {uid}: {f:#?}"));
+        assert_eq!(e.slices, n);
+        let r = result_file(&results, uid, 1);
+        assert_eq!((r.summary.series_uid.as_str(), r.summary.decision.slices, r.series_id), (uid.as_str(), n, ctsentry::alert::series_id(uid, 1)));
     }
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
@@ -72,7 +71,7 @@ fn a_series_sent_again_after_the_journal_forgot_it_gets_a_new_part_and_its_own_v
         std::fs::remove_file(var.join("state/journal.jsonl")).unwrap();
     }
     let f = finals(&results);
-    assert_eq!(f.iter().map(|e| e["part"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2], "{f:#?}");
+    assert_eq!(f.iter().map(|e| e.part).collect::<Vec<_>>(), vec![1, 2], "{f:#?}");
     assert!(results.join(format!("{}.2.json", ctsentry::alert::series_id(uid, 1))).exists());
 }
 
@@ -99,11 +98,12 @@ fn the_daemon_decides_by_millimetres_of_positive_slices() {
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
     for (uid, verdict, extent) in [(long, "positive", 30.0), (short, "negative", 10.0)] {
-        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join(format!("{}.json", ctsentry::alert::series_id(uid, 1)))).unwrap()).unwrap();
-        assert_eq!((r["verdict"].as_str(), r["positive_extent_mm"].as_f64(), r["min_positive_extent_mm"].as_f64()), (Some(verdict), Some(extent), Some(20.0)), "{r:#}");
-        assert_eq!((r["physical_source"].as_str(), r["positive_share"].as_f64()), (Some("extent: config, share: default"), Some(1.0)), "{r:#}");
-        let f = finals(&results).into_iter().find(|e| e["series_uid"] == uid).unwrap();
-        assert_eq!((f["event"].as_str(), f["min_positive_extent_mm"].as_f64()), (Some(if verdict == "positive" { "ALERT" } else { "NEGATIVE" }), Some(20.0)), "{f}");
+        let r = result_file(&results, uid, 1).summary;
+        let want = if verdict == "positive" { ctsentry::decide::Verdict::Positive } else { ctsentry::decide::Verdict::Negative };
+        assert_eq!((r.decision.verdict, r.decision.positive_extent_mm, r.rule.min_positive_extent_mm), (want, Some(extent), 20.0), "{r:#?}");
+        assert_eq!((r.rule.physical_source.as_str(), r.decision.positive_share), ("extent: config, share: default", 1.0), "{r:#?}");
+        let f = finals(&results).into_iter().find(|e| e.series_uid == uid).unwrap();
+        assert_eq!((f.event, f.min_positive_extent_mm), (if verdict == "positive" { FeedKind::Alert } else { FeedKind::Negative }, 20.0), "{f:?}");
     }
 }
 
@@ -138,7 +138,7 @@ fn a_burst_of_2000_files_is_processed_with_bounded_memory_and_sigterm_stays_prom
     // Restart: the rest.
     let mut child = start(&cfg, &log);
     let results = var.join("results");
-    let ok = wait_until(Duration::from_secs(240), || events(&results).iter().filter(|e| e["stage"] == "FINAL").count() == 40);
+    let ok = wait_until(Duration::from_secs(240), || finals(&results).len() == 40);
     let peak = peak_rss_mb(child.id());
     signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
