@@ -1,0 +1,339 @@
+//! The configuration file: raw serde structs that mirror the TOML (`deny_unknown_fields`), then
+//! validation into typed [`Settings`]. Every error carries its line and column.
+//!
+//! A relative path resolves against the folder of the config file. Every key is documented in
+//! `config/ctsentry.toml`.
+
+mod diagnose;
+mod locate;
+mod raw;
+mod reload;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use crate::ingest::{IngestOptions, Limits};
+pub use locate::{ConfigSource, CHECKOUT_CONFIG, CONFIG_ENV, SYSTEM_CONFIG};
+pub use reload::{FixedSettings, LiveSettings};
+pub use validate::normalize;
+use diagnose::parse_all;
+use raw::RawConfig;
+use validate::validate;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    /// 1-based line, when known.
+    pub line: usize,
+    /// 1-based column, when known.
+    pub column: usize,
+    /// What is wrong, for an admin.
+    pub reason: String,
+}
+
+/// Errors of loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file has errors; each is listed with its position.
+    #[error("{}", format_issues(path, issues))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Every error found, in file order.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn format_issues(path: &Path, issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("{}:{}:{}: {}", path.display(), i.line, i.column, i.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+
+/// The inference engine to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineBackend {
+    /// The fastest available, chosen and logged at start-up.
+    Auto,
+    /// tract (pure Rust, CPU).
+    Tract,
+    /// TensorRT (GPU).
+    TensorRt,
+    /// ONNX Runtime (CPU).
+    OnnxRuntime,
+    /// OpenVINO (CPU; bf16 where the CPU has AMX or AVX512-BF16).
+    OpenVino,
+}
+
+/// The arithmetic precision of inference (`engine.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Whatever the chosen engine runs (f32 on the CPU engines of this build; a TensorRT plan's own).
+    Auto,
+    /// 32-bit floating point.
+    F32,
+    /// bfloat16 (CPUs with AMX or AVX512-BF16; needs an engine that runs it).
+    Bf16,
+    /// IEEE half precision (a TensorRT plan built with FP16).
+    F16,
+}
+
+impl Precision {
+    /// The config name (`auto`, `f32`, `bf16`, `f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+/// The preprocessing implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreprocessBackend {
+    /// CUDA when usable, else CPU.
+    Auto,
+    /// Plain Rust on the CPU.
+    Cpu,
+    /// CUDA kernels.
+    Cuda,
+}
+
+/// Which LED driver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedDriver {
+    /// Linux LED class (`/sys/class/leds`).
+    Sysfs,
+    /// GPIO character device.
+    Gpio,
+}
+
+/// Folders of the daemon (absolute after loading).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paths {
+    /// The drop folder.
+    pub incoming: PathBuf,
+    /// Scored inputs are moved here.
+    pub done: PathBuf,
+    /// Unreadable inputs are moved here with a `.reason` file.
+    pub quarantine: PathBuf,
+    /// Per-series result JSON.
+    pub results: PathBuf,
+    /// Journal and control files.
+    pub state: PathBuf,
+}
+
+/// The DICOM network receiver (`[dicom]`): C-ECHO and C-STORE SCP writing into the drop folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomSettings {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Our AE title (1–16 characters).
+    pub ae_title: String,
+    /// Address and port to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Calling AE titles accepted; empty: any.
+    pub allowed_callers: Vec<String>,
+    /// Associations served at once; more are refused until one ends.
+    pub max_associations: usize,
+    /// Largest instance accepted (bytes); a larger one is answered "out of resources".
+    pub max_instance_bytes: u64,
+}
+
+/// Results back to the PACS (`[export]`): a Comprehensive SR per series verdict and, for a
+/// positive series, Secondary Capture heat maps, sent by C-STORE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSettings {
+    /// Whether results are sent.
+    pub enabled: bool,
+    /// The PACS: `HOST:PORT`.
+    pub peer: String,
+    /// The PACS's AE title.
+    pub called_ae: String,
+    /// Ours.
+    pub calling_ae: String,
+    /// Send the SR.
+    pub sr: bool,
+    /// Send heat maps (positive series only).
+    pub heatmaps: bool,
+    /// Heat maps sent per series at most: the most probable positive slices.
+    pub max_heatmaps: usize,
+    /// Longest wait between tries while the PACS is unreachable (the wait doubles from 1 s).
+    pub retry_max_seconds: f64,
+}
+
+/// Serial alert sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialSettings {
+    /// Whether the sink is on.
+    pub enabled: bool,
+    /// Device path.
+    pub port: String,
+    /// Baud rate.
+    pub baud: u32,
+    /// Data bits (5–8).
+    pub data_bits: u8,
+    /// Parity: `N`, `E` or `O`.
+    pub parity: char,
+    /// Stop bits (1 or 2).
+    pub stop_bits: u8,
+    /// Seconds between HEARTBEAT messages.
+    pub heartbeat_seconds: f64,
+    /// Wait for `$CTACK` of every message and retransmit until it comes.
+    pub ack: bool,
+    /// First retransmission delay in ACK mode (doubles up to 30 s).
+    pub ack_timeout_seconds: f64,
+}
+
+/// How the drop folder is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// inotify events (local file systems), with a periodic rescan as a safety net.
+    Inotify,
+    /// Periodic scans only (network shares, where inotify sees nothing).
+    Poll,
+}
+
+/// The daemon's watching, results and disk settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    /// How the drop folder is watched.
+    pub watch: WatchMode,
+    /// Seconds between scans of the drop folder.
+    pub poll_seconds: f64,
+    /// A file seen only by a scan is taken once its size and mtime have not changed for this long.
+    pub stable_seconds: f64,
+    /// Write heat-map PNGs of positive slices into results/.
+    pub heatmaps: bool,
+    /// Below this much free space (MiB) on any output folder's file system, new files wait.
+    pub min_free_mb: f64,
+    /// Scored inputs in done/ are deleted this many days after they were moved there (0: never).
+    pub done_days: f64,
+    /// Series results (JSON, heat maps) are deleted this many days after they were written (0: never).
+    pub results_days: f64,
+}
+
+/// LED alert sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedSettings {
+    /// Whether the sink is on.
+    pub enabled: bool,
+    /// Driver.
+    pub driver: LedDriver,
+    /// Green LED.
+    pub green: String,
+    /// Red LED.
+    pub red: String,
+    /// Amber LED.
+    pub amber: String,
+    /// GPIO lines drive the LED on when low (and the button reads pressed when low).
+    pub active_low: bool,
+    /// Acknowledge button on a GPIO input line (`CHIP:LINE`); empty: none.
+    pub button: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The file it was loaded from (None for built-in defaults).
+    pub source: Option<PathBuf>,
+    /// Folders.
+    pub paths: Paths,
+    /// The model file (its manifest has the same stem and `.toml`).
+    pub model_path: PathBuf,
+    /// Engine choice.
+    pub engine: EngineBackend,
+    /// Inference precision required (`auto`: whatever the engine runs).
+    pub precision: Precision,
+    /// Engine worker threads (None: sized to the machine).
+    pub engine_threads: Option<usize>,
+    /// The ONNX Runtime shared library (None: `ORT_DYLIB_PATH`).
+    pub onnxruntime_library: Option<PathBuf>,
+    /// The OpenVINO C library (None: the Debian package's, else python3's `openvino` package).
+    pub openvino_library: Option<PathBuf>,
+    /// The TensorRT plan (None: the model path with `.plan`).
+    pub tensorrt_plan: Option<PathBuf>,
+    /// libnvinfer to load (None: `libnvinfer.so.11`, then `.so.10`, from the loader's path).
+    pub tensorrt_library: Option<PathBuf>,
+    /// Preprocessing choice.
+    pub preprocess: PreprocessBackend,
+    /// Decision threshold override (None: the manifest's calibrated threshold).
+    pub threshold: Option<f64>,
+    /// Positive slices needed for a positive series (None: the manifest's, else
+    /// [`crate::decide::DEFAULT_MIN_POSITIVE_SLICES`]).
+    pub min_positive_slices: Option<usize>,
+    /// Millimetres of positive slices a positive series needs (None: the manifest's, else 0).
+    pub min_positive_extent_mm: Option<f64>,
+    /// Share of the lung in positive slices a positive series needs (None: the manifest's, else 0).
+    pub min_positive_share: Option<f64>,
+    /// Silence after which a series is complete.
+    pub quiet_seconds: f64,
+    /// Watching, results and disk settings of the daemon.
+    pub daemon: DaemonSettings,
+    /// What ingest accepts.
+    pub ingest: IngestOptions,
+    /// Serial sink.
+    pub serial: SerialSettings,
+    /// LED sink.
+    pub led: LedSettings,
+    /// The DICOM network receiver.
+    pub dicom: DicomSettings,
+    /// Results sent to the PACS.
+    pub export: ExportSettings,
+    /// Where `/metrics` and `/healthz` are served (None: `[metrics]` absent, off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log level.
+    pub log_level: log::LevelFilter,
+    /// Whether patient names may appear in logs (off by default).
+    pub log_patient_names: bool,
+}
+
+impl Settings {
+    /// Built-in defaults (the DESIGN.md defaults), as if the file were empty, relative to `base`.
+    pub fn defaults(base: &Path) -> Settings {
+        validate(RawConfig::default(), base, "").expect("defaults are valid")
+    }
+
+    /// Loads and validates a config file. All errors are reported together.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        // The config's folder exists (the file was just read): resolve symbolic links in it once.
+        let base = base.canonicalize().unwrap_or(base);
+        let mut s = Settings::from_str(&text, &base).map_err(|issues| ConfigError::Invalid { path: path.to_path_buf(), issues })?;
+        s.source = Some(path.to_path_buf());
+        Ok(s)
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base`.
+    pub fn from_str(text: &str, base: &Path) -> Result<Settings, Vec<ConfigIssue>> {
+        let (raw, parsed_text, mut issues) = parse_all(text);
+        let Some(raw) = raw else { return Err(issues) };
+        // Validation still runs on what parsed, so semantic errors are reported with the others.
+        match validate(raw, base, &parsed_text) {
+            Ok(s) if issues.is_empty() => Ok(s),
+            Ok(_) => Err(issues),
+            Err(more) => {
+                issues.extend(more);
+                issues.sort_by_key(|i| (i.line, i.column));
+                Err(issues)
+            }
+        }
+    }
+}
