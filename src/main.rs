@@ -386,108 +386,41 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
 }
 
 fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std::path::Path>, pick: Option<&str>, root: &std::path::Path) -> Result<u8, Failure> {
-    use ctsentry::metrics;
-    let target = pick
+    let target_sensitivity = pick
         .map(|p| {
             p.strip_prefix("sensitivity=").and_then(|v| v.parse::<f64>().ok()).filter(|v| (0.0..=1.0).contains(v)).ok_or_else(|| usage(format!("--pick-threshold {p:?}: expected sensitivity=VALUE with VALUE in [0, 1]")))
         })
         .transpose()?;
-    let labels = prep::read_labels(labels).map_err(usage)?;
-    let sc = scorer(s)?;
-    let mut names: Vec<&String> = labels.keys().collect();
-    names.sort();
-    let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
-    let (slices, errors) = ingest::read_files(&files, &s.ingest);
-    for e in &errors {
-        eprintln!("skipped: {e}");
+    let req = ctsentry::eval::Request { labels, root, out, target_sensitivity };
+    let e = ctsentry::eval::run(s, &req).map_err(|e| match e {
+        ctsentry::eval::EvalError::Labels(_) | ctsentry::eval::EvalError::Setup(_) => usage(e),
+        e => Failure::from(anyhow::Error::new(e)),
+    })?;
+    for err in &e.skipped_files {
+        eprintln!("skipped: {err}");
     }
-    let mut rows = Vec::new();
-    let heatmaps = out.map(|d| d.join("heatmaps"));
-    if let Some(h) = &heatmaps {
-        std::fs::create_dir_all(h).with_context(|| format!("creating {}", h.display()))?;
-    }
-    let mut progress = ctsentry::report::Progress::new("evaluating", slices.len());
-    let trained_on = sc.model.manifest.training_series();
-    let mut seen_in_training = Vec::new();
-    let mut series_count = 0;
-    for ser in ingest::series::assemble(slices) {
-        series_count += 1;
-        if trained_on.contains(&ser.uid) {
-            seen_in_training.push(ctsentry::alert::SeriesKey::of(&ser.uid, 1).to_string());
-        }
-        let r = sc.score(&ser).map_err(|e| Failure::from(anyhow::anyhow!("series {}: {e}", ser.uid)))?;
-        progress.add(r.slices.len());
-        if let Some(h) = &heatmaps {
-            // The class activation map over the lung window, for each positive slice.
-            for (sl, slice) in r.slices.iter().zip(&ser.slices).filter(|(sl, _)| sl.positive) {
-                let name = format!("{}.png", prep::relative(&sl.file, root).replace('/', "_"));
-                let key = ctsentry::alert::SeriesKey::of(&ser.uid, 1).to_string();
-                ctsentry::report::write_slice_heatmap(&h.join(name), slice, &sc.params, &sl.cam, &key, sl.prob, sc.rule.threshold)
-                    .context("writing a heat map")?;
-            }
-        }
-        for sl in r.slices {
-            let rel = prep::relative(&sl.file, root);
-            if let Some(&y) = labels.get(&rel) {
-                rows.push((rel, sl, y == 1));
-            }
-        }
-    }
-    progress.finish();
-    if !seen_in_training.is_empty() {
+    if !e.seen_in_training.is_empty() {
         eprintln!(
-            "warning: {} of {series_count} evaluated series were in the model's training data (manifest [training] series_uids: {}); these numbers do not estimate performance on new patients",
-            seen_in_training.len(),
-            seen_in_training.join(", ")
+            "warning: {} of {} evaluated series were in the model's training data (manifest [training] series_uids: {}); these numbers do not estimate performance on new patients",
+            e.seen_in_training.len(),
+            e.series,
+            e.seen_in_training.join(", ")
         );
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let scores: Vec<(f64, bool)> = rows.iter().map(|(_, sl, y)| (f64::from(sl.prob), *y)).collect();
-    let table = metrics::table(&scores, sc.rule.threshold);
-    let picked = target.map(|t| (t, metrics::threshold_for_sensitivity(&scores, t)));
-    if let Some(dir) = out {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut csv = String::from("file,slice_index,z,lung_fraction,prob,label,positive\n");
-        for (rel, sl, y) in &rows {
-            csv += &format!("{},{},{:.6},{:.6},{:.6},{},{}\n", prep::csv_field(rel), sl.slice_index, sl.z, sl.lung_fraction, sl.prob, u8::from(*y), u8::from(sl.positive));
-        }
-        std::fs::write(dir.join("scores.csv"), csv).context("writing scores.csv")?;
-        let roc = metrics::roc(&scores);
-        let mut rc = String::from("threshold,fpr,tpr\n");
-        for p in &roc {
-            rc += &format!("{},{:.6},{:.6}\n", p.threshold, p.fpr, p.tpr);
-        }
-        std::fs::write(dir.join("roc.csv"), rc).context("writing roc.csv")?;
-        let positives = scores.iter().filter(|(_, y)| *y).count();
-        let labels = ctsentry::report::RocLabels {
-            auc: table.auc,
-            operating: table.sensitivity.zip(table.specificity).map(|(sens, spec)| (table.threshold, 1.0 - spec, sens)),
-            counts: (positives, scores.len() - positives),
-        };
-        ctsentry::report::write_roc_png(&dir.join("roc.png"), &roc, &labels).context("writing roc.png")?;
-    }
-    let m = &sc.model.manifest.model;
     if json {
-        let mut v = serde_json::to_value(&table).context("serialising")?;
-        v["slices"] = serde_json::json!(scores.len());
-        v["series_in_training"] = serde_json::json!(seen_in_training.len());
-        v["skipped_files"] = serde_json::json!(errors.len());
-        v["model"] = serde_json::json!({"name": m.name, "version": m.version, "sha256": m.sha256});
-        if let Some((t, p)) = picked {
-            v["picked_threshold"] = serde_json::json!({"sensitivity": t, "threshold": p});
-        }
-        println!("{v}");
+        println!("{}", e.to_json());
     } else {
+        let (table, m) = (&e.table, &e.model);
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
-        println!("evaluation of {} labelled slices (model {} {}, threshold {} from {})", scores.len(), m.name, m.version, sc.rule.threshold, sc.rule.threshold_source);
+        println!("evaluation of {} labelled slices (model {} {}, threshold {} from {})", e.slices, m.name, m.version, e.threshold.0, e.threshold.1);
         println!("  TP {}  TN {}  FP {}  FN {}", table.tp, table.tn, table.fp, table.fn_);
         println!("  accuracy {}  loss {}  misclassification rate {}  AUC {}", f(table.accuracy), f(table.loss), f(table.misclassification_rate), f(table.auc));
         println!("  sensitivity {}  specificity {}  PPV {}  NPV {}", f(table.sensitivity), f(table.specificity), f(table.ppv), f(table.npv));
-        if let Some((t, p)) = picked {
+        if let Some((t, p)) = e.picked {
             println!("  threshold for sensitivity ≥ {t}: {}", p.map(|x| format!("{x:.6}")).unwrap_or_else(|| "n/a (no positives)".into()));
         }
-        if !errors.is_empty() {
-            println!("  {} labelled files could not be read (see above)", errors.len());
+        if !e.skipped_files.is_empty() {
+            println!("  {} labelled files could not be read (see above)", e.skipped_files.len());
         }
     }
     Ok(0)

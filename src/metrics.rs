@@ -1,149 +1,232 @@
-//! Evaluation metrics of the reference work's table: confusion counts at a threshold,
-//! accuracy, loss (mean binary cross-entropy), misclassification rate, AUC, plus sensitivity,
-//! specificity, PPV and NPV; the ROC curve; the threshold meeting a target sensitivity.
+//! Monitoring: the Prometheus text format at `/metrics` and health at `/healthz`, served on
+//! `[metrics] listen` (loopback by default) by a small HTTP/1.1 server on its own thread.
 //!
-//! Conventions: a ratio whose denominator is zero is `None` (reported as null / "n/a"), never 0
-//! or NaN; AUC is undefined (None) when one class is absent. AUC is the Mann–Whitney statistic:
-//! the probability that a random positive scores above a random negative, ties counting half.
+//! Names (DESIGN.md), all prefixed `ctsentry_`: `slices_scored_total`, `series_total{verdict}`,
+//! `alerts_total{stage}`, `files_quarantined_total`, `inference_seconds` (histogram per engine
+//! call), `queue_files`, `open_series`, `fault{kind}` (0/1), `alert_latched` (0/1); also
+//! `dicom_associations_total`, `dicom_refused_total`, `dicom_instances_stored_total`,
+//! `dicom_instances_failed_total` when the receiver runs. `/healthz`: 200 `ok` while running
+//! without faults, 503 naming the faults otherwise.
 
-use serde::Serialize;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Probabilities are clamped to [EPS, 1 − EPS] in the loss (as Keras does), so a confident
-/// mistake costs a large but finite loss.
-pub const EPS: f64 = 1e-7;
+use crate::alert::FaultKind;
 
-/// The evaluation table (DESIGN.md `eval --json` keys).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Table {
-    /// True positives.
-    pub tp: usize,
-    /// True negatives.
-    pub tn: usize,
-    /// False positives.
-    #[serde(rename = "fp")]
-    pub fp: usize,
-    /// False negatives.
-    #[serde(rename = "fn")]
-    pub fn_: usize,
-    /// (TP + TN) / N.
-    pub accuracy: Option<f64>,
-    /// Mean binary cross-entropy.
-    pub loss: Option<f64>,
-    /// (FP + FN) / N.
-    pub misclassification_rate: Option<f64>,
-    /// Area under the ROC curve.
-    pub auc: Option<f64>,
-    /// TP / (TP + FN).
-    pub sensitivity: Option<f64>,
-    /// TN / (TN + FP).
-    pub specificity: Option<f64>,
-    /// TP / (TP + FP).
-    pub ppv: Option<f64>,
-    /// TN / (TN + FN).
-    pub npv: Option<f64>,
-    /// The threshold the counts were taken at.
-    pub threshold: f64,
+/// Upper bounds (seconds) of the inference histogram's buckets.
+pub const INFERENCE_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A histogram with fixed buckets, updated from any thread.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 10],
+    over: AtomicU64,
+    sum_micros: AtomicU64,
 }
 
-fn ratio(a: usize, b: usize) -> Option<f64> {
-    (b > 0).then(|| a as f64 / b as f64)
+impl Histogram {
+    /// Records one observation of `seconds`.
+    pub fn observe(&self, seconds: f64) {
+        match INFERENCE_BUCKETS.iter().position(|&b| seconds <= b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
 }
 
-/// Computes the table for `(probability, label)` pairs at `threshold` (positive when ≥).
-pub fn table(scores: &[(f64, bool)], threshold: f64) -> Table {
-    let (mut tp, mut tn, mut fp, mut fn_) = (0, 0, 0, 0);
-    let mut loss = 0.0;
-    for &(p, y) in scores {
-        match (p >= threshold, y) {
-            (true, true) => tp += 1,
-            (false, false) => tn += 1,
-            (true, false) => fp += 1,
-            (false, true) => fn_ += 1,
+/// What the daemon reports; counters only grow, gauges are set once a second.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Slices scored and journalled (a file scored again after a failed batch counts once).
+    pub slices_scored: AtomicU64,
+    /// Final verdicts, positive.
+    pub series_positive: AtomicU64,
+    /// Final verdicts, negative.
+    pub series_negative: AtomicU64,
+    /// Alerts raised, early.
+    pub alerts_early: AtomicU64,
+    /// Alerts raised, final.
+    pub alerts_final: AtomicU64,
+    /// Files quarantined.
+    pub files_quarantined: AtomicU64,
+    /// Seconds per engine call (the scoring workers observe it).
+    pub inference: Histogram,
+    /// Gauges.
+    pub gauges: Mutex<Gauges>,
+    /// The DICOM receiver's counters, when it runs.
+    pub dicom: Mutex<Option<Arc<crate::net::scp::ScpStats>>>,
+    /// Result objects stored by the PACS (`[export]`).
+    pub exported: AtomicU64,
+    /// Result objects the PACS refused for good.
+    pub export_refused: AtomicU64,
+    /// Whether export is on (its families are shown only then).
+    pub export_enabled: std::sync::atomic::AtomicBool,
+}
+
+/// The gauges of [`Metrics`].
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    /// Files waiting.
+    pub queue: usize,
+    /// Series open.
+    pub open_series: usize,
+    /// Faults on.
+    pub faults: Vec<FaultKind>,
+    /// Whether an alert is latched.
+    pub latched: bool,
+    /// Result objects waiting in the export spool.
+    pub export_queue: usize,
+    /// When the daemon's control loop last set these (None: not yet running).
+    pub updated: Option<std::time::Instant>,
+}
+
+/// A control loop silent this long makes `/healthz` answer 503 (it reports once a second).
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+
+impl Metrics {
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let c = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let family = |o: &mut String, name: &str, kind: &str, help: &str, lines: &[(String, f64)]| {
+            let _ = writeln!(o, "# HELP ctsentry_{name} {help}\n# TYPE ctsentry_{name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(o, "ctsentry_{name}{labels} {v}");
+            }
+        };
+        family(&mut o, "slices_scored_total", "counter", "Slices scored and journalled, each once (slices without lung, not sent to the engine, included).", &[(String::new(), c(&self.slices_scored) as f64)]);
+        family(&mut o, "series_total", "counter", "Final series verdicts.", &[("{verdict=\"positive\"}".into(), c(&self.series_positive) as f64), ("{verdict=\"negative\"}".into(), c(&self.series_negative) as f64)]);
+        family(&mut o, "alerts_total", "counter", "Alerts raised.", &[("{stage=\"early\"}".into(), c(&self.alerts_early) as f64), ("{stage=\"final\"}".into(), c(&self.alerts_final) as f64)]);
+        family(&mut o, "files_quarantined_total", "counter", "Files moved to quarantine.", &[(String::new(), c(&self.files_quarantined) as f64)]);
+        let mut cumulative = 0;
+        let mut lines: Vec<(String, f64)> = INFERENCE_BUCKETS
+            .iter()
+            .zip(&self.inference.counts)
+            .map(|(b, n)| {
+                cumulative += c(n);
+                (format!("_bucket{{le=\"{b}\"}}"), cumulative as f64)
+            })
+            .collect();
+        let count = cumulative + c(&self.inference.over);
+        lines.push(("_bucket{le=\"+Inf\"}".into(), count as f64));
+        lines.push(("_sum".into(), c(&self.inference.sum_micros) as f64 / 1e6));
+        lines.push(("_count".into(), count as f64));
+        family(&mut o, "inference_seconds", "histogram", "Seconds per engine call (one batch).", &lines);
+        family(&mut o, "queue_files", "gauge", "Files waiting to be scored.", &[(String::new(), g.queue as f64)]);
+        family(&mut o, "open_series", "gauge", "Series not yet complete.", &[(String::new(), g.open_series as f64)]);
+        let faults: Vec<(String, f64)> = FaultKind::ALL.iter().map(|k| (format!("{{kind=\"{}\"}}", k.name()), f64::from(u8::from(g.faults.contains(k))))).collect();
+        family(&mut o, "fault", "gauge", "1 while the fault is on.", &faults);
+        family(&mut o, "alert_latched", "gauge", "1 while an alert waits for acknowledgement.", &[(String::new(), f64::from(u8::from(g.latched)))]);
+        if let Some(d) = self.dicom.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            family(&mut o, "dicom_associations_total", "counter", "DICOM associations accepted.", &[(String::new(), c(&d.associations) as f64)]);
+            family(&mut o, "dicom_refused_total", "counter", "DICOM associations refused.", &[(String::new(), c(&d.refused) as f64)]);
+            family(&mut o, "dicom_instances_stored_total", "counter", "DICOM instances written into the drop folder.", &[(String::new(), c(&d.stored) as f64)]);
+            family(&mut o, "dicom_instances_failed_total", "counter", "DICOM instances answered with a failure.", &[(String::new(), c(&d.failed) as f64)]);
         }
-        let q = p.clamp(EPS, 1.0 - EPS);
-        loss -= if y { q.ln() } else { (1.0 - q).ln() };
-    }
-    let n = scores.len();
-    Table {
-        tp,
-        tn,
-        fp,
-        fn_,
-        accuracy: ratio(tp + tn, n),
-        loss: (n > 0).then(|| loss / n as f64),
-        misclassification_rate: ratio(fp + fn_, n),
-        auc: auc(scores),
-        sensitivity: ratio(tp, tp + fn_),
-        specificity: ratio(tn, tn + fp),
-        ppv: ratio(tp, tp + fp),
-        npv: ratio(tn, tn + fn_),
-        threshold,
-    }
-}
-
-/// AUC by ranks (ties share their average rank); None when either class is empty.
-pub fn auc(scores: &[(f64, bool)]) -> Option<f64> {
-    let pos = scores.iter().filter(|s| s.1).count();
-    let neg = scores.len() - pos;
-    if pos == 0 || neg == 0 {
-        return None;
-    }
-    let mut sorted: Vec<(f64, bool)> = scores.to_vec();
-    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[i].0 {
-            j += 1;
+        if self.export_enabled.load(Ordering::Relaxed) {
+            family(&mut o, "export_objects_total", "counter", "Result objects (SR, heat maps) sent to the PACS.", &[("{result=\"stored\"}".into(), c(&self.exported) as f64), ("{result=\"refused\"}".into(), c(&self.export_refused) as f64)]);
+            family(&mut o, "export_queue_objects", "gauge", "Result objects waiting to be sent to the PACS.", &[(String::new(), g.export_queue as f64)]);
         }
-        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += avg_rank * sorted[i..=j].iter().filter(|s| s.1).count() as f64;
-        i = j + 1;
+        o
     }
-    Some((rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos * neg) as f64)
-}
 
-/// One point of the ROC curve.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct RocPoint {
-    /// Threshold (positive when ≥).
-    pub threshold: f64,
-    /// False positive rate.
-    pub fpr: f64,
-    /// True positive rate (sensitivity).
-    pub tpr: f64,
-}
-
-/// The ROC curve from (1, 1) at the lowest threshold to (0, 0) above the highest score, one
-/// point per distinct score; empty when a class is absent.
-pub fn roc(scores: &[(f64, bool)]) -> Vec<RocPoint> {
-    let pos = scores.iter().filter(|s| s.1).count() as f64;
-    let neg = scores.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return Vec::new();
-    }
-    let mut sorted: Vec<(f64, bool)> = scores.to_vec();
-    sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut points = vec![RocPoint { threshold: f64::INFINITY, fpr: 0.0, tpr: 0.0 }];
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let mut i = 0;
-    while i < sorted.len() {
-        let t = sorted[i].0;
-        while i < sorted.len() && sorted[i].0 == t {
-            if sorted[i].1 { tp += 1.0 } else { fp += 1.0 }
-            i += 1;
+    /// `/healthz`: 200 and `ok` without faults, else 503 and the faults.
+    pub fn health(&self) -> (u16, String) {
+        let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(silent) = g.updated.map(|t| t.elapsed()).filter(|e| *e > STALE_AFTER) {
+            return (503, format!("stalled: the daemon's control loop has not reported for {} s\n", silent.as_secs()));
         }
-        points.push(RocPoint { threshold: t, fpr: fp / neg, tpr: tp / pos });
+        if g.faults.is_empty() {
+            (200, "ok\n".into())
+        } else {
+            (503, format!("faults: {}\n", g.faults.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")))
+        }
     }
-    points.reverse();
-    points
 }
 
-/// The highest threshold whose sensitivity is at least `target` (so specificity is as high as
-/// it can be at that sensitivity); None without positives.
-pub fn threshold_for_sensitivity(scores: &[(f64, bool)], target: f64) -> Option<f64> {
-    roc(scores).into_iter().filter(|p| p.tpr >= target && p.threshold.is_finite()).map(|p| p.threshold).reduce(f64::max)
+/// Serves `/metrics` and `/healthz` on `listen` from a background thread; returns the address
+/// bound (an error when it cannot be bound)
+/// and the server's thread (named `metrics`), which the daemon supervises.
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            // A few at a time, each on its own thread with a deadline: a slow client cannot
+            // hold the others up for more than REQUEST_DEADLINE.
+            let Some(slot) = crate::net::scp::Slot::take(&busy, MAX_CONNECTIONS) else { continue };
+            let m = metrics.clone();
+            let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+                let _slot = slot;
+                if let Err(e) = answer(conn, &m) {
+                    log::debug!("metrics: {e}");
+                }
+            });
+            if let Err(e) = spawned {
+                log::warn!("metrics: cannot start a thread for a connection: {e}");
+            }
+        }
+    })?;
+    log::info!("metrics: Prometheus text at http://{addr}/metrics, health at http://{addr}/healthz");
+    Ok((addr, thread))
+}
+
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 4;
+/// Time a client has to send its request head.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest request head read.
+const MAX_REQUEST_BYTES: usize = 8192;
+
+fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut reader = &stream;
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = REQUEST_DEADLINE.checked_sub(start.elapsed()).filter(|d| !d.is_zero()).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow"))?;
+        stream.set_read_timeout(Some(left))?;
+        let n = std::io::Read::read(&mut reader, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_REQUEST_BYTES {
+            return Err(std::io::Error::other("request head too large"));
+        }
+    }
+    let request = String::from_utf8_lossy(&head);
+    let mut parts = request.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        ("GET", "/healthz") => {
+            let (s, b) = metrics.health();
+            (s, "text/plain; charset=utf-8", b)
+        }
+        ("GET", _) => (404, "text/plain; charset=utf-8", "not found: /metrics or /healthz\n".into()),
+        _ => (405, "text/plain; charset=utf-8", "only GET\n".into()),
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let mut w = stream;
+    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    w.flush()
 }
 
 #[cfg(test)]
@@ -151,46 +234,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hand_computed_table() {
-        // p:     0.9 0.8 0.6 0.4 | 0.7 0.3 0.2 0.1
-        // label:  1   1   1   1  |  0   0   0   0
-        let s = [(0.9, true), (0.8, true), (0.6, true), (0.4, true), (0.7, false), (0.3, false), (0.2, false), (0.1, false)];
-        let t = table(&s, 0.5);
-        assert_eq!((t.tp, t.tn, t.fp, t.fn_), (3, 3, 1, 1));
-        assert_eq!(t.accuracy, Some(0.75));
-        assert_eq!(t.misclassification_rate, Some(0.25));
-        assert_eq!((t.sensitivity, t.specificity, t.ppv, t.npv), (Some(0.75), Some(0.75), Some(0.75), Some(0.75)));
-        // Pairs where the positive scores higher: 0.9,0.8 beat all 4; 0.6 beats 3; 0.4 beats 3 → 14/16.
-        assert_eq!(t.auc, Some(14.0 / 16.0));
-        let bce = -[0.9f64, 0.8, 0.6, 0.4].iter().map(|p| p.ln()).sum::<f64>() - [0.3f64, 0.7, 0.8, 0.9].iter().map(|p| p.ln()).sum::<f64>();
-        assert!((t.loss.unwrap() - bce / 8.0).abs() < 1e-12);
+    fn health_names_the_faults() {
+        let m = Metrics::default();
+        assert_eq!(m.health().0, 200);
+        m.gauges.lock().unwrap().faults = vec![FaultKind::Disk];
+        assert_eq!(m.health(), (503, "faults: DISK\n".into()));
+        let text = m.render();
+        assert!(text.contains("ctsentry_fault{kind=\"DISK\"} 1"), "{text}");
+        assert!(text.contains("# TYPE ctsentry_inference_seconds histogram"));
     }
 
     #[test]
-    fn ties_count_half_and_one_class_has_no_auc() {
-        assert_eq!(auc(&[(0.5, true), (0.5, false)]), Some(0.5));
-        assert_eq!(auc(&[(0.5, true), (0.5, false), (0.7, true), (0.1, false)]), Some((1.0 + 1.0 + 1.0 + 0.5) / 4.0));
-        let only_neg = table(&[(0.2, false), (0.9, false)], 0.5);
-        assert_eq!(only_neg.auc, None);
-        assert_eq!(only_neg.sensitivity, None);
-        assert_eq!(only_neg.ppv, Some(0.0));
-        assert_eq!(only_neg.specificity, Some(0.5));
-        assert!(roc(&[(0.2, false)]).is_empty());
-        assert_eq!(table(&[], 0.5).accuracy, None);
-        // Confident mistakes are finite.
-        assert!(table(&[(0.0, true), (1.0, false)], 0.5).loss.unwrap().is_finite());
-    }
-
-    #[test]
-    fn roc_and_threshold_for_a_target() {
-        let s = [(0.9, true), (0.8, true), (0.6, true), (0.4, true), (0.7, false), (0.3, false), (0.2, false), (0.1, false)];
-        let r = roc(&s);
-        assert_eq!(r.first().map(|p| (p.fpr, p.tpr)), Some((1.0, 1.0)));
-        assert_eq!(r.last().map(|p| (p.fpr, p.tpr)), Some((0.0, 0.0)));
-        assert!(r.windows(2).all(|w| w[0].fpr >= w[1].fpr && w[0].tpr >= w[1].tpr));
-        assert_eq!(threshold_for_sensitivity(&s, 1.0), Some(0.4));
-        assert_eq!(threshold_for_sensitivity(&s, 0.75), Some(0.6));
-        assert_eq!(threshold_for_sensitivity(&s, 0.5), Some(0.8));
-        assert_eq!(threshold_for_sensitivity(&[(0.3, false)], 0.9), None);
+    fn health_is_503_when_the_control_loop_went_silent() {
+        let m = Metrics::default();
+        m.gauges.lock().unwrap().updated = Some(std::time::Instant::now());
+        assert_eq!(m.health().0, 200);
+        m.gauges.lock().unwrap().updated = std::time::Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(5));
+        let (code, body) = m.health();
+        assert_eq!(code, 503);
+        assert!(body.starts_with("stalled: the daemon's control loop has not reported for 3"), "{body}");
     }
 }

@@ -103,8 +103,9 @@ pub struct RocLabels {
 /// Draws a ROC curve (false positive rate → x, true positive rate → y) as a 560 × 560 PNG: a
 /// grid every 0.1 with tick labels, axis titles, the chance diagonal in grey, the curve in
 /// blue, the AUC and counts in the title, and the operating point (the threshold in use) as a
-/// red dot with its sensitivity and specificity.
-pub fn write_roc_png(path: &Path, points: &[crate::metrics::RocPoint], labels: &RocLabels) -> std::io::Result<()> {
+/// red dot with its sensitivity and specificity. `points`: (false positive rate, true positive
+/// rate) in curve order.
+pub fn write_roc_png(path: &Path, points: &[(f64, f64)], labels: &RocLabels) -> std::io::Result<()> {
     const S: usize = 560;
     const L: usize = 64; // left margin (tick labels, axis title)
     const T: usize = 48; // top margin (title)
@@ -129,7 +130,7 @@ pub fn write_roc_png(path: &Path, points: &[crate::metrics::RocPoint], labels: &
     cv.text(L as i64, 8, &format!("ROC  AUC {auc}  ({} pos, {} neg)", labels.counts.0, labels.counts.1), 2, black);
     cv.line(to_px(0.0, 0.0), to_px(1.0, 1.0), [160, 160, 160], 0);
     for w in points.windows(2) {
-        cv.line(to_px(w[0].fpr, w[0].tpr), to_px(w[1].fpr, w[1].tpr), [20, 70, 200], 1);
+        cv.line(to_px(w[0].0, w[0].1), to_px(w[1].0, w[1].1), [20, 70, 200], 1);
     }
     if let Some((thr, fpr, tpr)) = labels.operating {
         let (x, y) = to_px(fpr, tpr);

@@ -122,6 +122,12 @@ impl Scorer {
     /// The next chunk's lung masks and tensors are made while the engine runs the current one,
     /// so the cores the engine leaves idle are used.
     pub fn score_slices(&self, slices: &[crate::ingest::Slice]) -> Result<Vec<SliceOutput>, ScoreError> {
+        self.score_slices_timed(slices, &|_| {})
+    }
+
+    /// [`Scorer::score_slices`], telling `engine_seconds` how long each engine call took (the
+    /// daemon's inference histogram).
+    pub fn score_slices_timed(&self, slices: &[crate::ingest::Slice], engine_seconds: &(dyn Fn(f64) + Sync)) -> Result<Vec<SliceOutput>, ScoreError> {
         let mut out = Vec::with_capacity(slices.len());
         let mut chunks = slices.chunks(CHUNK);
         std::thread::scope(|scope| {
@@ -134,7 +140,7 @@ impl Scorer {
                 } else {
                     let t = std::time::Instant::now();
                     let r = self.engine.infer(&prepared.tensor, prepared.kept).map_err(|e| ScoreError::Backend(e.to_string()))?;
-                    crate::exposition::INFERENCE.observe(t.elapsed().as_secs_f64());
+                    engine_seconds(t.elapsed().as_secs_f64());
                     r.check(prepared.kept).map_err(ScoreError::Output)?;
                     Some(r)
                 };

@@ -1,4 +1,4 @@
-//! The serial sink: [`protocol`](super::protocol) messages on a serial line, for a tower light,
+//! The serial sink: [`protocol`] messages on a serial line, for a tower light,
 //! an alarm relay, a PLC or a nurse-call interface.
 //!
 //! - A bounded queue ([`QUEUE`] messages, `heapless`): when it is full, queued heartbeats give way

@@ -28,7 +28,7 @@ pub(super) struct Bridge {
 
 impl Bridge {
     /// Starts the sender on the state folder's spool and says where results go.
-    pub(super) fn start(settings: &Settings, state: &StateDir, metrics: &Arc<crate::exposition::Metrics>) -> Result<Bridge, DaemonError> {
+    pub(super) fn start(settings: &Settings, state: &StateDir, metrics: &Arc<crate::metrics::Metrics>) -> Result<Bridge, DaemonError> {
         let spool = state.export_spool();
         let (sender, thread) = crate::net::export::Exporter::start(settings.export.clone(), spool.clone()).map_err(super::io(&spool))?;
         metrics.export_enabled.store(true, Ordering::Relaxed);

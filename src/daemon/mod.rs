@@ -7,17 +7,17 @@
 //! rule is met, the final verdict after `series.quiet_seconds` without a new slice (and only once
 //! every file that arrived in that window has been scored).
 //!
-//! This module composes the parts and runs the one control loop over [`control::Control`]
+//! This module composes the parts and runs the one control loop over `control::Control`
 //! (signals, finished files, ticks). The parts:
-//! - [`table`]: each file's state; dispatch, retries, crash limit, back-off (pure).
-//! - [`faults`]: the fault set, returning the events its changes cause.
+//! - `table`: each file's state; dispatch, retries, crash limit, back-off (pure).
+//! - `faults`: the fault set, returning the events its changes cause.
 //! - `files`: what happens to a file when it is finished (journal, move, quarantine).
 //! - `series`: the series rule on open series, EARLY and FINAL verdicts, result files.
 //! - `results`: the verdict feed, the sinks, the status snapshot.
 //! - `export`: the bridge to the PACS sender (spool, its news, its supervision).
 //! - `upkeep`: acknowledgements, disk and drop-folder checks, retention, the serial port.
 //! - `reload`: SIGHUP.
-//! - [`control`]: the control channel, signals, supervised threads.
+//! - `control`: the control channel, signals, supervised threads.
 //!
 //! Crash safety is the journal's ([`journal`]); watching is [`watch`]'s; signals: SIGTERM and
 //! SIGINT finish the files in flight, flush and exit 0; SIGHUP reloads the config. Every thread
@@ -92,7 +92,7 @@ pub struct Daemon {
     /// Recent final verdicts, newest first (for `ctsentry status`).
     last_verdicts: std::collections::VecDeque<crate::status::VerdictView>,
     /// What /metrics and /healthz report.
-    metrics: Arc<crate::exposition::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// The sender of results to the PACS (`[export]`), when on.
     exporter: Option<export::Bridge>,
     /// Verdicts (series, part, counts) whose results this run has spooled: a verdict whose
@@ -131,7 +131,7 @@ impl Daemon {
         let Prepared { lock, journal, state, outbox, scorer } = ready;
         let state_dir = StateDir::new(&settings.paths.state);
         // The network receiver writes into the drop folder: from there the pipeline is the same.
-        let metrics = Arc::new(crate::exposition::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let mut threads = Vec::new();
         if settings.dicom.enabled {
             let (_, stats, thread) = crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen { key: "dicom.listen", addr: settings.dicom.listen, source })?;
@@ -140,7 +140,7 @@ impl Daemon {
         }
         let exporter = if settings.export.enabled { Some(export::Bridge::start(&settings, &state_dir, &metrics)?) } else { None };
         if let Some(addr) = settings.metrics_listen {
-            let (_, thread) = crate::exposition::serve(addr, metrics.clone()).map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
+            let (_, thread) = crate::metrics::serve(addr, metrics.clone()).map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
             threads.push(Supervised::new(thread, OnDeath::Exit));
         }
         let m = &scorer.model.manifest.model;
@@ -226,8 +226,8 @@ impl Daemon {
         let job_rx = Arc::new(Mutex::new(job_rx));
         let mut scoring = Vec::new();
         for i in 0..workers {
-            let (sc, live, res, jr, dt) = (self.scorer.clone(), self.live.clone(), self.settings.paths.results.clone(), job_rx.clone(), tx.clone());
-            let h = std::thread::Builder::new().name(format!("score-{i}")).spawn(move || worker(sc, live, res, jr, dt)).expect("spawning a worker");
+            let (sc, live, res, m, jr, dt) = (self.scorer.clone(), self.live.clone(), self.settings.paths.results.clone(), self.metrics.clone(), job_rx.clone(), tx.clone());
+            let h = std::thread::Builder::new().name(format!("score-{i}")).spawn(move || worker(sc, live, res, m, jr, dt)).expect("spawning a worker");
             scoring.push(Supervised::new(h, OnDeath::Exit));
         }
         drop(tx);

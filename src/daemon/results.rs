@@ -128,7 +128,7 @@ impl Daemon {
             files_handled: self.state.handled,
             last_verdicts: self.last_verdicts.iter().cloned().collect(),
         };
-        *self.metrics.gauges.lock().unwrap_or_else(|p| p.into_inner()) = crate::exposition::Gauges {
+        *self.metrics.gauges.lock().unwrap_or_else(|p| p.into_inner()) = crate::metrics::Gauges {
             queue: snap.queue,
             open_series: snap.open_series,
             faults: self.faults.kinds(),

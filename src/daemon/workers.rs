@@ -50,7 +50,9 @@ pub(super) struct Finished {
 /// onnxruntime are faster on batches than on single slices).
 pub const WORKER_BATCH: usize = 8;
 
-pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<super::control::Control>) {
+/// One scoring worker: takes batches from `jobs` until it closes, sends each file's outcome to
+/// the controller, and times each engine call into `metrics`' inference histogram.
+pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, metrics: Arc<crate::metrics::Metrics>, jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<super::control::Control>) {
     loop {
         let batch: Vec<Job> = {
             let rx = jobs.lock().expect("job queue");
@@ -65,7 +67,7 @@ pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: P
             b
         };
         let live = live.lock().expect("live settings").clone();
-        for (job, outcome) in score_isolated(&scorer, &live, &results_dir, batch) {
+        for (job, outcome) in score_isolated(&scorer, &live, &results_dir, &metrics.inference, batch) {
             if done.send(super::control::Control::Done(Finished { path: job.path, rel: job.rel, outcome })).is_err() {
                 return;
             }
@@ -78,8 +80,8 @@ pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: P
 /// files are scored again one at a time. A file that panics on its own is quarantined as an
 /// internal error; one whose engine call fails on its own is reported as such (the controller
 /// retries it with back-off and quarantines it if the engine keeps working for other files).
-fn score_isolated(scorer: &Scorer, live: &Live, results_dir: &Path, batch: Vec<Job>) -> Vec<(Job, Outcome)> {
-    let run = |jobs: Vec<Job>| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score_files(scorer, live, results_dir, jobs)));
+fn score_isolated(scorer: &Scorer, live: &Live, results_dir: &Path, inference: &crate::metrics::Histogram, batch: Vec<Job>) -> Vec<(Job, Outcome)> {
+    let run = |jobs: Vec<Job>| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score_files(scorer, live, results_dir, inference, jobs)));
     let mut out = Vec::new();
     let again: Vec<Job> = if batch.len() == 1 {
         batch
@@ -150,7 +152,7 @@ fn engine_failpoint<T>(parts: &[(Job, String, T)]) -> Option<crate::score::Score
 }
 
 /// Reads and scores a batch of files, all their slices in one engine call.
-fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
+fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, inference: &crate::metrics::Histogram, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
     let mut all = Vec::new();
     let mut parts = Vec::new();
     let mut out = Vec::new();
@@ -167,7 +169,7 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, jobs: Vec<Job>)
     if parts.is_empty() {
         return out;
     }
-    let outs = match engine_failpoint(&parts).map_or_else(|| scorer.score_slices(&all), Err) {
+    let outs = match engine_failpoint(&parts).map_or_else(|| scorer.score_slices_timed(&all, &|s| inference.observe(s)), Err) {
         Ok(o) => o,
         // One file, and its own content is at fault (inconsistent pixels, or values the engine
         // turns into no probability: the engine works for other files).

@@ -322,7 +322,7 @@ pub fn read_file(path: &Path, opts: &IngestOptions) -> Result<Vec<Slice>, Ingest
 
 static CAUGHT_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How many decoder panics [`guard_panics`] has caught in this process (a health figure: each
+/// How many decoder panics `guard_panics` has caught in this process (a health figure: each
 /// is a third-party decoder bug that malformed input reached).
 pub fn caught_decoder_panics() -> u64 {
     CAUGHT_PANICS.load(std::sync::atomic::Ordering::Relaxed)
@@ -332,7 +332,7 @@ thread_local! {
     static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// True while this thread runs third-party decoding code under [`guard_panics`]; a panic hook
+/// True while this thread runs third-party decoding code under `guard_panics`; a panic hook
 /// uses it to report such panics as rejected input rather than as internal errors.
 pub fn in_guarded_decoder() -> bool {
     GUARDED.with(std::cell::Cell::get)

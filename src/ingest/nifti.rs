@@ -21,7 +21,7 @@ pub struct VolumeHeader {
     pub dim: [i64; 8],
     /// NIfTI datatype code.
     pub datatype: i16,
-    /// `pixdim[0..8]` (pixdim[0] is qfac).
+    /// `pixdim[0..8]` (`pixdim[0]` is qfac).
     pub pixdim: [f64; 8],
     /// Offset of the voxel data in the file.
     pub vox_offset: u64,
