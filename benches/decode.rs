@@ -8,10 +8,7 @@ use std::time::Instant;
 use ctsentry::ingest::{self, IngestOptions};
 
 fn main() {
-    let folder = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/covid-ct-md/P001").to_string());
+    let folder = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/covid-ct-md/P001").to_string());
     let Ok(files) = ingest::collect_files(&[folder.clone().into()]) else {
         eprintln!("notice: {folder} not found; nothing to benchmark");
         return;

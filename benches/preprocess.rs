@@ -16,21 +16,19 @@ fn slices() -> (Vec<Slice>, &'static str) {
     }
     let mut rng = ctsentry::preprocess::conformance::Rng::new(1);
     let s = (0..64)
-        .map(|_| {
-            Slice {
-                source: "synthetic".into(),
-                frame: 0,
-                rows: 512,
-                cols: 512,
-                pixels: Pixels::I16((0..512 * 512).map(|_| (rng.next_u64() % 2000) as i16 - 1000).collect()),
-                rescale: Rescale::default(),
-                geometry: Default::default(),
-                uids: Default::default(),
-                modality: None,
-                image_type: vec![],
-                transfer_syntax: None,
-                kind: ingest::SourceKind::Dicom,
-            }
+        .map(|_| Slice {
+            source: "synthetic".into(),
+            frame: 0,
+            rows: 512,
+            cols: 512,
+            pixels: Pixels::I16((0..512 * 512).map(|_| (rng.next_u64() % 2000) as i16 - 1000).collect()),
+            rescale: Rescale::default(),
+            geometry: Default::default(),
+            uids: Default::default(),
+            modality: None,
+            image_type: vec![],
+            transfer_syntax: None,
+            kind: ingest::SourceKind::Dicom,
         })
         .collect();
     (s, "synthetic 512×512")

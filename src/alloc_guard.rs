@@ -27,16 +27,28 @@ pub struct GuardedAlloc;
 // GlobalAlloc contract allows for any request.
 unsafe impl GlobalAlloc for GuardedAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > limit() { std::ptr::null_mut() } else { unsafe { System.alloc(layout) } }
+        if layout.size() > limit() {
+            std::ptr::null_mut()
+        } else {
+            unsafe { System.alloc(layout) }
+        }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > limit() { std::ptr::null_mut() } else { unsafe { System.alloc_zeroed(layout) } }
+        if layout.size() > limit() {
+            std::ptr::null_mut()
+        } else {
+            unsafe { System.alloc_zeroed(layout) }
+        }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size > limit() { std::ptr::null_mut() } else { unsafe { System.realloc(ptr, layout, new_size) } }
+        if new_size > limit() {
+            std::ptr::null_mut()
+        } else {
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
     }
 }
 

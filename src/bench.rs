@@ -55,11 +55,7 @@ impl Synthetic {
 
     /// The slices as preprocessor inputs.
     pub fn inputs(&self) -> Vec<Input<'_>> {
-        self.pixels
-            .iter()
-            .zip(&self.masks)
-            .map(|(p, m)| Input { rows: 512, cols: 512, pixels: p, rescale: Rescale { slope: 1.0, intercept: -1024.0 }, mask: Some(m) })
-            .collect()
+        self.pixels.iter().zip(&self.masks).map(|(p, m)| Input { rows: 512, cols: 512, pixels: p, rescale: Rescale { slope: 1.0, intercept: -1024.0 }, mask: Some(m) }).collect()
     }
 
     /// Bytes a kernel must move per slice: stored pixels, mask, float32 output.
@@ -121,7 +117,14 @@ pub fn cuda(batch: usize) -> Result<PreprocessBench, String> {
         kernel_slices_per_s: Some(batch as f64 / secs),
         kernel_gb_per_s: Some((batch * Synthetic::bytes_per_slice(&params)) as f64 / secs / 1e9),
         copy_gb_per_s: Some(copy / 1e9),
-        device: Some(format!("{} (sm_{}{}, driver API {}, {:.0} GiB)", i.name, i.compute_capability.0, i.compute_capability.1, i.driver_version, i.memory as f64 / (1u64 << 30) as f64)),
+        device: Some(format!(
+            "{} (sm_{}{}, driver API {}, {:.0} GiB)",
+            i.name,
+            i.compute_capability.0,
+            i.compute_capability.1,
+            i.driver_version,
+            i.memory as f64 / (1u64 << 30) as f64
+        )),
     })
 }
 

@@ -115,14 +115,7 @@ impl Rule {
         let positive_share = if lung > 0.0 { positive_lung / lung } else { 0.0 };
         let extent_met = positive_extent_mm.is_none_or(|e| e >= self.min_positive_extent_mm);
         let met = positives >= self.min_positive_slices && extent_met && positive_share >= self.min_positive_share;
-        SeriesDecision {
-            slices: slices.len(),
-            positives,
-            max_prob,
-            positive_extent_mm,
-            positive_share,
-            verdict: if met { Verdict::Positive } else { Verdict::Negative },
-        }
+        SeriesDecision { slices: slices.len(), positives, max_prob, positive_extent_mm, positive_share, verdict: if met { Verdict::Positive } else { Verdict::Negative } }
     }
 }
 
@@ -255,11 +248,8 @@ mod tests {
         let count = rule(68, 0.0, 0.0);
         let decide = |rule: &Rule, probs: &[f64], lung: &[f64], keep: &[usize]| {
             let ser = order("1.2".into(), keep.iter().map(|&i| stub(i, 2.0 * i as f64)).collect());
-            let ev: Vec<SliceEvidence> = keep
-                .iter()
-                .zip(ser.slab_mm())
-                .map(|(&i, slab_mm)| SliceEvidence { prob: probs[i], lung_fraction: lung[i], slab_mm, scored: lung[i] >= 0.02 })
-                .collect();
+            let ev: Vec<SliceEvidence> =
+                keep.iter().zip(ser.slab_mm()).map(|(&i, slab_mm)| SliceEvidence { prob: probs[i], lung_fraction: lung[i], slab_mm, scored: lung[i] >= 0.02 }).collect();
             rule.series(&ev)
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -271,7 +261,13 @@ mod tests {
         for _ in 0..300 {
             let n = rng.gen_range(60..200);
             let lung: Vec<f64> = (0..n).map(|i| (0.3 * (1.0 - ((i as f64 / n as f64 - 0.5) * 2.2).powi(2))).max(0.0)).collect();
-            let affected = if rng.gen_bool(0.5) { let len = rng.gen_range(0..n / 2); let a = rng.gen_range(0..n - len); a..a + len } else { 0..0 };
+            let affected = if rng.gen_bool(0.5) {
+                let len = rng.gen_range(0..n / 2);
+                let a = rng.gen_range(0..n - len);
+                a..a + len
+            } else {
+                0..0
+            };
             // Neighbouring slices are alike (a lesion spans centimetres): a smooth profile, high
             // over the affected stretch, with one to three false-positive structures 2-4 mm
             // long, and a little noise per slice.
@@ -315,7 +311,8 @@ mod tests {
         }
         assert!(count_full_pos > 20 && count_kept == 0, "the count rule keeps {count_kept} of {count_full_pos} positive verdicts at 8 mm");
         // 10 contiguous 3 mm slices through an affected lung alert.
-        let short: Vec<SliceEvidence> = (0..10).map(|i| SliceEvidence { prob: if i % 4 == 3 { 0.3 } else { 0.8 }, lung_fraction: 0.25, slab_mm: Some(3.0), scored: true }).collect();
+        let short: Vec<SliceEvidence> =
+            (0..10).map(|i| SliceEvidence { prob: if i % 4 == 3 { 0.3 } else { 0.8 }, lung_fraction: 0.25, slab_mm: Some(3.0), scored: true }).collect();
         assert_eq!(r.series(&short).verdict, Verdict::Positive);
     }
 }

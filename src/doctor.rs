@@ -61,7 +61,11 @@ impl ServiceUser {
         // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
         let name = unsafe {
             let pw = libc::getpwuid(euid);
-            if pw.is_null() { euid.to_string() } else { std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned() }
+            if pw.is_null() {
+                euid.to_string()
+            } else {
+                std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+            }
         };
         ServiceUser::lookup(&name).unwrap_or(ServiceUser { name, uid: euid, groups: vec![unsafe { libc::getegid() }] })
     }
@@ -124,7 +128,8 @@ pub fn check(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
         Err(SetupError::Model(e)) => out.push(Problem {
             what: format!("model {}", s.model_path.display()),
             why: e.to_string(),
-            fix: "put the model bundle there (NAME.onnx with its NAME.toml manifest, unchanged: the package installs it in /usr/share/ctsentry/models) or point model.path at it".into(),
+            fix: "put the model bundle there (NAME.onnx with its NAME.toml manifest, unchanged: the package installs it in /usr/share/ctsentry/models) or point model.path at it"
+                .into(),
         }),
         Err(e) => out.push(Problem {
             what: format!("engine {:?}", s.engine).to_lowercase(),
@@ -143,18 +148,17 @@ pub fn check(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
         } else {
             format!("missing, and {} is not writable by user {} to create it", existing.display(), user.name)
         };
-        out.push(Problem {
-            what: format!("{key} {}", d.display()),
-            why,
-            fix: format!("mkdir -p {0} && chown {1}: {0} && chmod 750 {0}", d.display(), user.name),
-        });
+        out.push(Problem { what: format!("{key} {}", d.display()), why, fix: format!("mkdir -p {0} && chown {1}: {0} && chmod 750 {0}", d.display(), user.name) });
     }
     if s.serial.enabled {
         if let Err(e) = crate::alert::serial::SerialSink::open(&s.serial) {
             let port = Path::new(&s.serial.port);
             let fix = if !port.exists() {
                 let present: Vec<String> = serialport::available_ports().map(|v| v.into_iter().map(|p| p.port_name).collect()).unwrap_or_default();
-                format!("plug the serial adapter in, or set alert.serial.port to one that exists (present: {})", if present.is_empty() { "none".into() } else { present.join(", ") })
+                format!(
+                    "plug the serial adapter in, or set alert.serial.port to one that exists (present: {})",
+                    if present.is_empty() { "none".into() } else { present.join(", ") }
+                )
             } else if !user.in_group("dialout") {
                 format!("usermod -aG dialout {} (then restart ctsentry)", user.name)
             } else {
@@ -260,18 +264,44 @@ pub fn run(source: &ConfigSource) -> Report {
     let lib = settings.as_ref().and_then(|s| s.tensorrt_library.clone());
     let _ = writeln!(r, "engine trt    {}", crate::engine::tensorrt_status(lib.as_deref()));
     if let Some(s) = &settings {
-        let _ = writeln!(r, "dicom         {}", if s.dicom.enabled { format!("C-ECHO/C-STORE SCP {:?} on {}, callers {}", s.dicom.ae_title, s.dicom.listen, if s.dicom.allowed_callers.is_empty() { "any".into() } else { s.dicom.allowed_callers.join(", ") }) } else { "receiver off (dicom.enabled = false)".into() });
+        let _ = writeln!(
+            r,
+            "dicom         {}",
+            if s.dicom.enabled {
+                format!(
+                    "C-ECHO/C-STORE SCP {:?} on {}, callers {}",
+                    s.dicom.ae_title,
+                    s.dicom.listen,
+                    if s.dicom.allowed_callers.is_empty() { "any".into() } else { s.dicom.allowed_callers.join(", ") }
+                )
+            } else {
+                "receiver off (dicom.enabled = false)".into()
+            }
+        );
         if s.export.enabled {
             let e = &s.export;
             let what = [("SR", e.sr), ("heat maps", e.heatmaps)].iter().filter(|(_, on)| *on).map(|(w, _)| *w).collect::<Vec<_>>().join(" and ");
             let waiting = crate::net::export::pending(&s.paths.state.join(crate::net::export::SPOOL_DIR)).len();
             let echo = crate::net::export::echo(e, std::time::Duration::from_secs(5));
-            let _ = writeln!(r, "export        {what} to {:?} at {} as {:?}: {}; {waiting} object(s) waiting", e.called_ae, e.peer, e.calling_ae, match &echo { Ok(()) => "C-ECHO answered".to_string(), Err(why) => format!("NOT REACHABLE: {why}") });
+            let _ = writeln!(
+                r,
+                "export        {what} to {:?} at {} as {:?}: {}; {waiting} object(s) waiting",
+                e.called_ae,
+                e.peer,
+                e.calling_ae,
+                match &echo {
+                    Ok(()) => "C-ECHO answered".to_string(),
+                    Err(why) => format!("NOT REACHABLE: {why}"),
+                }
+            );
             if let Err(why) = echo {
                 problems.push(Problem {
                     what: format!("export.peer {}", e.peer),
                     why,
-                    fix: format!("start the PACS, or correct export.peer and export.called_ae; the PACS must accept calling AE {:?} (results wait in the spool meanwhile)", e.calling_ae),
+                    fix: format!(
+                        "start the PACS, or correct export.peer and export.called_ae; the PACS must accept calling AE {:?} (results wait in the spool meanwhile)",
+                        e.calling_ae
+                    ),
                 });
             }
         } else {
@@ -283,11 +313,18 @@ pub fn run(source: &ConfigSource) -> Report {
         for (name, d) in [("incoming", &p.incoming), ("done", &p.done), ("quarantine", &p.quarantine), ("results", &p.results), ("state", &p.state)] {
             let free = crate::durable::free_mb(d).or_else(|| d.parent().and_then(crate::durable::free_mb));
             let state = match std::fs::metadata(d) {
-                Ok(m) if m.is_dir() => if m.permissions().readonly() { "read-only".to_string() } else { "ok".to_string() },
+                Ok(m) if m.is_dir() => {
+                    if m.permissions().readonly() {
+                        "read-only".to_string()
+                    } else {
+                        "ok".to_string()
+                    }
+                }
                 Ok(_) => "NOT A FOLDER".to_string(),
                 Err(_) => "missing (created at start)".to_string(),
             };
-            let _ = writeln!(r, "folder {name:<10} {} {state}{}", d.display(), free.map(|f| format!(", {f:.0} MiB free (watermark {:.0})", s.daemon.min_free_mb)).unwrap_or_default());
+            let _ =
+                writeln!(r, "folder {name:<10} {} {state}{}", d.display(), free.map(|f| format!(", {f:.0} MiB free (watermark {:.0})", s.daemon.min_free_mb)).unwrap_or_default());
         }
         let user = ServiceUser::guess();
         let _ = writeln!(r, "checked as    user {} (the service user)", user.name);

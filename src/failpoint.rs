@@ -103,7 +103,10 @@ mod tests {
 
     #[test]
     fn an_armed_point_panics_as_often_as_it_was_armed() {
-        assert_eq!(parse("a, b:2,c@x.dcm:1"), HashMap::from([(("a".to_string(), None), None), (("b".to_string(), None), Some(2)), (("c".to_string(), Some("x.dcm".to_string())), Some(1))]));
+        assert_eq!(
+            parse("a, b:2,c@x.dcm:1"),
+            HashMap::from([(("a".to_string(), None), None), (("b".to_string(), None), Some(2)), (("c".to_string(), Some("x.dcm".to_string())), Some(1))])
+        );
         arm("test-point", 2);
         for _ in 0..2 {
             let p = std::panic::catch_unwind(|| hit("test-point")).expect_err("armed");

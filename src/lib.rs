@@ -27,29 +27,29 @@
 
 #![warn(missing_docs)]
 
-pub mod alloc_guard;
 pub mod alert;
+pub mod alloc_guard;
 pub mod bench;
-pub mod doctor;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod doctor;
 pub mod durable;
+pub mod engine;
 pub mod eval;
 pub mod failpoint;
 pub mod ingest;
-pub mod prep;
-pub mod preprocess;
-pub mod report;
-pub mod score;
-pub mod status;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod output;
-pub mod engine;
+pub mod prep;
+pub mod preprocess;
+pub mod report;
+pub mod score;
+pub mod status;
 
 // The allocator is the binary's choice (`src/main.rs` installs [`alloc_guard::GuardedAlloc`]);
 // the library's own tests install it too.

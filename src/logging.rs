@@ -33,9 +33,7 @@ pub fn init(level: log::LevelFilter) {
     let journal = std::env::var_os("JOURNAL_STREAM")
         .and_then(|_| systemd_journal_logger::JournalLog::new().ok())
         .map(|j| Box::new(j.with_syslog_identifier("ctsentry".into())) as Box<dyn Log>);
-    let inner = journal.unwrap_or_else(|| {
-        Box::new(env_logger::Builder::new().filter_level(log::LevelFilter::Trace).format_timestamp_millis().format_target(false).build())
-    });
+    let inner = journal.unwrap_or_else(|| Box::new(env_logger::Builder::new().filter_level(log::LevelFilter::Trace).format_timestamp_millis().format_target(false).build()));
     let _ = log::set_boxed_logger(Box::new(Filtered(inner)));
     set_level(level);
 }

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use ctsentry::config::{ConfigSource, Settings};
-use ctsentry::preprocess::{cpu::Cpu, Params};
 use ctsentry::output::{ScoreLine, SeriesSummary};
+use ctsentry::preprocess::{cpu::Cpu, Params};
 use ctsentry::{ingest, inspect, logging, prep};
 
 /// The system allocator with a per-thread cap used while parsers read untrusted files.
@@ -162,7 +162,11 @@ fn parse_window(v: &str) -> Result<(f64, f64), String> {
     let bad = || format!("{v:?}: expected CENTER,WIDTH in HU with WIDTH > 0, e.g. -600,1500");
     let (c, w) = v.split_once(',').ok_or_else(bad)?;
     let (c, w) = (c.trim().parse::<f64>().map_err(|_| bad())?, w.trim().parse::<f64>().map_err(|_| bad())?);
-    if w > 0.0 && c.is_finite() && w.is_finite() { Ok((c, w)) } else { Err(bad()) }
+    if w > 0.0 && c.is_finite() && w.is_finite() {
+        Ok((c, w))
+    } else {
+        Err(bad())
+    }
 }
 
 /// A failure with its exit code: 1 runtime, 2 usage or configuration.
@@ -197,9 +201,8 @@ fn main() -> ExitCode {
             log::error!("internal error: {info}");
         }
     }));
-    let result = std::panic::catch_unwind(|| dispatch(cli, verbosity)).unwrap_or_else(|_| {
-        Err(Failure { code: 1, error: anyhow::anyhow!("internal error (see the log above); please report it") })
-    });
+    let result = std::panic::catch_unwind(|| dispatch(cli, verbosity))
+        .unwrap_or_else(|_| Err(Failure { code: 1, error: anyhow::anyhow!("internal error (see the log above); please report it") }));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
@@ -324,7 +327,12 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             let sum = prep::run(&roots, &out, labels.as_ref(), prep::Extras { png, hu }, &params, &s.ingest, &Cpu).context("prep")?;
             eprintln!(
                 "prep: {} slices of {} series ({} labelled) in {:.1} s; {} inputs skipped (see skipped.csv) -> {}",
-                sum.slices, sum.series, sum.labelled, t.elapsed().as_secs_f64(), sum.skipped, out.display()
+                sum.slices,
+                sum.series,
+                sum.labelled,
+                t.elapsed().as_secs_f64(),
+                sum.skipped,
+                out.display()
             );
             Ok(0)
         }
@@ -388,7 +396,10 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
 fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std::path::Path>, pick: Option<&str>, root: &std::path::Path) -> Result<u8, Failure> {
     let target_sensitivity = pick
         .map(|p| {
-            p.strip_prefix("sensitivity=").and_then(|v| v.parse::<f64>().ok()).filter(|v| (0.0..=1.0).contains(v)).ok_or_else(|| usage(format!("--pick-threshold {p:?}: expected sensitivity=VALUE with VALUE in [0, 1]")))
+            p.strip_prefix("sensitivity=")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| (0.0..=1.0).contains(v))
+                .ok_or_else(|| usage(format!("--pick-threshold {p:?}: expected sensitivity=VALUE with VALUE in [0, 1]")))
         })
         .transpose()?;
     let req = ctsentry::eval::Request { labels, root, out, target_sensitivity };
@@ -440,7 +451,10 @@ fn cmd_bench(which: &str, batch: usize, json: bool) -> Result<u8, Failure> {
         }
     }
     if !json {
-        println!("{:<6} {:>12} {:>8} {:>6} {:>12} {:>14} {:>10} {:>10} {:>7}", "stage", "max err", "limit", "batch", "slices/s", "kernel sl/s", "kernel GB/s", "copy GB/s", "% copy");
+        println!(
+            "{:<6} {:>12} {:>8} {:>6} {:>12} {:>14} {:>10} {:>10} {:>7}",
+            "stage", "max err", "limit", "batch", "slices/s", "kernel sl/s", "kernel GB/s", "copy GB/s", "% copy"
+        );
     }
     for r in results {
         match r {
@@ -537,7 +551,6 @@ fn cmd_bench_engines(s: &Settings, which: &str, batch: usize, json: bool, second
     }
     Ok(if failed { 1 } else { 0 })
 }
-
 
 fn cmd_inspect(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure> {
     let files = ingest::collect_files(paths).map_err(usage)?;

@@ -100,9 +100,27 @@ impl Metrics {
                 let _ = writeln!(o, "ctsentry_{name}{labels} {v}");
             }
         };
-        family(&mut o, "slices_scored_total", "counter", "Slices scored and journalled, each once (slices without lung, not sent to the engine, included).", &[(String::new(), c(&self.slices_scored) as f64)]);
-        family(&mut o, "series_total", "counter", "Final series verdicts.", &[("{verdict=\"positive\"}".into(), c(&self.series_positive) as f64), ("{verdict=\"negative\"}".into(), c(&self.series_negative) as f64)]);
-        family(&mut o, "alerts_total", "counter", "Alerts raised.", &[("{stage=\"early\"}".into(), c(&self.alerts_early) as f64), ("{stage=\"final\"}".into(), c(&self.alerts_final) as f64)]);
+        family(
+            &mut o,
+            "slices_scored_total",
+            "counter",
+            "Slices scored and journalled, each once (slices without lung, not sent to the engine, included).",
+            &[(String::new(), c(&self.slices_scored) as f64)],
+        );
+        family(
+            &mut o,
+            "series_total",
+            "counter",
+            "Final series verdicts.",
+            &[("{verdict=\"positive\"}".into(), c(&self.series_positive) as f64), ("{verdict=\"negative\"}".into(), c(&self.series_negative) as f64)],
+        );
+        family(
+            &mut o,
+            "alerts_total",
+            "counter",
+            "Alerts raised.",
+            &[("{stage=\"early\"}".into(), c(&self.alerts_early) as f64), ("{stage=\"final\"}".into(), c(&self.alerts_final) as f64)],
+        );
         family(&mut o, "files_quarantined_total", "counter", "Files moved to quarantine.", &[(String::new(), c(&self.files_quarantined) as f64)]);
         let mut cumulative = 0;
         let mut lines: Vec<(String, f64)> = INFERENCE_BUCKETS
@@ -130,7 +148,13 @@ impl Metrics {
             family(&mut o, "dicom_instances_failed_total", "counter", "DICOM instances answered with a failure.", &[(String::new(), c(&d.failed) as f64)]);
         }
         if self.export_enabled.load(Ordering::Relaxed) {
-            family(&mut o, "export_objects_total", "counter", "Result objects (SR, heat maps) sent to the PACS.", &[("{result=\"stored\"}".into(), c(&self.exported) as f64), ("{result=\"refused\"}".into(), c(&self.export_refused) as f64)]);
+            family(
+                &mut o,
+                "export_objects_total",
+                "counter",
+                "Result objects (SR, heat maps) sent to the PACS.",
+                &[("{result=\"stored\"}".into(), c(&self.exported) as f64), ("{result=\"refused\"}".into(), c(&self.export_refused) as f64)],
+            );
             family(&mut o, "export_queue_objects", "gauge", "Result objects waiting to be sent to the PACS.", &[(String::new(), g.export_queue as f64)]);
         }
         o

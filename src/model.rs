@@ -154,11 +154,7 @@ impl Manifest {
     /// The Series Instance UIDs the model was trained on (`[training] series_uids`, optional):
     /// evaluating on them measures memory, not generalisation.
     pub fn training_series(&self) -> std::collections::HashSet<String> {
-        self.training
-            .get("series_uids")
-            .and_then(toml::Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-            .unwrap_or_default()
+        self.training.get("series_uids").and_then(toml::Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
     }
 
     /// The preprocessing parameters the model was trained with.
@@ -200,7 +196,11 @@ impl Manifest {
         if self.output.prob.is_empty() || self.output.cam.is_empty() || self.input.name.is_empty() {
             bad.push("input/output names must not be empty".into());
         }
-        if bad.is_empty() { Ok(()) } else { Err(bad.join("; ")) }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
     }
 }
 

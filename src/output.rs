@@ -257,7 +257,21 @@ mod tests {
     fn lines_carry_the_design_keys_flat_and_read_back_as_types() {
         let line = ScoreLine::Series { summary: Box::new(summary()), skipped: 1 };
         let v = serde_json::to_value(&line).unwrap();
-        for key in ["type", "series_uid", "slices", "positives", "verdict", "threshold", "threshold_source", "min_positive_slices", "min_positive_extent_mm", "positive_share", "model", "engine", "skipped"] {
+        for key in [
+            "type",
+            "series_uid",
+            "slices",
+            "positives",
+            "verdict",
+            "threshold",
+            "threshold_source",
+            "min_positive_slices",
+            "min_positive_extent_mm",
+            "positive_share",
+            "model",
+            "engine",
+            "skipped",
+        ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
         assert_eq!((v["type"].as_str(), v["verdict"].as_str()), (Some("series"), Some("positive")));
@@ -265,8 +279,22 @@ mod tests {
         let err = ScoreLine::Error { file: "a.dcm".into(), error: "bad".into() };
         assert_eq!(serde_json::from_str::<ScoreLine>(&serde_json::to_string(&err).unwrap()).unwrap(), err);
         let ev = FeedEvent {
-            id: "x:FINAL".into(), t: 1.0, event: FeedKind::Negative, stage: FeedStage::Final, series_uid: "1.2.3".into(), series_id: "x".into(), series_key: "k".into(),
-            part: 1, positives: 0, slices: 4, max_prob: 0.1, threshold: 0.5, min_positive_slices: 2, min_positive_extent_mm: 0.0, min_positive_share: 0.0, model: "m 1".into(),
+            id: "x:FINAL".into(),
+            t: 1.0,
+            event: FeedKind::Negative,
+            stage: FeedStage::Final,
+            series_uid: "1.2.3".into(),
+            series_id: "x".into(),
+            series_key: "k".into(),
+            part: 1,
+            positives: 0,
+            slices: 4,
+            max_prob: 0.1,
+            threshold: 0.5,
+            min_positive_slices: 2,
+            min_positive_extent_mm: 0.0,
+            min_positive_share: 0.0,
+            model: "m 1".into(),
         };
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!((v["event"].as_str(), v["stage"].as_str()), (Some("NEGATIVE"), Some("FINAL")));

@@ -20,7 +20,11 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::ingest::{self, series, IngestOptions, Slice};
-use crate::preprocess::{lung, npy::{self, NpyWriter}, prepare, Params, Preprocessor};
+use crate::preprocess::{
+    lung,
+    npy::{self, NpyWriter},
+    prepare, Params, Preprocessor,
+};
 
 /// Errors of `prep`.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +120,10 @@ pub fn run(
     ingest_opts: &IngestOptions,
     pre: &dyn Preprocessor,
 ) -> Result<Summary, PrepError> {
-    let io = |path: &Path| { let path = path.to_path_buf(); move |source| PrepError::Io { path, source } };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PrepError::Io { path, source }
+    };
     std::fs::create_dir_all(out).map_err(io(out))?;
     if extras.png {
         std::fs::create_dir_all(out.join("png")).map_err(io(&out.join("png")))?;
@@ -148,25 +155,15 @@ pub fn run(
             writeln!(skipped, "{},{}", csv_field(&relative(e.path(), root)), csv_field(&e.to_string())).map_err(io(&skipped_path))?;
         }
         for ser in series::assemble(slices) {
-            let done: Vec<_> = ser
-                .slices
-                .par_iter()
-                .map(|s| prepare(pre, params, s).map_err(|source| PrepError::Preprocess { file: s.source.clone(), source }))
-                .collect::<Result<_, _>>()?;
+            let done: Vec<_> =
+                ser.slices.par_iter().map(|s| prepare(pre, params, s).map_err(|source| PrepError::Preprocess { file: s.source.clone(), source })).collect::<Result<_, _>>()?;
             for (i, ((prepared, mask), slice)) in done.into_iter().zip(&ser.slices).enumerate() {
                 npy.push(&prepared.tensor).map_err(io(&out.join("tensors.npy")))?;
                 let rel = relative(&slice.source, root);
                 let label = labels.and_then(|l| l.get(&rel)).copied();
                 summary.labelled += usize::from(label.is_some());
-                writeln!(
-                    index,
-                    "{},{i},{:.6},{:.6},{}",
-                    csv_field(&rel),
-                    ser.z[i],
-                    prepared.lung_fraction,
-                    label.map(|l| l.to_string()).unwrap_or_default()
-                )
-                .map_err(io(&index_path))?;
+                writeln!(index, "{},{i},{:.6},{:.6},{}", csv_field(&rel), ser.z[i], prepared.lung_fraction, label.map(|l| l.to_string()).unwrap_or_default())
+                    .map_err(io(&index_path))?;
                 if extras.png {
                     let p = out.join("png").join(format!("{:06}.png", summary.slices));
                     write_check_png(&p, slice, params, mask.as_ref()).map_err(io(&p))?;
@@ -203,7 +200,11 @@ fn write_hu(dir: &Path, n: usize, slice: &Slice, mask: Option<&lung::LungMask>) 
 
 /// Quotes a CSV field when needed.
 pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// The windowed slice at full resolution as RGB, with the lung mask's outline in red.

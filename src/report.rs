@@ -175,7 +175,17 @@ pub const NOT_FOR_DIAGNOSIS: &str = "NOT FOR DIAGNOSTIC USE";
 /// (relative activation, low to high) stands on the right; below the image, the series key,
 /// image, probability and threshold, and [`NOT_FOR_DIAGNOSIS`]. `hu` is `rows × cols`.
 #[allow(clippy::too_many_arguments)]
-pub fn write_heatmap_png(path: &Path, hu: &[f32], rows: usize, cols: usize, window: (f64, f64), cam: &[f32], side: usize, mask: Option<&[u8]>, label: &HeatmapLabel) -> std::io::Result<()> {
+pub fn write_heatmap_png(
+    path: &Path,
+    hu: &[f32],
+    rows: usize,
+    cols: usize,
+    window: (f64, f64),
+    cam: &[f32],
+    side: usize,
+    mask: Option<&[u8]>,
+    label: &HeatmapLabel,
+) -> std::io::Result<()> {
     let (lo, width) = (window.0 - window.1 / 2.0, window.1);
     let (mn, mx) = cam.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     let span = if mx > mn { mx - mn } else { 1.0 };
@@ -264,7 +274,15 @@ impl Progress {
 /// model's window (`params`), confined to the lungs (segmented here, whatever the model's
 /// manifest says about masking), labelled with `series_key`, the image, `prob` and
 /// `threshold`; see [`write_heatmap_png`].
-pub fn write_slice_heatmap(path: &Path, slice: &crate::ingest::Slice, params: &crate::preprocess::Params, cam: &[f32], series_key: &str, prob: f32, threshold: f64) -> std::io::Result<()> {
+pub fn write_slice_heatmap(
+    path: &Path,
+    slice: &crate::ingest::Slice,
+    params: &crate::preprocess::Params,
+    cam: &[f32],
+    series_key: &str,
+    prob: f32,
+    threshold: f64,
+) -> std::io::Result<()> {
     let hu = slice.hu().into_raw_vec_and_offset().0;
     let mask = crate::preprocess::lung::segment(&hu, slice.rows, slice.cols);
     let image = match slice.geometry.instance_number {

@@ -97,9 +97,9 @@ impl Scorer {
         check_precision(s.precision, engine.as_ref())?;
         let pre: Arc<dyn Preprocessor> = match s.preprocess {
             PreprocessBackend::Cpu => Arc::new(Cpu),
-            PreprocessBackend::Cuda => Arc::new(
-                crate::preprocess::cuda::CudaPreprocessor::new(0).map_err(|e| SetupError::Unavailable(format!("preprocess.backend = \"cuda\": {e}")))?,
-            ),
+            PreprocessBackend::Cuda => {
+                Arc::new(crate::preprocess::cuda::CudaPreprocessor::new(0).map_err(|e| SetupError::Unavailable(format!("preprocess.backend = \"cuda\": {e}")))?)
+            }
             PreprocessBackend::Auto => match crate::preprocess::cuda::CudaPreprocessor::new(0) {
                 Ok(c) => {
                     log::info!("preprocess: cuda on {}", c.info.name);
@@ -164,7 +164,11 @@ impl Scorer {
     /// Why a slice with `lung_fraction` of lung is not sent to the engine under `rule`, or `None`:
     /// only a model that masks the lungs skips lung-less slices.
     pub fn skip_reason(&self, rule: &Rule, lung_fraction: f32) -> Option<String> {
-        if self.params.lung_mask { rule.skips(lung_fraction) } else { None }
+        if self.params.lung_mask {
+            rule.skips(lung_fraction)
+        } else {
+            None
+        }
     }
 
     /// Lung masks (in parallel), the skip decision and the tensor of the slices kept, for one chunk.

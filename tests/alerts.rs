@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ctsentry::alert::led::{LedSink, LedState, SysfsLeds, Lamp};
+use ctsentry::alert::led::{Lamp, LedSink, LedState, SysfsLeds};
 use ctsentry::alert::protocol::{self, Line};
 use ctsentry::alert::serial::SerialSink;
 use ctsentry::alert::{AlertSink, Alerts, Cleared, Event, FaultKind, Health, SeriesKey, Stage};
@@ -29,8 +29,6 @@ fn settings(port: &Path, ack: bool) -> SerialSettings {
         ack_timeout_seconds: 0.15,
     }
 }
-
-
 
 fn ack(port: &mut TTYPort, seq: &str) {
     let mut l = Line::new();
@@ -206,8 +204,6 @@ fn wait(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
-
-
 
 #[test]
 fn leds_follow_every_state_transition() {

@@ -7,11 +7,7 @@ use std::process::Command;
 use common::*;
 
 fn ctsentry(args: &[&str]) -> (i32, String, String) {
-    let out = common::bin()
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run ctsentry");
+    let out = common::bin().args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run ctsentry");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -113,9 +109,7 @@ fn deep_check_without_a_usable_model_is_a_configuration_error() {
 /// `.ci/run`): every file yields stats or a clear error, and nothing crashes.
 #[test]
 fn inspect_survives_pydicom_test_files() {
-    let out = Command::new("python3")
-        .args(["-c", "import pydicom, os; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))"])
-        .output();
+    let out = Command::new("python3").args(["-c", "import pydicom, os; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))"]).output();
     let dir = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         _ => {

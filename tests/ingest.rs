@@ -110,11 +110,7 @@ fn rejections_name_the_reason() {
     // A structured report: no pixel data.
     let mut o = CtSlice::pattern(3, 3, 1, 0.0).object();
     o.remove_element(dicom_dictionary_std::tags::PIXEL_DATA);
-    o.put(dicom_core::DataElement::new(
-        dicom_dictionary_std::tags::SOP_CLASS_UID,
-        dicom_core::VR::UI,
-        dicom_core::value::PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.88.11"),
-    ));
+    o.put(dicom_core::DataElement::new(dicom_dictionary_std::tags::SOP_CLASS_UID, dicom_core::VR::UI, dicom_core::value::PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.88.11")));
     let p = dir.path().join("sr.dcm");
     write_object(o, &p, EXPLICIT_LE);
     let r = reason(read(&p));
@@ -253,18 +249,9 @@ fn nifti_1_and_2_match_the_dicom_series() {
         data,
         slope: 1.0,
         inter: -1024.0,
-        srow: [
-            [-dx, 0.0, 0.0, -s0.position[0]],
-            [0.0, dy, 0.0, -(s0.position[1] + dy * (rows - 1) as f64)],
-            [0.0, 0.0, 2.5, s0.position[2]],
-        ],
+        srow: [[-dx, 0.0, 0.0, -s0.position[0]], [0.0, dy, 0.0, -(s0.position[1] + dy * (rows - 1) as f64)], [0.0, 0.0, 2.5, s0.position[2]]],
     };
-    for (name, bytes) in [
-        ("v1.nii", vol.bytes(1)),
-        ("v2.nii", vol.bytes(2)),
-        ("v1.nii.gz", gzip(&vol.bytes(1))),
-        ("v2.nii.gz", gzip(&vol.bytes(2))),
-    ] {
+    for (name, bytes) in [("v1.nii", vol.bytes(1)), ("v2.nii", vol.bytes(2)), ("v1.nii.gz", gzip(&vol.bytes(1))), ("v2.nii.gz", gzip(&vol.bytes(2)))] {
         let p = dir.path().join("nii").join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, bytes).unwrap();

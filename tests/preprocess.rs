@@ -141,14 +141,7 @@ fn prep_writes_tensors_index_and_pictures() {
     std::fs::write(root.join("a/notes.txt"), "x").unwrap();
     std::fs::write(dir.path().join("labels.csv"), "file,covid,other\na/0.dcm,1,x\na/2.dcm,0,y\n").unwrap();
     let out = dir.path().join("out");
-    let st = common::bin()
-        .args(["prep", "--png", "--size", "32", "--labels"])
-        .arg(dir.path().join("labels.csv"))
-        .arg("--out")
-        .arg(&out)
-        .arg(&root)
-        .output()
-        .unwrap();
+    let st = common::bin().args(["prep", "--png", "--size", "32", "--labels"]).arg(dir.path().join("labels.csv")).arg("--out").arg(&out).arg(&root).output().unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let npy = std::fs::read(out.join("tensors.npy")).unwrap();
     assert!(String::from_utf8_lossy(&npy[..128]).contains("'shape': (3, 3, 32, 32)"));
@@ -213,7 +206,11 @@ fn half_to_f32(h: u16) -> f32 {
         31 => f32::INFINITY,
         e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
     };
-    if sign == 1 { -v } else { v }
+    if sign == 1 {
+        -v
+    } else {
+        v
+    }
 }
 
 /// The float16 output (for FP16 engines) equals the reference within half precision.

@@ -40,11 +40,7 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn events(checkout: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(checkout.join("var/results/events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(checkout.join("var/results/events.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 fn status_json(checkout: &Path) -> (i32, serde_json::Value) {

@@ -61,8 +61,21 @@ fn score_json_follows_the_contract() {
     assert!(first["file"].as_str().unwrap().ends_with("a/4.dcm"));
     for s in &series {
         for key in [
-            "series_uid", "slices", "positives", "max_prob", "verdict", "threshold", "min_positive_slices", "model", "engine", "precision",
-            "min_positive_extent_mm", "min_positive_share", "physical_source", "positive_extent_mm", "positive_share",
+            "series_uid",
+            "slices",
+            "positives",
+            "max_prob",
+            "verdict",
+            "threshold",
+            "min_positive_slices",
+            "model",
+            "engine",
+            "precision",
+            "min_positive_extent_mm",
+            "min_positive_share",
+            "physical_source",
+            "positive_extent_mm",
+            "positive_share",
         ] {
             assert!(s.get(key).is_some(), "{key} missing in {s}");
         }
@@ -92,7 +105,19 @@ fn eval_prints_the_table_and_writes_the_roc() {
     std::fs::write(dir.path().join("labels.csv"), labels).unwrap();
     let cfg = config(dir.path(), "");
     let out_dir = dir.path().join("report");
-    let (code, out, err) = run(&["--config", &cfg, "eval", "--json", "--labels", dir.path().join("labels.csv").to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--pick-threshold", "sensitivity=1.0", root.to_str().unwrap()]);
+    let (code, out, err) = run(&[
+        "--config",
+        &cfg,
+        "eval",
+        "--json",
+        "--labels",
+        dir.path().join("labels.csv").to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--pick-threshold",
+        "sensitivity=1.0",
+        root.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     for key in ["tp", "tn", "fp", "fn", "accuracy", "loss", "misclassification_rate", "auc", "sensitivity", "specificity", "ppv", "npv", "threshold"] {
@@ -255,7 +280,11 @@ fn the_physical_series_rule_decides_the_same_for_thin_and_thick_cuts() {
     let t = format!("[decision]\nthreshold = {}\n", (lo + hi) / 2.0);
     let (full, _) = score(&t, "full");
     assert_eq!((full["positives"].as_u64(), full["positive_extent_mm"].as_f64()), (Some(10), Some(20.0)), "{full}");
-    assert_eq!((full["min_positive_extent_mm"].as_f64(), full["min_positive_share"].as_f64(), full["physical_source"].as_str()), (Some(12.0), Some(0.3), Some("manifest")), "{full}");
+    assert_eq!(
+        (full["min_positive_extent_mm"].as_f64(), full["min_positive_share"].as_f64(), full["physical_source"].as_str()),
+        (Some(12.0), Some(0.3), Some("manifest")),
+        "{full}"
+    );
     assert!(full["positive_share"].as_f64().unwrap() > 0.3, "{full}");
     assert_eq!(full["verdict"], "positive", "{full}");
     let (thick, _) = score(&t, "thick");

@@ -19,14 +19,9 @@ fn every_dicom_codec_decodes_to_the_reference() {
     let Some(data) = common::shared_data("dicom-codecs") else { return };
     let dir = data.join("dicom-codecs");
     let reference = read_one(&dir.join("REF_CT1_UNC.dcm")).hu();
-    for (file, max_diff) in [
-        ("RLE_CT1_RLE.dcm", 0.0),
-        ("JPLL_CT1_JPLL.dcm", 0.0),
-        ("JLSL_CT1_JLSL.dcm", 0.0),
-        ("J2KR_CT1_J2KR.dcm", 0.0),
-        ("JLSN_CT1_JLSN.dcm", 8.0),
-        ("J2KI_CT1_J2KI.dcm", 2000.0),
-    ] {
+    for (file, max_diff) in
+        [("RLE_CT1_RLE.dcm", 0.0), ("JPLL_CT1_JPLL.dcm", 0.0), ("JLSL_CT1_JLSL.dcm", 0.0), ("J2KR_CT1_J2KR.dcm", 0.0), ("JLSN_CT1_JLSN.dcm", 8.0), ("J2KI_CT1_J2KI.dcm", 2000.0)]
+    {
         let hu = read_one(&dir.join(file)).hu();
         assert_eq!(hu.dim(), reference.dim(), "{file}");
         let d = hu.iter().zip(reference.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -178,10 +173,21 @@ fn the_shipped_series_rule_holds_when_the_series_is_cut_thicker() {
                     })
                     .collect();
                 let got = rule.series(&ev);
-                println!("{patient} every {k} (offset {offset}): {} slices, {} positive, {:.0} mm, share {:.2}: {:?}", ev.len(), got.positives, got.positive_extent_mm.unwrap(), got.positive_share, got.verdict);
+                println!(
+                    "{patient} every {k} (offset {offset}): {} slices, {} positive, {:.0} mm, share {:.2}: {:?}",
+                    ev.len(),
+                    got.positives,
+                    got.positive_extent_mm.unwrap(),
+                    got.positive_share,
+                    got.verdict
+                );
                 assert_eq!(got.verdict, expected, "{patient}, every {k}th slice from {offset}: {got:?}");
                 if k == 1 {
-                    assert_eq!((shipped["verdict"].as_str(), shipped["positives"].as_u64()), (Some(if expected == Verdict::Positive { "positive" } else { "negative" }), Some(got.positives as u64)), "{shipped}");
+                    assert_eq!(
+                        (shipped["verdict"].as_str(), shipped["positives"].as_u64()),
+                        (Some(if expected == Verdict::Positive { "positive" } else { "negative" }), Some(got.positives as u64)),
+                        "{shipped}"
+                    );
                     assert_eq!(got.slices, n);
                 }
                 if patient == "P001" && k == 4 {

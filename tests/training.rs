@@ -68,7 +68,16 @@ fn python(code: &str) {
 
 fn simulate(background: &Path, seed: u32, out: &Path) {
     let o = training_script("lesions.py")
-        .args(["--background".as_ref(), background.as_os_str(), "--variants".as_ref(), "2".as_ref(), "--seed".as_ref(), seed.to_string().as_ref(), "--out".as_ref(), out.as_os_str()])
+        .args([
+            "--background".as_ref(),
+            background.as_os_str(),
+            "--variants".as_ref(),
+            "2".as_ref(),
+            "--seed".as_ref(),
+            seed.to_string().as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "lesions.py: {}", String::from_utf8_lossy(&o.stderr));
@@ -156,10 +165,8 @@ fn fold(dir: &Path, run: &str, held: &[&str], evals: &[(&str, Scores)], series: 
         }
         std::fs::write(dir.join(format!("eval-{name}/scores.csv")), csv).unwrap();
     }
-    let series: serde_json::Map<String, serde_json::Value> = series
-        .iter()
-        .map(|(name, probs)| (name.to_string(), serde_json::json!({"slices": probs.len(), "probs": probs, "held_out": true})))
-        .collect();
+    let series: serde_json::Map<String, serde_json::Value> =
+        series.iter().map(|(name, probs)| (name.to_string(), serde_json::json!({"slices": probs.len(), "probs": probs, "held_out": true}))).collect();
     let report = serde_json::json!({"run": run, "held_out": held, "series": series});
     std::fs::write(dir.join("report.json"), report.to_string()).unwrap();
 }
@@ -182,7 +189,15 @@ fn crossval_pools_each_slice_from_the_fold_that_held_it_out() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let (a, b) = (t.join("a"), t.join("b"));
-    let full_a: Scores = &[("P001/1.dcm", 0.9, 1), ("P001/2.dcm", 0.8, 1), ("P001/3.dcm", 0.7, 1), ("P001/4.dcm", 0.1, 0), ("normal001/1.dcm", 0.2, 0), ("normal001/2.dcm", 0.3, 0), ("normal001/3.dcm", 0.05, 0)];
+    let full_a: Scores = &[
+        ("P001/1.dcm", 0.9, 1),
+        ("P001/2.dcm", 0.8, 1),
+        ("P001/3.dcm", 0.7, 1),
+        ("P001/4.dcm", 0.1, 0),
+        ("normal001/1.dcm", 0.2, 0),
+        ("normal001/2.dcm", 0.3, 0),
+        ("normal001/3.dcm", 0.05, 0),
+    ];
     fold(
         &a,
         "/runs/a",

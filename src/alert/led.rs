@@ -121,10 +121,7 @@ impl SysfsLeds {
     pub fn open(dirs: [PathBuf; 3]) -> std::io::Result<SysfsLeds> {
         for d in &dirs {
             let b = d.join("brightness");
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&b)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", b.display())))?;
+            std::fs::OpenOptions::new().write(true).open(&b).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", b.display())))?;
         }
         Ok(SysfsLeds { dirs })
     }

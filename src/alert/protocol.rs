@@ -43,11 +43,9 @@ pub fn format(seq: u32, event: &Event, version: &str, out: &mut Line) -> Option<
                 write!(out, "HEARTBEAT,{h}")?;
                 write_latch(out, latched)
             }
-            Event::Alert { key, positives, slices, max_prob, stage } => write!(
-                out,
-                "ALERT,{key},{positives},{slices},{max_prob:.3},{}",
-                if *stage == Stage::Early { "EARLY" } else { "FINAL" }
-            ),
+            Event::Alert { key, positives, slices, max_prob, stage } => {
+                write!(out, "ALERT,{key},{positives},{slices},{max_prob:.3},{}", if *stage == Stage::Early { "EARLY" } else { "FINAL" })
+            }
             Event::Negative { key, positives, slices, max_prob } => write!(out, "NEGATIVE,{key},{positives},{slices},{max_prob:.3},FINAL"),
             Event::Fault { kind } => write!(out, "FAULT,{}", kind.name()),
             Event::Clear { what } => match what {

@@ -109,12 +109,7 @@ impl SerialSink {
             _ => Parity::None,
         };
         let stop_bits = if cfg.stop_bits == 2 { StopBits::Two } else { StopBits::One };
-        serialport::new(cfg.port.as_str(), cfg.baud)
-            .data_bits(data_bits)
-            .parity(parity)
-            .stop_bits(stop_bits)
-            .timeout(Duration::from_millis(200))
-            .open_native()
+        serialport::new(cfg.port.as_str(), cfg.baud).data_bits(data_bits).parity(parity).stop_bits(stop_bits).timeout(Duration::from_millis(200)).open_native()
     }
 
     fn enqueue(&mut self, event: &Event) {

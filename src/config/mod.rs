@@ -15,11 +15,11 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 use crate::ingest::{IngestOptions, Limits};
+use diagnose::parse_all;
 pub use locate::{ConfigSource, CHECKOUT_CONFIG, CONFIG_ENV, SYSTEM_CONFIG};
+use raw::RawConfig;
 pub use reload::{FixedSettings, LiveSettings};
 pub use validate::normalize;
-use diagnose::parse_all;
-use raw::RawConfig;
 use validate::validate;
 
 /// One problem found in a config file.
@@ -55,13 +55,8 @@ pub enum ConfigError {
 }
 
 fn format_issues(path: &Path, issues: &[ConfigIssue]) -> String {
-    issues
-        .iter()
-        .map(|i| format!("{}:{}:{}: {}", path.display(), i.line, i.column, i.reason))
-        .collect::<Vec<_>>()
-        .join("\n")
+    issues.iter().map(|i| format!("{}:{}:{}: {}", path.display(), i.line, i.column, i.reason)).collect::<Vec<_>>().join("\n")
 }
-
 
 /// The inference engine to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -133,7 +133,15 @@ pub(super) struct RawEngine {
 
 impl Default for RawEngine {
     fn default() -> Self {
-        RawEngine { backend: Spanned::new(0..0, "auto".into()), precision: Spanned::new(0..0, "auto".into()), threads: None, onnxruntime_library: None, openvino_library: None, tensorrt_plan: None, tensorrt_library: None }
+        RawEngine {
+            backend: Spanned::new(0..0, "auto".into()),
+            precision: Spanned::new(0..0, "auto".into()),
+            threads: None,
+            onnxruntime_library: None,
+            openvino_library: None,
+            tensorrt_plan: None,
+            tensorrt_library: None,
+        }
     }
 }
 
@@ -157,7 +165,6 @@ pub(super) struct RawDecision {
     pub(super) min_positive_extent_mm: Option<Spanned<f64>>,
     pub(super) min_positive_share: Option<Spanned<f64>>,
 }
-
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -110,8 +110,41 @@ impl Settings {
             log_patient_names,
         } = self;
         (
-            FixedSettings { source, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, export, metrics_listen, watch },
-            LiveSettings { threshold, min_positive_slices, min_positive_extent_mm, min_positive_share, quiet_seconds, ingest, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days, log_level, log_patient_names },
+            FixedSettings {
+                source,
+                paths,
+                model_path,
+                engine,
+                precision,
+                engine_threads,
+                onnxruntime_library,
+                openvino_library,
+                tensorrt_plan,
+                tensorrt_library,
+                preprocess,
+                serial,
+                led,
+                dicom,
+                export,
+                metrics_listen,
+                watch,
+            },
+            LiveSettings {
+                threshold,
+                min_positive_slices,
+                min_positive_extent_mm,
+                min_positive_share,
+                quiet_seconds,
+                ingest,
+                poll_seconds,
+                stable_seconds,
+                heatmaps,
+                min_free_mb,
+                done_days,
+                results_days,
+                log_level,
+                log_patient_names,
+            },
         )
     }
 
@@ -158,7 +191,25 @@ impl Settings {
 impl FixedSettings {
     /// The config keys (as written in the file) whose values differ between `self` and `new`.
     pub fn changed_keys(&self, new: &FixedSettings) -> Vec<&'static str> {
-        let FixedSettings { source: _, paths, model_path, engine, precision, engine_threads, onnxruntime_library, openvino_library, tensorrt_plan, tensorrt_library, preprocess, serial, led, dicom, export, metrics_listen, watch } = self;
+        let FixedSettings {
+            source: _,
+            paths,
+            model_path,
+            engine,
+            precision,
+            engine_threads,
+            onnxruntime_library,
+            openvino_library,
+            tensorrt_plan,
+            tensorrt_library,
+            preprocess,
+            serial,
+            led,
+            dicom,
+            export,
+            metrics_listen,
+            watch,
+        } = self;
         let mut out = Vec::new();
         let mut check = |differs: bool, key: &'static str| {
             if differs {

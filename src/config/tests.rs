@@ -4,11 +4,8 @@ use super::*;
 
 #[test]
 fn design_example_is_valid_and_relative_paths_resolve() {
-    let s = Settings::from_str(
-        "[paths]\nincoming = \"in\"\n[decision]\nthreshold = 0.3\nmin_positive_slices = 3\n[engine]\nbackend = \"tract\"\n",
-        Path::new("/etc/ctsentry"),
-    )
-    .unwrap();
+    let s = Settings::from_str("[paths]\nincoming = \"in\"\n[decision]\nthreshold = 0.3\nmin_positive_slices = 3\n[engine]\nbackend = \"tract\"\n", Path::new("/etc/ctsentry"))
+        .unwrap();
     assert_eq!(s.paths.incoming, PathBuf::from("/etc/ctsentry/in"));
     assert_eq!(s.paths.done, PathBuf::from("/var/lib/ctsentry/done"));
     assert_eq!(s.threshold, Some(0.3));
@@ -60,7 +57,10 @@ fn daemon_folders_inside_the_drop_folder_are_refused() {
 #[test]
 fn common_toml_mistakes_are_said_in_plain_words() {
     let one = |text: &str| Settings::from_str(text, Path::new("/")).unwrap_err().remove(0).reason;
-    assert_eq!(one("[engine]\nbackend = tract\n"), "backend = tract: text must be in double quotes, e.g. backend = \"tract\" (numbers are plain digits, e.g. 2 or 0.5; yes/no is true or false)");
+    assert_eq!(
+        one("[engine]\nbackend = tract\n"),
+        "backend = tract: text must be in double quotes, e.g. backend = \"tract\" (numbers are plain digits, e.g. 2 or 0.5; yes/no is true or false)"
+    );
     assert_eq!(one("[decision]\nthreshold = 0,5\n"), "threshold = 0,5: a decimal number takes a point, not a comma: threshold = 0.5");
     assert_eq!(one("[decision]\nmin_positive_slices = \"two\"\n"), "min_positive_slices = \"two\": expected a whole number; e.g. min_positive_slices = 2");
     assert_eq!(one("[series]\nquiet_seconds = \"10\"\n"), "quiet_seconds = \"10\": expected a number; remove the quotes: quiet_seconds = 10");
@@ -72,11 +72,9 @@ fn common_toml_mistakes_are_said_in_plain_words() {
 fn reload_split_names_every_fixed_change_and_keeps_the_live_ones() {
     let base = Path::new("/etc/ctsentry");
     let old = Settings::from_str("[engine]\nbackend = \"tract\"\n[decision]\nthreshold = 0.3\n", base).unwrap();
-    let new = Settings::from_str(
-        "[engine]\nbackend = \"tract\"\ntensorrt_plan = \"m.plan\"\n[decision]\nthreshold = 0.4\n[log]\nlevel = \"debug\"\n[watch]\nmode = \"poll\"\n",
-        base,
-    )
-    .unwrap();
+    let new =
+        Settings::from_str("[engine]\nbackend = \"tract\"\ntensorrt_plan = \"m.plan\"\n[decision]\nthreshold = 0.4\n[log]\nlevel = \"debug\"\n[watch]\nmode = \"poll\"\n", base)
+            .unwrap();
     let (old_fixed, _) = old.clone().split();
     let (new_fixed, new_live) = new.split();
     assert_eq!(old_fixed.changed_keys(&new_fixed), vec!["engine.tensorrt_plan", "watch.mode"]);
@@ -101,7 +99,8 @@ fn dicom_and_metrics_keys_are_checked() {
     assert!(errors("[export]\ncalled_ae = \"A\\\\B\"\n").contains("export.called_ae"));
     let e = Settings::from_str("[export]\nenabled = true\npeer = \"pacs.local:104\"\nsend = [\"sr\"]\n", Path::new("/")).unwrap().export;
     assert_eq!((e.enabled, e.peer.as_str(), e.sr, e.heatmaps, e.max_heatmaps), (true, "pacs.local:104", true, false, 16));
-    let s = Settings::from_str("[dicom]\nenabled = true\nlisten = \"127.0.0.1:11112\"\nallowed_callers = [\"CT1\"]\n[metrics]\nlisten = \"127.0.0.1:9464\"\n", Path::new("/")).unwrap();
+    let s =
+        Settings::from_str("[dicom]\nenabled = true\nlisten = \"127.0.0.1:11112\"\nallowed_callers = [\"CT1\"]\n[metrics]\nlisten = \"127.0.0.1:9464\"\n", Path::new("/")).unwrap();
     assert_eq!((s.dicom.enabled, s.dicom.allowed_callers.clone(), s.metrics_listen.map(|a| a.port())), (true, vec!["CT1".to_string()], Some(9464)));
     assert_eq!(Settings::from_str("", Path::new("/")).unwrap().metrics_listen, None, "no [metrics]: off");
 }

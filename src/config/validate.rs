@@ -47,7 +47,11 @@ impl Checker<'_> {
         if !(x >= lo && x <= hi) {
             self.fail(v, format!("{key} = {x} is outside {lo}..={hi}"));
         }
-        if x.is_finite() { x.clamp(lo, hi) } else { lo }
+        if x.is_finite() {
+            x.clamp(lo, hi)
+        } else {
+            lo
+        }
     }
 
     pub(super) fn path(&mut self, key: &str, v: &Spanned<String>, base: &Path) -> PathBuf {
@@ -123,23 +127,22 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
     let engine = c.choice(
         "engine.backend",
         &raw.engine.backend,
-        &[("auto", EngineBackend::Auto), ("tract", EngineBackend::Tract), ("tensorrt", EngineBackend::TensorRt), ("onnxruntime", EngineBackend::OnnxRuntime), ("openvino", EngineBackend::OpenVino)],
+        &[
+            ("auto", EngineBackend::Auto),
+            ("tract", EngineBackend::Tract),
+            ("tensorrt", EngineBackend::TensorRt),
+            ("onnxruntime", EngineBackend::OnnxRuntime),
+            ("openvino", EngineBackend::OpenVino),
+        ],
     );
-    let precision = c.choice(
-        "engine.precision",
-        &raw.engine.precision,
-        &[("auto", Precision::Auto), ("f32", Precision::F32), ("bf16", Precision::Bf16), ("f16", Precision::F16)],
-    );
+    let precision = c.choice("engine.precision", &raw.engine.precision, &[("auto", Precision::Auto), ("f32", Precision::F32), ("bf16", Precision::Bf16), ("f16", Precision::F16)]);
     let engine_threads = raw.engine.threads.as_ref().map(|t| c.range_i("engine.threads", t, 1, 256) as usize);
     let onnxruntime_library = raw.engine.onnxruntime_library.as_ref().map(|p| c.path("engine.onnxruntime_library", p, base));
     let openvino_library = raw.engine.openvino_library.as_ref().map(|p| c.path("engine.openvino_library", p, base));
     let tensorrt_plan = raw.engine.tensorrt_plan.as_ref().map(|p| c.path("engine.tensorrt_plan", p, base));
     let tensorrt_library = raw.engine.tensorrt_library.as_ref().map(|p| c.path("engine.tensorrt_library", p, base));
-    let preprocess = c.choice(
-        "preprocess.backend",
-        &raw.preprocess.backend,
-        &[("auto", PreprocessBackend::Auto), ("cpu", PreprocessBackend::Cpu), ("cuda", PreprocessBackend::Cuda)],
-    );
+    let preprocess =
+        c.choice("preprocess.backend", &raw.preprocess.backend, &[("auto", PreprocessBackend::Auto), ("cpu", PreprocessBackend::Cpu), ("cuda", PreprocessBackend::Cuda)]);
     let threshold = raw.decision.threshold.as_ref().map(|t| {
         let v = c.range_f("decision.threshold", t, 0.0, 1.0);
         if v == 0.0 {

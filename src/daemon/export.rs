@@ -10,7 +10,7 @@ use super::control::{OnDeath, Supervised};
 use super::faults::DiskCause;
 use super::journal::{self, Record, SliceRec};
 use super::workers::heatmap_path;
-use super::{DaemonError, Daemon};
+use super::{Daemon, DaemonError};
 use crate::alert::{FaultKind, SeriesKey};
 use crate::config::Settings;
 use crate::decide::{Rule, Verdict};
@@ -38,8 +38,15 @@ impl Bridge {
         } else if e.heatmaps && !settings.daemon.heatmaps {
             log::warn!("export: export.send has \"heatmaps\" but results.heatmaps = false: no heat maps are made, so none are sent");
         }
-        log::info!("export: results to the PACS {:?} at {} as {:?} ({}{}), spool {}", e.called_ae, e.peer, e.calling_ae,
-            if e.sr { "SR" } else { "" }, if e.heatmaps { format!("{}heat maps, at most {} a series", if e.sr { ", " } else { "" }, e.max_heatmaps) } else { String::new() }, spool.display());
+        log::info!(
+            "export: results to the PACS {:?} at {} as {:?} ({}{}), spool {}",
+            e.called_ae,
+            e.peer,
+            e.calling_ae,
+            if e.sr { "SR" } else { "" },
+            if e.heatmaps { format!("{}heat maps, at most {} a series", if e.sr { ", " } else { "" }, e.max_heatmaps) } else { String::new() },
+            spool.display()
+        );
         Ok(Bridge { sender, thread: Some(Supervised::new(thread, OnDeath::Restart)), restart_at: None })
     }
 }

@@ -3,8 +3,8 @@
 //! moves a crash left unfinished. The decisions are [`super::table`]'s; this performs them.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::SyncSender;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use super::faults::DiskCause;
@@ -58,7 +58,9 @@ impl Daemon {
             }
             Err(e) => {
                 let hint = match (e.kind(), path.parent()) {
-                    (std::io::ErrorKind::PermissionDenied, Some(dir)) => format!(" (the daemon needs write access to {} and {}: the sender must leave its folders writable)", dir.display(), self.settings.paths.done.display()),
+                    (std::io::ErrorKind::PermissionDenied, Some(dir)) => {
+                        format!(" (the daemon needs write access to {} and {}: the sender must leave its folders writable)", dir.display(), self.settings.paths.done.display())
+                    }
                     _ => String::new(),
                 };
                 log::error!("{}: scored but cannot be moved to {}: {e}{hint}; retrying in {} s", path.display(), self.settings.paths.done.display(), MOVE_RETRY.as_secs());
@@ -75,7 +77,13 @@ impl Daemon {
         let journal_down = self.faults.disk_for(DiskCause::Journal) && self.journal_failed.is_some_and(|t| t.elapsed() < Duration::from_secs(5));
         let blocked = self.faults.disk_for(DiskCause::Space) || journal_down;
         let state = &self.state;
-        let takes = self.files.dispatch(capacity, blocked, |rel| state.attempts.get(rel).copied().unwrap_or(0), |rel| state.unmoved.contains_key(rel), |p| std::fs::symlink_metadata(p).is_ok());
+        let takes = self.files.dispatch(
+            capacity,
+            blocked,
+            |rel| state.attempts.get(rel).copied().unwrap_or(0),
+            |rel| state.unmoved.contains_key(rel),
+            |p| std::fs::symlink_metadata(p).is_ok(),
+        );
         let mut batch = Vec::new();
         for take in takes {
             match take {

@@ -61,8 +61,8 @@ use faults::{DiskCause, Faults};
 use journal::{Journal, Record, State};
 pub use setup::SETUP_RETRY;
 use setup::{open_sinks, prepare, wait_for_setup, Prepared};
-pub use table::{CRASH_LIMIT, ENGINE_RETRIES};
 use table::{relative_in, FileTable};
+pub use table::{CRASH_LIMIT, ENGINE_RETRIES};
 pub use workers::WORKER_BATCH;
 use workers::{worker, Job, Live};
 
@@ -134,7 +134,11 @@ impl Daemon {
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let mut threads = Vec::new();
         if settings.dicom.enabled {
-            let (_, stats, thread) = crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen { key: "dicom.listen", addr: settings.dicom.listen, source })?;
+            let (_, stats, thread) = crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen {
+                key: "dicom.listen",
+                addr: settings.dicom.listen,
+                source,
+            })?;
             *metrics.dicom.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
             threads.push(Supervised::new(thread, OnDeath::Exit));
         }
@@ -337,7 +341,13 @@ impl Daemon {
         }
         if t.status.is_none_or(|s| s.elapsed() > Duration::from_secs(5)) {
             t.status = Some(Instant::now());
-            sd.send(&format!("STATUS={} waiting, {} scoring, {} series open, {} files handled", self.files.waiting(), self.files.in_flight(), self.state.open.len(), self.state.handled));
+            sd.send(&format!(
+                "STATUS={} waiting, {} scoring, {} series open, {} files handled",
+                self.files.waiting(),
+                self.files.in_flight(),
+                self.state.open.len(),
+                self.state.handled
+            ));
         }
     }
 }

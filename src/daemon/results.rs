@@ -76,11 +76,7 @@ impl Daemon {
             }
         }
         let (positives, slices, max_prob) = (positives as u32, slices as u32, max_prob as f32);
-        self.emit(if positive {
-            Event::Alert { key, positives, slices, max_prob, stage }
-        } else {
-            Event::Negative { key, positives, slices, max_prob }
-        });
+        self.emit(if positive { Event::Alert { key, positives, slices, max_prob, stage } } else { Event::Negative { key, positives, slices, max_prob } });
     }
 
     /// Re-publishes events the journal holds but the feed lacks (a crash between the two).

@@ -73,13 +73,7 @@ impl Daemon {
         let quiet = self.settings.quiet_seconds;
         let oldest_waiting = self.files.oldest_unscored();
         let t = now();
-        let due: Vec<String> = self
-            .state
-            .open
-            .iter()
-            .filter(|(_, o)| all || (t - o.last_t >= quiet && oldest_waiting > o.last_t + quiet))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due: Vec<String> = self.state.open.iter().filter(|(_, o)| all || (t - o.last_t >= quiet && oldest_waiting > o.last_t + quiet)).map(|(k, _)| k.clone()).collect();
         for uid in due {
             self.finalize(&uid);
         }
@@ -146,19 +140,32 @@ impl Daemon {
                 .slices
                 .iter()
                 .zip(&recs)
-                .map(|(s, r)| {
-                    (s.source.to_str().unwrap_or_default(), r, self.scorer.skip_reason(&rule, r.lung_fraction).is_none() && rule.slice_positive(f64::from(r.prob)))
-                })
+                .map(|(s, r)| (s.source.to_str().unwrap_or_default(), r, self.scorer.skip_reason(&rule, r.lung_fraction).is_none() && rule.slice_positive(f64::from(r.prob))))
                 .collect();
             self.spool_export(uid, &o, &rule, &d, &in_order);
         }
         let verdict = if d.verdict == Verdict::Positive { "positive" } else { "negative" };
-        if !self.record(Record::Final { t, series: uid.to_string(), part: o.part, verdict: verdict.into(), positives: d.positives, slices: d.slices, max_prob: d.max_prob, result: path.display().to_string() }) {
+        if !self.record(Record::Final {
+            t,
+            series: uid.to_string(),
+            part: o.part,
+            verdict: verdict.into(),
+            positives: d.positives,
+            slices: d.slices,
+            max_prob: d.max_prob,
+            result: path.display().to_string(),
+        }) {
             return;
         }
         log::info!(
             "series {key}: {verdict} ({} of {} slices ≥ {:.4}, {} mm, {:.1} % of the lung; needed {}) -> {}",
-            d.positives, d.slices, rule.threshold, d.positive_extent_mm.map_or("unknown".into(), |e| format!("{e:.1}")), d.positive_share * 100.0, rule.describe(), path.display()
+            d.positives,
+            d.slices,
+            rule.threshold,
+            d.positive_extent_mm.map_or("unknown".into(), |e| format!("{e:.1}")),
+            d.positive_share * 100.0,
+            rule.describe(),
+            path.display()
         );
         self.publish(uid, o.part, Stage::Final, d.verdict == Verdict::Positive, d.positives, d.slices, d.max_prob);
     }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use super::control::{Control, TICK};
 use super::journal::{Journal, State};
 use super::{io, lock, outbox, systemd, DaemonError};
-use crate::durable::{now, StateDir};
 use crate::alert::{self, Alerts, Cleared, Event, FaultKind, SeriesKey};
 use crate::config::Settings;
+use crate::durable::{now, StateDir};
 use crate::score::Scorer;
 
 /// How often a daemon that cannot set up tries again on its own.
@@ -76,7 +76,14 @@ fn setup_fault(e: &DaemonError) -> FaultKind {
 /// a retry every [`SETUP_RETRY`] catches a fix such as a model copied into place or a folder
 /// given the right owner) or a stop signal arrives (`None`). Files in the drop folder wait
 /// untouched meanwhile.
-pub(super) fn wait_for_setup(first: DaemonError, settings: &mut Settings, config_path: &Path, alerts: &Alerts, control: &Receiver<Control>, held: &mut Option<(PathBuf, std::fs::File)>) -> Option<Prepared> {
+pub(super) fn wait_for_setup(
+    first: DaemonError,
+    settings: &mut Settings,
+    config_path: &Path,
+    alerts: &Alerts,
+    control: &Receiver<Control>,
+    held: &mut Option<(PathBuf, std::fs::File)>,
+) -> Option<Prepared> {
     let sd = systemd::Notifier::from_env();
     let mut kind = setup_fault(&first);
     let mut why = first.to_string();
@@ -141,4 +148,3 @@ pub(super) fn wait_for_setup(first: DaemonError, settings: &mut Settings, config
         sd.watchdog();
     }
 }
-

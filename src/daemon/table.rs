@@ -248,11 +248,7 @@ impl FileTable {
     /// The earliest detection time of a file still to be scored (waiting, in flight, or resting
     /// for an engine or record retry): series whose quiet window closed after it wait for it.
     pub(super) fn oldest_unscored(&self) -> f64 {
-        self.files
-            .values()
-            .filter(|e| !matches!(e.phase, Phase::Resting { why: Rest::Unmovable, .. }))
-            .map(|e| e.detected)
-            .fold(f64::INFINITY, f64::min)
+        self.files.values().filter(|e| !matches!(e.phase, Phase::Resting { why: Rest::Unmovable, .. })).map(|e| e.detected).fold(f64::INFINITY, f64::min)
     }
 }
 

@@ -53,7 +53,9 @@ impl Daemon {
         let t = now();
         // Objects the PACS refused for good are results too: kept as long.
         let refused = self.state_dir.export_failed();
-        for (name, dir, days) in [("done", &self.settings.paths.done, d.done_days), ("results", &self.settings.paths.results, d.results_days), ("state/export/failed", &refused, d.results_days)] {
+        for (name, dir, days) in
+            [("done", &self.settings.paths.done, d.done_days), ("results", &self.settings.paths.results, d.results_days), ("state/export/failed", &refused, d.results_days)]
+        {
             let s = retention::sweep(dir, days, t);
             if s.files > 0 {
                 log::info!("retention: deleted {} file(s), {:.1} MiB, older than {days} days from {name}/ ({})", s.files, s.bytes as f64 / 1048576.0, dir.display());
@@ -70,10 +72,8 @@ impl Daemon {
         }
         let p = &self.settings.paths;
         let min = self.settings.daemon.min_free_mb;
-        let low: Vec<String> = [&p.done, &p.quarantine, &p.results, &p.state]
-            .iter()
-            .filter_map(|d| free_mb(d).filter(|f| *f < min).map(|f| format!("{} ({f:.0} MiB free)", d.display())))
-            .collect();
+        let low: Vec<String> =
+            [&p.done, &p.quarantine, &p.results, &p.state].iter().filter_map(|d| free_mb(d).filter(|f| *f < min).map(|f| format!("{} ({f:.0} MiB free)", d.display()))).collect();
         let was = self.faults.disk_for(DiskCause::Space);
         if !low.is_empty() && !was {
             log::error!("disk space below disk.min_free_mb = {min}: {}; new files wait until space returns", low.join(", "));

@@ -94,9 +94,12 @@ impl Watcher {
             }
             for d in dirs {
                 // A folder moved in holds complete files; a freshly created one is left to the scan.
-                out.extend(crate::ingest::collect_files(&[d]).unwrap_or_default().into_iter().filter(|f| {
-                    std::fs::symlink_metadata(f).map(|m| m.modified().map(|t| t.elapsed().unwrap_or_default() >= self.stable).unwrap_or(false)).unwrap_or(false)
-                }));
+                out.extend(
+                    crate::ingest::collect_files(&[d])
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|f| std::fs::symlink_metadata(f).map(|m| m.modified().map(|t| t.elapsed().unwrap_or_default() >= self.stable).unwrap_or(false)).unwrap_or(false)),
+                );
             }
         }
         if self.last_scan.is_none_or(|t| t.elapsed() >= self.poll) {

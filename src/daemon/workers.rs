@@ -26,7 +26,12 @@ pub(super) struct Job {
 }
 
 pub(super) enum Outcome {
-    Scored { series: String, slices: Vec<SliceRec>, heatmaps: usize, unwritten: Vec<String> },
+    Scored {
+        series: String,
+        slices: Vec<SliceRec>,
+        heatmaps: usize,
+        unwritten: Vec<String>,
+    },
     /// The file cannot be read: quarantine it, for this kind of reason, in these words.
     Unreadable(alert::RejectKind, String),
     /// Scoring failed for a reason that is not the file's (engine): keep it, retry later.
@@ -52,7 +57,14 @@ pub const WORKER_BATCH: usize = 8;
 
 /// One scoring worker: takes batches from `jobs` until it closes, sends each file's outcome to
 /// the controller, and times each engine call into `metrics`' inference histogram.
-pub(super) fn worker(scorer: Arc<Scorer>, live: Arc<Mutex<Live>>, results_dir: PathBuf, metrics: Arc<crate::metrics::Metrics>, jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<super::control::Control>) {
+pub(super) fn worker(
+    scorer: Arc<Scorer>,
+    live: Arc<Mutex<Live>>,
+    results_dir: PathBuf,
+    metrics: Arc<crate::metrics::Metrics>,
+    jobs: Arc<Mutex<Receiver<Job>>>,
+    done: Sender<super::control::Control>,
+) {
     loop {
         let batch: Vec<Job> = {
             let rx = jobs.lock().expect("job queue");
@@ -213,5 +225,3 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, inference: &cra
     }
     out
 }
-
-

@@ -4,8 +4,8 @@
 
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
-pub mod tensorrt;
 pub mod openvino;
+pub mod tensorrt;
 pub mod tract;
 
 /// What an engine gives for a batch of `n` slices.

@@ -33,10 +33,7 @@ impl OrtEngine {
     pub fn load(model: &Model, lib: &Path, threads: usize) -> Result<OrtEngine, EngineError> {
         let m = &model.manifest;
         let err = |reason: String| EngineError::Load { model: model.path.display().to_string(), reason };
-        let env = ort::init_from(lib)
-            .map_err(|e| err(format!("cannot load ONNX Runtime from {}: {e}", lib.display())))?
-            .build()
-            .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
+        let env = ort::init_from(lib).map_err(|e| err(format!("cannot load ONNX Runtime from {}: {e}", lib.display())))?.build().map_err(|e| err(format!("ONNX Runtime: {e}")))?;
         let session = Session::builder(&env)
             .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
             .and_then(|mut b| b.commit_from_memory(&model.bytes))

@@ -27,7 +27,8 @@ pub const PACKAGED_DIR: &str = "/usr/lib/ctsentry/openvino";
 /// Whether this CPU runs bfloat16 matrix math natively (AMX or AVX512-BF16), from
 /// `/proc/cpuinfo`.
 pub fn cpu_has_bf16() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
 }
 
 /// The precision the engine runs for `wanted` on this CPU, or why it cannot.
@@ -168,7 +169,8 @@ impl OpenVinoEngine {
                 core.compile_model(&graph, DeviceType::CPU).map_err(ov("cannot compile the model"))?
             }
         };
-        let from_cache = cache.is_some() && compiled.get_property(&PropertyKey::Other("LOADED_FROM_CACHE".into())).is_ok_and(|v| v.eq_ignore_ascii_case("yes") || v == "true" || v == "1");
+        let from_cache =
+            cache.is_some() && compiled.get_property(&PropertyKey::Other("LOADED_FROM_CACHE".into())).is_ok_and(|v| v.eq_ignore_ascii_case("yes") || v == "true" || v == "1");
         let runs = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map_err(ov("precision"))?.to_string();
         if runs != precision {
             return Err(err(format!("OpenVINO compiled the model for {runs}, not the {precision} asked for")));

@@ -37,7 +37,8 @@ impl TractEngine {
         if inputs != [m.input.name.clone()] {
             return Err(err(format!("graph inputs are {inputs:?}, the manifest expects one input {:?}", m.input.name)));
         }
-        let find = |name: &str| outputs.iter().position(|o| o == name).ok_or_else(|| err(format!("graph outputs are {outputs:?}; the manifest's output {name:?} is not among them")));
+        let find =
+            |name: &str| outputs.iter().position(|o| o == name).ok_or_else(|| err(format!("graph outputs are {outputs:?}; the manifest's output {name:?} is not among them")));
         let (prob_index, cam_index) = (find(&m.output.prob)?, find(&m.output.cam)?);
         let size = m.input.size;
         let typed = graph

@@ -131,7 +131,11 @@ pub fn roc(scores: &[(f64, bool)]) -> Vec<RocPoint> {
     while i < sorted.len() {
         let t = sorted[i].0;
         while i < sorted.len() && sorted[i].0 == t {
-            if sorted[i].1 { tp += 1.0 } else { fp += 1.0 }
+            if sorted[i].1 {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             i += 1;
         }
         points.push(RocPoint { threshold: t, fpr: fp / neg, tpr: tp / pos });

@@ -10,12 +10,12 @@ use std::path::Path;
 
 use dicom_core::dictionary::{UidDictionary, UidDictionaryEntry};
 use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::file::ReadPreamble;
 use dicom_object::mem::InMemElement;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
-use dicom_object::file::ReadPreamble;
 use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 
 use super::{dicom_scan, orient, Geometry, IngestError, IngestOptions, Pixels, Rescale, Slice, SourceKind, Uids};
 
@@ -32,11 +32,9 @@ pub fn open_bytes(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject, Inges
     } else {
         return open_bare_dataset(path, bytes);
     };
-    let (ts_uid, meta_len) = lenient_meta(&body[4..])
-        .ok_or_else(|| IngestError::rejected(path, "not a readable DICOM file: malformed file meta group"))?;
+    let (ts_uid, meta_len) = lenient_meta(&body[4..]).ok_or_else(|| IngestError::rejected(path, "not a readable DICOM file: malformed file meta group"))?;
     if let Some(enc) = dicom_scan::Encoding::of(&ts_uid) {
-        dicom_scan::check(&body[4 + meta_len..], enc)
-            .map_err(|e| IngestError::rejected(path, format!("not a readable DICOM file: {e}")))?;
+        dicom_scan::check(&body[4 + meta_len..], enc).map_err(|e| IngestError::rejected(path, format!("not a readable DICOM file: {e}")))?;
     }
     opts().from_reader(body).or_else(|e| {
         // Some writers produce a file meta group dicom-rs will not parse (odd lengths, missing
@@ -81,8 +79,7 @@ fn open_bare_dataset(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject, In
     }
     let explicit = bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
     let ts_uid = if explicit { "1.2.840.10008.1.2.1" } else { "1.2.840.10008.1.2" };
-    dicom_scan::check(bytes, dicom_scan::Encoding { explicit, big_endian: false })
-        .map_err(|e| IngestError::rejected(path, format!("not a readable DICOM data set: {e}")))?;
+    dicom_scan::check(bytes, dicom_scan::Encoding { explicit, big_endian: false }).map_err(|e| IngestError::rejected(path, format!("not a readable DICOM data set: {e}")))?;
     dataset_with_meta(path, bytes, ts_uid)
 }
 
@@ -92,17 +89,11 @@ fn dataset_with_meta(path: &Path, bytes: &[u8], ts_uid: &str) -> Result<DefaultD
         .get(ts_uid)
         .filter(|ts| ts_uid != "1.2.840.10008.1.2.1.99" && ts.can_decode_dataset())
         .ok_or_else(|| IngestError::rejected(path, format!("unreadable file meta with transfer syntax {ts_uid}")))?;
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)
-        .map_err(|e| IngestError::rejected(path, format!("not a readable DICOM data set: {}", first_line(&e))))?;
+    let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| IngestError::rejected(path, format!("not a readable DICOM data set: {}", first_line(&e))))?;
     let sop_class = str_of(&obj, tags::SOP_CLASS_UID).unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.2".into());
     let sop_inst = str_of(&obj, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.0".into());
-    obj.with_meta(
-        FileMetaTableBuilder::new()
-            .transfer_syntax(ts_uid)
-            .media_storage_sop_class_uid(sop_class)
-            .media_storage_sop_instance_uid(sop_inst),
-    )
-    .map_err(|e| IngestError::rejected(path, format!("cannot complete the file meta: {}", first_line(&e))))
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(ts_uid).media_storage_sop_class_uid(sop_class).media_storage_sop_instance_uid(sop_inst))
+        .map_err(|e| IngestError::rejected(path, format!("cannot complete the file meta: {}", first_line(&e))))
 }
 
 /// Repairs, in the in-memory copy only (the file is never written), what other readers such as
@@ -114,11 +105,8 @@ fn repair(obj: &mut Obj, big_endian: bool) {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     use dicom_core::header::Header;
     use dicom_core::{DataElement, PrimitiveValue, VR};
-    let unknown: Vec<(dicom_core::Tag, Vec<u8>)> = obj
-        .iter()
-        .filter(|e| e.vr() == VR::UN && e.tag() != tags::PIXEL_DATA)
-        .filter_map(|e| Some((e.tag(), e.to_bytes().ok()?.into_owned())))
-        .collect();
+    let unknown: Vec<(dicom_core::Tag, Vec<u8>)> =
+        obj.iter().filter(|e| e.vr() == VR::UN && e.tag() != tags::PIXEL_DATA).filter_map(|e| Some((e.tag(), e.to_bytes().ok()?.into_owned()))).collect();
     for (tag, bytes) in unknown {
         let Some(entry) = dicom_dictionary_std::StandardDataDictionary.by_tag(tag) else { continue };
         let vr = match entry.vr() {
@@ -249,26 +237,16 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
     }
     let modality = str_of(obj, tags::MODALITY).map(|m| m.to_ascii_uppercase());
     match &modality {
-        None if !opts.allow_missing_modality => {
-            return Err(IngestError::rejected(path, "no Modality (0008,0060) and ingest.allow_missing_modality is false"))
-        }
+        None if !opts.allow_missing_modality => return Err(IngestError::rejected(path, "no Modality (0008,0060) and ingest.allow_missing_modality is false")),
         Some(m) if !opts.modalities.is_empty() && !opts.modalities.iter().any(|a| a == m) => {
-            return Err(IngestError::rejected(
-                path,
-                format!("modality {m} is not accepted (ingest.modalities = {:?})", opts.modalities),
-            ))
+            return Err(IngestError::rejected(path, format!("modality {m} is not accepted (ingest.modalities = {:?})", opts.modalities)))
         }
         _ => {}
     }
 
-    let ts = TransferSyntaxRegistry
-        .get(&ts_uid)
-        .ok_or_else(|| IngestError::rejected(path, format!("unknown transfer syntax {ts_uid}")))?;
+    let ts = TransferSyntaxRegistry.get(&ts_uid).ok_or_else(|| IngestError::rejected(path, format!("unknown transfer syntax {ts_uid}")))?;
     if !ts.can_decode_all() {
-        return Err(IngestError::rejected(
-            path,
-            format!("unsupported encoding: transfer syntax {} ({ts_uid}) cannot be decoded by this build", ts.name()),
-        ));
+        return Err(IngestError::rejected(path, format!("unsupported encoding: transfer syntax {} ({ts_uid}) cannot be decoded by this build", ts.name())));
     }
 
     let rows = int_of(obj, tags::ROWS).unwrap_or(0);
@@ -281,10 +259,7 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
     }
     let limits = &opts.limits;
     if (rows * cols) as u64 > limits.max_pixels_per_slice {
-        return Err(IngestError::rejected(
-            path,
-            format!("image size {rows}×{cols} exceeds the limit of {} pixels", limits.max_pixels_per_slice),
-        ));
+        return Err(IngestError::rejected(path, format!("image size {rows}×{cols} exceeds the limit of {} pixels", limits.max_pixels_per_slice)));
     }
     if frames as u64 > limits.max_frames {
         return Err(IngestError::rejected(path, format!("{frames} frames exceed the limit of {}", limits.max_frames)));
@@ -304,18 +279,12 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
         rle_data = decode_rle(path, obj, frames, frame_px, bytes_per)?;
         &rle_data
     } else {
-        decoded = super::guard_panics(path, || {
-            file.decode_pixel_data()
-                .map_err(|e| IngestError::rejected(path, format!("pixel data cannot be decoded: {}", first_line(&e))))
-        })?;
+        decoded = super::guard_panics(path, || file.decode_pixel_data().map_err(|e| IngestError::rejected(path, format!("pixel data cannot be decoded: {}", first_line(&e)))))?;
         decoded.data()
     };
     let needed = frame_px * frames * bytes_per;
     if data.len() < needed {
-        return Err(IngestError::rejected(
-            path,
-            format!("truncated pixel data: {} bytes for {frames} frame(s) of {rows}×{cols} that need {needed}", data.len()),
-        ));
+        return Err(IngestError::rejected(path, format!("truncated pixel data: {} bytes for {frames} frame(s) of {rows}×{cols} that need {needed}", data.len())));
     }
     let signed = int_of(obj, tags::PIXEL_REPRESENTATION) == Some(1);
     let bits_stored = int_of(obj, tags::BITS_STORED).unwrap_or(bits_allocated).clamp(1, bits_allocated) as u32;
@@ -328,9 +297,7 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
         series: str_of(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
         sop: str_of(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
     };
-    let image_type = elem(obj, tags::IMAGE_TYPE)
-        .and_then(|e| e.to_multi_str().ok().map(|v| v.iter().map(|s| s.trim().to_string()).collect::<Vec<String>>()))
-        .unwrap_or_default();
+    let image_type = elem(obj, tags::IMAGE_TYPE).and_then(|e| e.to_multi_str().ok().map(|v| v.iter().map(|s| s.trim().to_string()).collect::<Vec<String>>())).unwrap_or_default();
 
     let mut slices = Vec::with_capacity(frames);
     for f in 0..frames {
@@ -339,9 +306,7 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
         let pixels = stored_values(raw, bytes_per, signed, bits_stored, high_bit);
         let rescale = rescale_for(obj, fg, shared);
         let geometry = Geometry {
-            position: lookup(obj, fg, shared, tags::PLANE_POSITION_SEQUENCE, |o| floats_of(o, tags::IMAGE_POSITION_PATIENT))
-                .filter(|v| v.len() >= 3)
-                .map(|v| [v[0], v[1], v[2]]),
+            position: lookup(obj, fg, shared, tags::PLANE_POSITION_SEQUENCE, |o| floats_of(o, tags::IMAGE_POSITION_PATIENT)).filter(|v| v.len() >= 3).map(|v| [v[0], v[1], v[2]]),
             orientation: lookup(obj, fg, shared, tags::PLANE_ORIENTATION_SEQUENCE, |o| floats_of(o, tags::IMAGE_ORIENTATION_PATIENT))
                 .filter(|v| v.len() >= 6)
                 .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]),
@@ -389,8 +354,7 @@ fn decode_rle(path: &Path, obj: &Obj, frames: usize, frame_px: usize, bytes_per:
     }
     let mut out = Vec::with_capacity(frames * frame_px * bytes_per);
     for (f, fragment) in fragments.iter().take(frames).enumerate() {
-        let frame = super::rle::decode_frame(fragment, frame_px, bytes_per)
-            .map_err(|e| IngestError::rejected(path, format!("frame {f}: {e}")))?;
+        let frame = super::rle::decode_frame(fragment, frame_px, bytes_per).map_err(|e| IngestError::rejected(path, format!("frame {f}: {e}")))?;
         out.extend_from_slice(&frame);
     }
     Ok(out)
@@ -401,10 +365,7 @@ fn rescale_for(top: &Obj, fg: Option<&Obj>, shared: Option<&Obj>) -> Option<Resc
     lookup(top, fg, shared, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, |o| {
         let slope = float_of(o, tags::RESCALE_SLOPE);
         let intercept = float_of(o, tags::RESCALE_INTERCEPT);
-        (slope.is_some() || intercept.is_some()).then(|| Rescale {
-            slope: slope.filter(|s| *s != 0.0).unwrap_or(1.0),
-            intercept: intercept.unwrap_or(0.0),
-        })
+        (slope.is_some() || intercept.is_some()).then(|| Rescale { slope: slope.filter(|s| *s != 0.0).unwrap_or(1.0), intercept: intercept.unwrap_or(0.0) })
     })
 }
 

@@ -41,12 +41,20 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn u16(&self, at: usize, be: bool) -> u16 {
         let a = [self.b[at], self.b[at + 1]];
-        if be { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) }
+        if be {
+            u16::from_be_bytes(a)
+        } else {
+            u16::from_le_bytes(a)
+        }
     }
 
     fn u32(&self, at: usize, be: bool) -> u32 {
         let a = [self.b[at], self.b[at + 1], self.b[at + 2], self.b[at + 3]];
-        if be { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }
+        if be {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
     }
 
     fn need(&self, at: usize, n: usize, end: usize, what: &str) -> Result<(), String> {

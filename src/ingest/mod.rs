@@ -35,12 +35,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_file_bytes: 2 << 30,
-            max_pixels_per_slice: 4096 * 4096,
-            max_frames: 4096,
-            max_decompressed_bytes: 4 << 30,
-        }
+        Limits { max_file_bytes: 2 << 30, max_pixels_per_slice: 4096 * 4096, max_frames: 4096, max_decompressed_bytes: 4 << 30 }
     }
 }
 
@@ -60,12 +55,7 @@ pub struct IngestOptions {
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        IngestOptions {
-            limits: Limits::default(),
-            modalities: vec!["CT".to_string()],
-            allow_missing_modality: true,
-            display_window: None,
-        }
+        IngestOptions { limits: Limits::default(), modalities: vec!["CT".to_string()], allow_missing_modality: true, display_window: None }
     }
 }
 
@@ -297,20 +287,14 @@ pub fn read_file(path: &Path, opts: &IngestOptions) -> Result<Vec<Slice>, Ingest
         return Err(IngestError::rejected(path, "is not a regular file"));
     }
     if meta.len() > opts.limits.max_file_bytes {
-        return Err(IngestError::rejected(
-            path,
-            format!("file size {} bytes exceeds the limit of {} bytes", meta.len(), opts.limits.max_file_bytes),
-        ));
+        return Err(IngestError::rejected(path, format!("file size {} bytes exceeds the limit of {} bytes", meta.len(), opts.limits.max_file_bytes)));
     }
     let bytes = std::fs::read(path).map_err(|source| IngestError::Io { path: path.to_path_buf(), source })?;
     guard_panics(path, || {
         if image8::is_image_name(path) {
             match opts.display_window {
                 Some(w) => image8::read_bytes(path, &bytes, w, &opts.limits),
-                None => Err(IngestError::rejected(
-                    path,
-                    "an 8-bit display image carries no Hounsfield units; only prep and eval read it, with --assume-window",
-                )),
+                None => Err(IngestError::rejected(path, "an 8-bit display image carries no Hounsfield units; only prep and eval read it, with --assume-window")),
             }
         } else if is_nifti_name(path) || nifti::looks_like_nifti(&bytes) {
             nifti::read_bytes(path, &bytes, &opts.limits)

@@ -59,10 +59,7 @@ fn inflate(path: &Path, bytes: &[u8], cap: u64) -> Result<Vec<u8>, IngestError> 
         return Ok(bytes.to_vec());
     }
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(bytes)
-        .take(cap + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| IngestError::rejected(path, format!("gzip stream is corrupt: {e}")))?;
+    flate2::read::MultiGzDecoder::new(bytes).take(cap + 1).read_to_end(&mut out).map_err(|e| IngestError::rejected(path, format!("gzip stream is corrupt: {e}")))?;
     if out.len() as u64 > cap {
         return Err(IngestError::rejected(path, format!("decompressed size exceeds the limit of {cap} bytes")));
     }
@@ -109,8 +106,14 @@ fn parse_nifti2(b: &[u8], big: bool) -> Result<VolumeHeader, IngestError> {
         }
         a
     };
-    let i16_at = |o| { let a = get(o, 2); i16::from_le_bytes([a[0], a[1]]) };
-    let i32_at = |o| { let a = get(o, 4); i32::from_le_bytes([a[0], a[1], a[2], a[3]]) };
+    let i16_at = |o| {
+        let a = get(o, 2);
+        i16::from_le_bytes([a[0], a[1]])
+    };
+    let i32_at = |o| {
+        let a = get(o, 4);
+        i32::from_le_bytes([a[0], a[1], a[2], a[3]])
+    };
     let i64_at = |o| i64::from_le_bytes(get(o, 8));
     let f64_at = |o| f64::from_le_bytes(get(o, 8));
     Ok(VolumeHeader {
@@ -188,7 +191,12 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
     if start < header_len || start > bytes.len() || bytes.len() - start < nbytes {
         return Err(IngestError::rejected(
             path,
-            format!("truncated voxel data: {} bytes after offset {} for {nx}×{ny}×{nz} voxels of {} bytes", bytes.len().saturating_sub(start.min(bytes.len())), h.vox_offset, dtype.size_of()),
+            format!(
+                "truncated voxel data: {} bytes after offset {} for {nx}×{ny}×{nz} voxels of {} bytes",
+                bytes.len().saturating_sub(start.min(bytes.len())),
+                h.vox_offset,
+                dtype.size_of()
+            ),
         ));
     }
     let mut dim16 = [1u16; 8];
@@ -200,8 +208,7 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
         // than themselves; decoded here (to f32: exact for every integer a CT volume holds).
         Some(v) => Pixels::F32(v),
         None => {
-            let vol = InMemNiftiVolume::from_raw_fields(dim16, dtype, 1.0, 0.0, raw.to_vec(), h.endianness)
-                .map_err(|e| IngestError::rejected(path, format!("voxel data: {e}")))?;
+            let vol = InMemNiftiVolume::from_raw_fields(dim16, dtype, 1.0, 0.0, raw.to_vec(), h.endianness).map_err(|e| IngestError::rejected(path, format!("voxel data: {e}")))?;
             let conv = |e: nifti::NiftiError| IngestError::rejected(path, format!("voxel data: {e}"));
             match dtype {
                 NiftiType::Int16 => Pixels::I16(vol.into_nifti_typed_data::<i16>().map_err(conv)?),
@@ -217,11 +224,8 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
             return Err(IngestError::rejected(path, format!("voxel value {bad} is not a number of Hounsfield units (NaN or infinite voxels are not supported)")));
         }
     }
-    let rescale = if h.scl_slope != 0.0 && h.scl_slope.is_finite() && h.scl_inter.is_finite() {
-        Rescale { slope: h.scl_slope, intercept: h.scl_inter }
-    } else {
-        Rescale::default()
-    };
+    let rescale =
+        if h.scl_slope != 0.0 && h.scl_slope.is_finite() && h.scl_inter.is_finite() { Rescale { slope: h.scl_slope, intercept: h.scl_inter } } else { Rescale::default() };
 
     // Voxel axes in DICOM LPS: NIfTI world is RAS, so x and y change sign.
     let a = h.affine_ras();
@@ -234,11 +238,18 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
     }
     // Slice axis: the voxel axis most aligned with head-feet; the other two, in order, span the image.
     let k = (0..3).max_by(|&p, &q| (axes[p][2].abs() / norm(axes[p])).total_cmp(&(axes[q][2].abs() / norm(axes[q])))).unwrap_or(2);
-    let (p, q) = match k { 0 => (1, 2), 1 => (0, 2), _ => (0, 1) };
+    let (p, q) = match k {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
     let dims = [nx as usize, ny as usize, nz as usize];
     let strides = [1, dims[0], dims[0] * dims[1]];
     let (cols, rows, count) = (dims[p], dims[q], dims[k]);
-    let unit = |v: [f64; 3]| { let l = norm(v); [v[0] / l, v[1] / l, v[2] / l] };
+    let unit = |v: [f64; 3]| {
+        let l = norm(v);
+        [v[0] / l, v[1] / l, v[2] / l]
+    };
     let (r, c) = (unit(axes[p]), unit(axes[q]));
     let series = format!("nifti:{}", path.display());
     let mut slices = Vec::with_capacity(count);
@@ -248,7 +259,11 @@ pub fn read_bytes(path: &Path, raw: &[u8], limits: &Limits) -> Result<Vec<Slice>
         let pixels = voxels.remap(rows * cols, idx);
         let pos = [0, 1, 2].map(|i| {
             let w = a[i][k] * s as f64 + a[i][3];
-            if i < 2 { -w } else { w }
+            if i < 2 {
+                -w
+            } else {
+                w
+            }
         });
         let mut slice = Slice {
             source: path.to_path_buf(),

@@ -39,7 +39,11 @@ pub fn canonicalize(slice: &mut Slice) -> bool {
         let (i, j) = (idx / cols, idx % cols);
         let i0 = if flip_rows { rows - 1 - i } else { i };
         let j0 = if flip_cols { cols - 1 - j } else { j };
-        if transpose { j0 * src_cols + i0 } else { i0 * src_cols + j0 }
+        if transpose {
+            j0 * src_cols + i0
+        } else {
+            i0 * src_cols + j0
+        }
     });
     if let Some(p) = slice.geometry.position.as_mut() {
         for k in 0..3 {
@@ -79,12 +83,7 @@ mod tests {
             cols,
             pixels: Pixels::I16((0..(rows * cols) as i16).collect()),
             rescale: Rescale::default(),
-            geometry: Geometry {
-                position: Some([0.0, 0.0, 5.0]),
-                orientation: Some(orientation),
-                pixel_spacing: Some([2.0, 1.0]),
-                ..Default::default()
-            },
+            geometry: Geometry { position: Some([0.0, 0.0, 5.0]), orientation: Some(orientation), pixel_spacing: Some([2.0, 1.0]), ..Default::default() },
             uids: Uids::default(),
             modality: None,
             image_type: vec![],
@@ -103,13 +102,9 @@ mod tests {
 
     #[test]
     fn every_axial_storage_maps_to_the_same_physical_pixels() {
-        for orient in [
-            [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            [1.0, 0.0, 0.0, 0.0, -1.0, 0.0],
-            [0.0, 1.0, 0.0, 1.0, 0.0, 0.0],
-            [0.0, -1.0, 0.0, -1.0, 0.0, 0.0],
-        ] {
+        for orient in
+            [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 1.0, 0.0, 0.0], [0.0, -1.0, 0.0, -1.0, 0.0, 0.0]]
+        {
             let orig = slice(3, 4, orient);
             let mut s = orig.clone();
             assert!(canonicalize(&mut s));

@@ -83,9 +83,7 @@ fn all<T>(slices: &[Slice], f: impl Fn(&Slice) -> Option<T>) -> Option<Vec<T>> {
 /// Orders the slices of one series.
 pub fn order(uid: String, slices: Vec<Slice>) -> Series {
     let normal = slices.first().and_then(|s| s.geometry.normal());
-    let (order_key, keys) = if let Some(k) = normal.and_then(|n| {
-        all(&slices, |s| s.geometry.position.map(|p| p[0] * n[0] + p[1] * n[1] + p[2] * n[2]))
-    }) {
+    let (order_key, keys) = if let Some(k) = normal.and_then(|n| all(&slices, |s| s.geometry.position.map(|p| p[0] * n[0] + p[1] * n[1] + p[2] * n[2]))) {
         (OrderKey::Position, k)
     } else if let Some(k) = all(&slices, |s| s.geometry.slice_location) {
         (OrderKey::SliceLocation, k)
@@ -96,12 +94,7 @@ pub fn order(uid: String, slices: Vec<Slice>) -> Series {
     };
     let mut idx: Vec<usize> = (0..slices.len()).collect();
     // Ties (duplicates) keep a stable order: by frame, then by file name.
-    idx.sort_by(|&a, &b| {
-        keys[a]
-            .total_cmp(&keys[b])
-            .then(slices[a].source.cmp(&slices[b].source))
-            .then(slices[a].frame.cmp(&slices[b].frame))
-    });
+    idx.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]).then(slices[a].source.cmp(&slices[b].source)).then(slices[a].frame.cmp(&slices[b].frame)));
     let keys: Vec<f64> = idx.iter().map(|&i| keys[i]).collect();
     let mut slots: Vec<Option<Slice>> = slices.into_iter().map(Some).collect();
     let slices: Vec<Slice> = idx.iter().map(|&i| slots[i].take().expect("each index once")).collect();
@@ -114,12 +107,7 @@ pub fn order(uid: String, slices: Vec<Slice>) -> Series {
     let mut distinct: Vec<f64> = steps.iter().copied().filter(|d| *d >= tol).collect();
     distinct.sort_by(f64::total_cmp);
     let median = distinct.get(distinct.len() / 2).copied().unwrap_or(0.0);
-    let gaps = steps
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| median > 0.0 && **d > 1.5 * median)
-        .map(|(i, d)| Gap { after: i, spacing: *d, median })
-        .collect();
+    let gaps = steps.iter().enumerate().filter(|(_, d)| median > 0.0 && **d > 1.5 * median).map(|(i, d)| Gap { after: i, spacing: *d, median }).collect();
     Series { uid, slices, keys, z, order_key, duplicates, gaps }
 }
 
@@ -205,8 +193,14 @@ mod tests {
 
     #[test]
     fn orders_by_position_and_reports_gaps_and_duplicates() {
-        let v = vec![s("c", Some(4.0), None, None), s("a", Some(0.0), None, None), s("b", Some(2.0), None, None),
-                     s("d", Some(10.0), None, None), s("e", Some(10.0), None, None), s("f", Some(12.0), None, None)];
+        let v = vec![
+            s("c", Some(4.0), None, None),
+            s("a", Some(0.0), None, None),
+            s("b", Some(2.0), None, None),
+            s("d", Some(10.0), None, None),
+            s("e", Some(10.0), None, None),
+            s("f", Some(12.0), None, None),
+        ];
         let ser = order("1.2".into(), v);
         assert_eq!(names(&ser), ["a", "b", "c", "d", "e", "f"]);
         assert_eq!(ser.order_key, OrderKey::Position);

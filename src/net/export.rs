@@ -268,7 +268,12 @@ fn common(study: &Study, r: &SeriesResult, class: &str, sop: &str, series: &NewS
     put(&mut o, tags::MANUFACTURER, VR::LO, "ctsentry");
     put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, "ctsentry");
     let (name, version, _) = r.model;
-    put(&mut o, tags::SOFTWARE_VERSIONS, VR::LO, PrimitiveValue::Strs(dicom_core::smallvec::smallvec![format!("ctsentry {}", env!("CARGO_PKG_VERSION")), format!("{name} {version}")]));
+    put(
+        &mut o,
+        tags::SOFTWARE_VERSIONS,
+        VR::LO,
+        PrimitiveValue::Strs(dicom_core::smallvec::smallvec![format!("ctsentry {}", env!("CARGO_PKG_VERSION")), format!("{name} {version}")]),
+    );
     let (date, time) = utc_date_time(r.t);
     put(&mut o, tags::CONTENT_DATE, VR::DA, date.as_str());
     put(&mut o, tags::CONTENT_TIME, VR::TM, time.as_str());
@@ -289,7 +294,18 @@ fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
     }
     let verdict = format!(
         "{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{:x}",
-        r.part, r.threshold, r.min_positive_slices, r.min_positive_extent_mm, r.min_positive_share, r.positive, r.positives, r.slices, r.max_prob, r.positive_extent_mm, r.positive_share, scored.finalize()
+        r.part,
+        r.threshold,
+        r.min_positive_slices,
+        r.min_positive_extent_mm,
+        r.min_positive_share,
+        r.positive,
+        r.positives,
+        r.slices,
+        r.max_prob,
+        r.positive_extent_mm,
+        r.positive_share,
+        scored.finalize()
     );
     let mut parts = vec![r.series_uid, r.model.2, verdict.as_str()];
     parts.extend_from_slice(what);
@@ -312,7 +328,8 @@ fn verdict_words(r: &SeriesResult) -> String {
 /// The Comprehensive SR of a verdict.
 fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
     let sop = uid_for(r, &["sr"]);
-    let series = NewSeries { modality: "SR", uid: uid_for(r, &["sr-series"]), number: SR_SERIES_NUMBER, description: "ctsentry COVID-19 pneumonia triage (not for diagnostic use)" };
+    let series =
+        NewSeries { modality: "SR", uid: uid_for(r, &["sr-series"]), number: SR_SERIES_NUMBER, description: "ctsentry COVID-19 pneumonia triage (not for diagnostic use)" };
     let mut o = common(study, r, COMPREHENSIVE_SR, &sop, &series);
     put(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
     put_seq(&mut o, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, Vec::new());
@@ -521,7 +538,12 @@ impl Exporter {
 /// The spool's files waiting to be sent, oldest name first.
 pub fn pending(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "dcm") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "dcm") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files

@@ -21,7 +21,10 @@ use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::association::Association;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, UserIdentity};
 
-use super::dimse::{read_command, text, C_ECHO_RQ, MAX_COMMAND_BYTES, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, DATA_SET_MISMATCH, NO_DATA_SET, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, SUCCESS, UNRECOGNIZED_OPERATION};
+use super::dimse::{
+    read_command, text, C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, DATA_SET_MISMATCH, MAX_COMMAND_BYTES, NO_DATA_SET, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, SUCCESS,
+    UNRECOGNIZED_OPERATION,
+};
 use crate::config::DicomSettings;
 
 /// Verification SOP class (C-ECHO).
@@ -30,20 +33,19 @@ pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 pub const CT_STORAGE: [&str; 2] = ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"];
 /// The transfer syntaxes accepted: those ingest decodes.
 pub const TRANSFER_SYNTAXES: [&str; 12] = [
-    "1.2.840.10008.1.2",        // implicit VR little endian
-    "1.2.840.10008.1.2.1",      // explicit VR little endian
-    "1.2.840.10008.1.2.2",      // explicit VR big endian
-    "1.2.840.10008.1.2.1.99",   // deflated explicit VR little endian
-    "1.2.840.10008.1.2.5",      // RLE lossless
-    "1.2.840.10008.1.2.4.50",   // JPEG baseline
-    "1.2.840.10008.1.2.4.57",   // JPEG lossless, process 14
-    "1.2.840.10008.1.2.4.70",   // JPEG lossless, first-order prediction
-    "1.2.840.10008.1.2.4.80",   // JPEG-LS lossless
-    "1.2.840.10008.1.2.4.81",   // JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.90",   // JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91",   // JPEG 2000
+    "1.2.840.10008.1.2",      // implicit VR little endian
+    "1.2.840.10008.1.2.1",    // explicit VR little endian
+    "1.2.840.10008.1.2.2",    // explicit VR big endian
+    "1.2.840.10008.1.2.1.99", // deflated explicit VR little endian
+    "1.2.840.10008.1.2.5",    // RLE lossless
+    "1.2.840.10008.1.2.4.50", // JPEG baseline
+    "1.2.840.10008.1.2.4.57", // JPEG lossless, process 14
+    "1.2.840.10008.1.2.4.70", // JPEG lossless, first-order prediction
+    "1.2.840.10008.1.2.4.80", // JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
 ];
-
 
 /// Counters of the receiver (for logs and metrics).
 #[derive(Debug, Default)]
@@ -148,7 +150,6 @@ fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf
     }
 }
 
-
 /// Where a C-STORE's data set goes while it arrives.
 enum Sink {
     /// Into this hidden file in the drop folder (renamed into place when complete).
@@ -236,7 +237,11 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
                             };
                             if let Sink::File(f) = &mut p.sink {
                                 if f.written + value.data.len() as u64 > settings.max_instance_bytes {
-                                    log::warn!("dicom: instance {} from {caller:?} is larger than dicom.max_instance_mb ({} MiB): refused", p.sop, settings.max_instance_bytes >> 20);
+                                    log::warn!(
+                                        "dicom: instance {} from {caller:?} is larger than dicom.max_instance_mb ({} MiB): refused",
+                                        p.sop,
+                                        settings.max_instance_bytes >> 20
+                                    );
                                     p.sink = Sink::Discard(OUT_OF_RESOURCES);
                                 } else if let Err(e) = f.write(&value.data) {
                                     log::error!("dicom: cannot store instance {} from {caller:?}: {e}", p.sop);
@@ -263,7 +268,11 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
                             if p.field == C_STORE_RQ {
                                 let counter = if status == SUCCESS { &stats.stored } else { &stats.failed };
                                 counter.fetch_add(1, Ordering::Relaxed);
-                                if status == SUCCESS { stored += 1 } else { failed += 1 }
+                                if status == SUCCESS {
+                                    stored += 1
+                                } else {
+                                    failed += 1
+                                }
                             }
                             response(p.field | 0x8000, p.id, &p.class, Some(&p.sop), status)
                         }
@@ -340,7 +349,11 @@ fn response(field: u16, responding_to: u16, class: &str, sop: Option<&str>, stat
 /// A file-name-safe form of `s` (letters, digits, `.`, `-`, `_`; anything else `_`).
 fn safe(s: &str) -> String {
     let t: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
-    if t.is_empty() || t.starts_with('.') { format!("_{t}") } else { t }
+    if t.is_empty() || t.starts_with('.') {
+        format!("_{t}")
+    } else {
+        t
+    }
 }
 
 static WRITES: AtomicU64 = AtomicU64::new(0);

@@ -95,12 +95,8 @@ fn one(p: &Params, input: &Input<'_>, out: &mut [f32], s: &mut Scratch) {
     let (rows, cols, size) = (input.rows, input.cols, p.size);
     let wx = AxisWeights::new(cols, size);
     let wy = AxisWeights::new(rows, size);
-    let w = Window {
-        slope: input.rescale.slope,
-        intercept: input.rescale.intercept,
-        lo: (p.window_center - p.window_width / 2.0) as f32,
-        inv_width: (1.0 / p.window_width) as f32,
-    };
+    let w =
+        Window { slope: input.rescale.slope, intercept: input.rescale.intercept, lo: (p.window_center - p.window_width / 2.0) as f32, inv_width: (1.0 / p.window_width) as f32 };
     s.row.resize(cols, 0.0);
     s.tmp.resize(rows * size, 0.0);
     s.plane.resize(size * size, 0.0);

@@ -85,12 +85,7 @@ pub fn probe() -> Result<DeviceInfo, CudaUnavailable> {
     let mut version = 0i32;
     // SAFETY: the library is loaded; the pointer is valid for the call.
     unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result().map_err(err)?;
-    Ok(DeviceInfo {
-        name: ctx.name().map_err(err)?,
-        compute_capability: ctx.compute_capability().map_err(err)?,
-        driver_version: version,
-        memory: ctx.total_mem().map_err(err)?,
-    })
+    Ok(DeviceInfo { name: ctx.name().map_err(err)?, compute_capability: ctx.compute_capability().map_err(err)?, driver_version: version, memory: ctx.total_mem().map_err(err)? })
 }
 
 /// Device buffers reused between batches (grown as needed).
@@ -131,11 +126,7 @@ fn axis_table(n: usize, size: usize, tab_i: &mut Vec<i32>, tab_w: &mut Vec<f32>)
         tab_i.push(j0 as i32);
         tab_w.extend(ws.iter().copied().chain(std::iter::repeat(0.0)).take(taps));
     }
-    let span = (0..size)
-        .step_by(TILE as usize)
-        .map(|t| w.start[(t + TILE as usize).min(size) - 1] + taps - w.start[t])
-        .max()
-        .unwrap_or(taps);
+    let span = (0..size).step_by(TILE as usize).map(|t| w.start[(t + TILE as usize).min(size) - 1] + taps - w.start[t]).max().unwrap_or(taps);
     AxisTable { taps, start_at, weight_at, span }
 }
 
@@ -143,7 +134,6 @@ fn axis_table(n: usize, size: usize, tab_i: &mut Vec<i32>, tab_w: &mut Vec<f32>)
 const TILE: u32 = 16;
 /// Shared memory the tiled kernel may use per block (the default limit without opt-in).
 const MAX_TILE_SHARED_BYTES: usize = 48 * 1024;
-
 
 /// The CUDA preprocessor.
 pub struct CudaPreprocessor {

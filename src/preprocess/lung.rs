@@ -612,7 +612,6 @@ pub fn dilate_by_spans(m: &[bool], rows: usize, cols: usize, radius: f32) -> Vec
     out
 }
 
-
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)]
 mod tests {
@@ -625,10 +624,7 @@ mod tests {
         let d = distance_sq(&feature, rows, cols);
         for i in 0..rows * cols {
             let (r, c) = ((i / cols) as f32, (i % cols) as f32);
-            let best = (0..rows * cols)
-                .filter(|&j| feature[j])
-                .map(|j| ((j / cols) as f32 - r).powi(2) + ((j % cols) as f32 - c).powi(2))
-                .fold(f32::INFINITY, f32::min);
+            let best = (0..rows * cols).filter(|&j| feature[j]).map(|j| ((j / cols) as f32 - r).powi(2) + ((j % cols) as f32 - c).powi(2)).fold(f32::INFINITY, f32::min);
             assert_eq!(d[i], best, "pixel {i}");
         }
     }
@@ -636,9 +632,7 @@ mod tests {
     #[test]
     fn closing_fills_a_notch_and_keeps_a_disc() {
         let (rows, cols) = (40, 40);
-        let disc = |r0: f32| -> Vec<bool> {
-            (0..rows * cols).map(|i| (((i / cols) as f32 - 20.0).powi(2) + ((i % cols) as f32 - 20.0).powi(2)) <= r0 * r0).collect()
-        };
+        let disc = |r0: f32| -> Vec<bool> { (0..rows * cols).map(|i| (((i / cols) as f32 - 20.0).powi(2) + ((i % cols) as f32 - 20.0).powi(2)) <= r0 * r0).collect() };
         let full = disc(12.0);
         let mut notched = full.clone();
         for r in 18..23 {

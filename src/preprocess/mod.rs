@@ -16,12 +16,12 @@
 
 pub mod conformance;
 pub mod cpu;
-pub mod device;
 #[cfg(any(feature = "cuda", feature = "cuda-12"))]
 pub mod cuda;
 #[cfg(not(any(feature = "cuda", feature = "cuda-12")))]
 #[path = "cuda_stub.rs"]
 pub mod cuda;
+pub mod device;
 pub mod lung;
 pub mod npy;
 pub mod reference;

@@ -118,11 +118,7 @@ impl CtSlice {
         let mut o = self.object();
         if ts == RLE {
             let frame = rle_encode_frame(&self.pixel_words(), self.rows as usize * self.cols as usize);
-            o.put(DataElement::new(
-                tags::PIXEL_DATA,
-                VR::OB,
-                Value::PixelSequence(PixelFragmentSequence::new(vec![0u32], vec![frame])),
-            ));
+            o.put(DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(vec![0u32], vec![frame]))));
         }
         let file = o.with_meta(FileMetaTableBuilder::new().transfer_syntax(ts)).expect("meta");
         file.write_to_file(path).expect("write fixture");
@@ -234,7 +230,10 @@ pub fn enhanced_ct(rows: u16, cols: u16, frames: usize) -> (InMemDicomObject, Ve
         let mut fg = InMemDicomObject::new_empty();
         fg.put(seq(tags::PLANE_POSITION_SEQUENCE, vec![item(vec![(tags::IMAGE_POSITION_PATIENT, VR::DS, format!("0\\0\\{z}"))])]));
         let intercept = -1024.0 - f as f64;
-        fg.put(seq(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![item(vec![(tags::RESCALE_SLOPE, VR::DS, "1".into()), (tags::RESCALE_INTERCEPT, VR::DS, format!("{intercept}"))])]));
+        fg.put(seq(
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            vec![item(vec![(tags::RESCALE_SLOPE, VR::DS, "1".into()), (tags::RESCALE_INTERCEPT, VR::DS, format!("{intercept}"))])],
+        ));
         per_frame.push(fg);
         let stored: Vec<i32> = (0..rows as i32 * cols as i32).map(|i| (i * 7 + f as i32 * 13) % 2000).collect();
         pixels.extend(stored.iter().map(|&v| v as u16));

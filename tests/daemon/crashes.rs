@@ -50,9 +50,7 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     let mut child = start(&cfg, &log);
     assert!(wait_until(Duration::from_secs(30), || readies(&log) > before));
     let results = var.join("results");
-    let done = wait_until(Duration::from_secs(120), || {
-        walk(&incoming).is_empty() && finals(&results).len() >= 3
-    });
+    let done = wait_until(Duration::from_secs(120), || walk(&incoming).is_empty() && finals(&results).len() >= 3);
     signal(&child, libc::SIGTERM);
     let code = wait_exit(&mut child, Duration::from_secs(20));
     let logtext = std::fs::read_to_string(&log).unwrap();
@@ -158,9 +156,7 @@ fn a_file_that_kills_the_process_is_quarantined_after_three_deaths_not_read_fore
         // The failpoint (debug builds) aborts the process while it reads poison.dcm, as a
         // crashing C++ decoder would.
         let mut child = start_with(&cfg, &log, &[("CTSENTRY_FAILPOINTS", "worker-abort@poison.dcm")]);
-        let finished = wait_until(Duration::from_secs(30), || {
-            child.try_wait().unwrap().is_some() || !finals(&results).is_empty()
-        });
+        let finished = wait_until(Duration::from_secs(30), || child.try_wait().unwrap().is_some() || !finals(&results).is_empty());
         assert!(finished, "{}", std::fs::read_to_string(&log).unwrap());
         if child.try_wait().unwrap().is_some() {
             deaths += 1;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use ctsentry::output::{FeedEvent, FeedKind, FeedStage, ResultFile, SeriesResult};
 use super::common::*;
+pub use ctsentry::output::{FeedEvent, FeedKind, FeedStage, ResultFile, SeriesResult};
 
 /// A running `ctsentry run`: killed and reaped when dropped.
 pub struct Proc(pub Child);
@@ -246,4 +246,3 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 pub fn installed(tool: &str) -> bool {
     Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success())
 }
-

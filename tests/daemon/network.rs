@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-
 use super::common::*;
 use super::harness::*;
 
@@ -79,7 +78,11 @@ impl Pacs {
             .map(|s| {
                 let v = self.json(&format!("/series/{s}"));
                 let t = &v["MainDicomTags"];
-                (t["Modality"].as_str().unwrap_or("").to_string(), t["SeriesInstanceUID"].as_str().unwrap_or("").to_string(), serde_json::from_value(v["Instances"].clone()).unwrap())
+                (
+                    t["Modality"].as_str().unwrap_or("").to_string(),
+                    t["SeriesInstanceUID"].as_str().unwrap_or("").to_string(),
+                    serde_json::from_value(v["Instances"].clone()).unwrap(),
+                )
             })
             .collect();
         out.sort();
@@ -154,9 +157,7 @@ fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
     let mut d = start(&cfg, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(wait_until(Duration::from_secs(60), || read_log().contains("dicom: C-ECHO and C-STORE SCP")), "no receiver:\n{}", read_log());
-    let dcmtk = |tool: &str, aet: &str, files: &[PathBuf]| {
-        Command::new(tool).args(["-aet", aet, "-aec", "CTSENTRY", "127.0.0.1", &port.to_string()]).args(files).output().unwrap()
-    };
+    let dcmtk = |tool: &str, aet: &str, files: &[PathBuf]| Command::new(tool).args(["-aet", aet, "-aec", "CTSENTRY", "127.0.0.1", &port.to_string()]).args(files).output().unwrap();
     let echo = dcmtk("echoscu", "SCANNER", &[]);
     assert!(echo.status.success(), "echoscu: {}", String::from_utf8_lossy(&echo.stderr));
     let refused = dcmtk("echoscu", "INTRUDER", &[]);
@@ -185,7 +186,8 @@ fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
     assert!(said.to_lowercase().contains("a700") || said.contains("Out of Resources") || !sent.status.success(), "storescu was not told of the refusal: {said}");
     assert!(wait_until(Duration::from_secs(5), || read_log().contains("larger than dicom.max_instance_mb (1 MiB): refused")), "{}", read_log());
     std::thread::sleep(Duration::from_millis(500));
-    let everything: Vec<String> = [walk(&root.join("var/incoming")), walk(&root.join("var/done")), walk(&root.join("var/quarantine"))].concat().iter().map(|p| p.display().to_string()).collect();
+    let everything: Vec<String> =
+        [walk(&root.join("var/incoming")), walk(&root.join("var/done")), walk(&root.join("var/quarantine"))].concat().iter().map(|p| p.display().to_string()).collect();
     assert!(!everything.iter().any(|p| p.contains("17.2.1") || p.ends_with(".part")), "the refused instance left {everything:?}");
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
@@ -269,8 +271,20 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     let dump = Command::new("dsrdump").args(["+Pl", "+Pu"]).arg(&sr_file).output().unwrap();
     let text = String::from_utf8_lossy(&dump.stdout).to_string();
     assert!(dump.status.success(), "dsrdump: {}", String::from_utf8_lossy(&dump.stderr));
-    for want in ["Comprehensive SR Document", "\"Verdict\")=\"positive: 5 of 5 slices", "\"Slices scored\")=\"5\"", "\"Positive slices\")=\"5\"", "\"Slice threshold\")=\"0.000001\"", "threshold 0.000001, ", "(needed: >= 2 slices positive (count: config, physical: default))",
-        "\"Craniocaudal extent of positive slices\")=\"", "\"Positive extent needed\")=\"0\"", "\"Share of the lung in positive slices\")=\"", "\"Algorithm Name\")=\"tiny", "Manufacturer        : ctsentry"] {
+    for want in [
+        "Comprehensive SR Document",
+        "\"Verdict\")=\"positive: 5 of 5 slices",
+        "\"Slices scored\")=\"5\"",
+        "\"Positive slices\")=\"5\"",
+        "\"Slice threshold\")=\"0.000001\"",
+        "threshold 0.000001, ",
+        "(needed: >= 2 slices positive (count: config, physical: default))",
+        "\"Craniocaudal extent of positive slices\")=\"",
+        "\"Positive extent needed\")=\"0\"",
+        "\"Share of the lung in positive slices\")=\"",
+        "\"Algorithm Name\")=\"tiny",
+        "Manufacturer        : ctsentry",
+    ] {
         assert!(text.contains(want), "dsrdump lacks {want:?}:\n{text}");
     }
     assert_eq!(text.matches("IMAGE:(,,\"Slice at or above threshold\")").count(), 5, "the SR references every positive slice:\n{text}");
@@ -290,7 +304,11 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
         tool_missing("dciodvfy", "apt-get install dicom3tools");
     }
     let sc = pacs.json(&format!("/instances/{}/simplified-tags", by_modality("OT")[0].2[0]));
-    assert_eq!((sc["SOPClassUID"].as_str(), sc["BurnedInAnnotation"].as_str(), sc["PhotometricInterpretation"].as_str()), (Some("1.2.840.10008.5.1.4.1.1.7"), Some("YES"), Some("RGB")), "{sc}");
+    assert_eq!(
+        (sc["SOPClassUID"].as_str(), sc["BurnedInAnnotation"].as_str(), sc["PhotometricInterpretation"].as_str()),
+        (Some("1.2.840.10008.5.1.4.1.1.7"), Some("YES"), Some("RGB")),
+        "{sc}"
+    );
     assert!(sc["ImageComments"].as_str().unwrap_or("").contains("NOT FOR DIAGNOSTIC USE"), "{sc}");
 
     // The PACS dies while the daemon runs, before series b arrives: its results wait (FAULT
@@ -302,7 +320,11 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
     pacs.start();
     assert!(wait_until(Duration::from_secs(20), || faults(&cfg).is_empty()), "{}\n{}", status_json(&cfg), read_log());
     let want = modalities(&[("CT", 5), ("OT", 3), ("OT", 3), ("SR", 1), ("SR", 1)]);
-    assert!(wait_until(Duration::from_secs(20), || pacs.counts(study_uid) == want), "the study at the PACS: the CT series, and per verdict one SR and 3 heat maps: {:?}", pacs.study(study_uid));
+    assert!(
+        wait_until(Duration::from_secs(20), || pacs.counts(study_uid) == want),
+        "the study at the PACS: the CT series, and per verdict one SR and 3 heat maps: {:?}",
+        pacs.study(study_uid)
+    );
 
     // A restart sends nothing again: every object was stored once, and the spool is empty.
     signal(&d, libc::SIGTERM);

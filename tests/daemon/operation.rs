@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-
 use super::common::*;
 use super::harness::*;
 
@@ -214,13 +213,20 @@ fn metrics_parse_with_prometheus_and_healthz_turns_503_on_a_fault() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let label = if finals(&results)[0].event == FeedKind::Alert { "positive" } else { "negative" };
-    assert!(wait_until(Duration::from_secs(5), || {
-        let (code, body) = http_get(&addr, "/metrics");
-        let m = parse(&body);
-        code == 200 && m["ctsentry_slices_scored_total{}"] == 6.0 && m[format!("ctsentry_series_total{{\"verdict\": \"{label}\"}}")] == 1.0
-            && m["ctsentry_files_quarantined_total{}"] == 1.0 && m["ctsentry_inference_seconds_count{}"].as_f64().unwrap() >= 1.0
-            && m["ctsentry_fault{\"kind\": \"DISK\"}"] == 0.0
-    }), "metrics: {}", http_get(&addr, "/metrics").1);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let (code, body) = http_get(&addr, "/metrics");
+            let m = parse(&body);
+            code == 200
+                && m["ctsentry_slices_scored_total{}"] == 6.0
+                && m[format!("ctsentry_series_total{{\"verdict\": \"{label}\"}}")] == 1.0
+                && m["ctsentry_files_quarantined_total{}"] == 1.0
+                && m["ctsentry_inference_seconds_count{}"].as_f64().unwrap() >= 1.0
+                && m["ctsentry_fault{\"kind\": \"DISK\"}"] == 0.0
+        }),
+        "metrics: {}",
+        http_get(&addr, "/metrics").1
+    );
     assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_string()));
     // A fault: the free-space watermark above what any disk has (a live setting: SIGHUP).
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("min_free_mb = 0", "min_free_mb = 999999999")).unwrap();

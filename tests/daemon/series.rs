@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use super::common::*;
 use super::harness::*;
 

@@ -77,7 +77,8 @@ fn an_association_whose_thread_panics_gives_its_place_back_and_the_next_caller_i
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut d = start_with(&cfg, &log, &[("CTSENTRY_FAILPOINTS", "scp-serve:1")]);
     assert!(wait_until(Duration::from_secs(60), || read_log().contains("dicom: C-ECHO and C-STORE SCP")), "no receiver:\n{}", read_log());
-    let dcmtk = |tool: &str, files: &[std::path::PathBuf]| Command::new(tool).args(["-aet", "SCANNER", "-aec", "CTSENTRY", "127.0.0.1", &port.to_string()]).args(files).output().unwrap();
+    let dcmtk =
+        |tool: &str, files: &[std::path::PathBuf]| Command::new(tool).args(["-aet", "SCANNER", "-aec", "CTSENTRY", "127.0.0.1", &port.to_string()]).args(files).output().unwrap();
     let first = dcmtk("echoscu", &[]);
     assert!(!first.status.success(), "the first association's thread panics: echo cannot succeed");
     assert!(wait_until(Duration::from_secs(5), || read_log().contains("internal error (failpoint scp-serve")), "{}", read_log());

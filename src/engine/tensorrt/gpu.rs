@@ -167,12 +167,7 @@ impl TrtEngine {
         let prob = alloc(max_batch)?;
         let cam = alloc(max_batch * CAM_SIDE * CAM_SIDE)?;
         let names = [m.input.name.clone(), m.output.prob.clone(), m.output.cam.clone()].map(|n| CString::new(n).expect("no NUL in tensor names"));
-        log::info!(
-            "engine: tensorrt {} (plan built with {}, {}), batches up to {max_batch}",
-            version_string(version),
-            info.tensorrt_version,
-            info.precision
-        );
+        log::info!("engine: tensorrt {} (plan built with {}, {}), batches up to {max_batch}", version_string(version), info.tensorrt_version, info.precision);
         let precision = info.precision.clone();
         Ok(TrtEngine { inner: Mutex::new(Inner { runtime, engine, ctx, stream, input, prob, cam }), names, max_batch, size, desc, version, precision })
     }

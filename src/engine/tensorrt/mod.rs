@@ -116,14 +116,15 @@ pub fn validate(desc: &EngineDesc, info: &PlanInfo, lib_version: i32, manifest: 
     }
     let size = manifest.input.size as i64;
     let ch = manifest.input.channels as i64;
-    let want: [(&str, bool, Vec<i64>); 3] = [
-        (&manifest.input.name, true, vec![-1, ch, size, size]),
-        (&manifest.output.prob, false, vec![-1, 1]),
-        (&manifest.output.cam, false, vec![-1, 7, 7]),
-    ];
+    let want: [(&str, bool, Vec<i64>); 3] =
+        [(&manifest.input.name, true, vec![-1, ch, size, size]), (&manifest.output.prob, false, vec![-1, 1]), (&manifest.output.cam, false, vec![-1, 7, 7])];
     for (name, input, dims) in &want {
         match desc.tensors.iter().find(|t| t.name == *name) {
-            None => why.push(format!("the engine has no {} tensor {name:?} (it has: {})", if *input { "input" } else { "output" }, desc.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "))),
+            None => why.push(format!(
+                "the engine has no {} tensor {name:?} (it has: {})",
+                if *input { "input" } else { "output" },
+                desc.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            )),
             Some(t) => {
                 if t.input != *input {
                     why.push(format!("tensor {name:?} is an {} in the engine", if t.input { "input" } else { "output" }));
@@ -143,7 +144,11 @@ pub fn validate(desc: &EngineDesc, info: &PlanInfo, lib_version: i32, manifest: 
             why.push(format!("the optimisation profile allows batches {lo}..={hi}; it must include 1"));
         }
     }
-    if why.is_empty() { Ok(()) } else { Err(why) }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why)
+    }
 }
 
 /// The largest batch an engine runs at once: its profile's maximum (1 for a static batch of 1).
