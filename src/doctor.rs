@@ -291,18 +291,17 @@ pub fn run(source: &ConfigSource) -> Report {
                 e.calling_ae,
                 match &echo {
                     Ok(()) => "C-ECHO answered".to_string(),
-                    Err(why) => format!("NOT REACHABLE: {why}"),
+                    Err(why) if why.is_transient() => format!("NOT REACHABLE: {why}"),
+                    Err(why) => format!("REFUSES: {why}"),
                 }
             );
             if let Err(why) = echo {
-                problems.push(Problem {
-                    what: format!("export.peer {}", e.peer),
-                    why,
-                    fix: format!(
-                        "start the PACS, or correct export.peer and export.called_ae; the PACS must accept calling AE {:?} (results wait in the spool meanwhile)",
-                        e.calling_ae
-                    ),
-                });
+                let fix = if why.is_transient() {
+                    format!("start the PACS, or correct export.peer and export.called_ae; the PACS must accept calling AE {:?} (results wait in the spool meanwhile)", e.calling_ae)
+                } else {
+                    format!("the PACS answers but refuses: configure it to accept calling AE {:?} and C-ECHO (results wait in the spool meanwhile)", e.calling_ae)
+                };
+                problems.push(Problem { what: format!("export.peer {}", e.peer), why: why.to_string(), fix });
             }
         } else {
             let _ = writeln!(r, "export        off (export.enabled = false)");

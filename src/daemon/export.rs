@@ -13,8 +13,8 @@ use super::workers::heatmap_path;
 use super::{Daemon, DaemonError};
 use crate::alert::{FaultKind, SeriesKey};
 use crate::config::Settings;
-use crate::decide::{Rule, Verdict};
 use crate::durable::{now, StateDir};
+use crate::output::SeriesSummary;
 
 /// How long after its thread ended the sender is started again.
 pub(super) const RESTART_AFTER: Duration = Duration::from_secs(5);
@@ -58,7 +58,8 @@ impl Daemon {
     /// verdict and run, however often its journal record is retried. The verdict
     /// never waits for export: what cannot be spooled is logged and journalled as skipped.
     /// `slices`: each slice in order, with its file and whether it is positive.
-    pub(super) fn spool_export(&mut self, uid: &str, o: &journal::OpenSeries, rule: &Rule, d: &crate::decide::SeriesDecision, slices: &[(&str, &SliceRec, bool)]) {
+    pub(super) fn spool_export(&mut self, o: &journal::OpenSeries, summary: &SeriesSummary, slices: &[(&str, &SliceRec, bool)]) {
+        let (uid, d) = (summary.series_uid.as_str(), &summary.decision);
         use crate::net::export::{self, Flagged, SeriesResult, SpoolError};
         let key = SeriesKey::of(uid, o.part);
         if !self.spooled.insert(format!("{uid}|{}|{}|{}|{:?}", o.part, d.positives, d.slices, d.verdict)) {
@@ -84,27 +85,7 @@ impl Daemon {
                 Flagged { sop: r.sop.clone(), frame: r.frame, multi_frame: multi.contains(f), prob: r.prob, heatmap: png.is_file().then_some(png) }
             })
             .collect();
-        let m = &self.scorer.model.manifest.model;
-        let result = SeriesResult {
-            series_uid: uid,
-            part: o.part,
-            positive: d.verdict == Verdict::Positive,
-            positives: d.positives,
-            slices: d.slices,
-            max_prob: d.max_prob,
-            threshold: rule.threshold,
-            min_positive_slices: rule.min_positive_slices,
-            min_positive_extent_mm: rule.min_positive_extent_mm,
-            min_positive_share: rule.min_positive_share,
-            positive_extent_mm: d.positive_extent_mm,
-            positive_share: d.positive_share,
-            series_rule: rule.describe(),
-            model: (&m.name, &m.version, &m.sha256),
-            scored,
-            flagged,
-            source: &source,
-            t: o.last_t,
-        };
+        let result = SeriesResult { summary, part: o.part, scored, flagged, source: &source, t: o.last_t };
         let spool = self.state_dir.export_spool();
         match export::spool(&self.settings.export, &spool, &result) {
             Ok(files) => {

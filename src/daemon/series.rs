@@ -108,8 +108,9 @@ impl Daemon {
             })
             .collect();
         let t = now();
+        let summary = SeriesSummary::new(uid, d, &rule, &self.scorer);
         let result = ResultFile::Series(Box::new(SeriesResult {
-            summary: SeriesSummary::new(uid, d, &rule, &self.scorer),
+            summary: summary.clone(),
             series_id: alert::series_id(uid, o.part),
             series_key: key.to_string(),
             part: o.part,
@@ -142,7 +143,7 @@ impl Daemon {
                 .zip(&recs)
                 .map(|(s, r)| (s.source.to_str().unwrap_or_default(), r, self.scorer.skip_reason(&rule, r.lung_fraction).is_none() && rule.slice_positive(f64::from(r.prob))))
                 .collect();
-            self.spool_export(uid, &o, &rule, &d, &in_order);
+            self.spool_export(&o, &summary, &in_order);
         }
         let verdict = if d.verdict == Verdict::Positive { "positive" } else { "negative" };
         if !self.record(Record::Final {

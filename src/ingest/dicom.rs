@@ -5,6 +5,7 @@
 //! Codecs: JPEG baseline/extended/lossless and RLE in pure Rust (dicom-rs `native`), JPEG 2000
 //! through `openjp2` (pure Rust port of OpenJPEG), JPEG-LS through CharLS (C++, built with cmake).
 
+use dicom_dictionary_std::uids;
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -78,7 +79,7 @@ fn open_bare_dataset(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject, In
         return Err(IngestError::rejected(path, "not a DICOM file (no DICM marker and no data set start)"));
     }
     let explicit = bytes[4].is_ascii_uppercase() && bytes[5].is_ascii_uppercase();
-    let ts_uid = if explicit { "1.2.840.10008.1.2.1" } else { "1.2.840.10008.1.2" };
+    let ts_uid = if explicit { uids::EXPLICIT_VR_LITTLE_ENDIAN } else { uids::IMPLICIT_VR_LITTLE_ENDIAN };
     dicom_scan::check(bytes, dicom_scan::Encoding { explicit, big_endian: false }).map_err(|e| IngestError::rejected(path, format!("not a readable DICOM data set: {e}")))?;
     dataset_with_meta(path, bytes, ts_uid)
 }
@@ -87,10 +88,10 @@ fn open_bare_dataset(path: &Path, bytes: &[u8]) -> Result<DefaultDicomObject, In
 fn dataset_with_meta(path: &Path, bytes: &[u8], ts_uid: &str) -> Result<DefaultDicomObject, IngestError> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
-        .filter(|ts| ts_uid != "1.2.840.10008.1.2.1.99" && ts.can_decode_dataset())
+        .filter(|ts| ts_uid != uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN && ts.can_decode_dataset())
         .ok_or_else(|| IngestError::rejected(path, format!("unreadable file meta with transfer syntax {ts_uid}")))?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| IngestError::rejected(path, format!("not a readable DICOM data set: {}", first_line(&e))))?;
-    let sop_class = str_of(&obj, tags::SOP_CLASS_UID).unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.2".into());
+    let sop_class = str_of(&obj, tags::SOP_CLASS_UID).unwrap_or_else(|| uids::CT_IMAGE_STORAGE.into());
     let sop_inst = str_of(&obj, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.0".into());
     obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(ts_uid).media_storage_sop_class_uid(sop_class).media_storage_sop_instance_uid(sop_inst))
         .map_err(|e| IngestError::rejected(path, format!("cannot complete the file meta: {}", first_line(&e))))
@@ -227,7 +228,7 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
     // While parsing, no value can legitimately be larger than the file itself.
     let mut file = crate::alloc_guard::with_limit(2 * bytes.len() + (16 << 20), || open_bytes(path, bytes))?;
     let ts_uid = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    repair(&mut file, ts_uid == "1.2.840.10008.1.2.2");
+    repair(&mut file, ts_uid == EXPLICIT_VR_BIG_ENDIAN);
     let obj: &Obj = &file;
     let sop_class = str_of(obj, tags::SOP_CLASS_UID).unwrap_or_else(|| file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string());
 
@@ -338,7 +339,12 @@ pub fn read_bytes(path: &Path, bytes: &[u8], opts: &IngestOptions) -> Result<Vec
 }
 
 /// The RLE Lossless transfer syntax, decoded by [`super::rle`].
-const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+const RLE_LOSSLESS: &str = uids::RLE_LOSSLESS;
+
+/// Explicit VR Big Endian: retired from the standard, still written by old scanners and
+/// archives, so still read (and accepted by the receiver).
+#[allow(deprecated)]
+pub const EXPLICIT_VR_BIG_ENDIAN: &str = uids::EXPLICIT_VR_BIG_ENDIAN;
 
 /// Decodes every frame of RLE Lossless pixel data (one fragment per frame).
 fn decode_rle(path: &Path, obj: &Obj, frames: usize, frame_px: usize, bytes_per: usize) -> Result<Vec<u8>, IngestError> {

@@ -8,6 +8,7 @@
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{Tag, VR};
+use dicom_dictionary_std::uids;
 use dicom_dictionary_std::StandardDataDictionary;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
@@ -26,9 +27,9 @@ impl Encoding {
     /// The encoding of a transfer syntax UID; None when the data set is deflated (not checked).
     pub fn of(ts_uid: &str) -> Option<Encoding> {
         match ts_uid {
-            "1.2.840.10008.1.2" => Some(Encoding { explicit: false, big_endian: false }),
-            "1.2.840.10008.1.2.2" => Some(Encoding { explicit: true, big_endian: true }),
-            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => None,
+            uids::IMPLICIT_VR_LITTLE_ENDIAN => Some(Encoding { explicit: false, big_endian: false }),
+            super::dicom::EXPLICIT_VR_BIG_ENDIAN => Some(Encoding { explicit: true, big_endian: true }),
+            uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN | uids::JPIP_REFERENCED_DEFLATE => None,
             _ => Some(Encoding { explicit: true, big_endian: false }),
         }
     }

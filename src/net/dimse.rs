@@ -59,13 +59,13 @@ pub fn command_set(obj: &InMemDicomObject) -> Vec<u8> {
 
 /// Checks that every element header of an implicit-VR little-endian command set fits in it
 /// (a declared length larger than the bytes left would make the parser allocate it).
-fn check_command(bytes: &[u8]) -> Result<(), String> {
+fn check_command(bytes: &[u8]) -> Result<(), super::Error> {
     let mut at = 0;
     while at < bytes.len() {
-        let Some(header) = bytes.get(at..at + 8) else { return Err("a truncated element in the command set".into()) };
+        let Some(header) = bytes.get(at..at + 8) else { return Err(super::Error::Protocol("a truncated element in the command set".into())) };
         let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
         if len > bytes.len() - at - 8 {
-            return Err(format!("a command element declares {len} bytes, {} are left", bytes.len() - at - 8));
+            return Err(super::Error::Protocol(format!("a command element declares {len} bytes, {} are left", bytes.len() - at - 8)));
         }
         at += 8 + len;
     }
@@ -73,9 +73,9 @@ fn check_command(bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Parses a command set received from a peer (element lengths checked first).
-pub fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, String> {
+pub fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, super::Error> {
     check_command(bytes)?;
-    InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).map_err(|e| format!("unreadable command: {e}"))
+    InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).map_err(|e| super::Error::Protocol(format!("unreadable command: {e}")))
 }
 
 /// A text element (of a command set or a data set), without padding (empty when absent).
@@ -105,6 +105,6 @@ mod tests {
         assert_eq!(len, bytes.len() - 12, "group length counts every element after it");
         let mut evil = bytes.clone();
         evil[4..8].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
-        assert!(read_command(&evil).unwrap_err().contains("declares"));
+        assert!(matches!(read_command(&evil).unwrap_err(), crate::net::Error::Protocol(m) if m.contains("declares")));
     }
 }

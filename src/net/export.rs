@@ -30,14 +30,16 @@ use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultRe
 use sha2::{Digest, Sha256};
 
 use super::dimse;
+use super::Error as NetError;
 use crate::config::ExportSettings;
+use crate::output::SeriesSummary;
 
 /// Comprehensive SR Storage.
-pub const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
+pub const COMPREHENSIVE_SR: &str = dicom_dictionary_std::uids::COMPREHENSIVE_SR_STORAGE;
 /// Secondary Capture Image Storage.
-pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
-const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+pub const SECONDARY_CAPTURE: &str = dicom_dictionary_std::uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
+const EXPLICIT_LE: &str = dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN;
+const IMPLICIT_LE: &str = dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN;
 /// The spool's folder name in the state folder, and where objects the PACS refused for good are
 /// kept in the spool ([`crate::durable::StateDir`] names them).
 pub use crate::durable::{EXPORT_FAILED as FAILED_DIR, EXPORT_SPOOL as SPOOL_DIR};
@@ -65,34 +67,10 @@ pub struct Flagged {
 /// One series verdict to send.
 #[derive(Debug, Clone)]
 pub struct SeriesResult<'a> {
-    /// Series Instance UID of the scanned series.
-    pub series_uid: &'a str,
+    /// The verdict as every result shows it (counts, measures, rule, model).
+    pub summary: &'a SeriesSummary,
     /// Part of the series.
     pub part: u16,
-    /// The verdict.
-    pub positive: bool,
-    /// Positive slices.
-    pub positives: usize,
-    /// Slices scored.
-    pub slices: usize,
-    /// Largest probability.
-    pub max_prob: f64,
-    /// Slice threshold in force.
-    pub threshold: f64,
-    /// Positive slices a positive series needs.
-    pub min_positive_slices: usize,
-    /// Millimetres of positive slices a positive series needs (0: no such condition).
-    pub min_positive_extent_mm: f64,
-    /// Share of the lung in positive slices a positive series needs (0: no such condition).
-    pub min_positive_share: f64,
-    /// Millimetres the positive slices stand for (`None`: slice spacing unknown).
-    pub positive_extent_mm: Option<f64>,
-    /// Share of the series' lung in positive slices.
-    pub positive_share: f64,
-    /// The whole series rule in words (`Rule::describe`).
-    pub series_rule: String,
-    /// Model name, version and sha256.
-    pub model: (&'a str, &'a str, &'a str),
     /// Every SOP instance scored (the evidence the verdict rests on), each once.
     pub scored: Vec<String>,
     /// The positive slices, in slice order.
@@ -101,6 +79,13 @@ pub struct SeriesResult<'a> {
     pub source: &'a Path,
     /// When the verdict was given (unix s).
     pub t: f64,
+}
+
+impl SeriesResult<'_> {
+    /// Whether the series is positive.
+    fn positive(&self) -> bool {
+        self.summary.decision.verdict == crate::decide::Verdict::Positive
+    }
 }
 
 /// The patient and study attributes copied from the scanned series, and its SOP class.
@@ -267,7 +252,7 @@ fn common(study: &Study, r: &SeriesResult, class: &str, sop: &str, series: &NewS
     put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, series.description);
     put(&mut o, tags::MANUFACTURER, VR::LO, "ctsentry");
     put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, "ctsentry");
-    let (name, version, _) = r.model;
+    let (name, version) = (&r.summary.model.name, &r.summary.model.version);
     put(
         &mut o,
         tags::SOFTWARE_VERSIONS,
@@ -295,19 +280,19 @@ fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
     let verdict = format!(
         "{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{:x}",
         r.part,
-        r.threshold,
-        r.min_positive_slices,
-        r.min_positive_extent_mm,
-        r.min_positive_share,
-        r.positive,
-        r.positives,
-        r.slices,
-        r.max_prob,
-        r.positive_extent_mm,
-        r.positive_share,
+        r.summary.rule.threshold,
+        r.summary.rule.min_positive_slices,
+        r.summary.rule.min_positive_extent_mm,
+        r.summary.rule.min_positive_share,
+        r.positive(),
+        r.summary.decision.positives,
+        r.summary.decision.slices,
+        r.summary.decision.max_prob,
+        r.summary.decision.positive_extent_mm,
+        r.summary.decision.positive_share,
         scored.finalize()
     );
-    let mut parts = vec![r.series_uid, r.model.2, verdict.as_str()];
+    let mut parts = vec![r.summary.series_uid.as_str(), r.summary.model.sha256.as_str(), verdict.as_str()];
     parts.extend_from_slice(what);
     derived_uid(&parts)
 }
@@ -315,10 +300,10 @@ fn uid_for(r: &SeriesResult, what: &[&str]) -> String {
 /// The verdict in words, as the SR states it.
 fn verdict_words(r: &SeriesResult) -> String {
     // ASCII in the words (the objects are UTF-8, but PACS viewers differ in what they show).
-    let (p, n, thr, need) = (r.positives, r.slices, decimal_string(r.threshold), r.series_rule.replace('≥', ">="));
-    let extent = r.positive_extent_mm.map_or("unknown extent".to_string(), |e| format!("{e:.0} mm"));
-    let share = format!("{:.0} % of the lung", r.positive_share * 100.0);
-    if r.positive {
+    let (p, n, thr, need) = (r.summary.decision.positives, r.summary.decision.slices, decimal_string(r.summary.rule.threshold), r.summary.rule.describe().replace('≥', ">="));
+    let extent = r.summary.decision.positive_extent_mm.map_or("unknown extent".to_string(), |e| format!("{e:.0} mm"));
+    let share = format!("{:.0} % of the lung", r.summary.decision.positive_share * 100.0);
+    if r.positive() {
         format!("positive: {p} of {n} slices at or above the slice threshold {thr}, {extent}, {share} (needed: {need}); findings suggestive of COVID-19 pneumonia")
     } else {
         format!("negative: {p} of {n} slices at or above the slice threshold {thr}, {extent}, {share} (needed: {need}); no COVID-19 pneumonia pattern found")
@@ -347,7 +332,7 @@ fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
     put_seq(&mut o, tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE, vec![scheme]);
     // The evidence: the scanned series' instances that were scored.
     let mut series_ref = InMemDicomObject::new_empty();
-    put(&mut series_ref, tags::SERIES_INSTANCE_UID, VR::UI, dimse::uid(r.series_uid));
+    put(&mut series_ref, tags::SERIES_INSTANCE_UID, VR::UI, dimse::uid(r.summary.series_uid.as_str()));
     put_seq(&mut series_ref, tags::REFERENCED_SOP_SEQUENCE, r.scored.iter().map(|sop| sop_ref(&study.source_class, sop, None)).collect());
     let mut study_ref = InMemDicomObject::new_empty();
     put(&mut study_ref, tags::STUDY_INSTANCE_UID, VR::UI, dimse::uid(&study.study_uid));
@@ -355,19 +340,19 @@ fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
     if !r.scored.is_empty() {
         put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![study_ref]);
     }
-    let (name, version, sha) = r.model;
+    let (name, version, sha) = (&r.summary.model.name, &r.summary.model.version, &r.summary.model.sha256);
     let unit = ("1", "no units");
     let slices = ("{slices}", "slices");
     let mut content = vec![
         text_item(code("CTS-VERDICT", SCHEME, "Verdict"), &verdict_words(r)),
-        num_item(code("CTS-POSITIVE", SCHEME, "Positive slices"), r.positives as f64, slices),
-        num_item(code("CTS-SLICES", SCHEME, "Slices scored"), r.slices as f64, slices),
-        num_item(code("CTS-MAXPROB", SCHEME, "Maximum slice probability"), r.max_prob, unit),
-        num_item(code("CTS-THRESHOLD", SCHEME, "Slice threshold"), r.threshold, unit),
-        num_item(code("CTS-MINPOS", SCHEME, "Positive slices needed"), r.min_positive_slices as f64, slices),
-        num_item(code("CTS-MINEXT", SCHEME, "Positive extent needed"), r.min_positive_extent_mm, ("mm", "millimeter")),
-        num_item(code("CTS-SHARE", SCHEME, "Share of the lung in positive slices"), r.positive_share, unit),
-        num_item(code("CTS-MINSHARE", SCHEME, "Share of the lung needed"), r.min_positive_share, unit),
+        num_item(code("CTS-POSITIVE", SCHEME, "Positive slices"), r.summary.decision.positives as f64, slices),
+        num_item(code("CTS-SLICES", SCHEME, "Slices scored"), r.summary.decision.slices as f64, slices),
+        num_item(code("CTS-MAXPROB", SCHEME, "Maximum slice probability"), r.summary.decision.max_prob, unit),
+        num_item(code("CTS-THRESHOLD", SCHEME, "Slice threshold"), r.summary.rule.threshold, unit),
+        num_item(code("CTS-MINPOS", SCHEME, "Positive slices needed"), r.summary.rule.min_positive_slices as f64, slices),
+        num_item(code("CTS-MINEXT", SCHEME, "Positive extent needed"), r.summary.rule.min_positive_extent_mm, ("mm", "millimeter")),
+        num_item(code("CTS-SHARE", SCHEME, "Share of the lung in positive slices"), r.summary.decision.positive_share, unit),
+        num_item(code("CTS-MINSHARE", SCHEME, "Share of the lung needed"), r.summary.rule.min_positive_share, unit),
         text_item(code("111001", "DCM", "Algorithm Name"), name),
         text_item(code("111003", "DCM", "Algorithm Version"), version),
         text_item(code("CTS-SHA256", SCHEME, "Model SHA-256"), sha),
@@ -376,7 +361,7 @@ fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
             "NOT FOR DIAGNOSTIC USE. A triage aid: a DenseNet121 classifier's slice probabilities, counted against the threshold; a radiologist reads the study.",
         ),
     ];
-    if let Some(e) = r.positive_extent_mm {
+    if let Some(e) = r.summary.decision.positive_extent_mm {
         content.insert(3, num_item(code("CTS-EXTENT", SCHEME, "Craniocaudal extent of positive slices"), e, ("mm", "millimeter")));
     }
     for f in &r.flagged {
@@ -412,8 +397,8 @@ fn heatmap_capture(study: &Study, r: &SeriesResult, f: &Flagged, png: &Path, num
     put(&mut o, tags::PATIENT_ORIENTATION, VR::CS, PrimitiveValue::Empty);
     put(&mut o, tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(dicom_core::smallvec::smallvec!["DERIVED".to_string(), "SECONDARY".to_string()]));
     put(&mut o, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
-    put(&mut o, tags::DERIVATION_DESCRIPTION, VR::ST, format!("class activation map of {} {} over the CT slice", r.model.0, r.model.1));
-    put(&mut o, tags::IMAGE_COMMENTS, VR::LT, format!("NOT FOR DIAGNOSTIC USE. Slice probability {:.4}, threshold {}.", f.prob, decimal_string(r.threshold)));
+    put(&mut o, tags::DERIVATION_DESCRIPTION, VR::ST, format!("class activation map of {} {} over the CT slice", r.summary.model.name, r.summary.model.version));
+    put(&mut o, tags::IMAGE_COMMENTS, VR::LT, format!("NOT FOR DIAGNOSTIC USE. Slice probability {:.4}, threshold {}.", f.prob, decimal_string(r.summary.rule.threshold)));
     put_seq(&mut o, tags::SOURCE_IMAGE_SEQUENCE, vec![sop_ref(&study.source_class, &f.sop, f.multi_frame.then_some(f.frame))]);
     put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 3u16);
     put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
@@ -447,7 +432,7 @@ pub fn spool(settings: &ExportSettings, dir: &Path, r: &SeriesResult) -> Result<
     if settings.sr {
         objects.push(structured_report(&study, r));
     }
-    if settings.heatmaps && r.positive {
+    if settings.heatmaps && r.positive() {
         let mut best: Vec<&Flagged> = r.flagged.iter().filter(|f| f.heatmap.is_some()).collect();
         best.sort_by(|a, b| b.prob.total_cmp(&a.prob));
         best.truncate(settings.max_heatmaps);
@@ -464,7 +449,7 @@ pub fn spool(settings: &ExportSettings, dir: &Path, r: &SeriesResult) -> Result<
             }
         }
     }
-    let id = crate::alert::series_id(r.series_uid, r.part);
+    let id = crate::alert::series_id(r.summary.series_uid.as_str(), r.part);
     let mut files = Vec::new();
     for (i, o) in objects.into_iter().enumerate() {
         let path = dir.join(format!("{id}.{i:03}.dcm"));
@@ -573,10 +558,12 @@ fn run(settings: &ExportSettings, dir: &Path, wake: &Receiver<()>, tx: &Sender<E
                         continue;
                     }
                 }
-                Err(reason) => {
-                    let wait = backoff.map_or(1.0, |w| w * 2.0).min(settings.retry_max_seconds);
+                Err(e) => {
+                    // What may pass by itself is tried again soon, then less and less often; a
+                    // refusal by the PACS's configuration waits the longest back-off at once.
+                    let wait = if e.is_transient() { backoff.map_or(1.0, |w| w * 2.0) } else { settings.retry_max_seconds }.min(settings.retry_max_seconds);
                     backoff = Some(wait);
-                    if tx.send(ExportEvent::Unreachable { reason, retry_s: wait }).is_err() {
+                    if tx.send(ExportEvent::Unreachable { reason: e.to_string(), retry_s: wait }).is_err() {
                         return;
                     }
                 }
@@ -609,7 +596,7 @@ fn set_aside(dir: &Path, path: &Path, reason: &str, tx: &Sender<ExportEvent>) {
 
 /// Sends `files` over one association. `Err` when nothing more can be sent now (unreachable,
 /// association refused, out of resources); files refused for good are set aside.
-fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sender<ExportEvent>) -> Result<(), String> {
+fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sender<ExportEvent>) -> Result<(), NetError> {
     let mut options = ClientAssociationOptions::new()
         .calling_ae_title(settings.calling_ae.as_str())
         .called_ae_title(settings.called_ae.as_str())
@@ -621,7 +608,7 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
         options = options.with_presentation_context(c, vec![EXPLICIT_LE, IMPLICIT_LE]);
     }
     let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
-    let mut assoc = options.establish_with(&settings.peer).map_err(|e| format!("no association with the PACS {where_}: {e}"))?;
+    let mut assoc = options.establish_with(&settings.peer).map_err(|e| NetError::Unreachable(format!("no association with the PACS {where_}: {e}")))?;
     let accepted: Vec<(u8, String, String)> = assoc
         .presentation_contexts()
         .iter()
@@ -643,11 +630,14 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
         let Some((pc, _, ts_uid)) = accepted.iter().find(|(_, a, _)| *a == class) else {
             // Usually the PACS's configuration: a fault to fix, not a reason to give up.
             let _ = assoc.abort();
-            return Err(format!("the PACS {where_} does not accept SOP class {class} ({})", if class == COMPREHENSIVE_SR { "Comprehensive SR" } else { "Secondary Capture" }));
+            return Err(NetError::Refused(format!(
+                "the PACS {where_} does not accept SOP class {class} ({})",
+                if class == COMPREHENSIVE_SR { "Comprehensive SR" } else { "Secondary Capture" }
+            )));
         };
         let Some(ts) = TransferSyntaxRegistry.get(ts_uid) else {
             let _ = assoc.abort();
-            return Err(format!("the PACS {where_} chose transfer syntax {ts_uid}, which ctsentry cannot write"));
+            return Err(NetError::Refused(format!("the PACS {where_} chose transfer syntax {ts_uid}, which ctsentry cannot write")));
         };
         let mut data = Vec::new();
         if let Err(e) = obj.write_dataset_with_ts(&mut data, ts) {
@@ -667,13 +657,13 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
             w.write_all(&data).and_then(|()| w.finish()).map_err(|e| e.to_string())
         });
         if let Err(e) = sent {
-            return Err(format!("sending to the PACS {where_}: {e}"));
+            return Err(NetError::Link(format!("sending to the PACS {where_}: {e}")));
         }
         let status = match response_status(&mut assoc, dimse::C_STORE_RSP, message_id) {
             Ok(s) => s,
             Err(e) => {
                 let _ = assoc.abort();
-                return Err(format!("the PACS {where_}: {e}"));
+                return Err(e.with_context(&format!("the PACS {where_}")));
             }
         };
         message_id = message_id.wrapping_add(1).max(1);
@@ -689,7 +679,7 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
             }
             s if s & 0xFF00 == 0xA700 => {
                 let _ = assoc.abort();
-                return Err(format!("the PACS {where_} is out of resources (status 0x{s:04X})"));
+                return Err(NetError::Busy(format!("the PACS {where_} is out of resources (status 0x{s:04X})")));
             }
             s => set_aside(dir, path, &format!("the PACS {where_} refused it with status 0x{s:04X}"), tx),
         }
@@ -699,7 +689,7 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
 }
 
 /// Asks the PACS for a C-ECHO (what `doctor` checks): Ok when it answers success.
-pub fn echo(settings: &ExportSettings, timeout: Duration) -> Result<(), String> {
+pub fn echo(settings: &ExportSettings, timeout: Duration) -> Result<(), NetError> {
     let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
     let mut assoc = ClientAssociationOptions::new()
         .calling_ae_title(settings.calling_ae.as_str())
@@ -709,10 +699,10 @@ pub fn echo(settings: &ExportSettings, timeout: Duration) -> Result<(), String> 
         .read_timeout(timeout)
         .write_timeout(timeout)
         .establish_with(&settings.peer)
-        .map_err(|e| format!("no association with the PACS {where_}: {e}"))?;
+        .map_err(|e| NetError::Unreachable(format!("no association with the PACS {where_}: {e}")))?;
     let Some(pc) = assoc.presentation_contexts().iter().find(|c| c.reason == PresentationContextResultReason::Acceptance).map(|c| c.id) else {
         let _ = assoc.abort();
-        return Err(format!("the PACS {where_} does not accept C-ECHO"));
+        return Err(NetError::Refused(format!("the PACS {where_} does not accept C-ECHO")));
     };
     let mut cmd = InMemDicomObject::new_empty();
     put(&mut cmd, tags::AFFECTED_SOP_CLASS_UID, VR::UI, dimse::uid(crate::net::scp::VERIFICATION));
@@ -720,44 +710,44 @@ pub fn echo(settings: &ExportSettings, timeout: Duration) -> Result<(), String> 
     put(&mut cmd, tags::MESSAGE_ID, VR::US, 1u16);
     put(&mut cmd, tags::COMMAND_DATA_SET_TYPE, VR::US, dimse::NO_DATA_SET);
     let pdu = Pdu::PData { data: vec![PDataValue { presentation_context_id: pc, value_type: PDataValueType::Command, is_last: true, data: dimse::command_set(&cmd) }] };
-    assoc.send(&pdu).map_err(|e| format!("the PACS {where_}: {e}"))?;
-    let status = response_status(&mut assoc, dimse::C_ECHO_RSP, 1).map_err(|e| format!("the PACS {where_}: {e}"))?;
+    assoc.send(&pdu).map_err(|e| NetError::Link(format!("the PACS {where_}: {e}")))?;
+    let status = response_status(&mut assoc, dimse::C_ECHO_RSP, 1).map_err(|e| e.with_context(&format!("the PACS {where_}")))?;
     let _ = assoc.release();
     if status == dimse::SUCCESS {
         Ok(())
     } else {
-        Err(format!("the PACS {where_} answered C-ECHO with status 0x{status:04X}"))
+        Err(NetError::Refused(format!("the PACS {where_} answered C-ECHO with status 0x{status:04X}")))
     }
 }
 
 /// Reads the response (command field `field`) to `message_id` and returns its status.
-fn response_status<S>(assoc: &mut dicom_ul::association::client::ClientAssociation<S>, field: u16, message_id: u16) -> Result<u16, String>
+fn response_status<S>(assoc: &mut dicom_ul::association::client::ClientAssociation<S>, field: u16, message_id: u16) -> Result<u16, NetError>
 where
     S: dicom_ul::association::CloseSocket + std::io::Read + std::io::Write,
 {
     let mut command = Vec::new();
     loop {
-        match assoc.receive().map_err(|e| format!("no response: {e}"))? {
+        match assoc.receive().map_err(|e| NetError::Link(format!("no response: {e}")))? {
             Pdu::PData { data } => {
                 for v in data {
                     if v.value_type != PDataValueType::Command {
-                        return Err("a data set where a response was expected".into());
+                        return Err(NetError::Protocol("a data set where a response was expected".into()));
                     }
                     command.extend_from_slice(&v.data);
                     if command.len() > dimse::MAX_COMMAND_BYTES {
-                        return Err("a response over 64 KiB".into());
+                        return Err(NetError::Protocol("a response over 64 KiB".into()));
                     }
                     if v.is_last {
                         let cmd = dimse::read_command(&command)?;
                         if dimse::int(&cmd, tags::COMMAND_FIELD) != Some(field) || dimse::int(&cmd, tags::MESSAGE_ID_BEING_RESPONDED_TO) != Some(message_id) {
-                            return Err("a response that is not the one awaited".into());
+                            return Err(NetError::Protocol("a response that is not the one awaited".into()));
                         }
-                        return dimse::int(&cmd, tags::STATUS).ok_or_else(|| "a response without a status".to_string());
+                        return dimse::int(&cmd, tags::STATUS).ok_or_else(|| NetError::Protocol("a response without a status".into()));
                     }
                 }
             }
-            Pdu::AbortRQ { source } => return Err(format!("aborted the association ({source:?})")),
-            other => return Err(format!("unexpected PDU {other:?}")),
+            Pdu::AbortRQ { source } => return Err(NetError::Link(format!("aborted the association ({source:?})"))),
+            other => return Err(NetError::Protocol(format!("unexpected PDU {other:?}"))),
         }
     }
 }

@@ -26,25 +26,26 @@ use super::dimse::{
     UNRECOGNIZED_OPERATION,
 };
 use crate::config::DicomSettings;
+use dicom_dictionary_std::uids;
 
 /// Verification SOP class (C-ECHO).
-pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+pub const VERIFICATION: &str = uids::VERIFICATION;
 /// The storage SOP classes accepted: CT Image and Enhanced CT Image.
-pub const CT_STORAGE: [&str; 2] = ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"];
+pub const CT_STORAGE: [&str; 2] = [uids::CT_IMAGE_STORAGE, uids::ENHANCED_CT_IMAGE_STORAGE];
 /// The transfer syntaxes accepted: those ingest decodes.
 pub const TRANSFER_SYNTAXES: [&str; 12] = [
-    "1.2.840.10008.1.2",      // implicit VR little endian
-    "1.2.840.10008.1.2.1",    // explicit VR little endian
-    "1.2.840.10008.1.2.2",    // explicit VR big endian
-    "1.2.840.10008.1.2.1.99", // deflated explicit VR little endian
-    "1.2.840.10008.1.2.5",    // RLE lossless
-    "1.2.840.10008.1.2.4.50", // JPEG baseline
-    "1.2.840.10008.1.2.4.57", // JPEG lossless, process 14
-    "1.2.840.10008.1.2.4.70", // JPEG lossless, first-order prediction
-    "1.2.840.10008.1.2.4.80", // JPEG-LS lossless
-    "1.2.840.10008.1.2.4.81", // JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    crate::ingest::dicom::EXPLICIT_VR_BIG_ENDIAN,
+    uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::RLE_LOSSLESS,
+    uids::JPEG_BASELINE8_BIT,
+    uids::JPEG_LOSSLESS,
+    uids::JPEG_LOSSLESS_SV1,
+    uids::JPEGLS_LOSSLESS,
+    uids::JPEGLS_NEAR_LOSSLESS,
+    uids::JPEG2000_LOSSLESS,
+    uids::JPEG2000,
 ];
 
 /// Counters of the receiver (for logs and metrics).
@@ -167,7 +168,7 @@ struct Pending {
     sink: Sink,
 }
 
-fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Path, stats: &ScpStats) -> Result<(), String> {
+fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Path, stats: &ScpStats) -> Result<(), super::Error> {
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(Callers(settings.allowed_callers.clone()))
         .ae_title(settings.ae_title.as_str())
@@ -183,7 +184,7 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
         Ok(a) => a,
         Err(e) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(format!("not established: {e}"));
+            return Err(super::Error::Unreachable(format!("not established: {e}")));
         }
     };
     stats.associations.fetch_add(1, Ordering::Relaxed);
@@ -200,24 +201,24 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
     let mut pending: Option<Pending> = None;
     let (mut stored, mut failed) = (0u64, 0u64);
     loop {
-        let pdu = assoc.receive().map_err(|e| format!("receiving: {e} ({stored} stored)"))?;
+        let pdu = assoc.receive().map_err(|e| super::Error::Link(format!("receiving: {e} ({stored} stored)")))?;
         match pdu {
             Pdu::PData { data } => {
                 for value in data {
                     let pc = value.presentation_context_id;
                     let Some((_, abstract_syntax, ts)) = contexts.iter().find(|c| c.0 == pc) else {
                         let _ = assoc.abort();
-                        return Err(format!("data on presentation context {pc}, which was not accepted"));
+                        return Err(super::Error::Protocol(format!("data on presentation context {pc}, which was not accepted")));
                     };
                     let reply = match value.value_type {
                         PDataValueType::Command => {
                             if pending.is_some() {
-                                return Err("a command arrived before the previous data set ended".into());
+                                return Err(super::Error::Protocol("a command arrived before the previous data set ended".into()));
                             }
                             command.extend_from_slice(&value.data);
                             if command.len() > MAX_COMMAND_BYTES {
                                 let _ = assoc.abort();
-                                return Err(format!("a command set over {MAX_COMMAND_BYTES} bytes"));
+                                return Err(super::Error::Protocol(format!("a command set over {MAX_COMMAND_BYTES} bytes")));
                             }
                             if !value.is_last {
                                 continue;
@@ -233,7 +234,7 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
                         }
                         PDataValueType::Data => {
                             let Some(p) = pending.as_mut() else {
-                                return Err("a data set without a command".into());
+                                return Err(super::Error::Protocol("a data set without a command".into()));
                             };
                             if let Sink::File(f) = &mut p.sink {
                                 if f.written + value.data.len() as u64 > settings.max_instance_bytes {
@@ -278,15 +279,15 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
                         }
                     };
                     let pdu = Pdu::PData { data: vec![PDataValue { presentation_context_id: pc, value_type: PDataValueType::Command, is_last: true, data: reply }] };
-                    assoc.send(&pdu).map_err(|e| format!("sending a response: {e}"))?;
+                    assoc.send(&pdu).map_err(|e| super::Error::Link(format!("sending a response: {e}")))?;
                 }
             }
             Pdu::ReleaseRQ => {
                 let _ = assoc.send(&Pdu::ReleaseRP);
                 break;
             }
-            Pdu::AbortRQ { source } => return Err(format!("aborted by the peer ({source:?}); {stored} stored")),
-            other => return Err(format!("unexpected PDU {other:?}")),
+            Pdu::AbortRQ { source } => return Err(super::Error::Link(format!("aborted by the peer ({source:?}); {stored} stored"))),
+            other => return Err(super::Error::Protocol(format!("unexpected PDU {other:?}"))),
         }
     }
     log::info!("dicom: association from {caller:?} released: {stored} instances stored, {failed} failed");
