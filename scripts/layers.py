@@ -2,11 +2,13 @@
 """The shape of the crate, measured: which top-level module imports which, whether any imports
 run in a circle or upwards (against LAYERS below), and how long each source file is.
 
-Usage: python3 scripts/layers.py [--graph]   (exit 1 on a circle, an upward import, a file over
-MAX_LINES, src/daemon/mod.rs over MAX_DAEMON_MOD, or `crate::daemon` outside daemon/ and main.rs).
+Usage: python3 scripts/layers.py [--graph]   (exit 1 on a circle, an upward import, a file of
+src/ or tests/ over MAX_LINES, src/daemon/mod.rs over MAX_DAEMON_MOD, or a circle among the
+Python training tools of models/training/). `crate::daemon` outside daemon/ is an upward import:
+the daemon is the top layer. main.rs (the CLI) may use every layer and is not counted.
 
-An import is any path `crate::NAME` (or `ctsentry::NAME` in the binary and benches), in `use`
-or inline; `crate::{a, b}` counts each name. Comments and string literals are stripped first.
+An import is any path `crate::NAME` in a library file, in `use` or inline; `crate::{a, b}`
+counts each name. Comments and string literals are stripped first.
 """
 import re
 import sys
@@ -84,26 +86,8 @@ def imports(text: str, prefix: str) -> set:
     return names
 
 
-def main() -> int:
-    layer_of = {m: i for i, layer in enumerate(LAYERS) for m in layer}
-    order_of = {m: (i, layer.index(m)) for i, layer in enumerate(LAYERS) for m in layer}
-    graph, problems, sizes = {}, [], []
-    for path in sorted(SRC.rglob("*.rs")):
-        text = path.read_text()
-        sizes.append((len(text.splitlines()), path.relative_to(ROOT)))
-        if path.name in ("main.rs", "lib.rs") and path.parent == SRC:
-            continue
-        mod = top_module(path)
-        if mod not in layer_of:
-            problems.append(f"{path.relative_to(ROOT)}: module {mod} is not in scripts/layers.py LAYERS")
-            continue
-        for dep in imports(strip(text), r"\bcrate") - {mod, "self", "super"}:
-            if dep not in layer_of:
-                continue
-            graph.setdefault(mod, set()).add(dep)
-            if order_of[dep] > order_of[mod]:
-                problems.append(f"upward import: {path.relative_to(ROOT)} ({mod}, layer {layer_of[mod]}) uses crate::{dep} (layer {layer_of[dep]})")
-    # Circles (Tarjan's strongly connected components).
+def circles(graph: dict, nodes: list) -> list:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
     index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]
 
     def visit(v):
@@ -128,11 +112,44 @@ def main() -> int:
             if len(comp) > 1:
                 sccs.append(sorted(comp))
 
-    for v in sorted(layer_of):
+    for v in nodes:
         if v not in index:
             visit(v)
+    return sccs
+
+
+def main() -> int:
+    layer_of = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    order_of = {m: (i, layer.index(m)) for i, layer in enumerate(LAYERS) for m in layer}
+    graph, problems, sizes = {}, [], []
+    for path in sorted(SRC.rglob("*.rs")):
+        text = path.read_text()
+        sizes.append((len(text.splitlines()), path.relative_to(ROOT)))
+        if path.name in ("main.rs", "lib.rs") and path.parent == SRC:
+            continue
+        mod = top_module(path)
+        if mod not in layer_of:
+            problems.append(f"{path.relative_to(ROOT)}: module {mod} is not in scripts/layers.py LAYERS")
+            continue
+        for dep in imports(strip(text), r"\bcrate") - {mod, "self", "super"}:
+            if dep not in layer_of:
+                continue
+            graph.setdefault(mod, set()).add(dep)
+            if order_of[dep] > order_of[mod]:
+                problems.append(f"upward import: {path.relative_to(ROOT)} ({mod}, layer {layer_of[mod]}) uses crate::{dep} (layer {layer_of[dep]})")
+    sccs = circles(graph, sorted(layer_of))
     for comp in sccs:
         problems.append(f"import circle: {' <-> '.join(comp)}")
+    # The training tools (Python): no module imports one that imports it back, at any depth
+    # (imports inside functions count too).
+    training = ROOT / "models" / "training"
+    local = {p.stem for p in training.glob("*.py")}
+    py_graph = {}
+    for p in training.glob("*.py"):
+        deps = set(re.findall(r"^\s*(?:from|import)\s+(\w+)", p.read_text(), re.M)) & local
+        py_graph[p.stem] = deps - {p.stem}
+    for comp in circles(py_graph, sorted(local)):
+        problems.append(f"import circle in models/training: {' <-> '.join(comp)}")
     for n, p in sizes:
         if n > MAX_LINES:
             problems.append(f"{p}: {n} lines (at most {MAX_LINES})")

@@ -88,7 +88,7 @@ fn readme_quick_start_as_written() {
 
     // `cargo run --release -- run`: the daemon on the default config found in the working directory.
     let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
-    let mut daemon = bin(&checkout).arg("run").stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let mut daemon = common::Proc(bin(&checkout).arg("run").stdout(Stdio::null()).stderr(log).spawn().unwrap());
     let read_log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
     let t0 = Instant::now();
     while !checkout.join("var/state/status.json").exists() {

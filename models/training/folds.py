@@ -9,6 +9,10 @@ import os
 
 import numpy as np
 
+# The pointing game's tolerance: a peak within 15 pixels of a 512-pixel slice's lesion counts
+# (scaled with the image). pointing.py scores it, train.py's pointing loss aims at it.
+TOLERANCE_PER_512 = 15.0
+
 
 def load_prep(folder):
     """A `ctsentry prep` folder: (tensors [N,3,224,224] memory-mapped, index.csv rows, params.json);

@@ -36,9 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from folds import load_prep, patient  # noqa: E402
-
-TOLERANCE_PER_512 = 15.0
+from folds import TOLERANCE_PER_512, load_prep, patient  # noqa: E402
 
 
 def bilinear_weights(n_in, n_out):

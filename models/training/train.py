@@ -38,8 +38,7 @@ import torch.nn.functional as F
 import torchvision
 
 import folds
-from folds import load_prep, patient
-from pointing import TOLERANCE_PER_512
+from folds import TOLERANCE_PER_512, load_prep, patient
 
 
 class Net(nn.Module):

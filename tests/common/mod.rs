@@ -26,6 +26,32 @@ pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_ctsentry"))
 }
 
+/// A child process under test (a daemon, a PACS): killed and reaped when dropped, so that a
+/// failed assert leaves nothing running.
+pub struct Proc(pub std::process::Child);
+
+impl std::ops::Deref for Proc {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// A description of one synthetic CT slice.
 #[derive(Clone)]
 pub struct CtSlice {

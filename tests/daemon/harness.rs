@@ -3,38 +3,12 @@
 //! feed read back, waits with deadlines, the serial and LED peers, HTTP.
 
 use std::collections::BTreeMap;
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::*;
 pub use ctsentry::output::{FeedEvent, FeedKind, FeedStage, ResultFile, SeriesResult};
-
-/// A running `ctsentry run`: killed and reaped when dropped.
-pub struct Proc(pub Child);
-
-impl Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
 
 /// A daemon config over `root/var` with the tiny model (lung mask off: synthetic slices have no
 /// lungs), `extra` appended.
