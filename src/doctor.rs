@@ -268,12 +268,7 @@ pub fn run(source: &ConfigSource) -> Report {
             r,
             "dicom         {}",
             if s.dicom.enabled {
-                format!(
-                    "C-ECHO/C-STORE SCP {:?} on {}, callers {}",
-                    s.dicom.ae_title,
-                    s.dicom.listen,
-                    if s.dicom.allowed_callers.is_empty() { "any".into() } else { s.dicom.allowed_callers.join(", ") }
-                )
+                format!("C-ECHO/C-STORE SCP {:?} on {}, callers {}", s.dicom.ae_title, s.dicom.listen, s.dicom.callers_text())
             } else {
                 "receiver off (dicom.enabled = false)".into()
             }

@@ -4,7 +4,8 @@
 //! Names (DESIGN.md), all prefixed `ctsentry_`: `slices_scored_total`, `series_total{verdict}`,
 //! `alerts_total{stage}`, `files_quarantined_total`, `inference_seconds` (histogram per engine
 //! call), `queue_files`, `open_series`, `fault{kind}` (0/1), `alert_latched` (0/1); also
-//! `dicom_associations_total`, `dicom_refused_total`, `dicom_instances_stored_total`,
+//! `dicom_associations_total`, `dicom_refused_total`, `dicom_refused_callers_total`,
+//! `dicom_connections_closed_total`, `dicom_instances_stored_total`,
 //! `dicom_instances_failed_total` when the receiver runs. `/healthz`: 200 `ok` while running
 //! without faults, 503 naming the faults otherwise.
 
@@ -144,6 +145,20 @@ impl Metrics {
         if let Some(d) = self.dicom.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             family(&mut o, "dicom_associations_total", "counter", "DICOM associations accepted.", &[(String::new(), c(&d.associations) as f64)]);
             family(&mut o, "dicom_refused_total", "counter", "DICOM associations refused.", &[(String::new(), c(&d.refused) as f64)]);
+            family(
+                &mut o,
+                "dicom_refused_callers_total",
+                "counter",
+                "DICOM associations refused by dicom.allowed_callers (title or source address).",
+                &[(String::new(), c(&d.refused_callers) as f64)],
+            );
+            family(
+                &mut o,
+                "dicom_connections_closed_total",
+                "counter",
+                "DICOM connections closed before an association: no A-ASSOCIATE-RQ within dicom.artim_seconds, or too many from one address.",
+                &[(String::new(), c(&d.closed_idle) as f64)],
+            );
             family(&mut o, "dicom_instances_stored_total", "counter", "DICOM instances written into the drop folder.", &[(String::new(), c(&d.stored) as f64)]);
             family(&mut o, "dicom_instances_failed_total", "counter", "DICOM instances answered with a failure.", &[(String::new(), c(&d.failed) as f64)]);
         }

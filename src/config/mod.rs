@@ -142,12 +142,101 @@ pub struct DicomSettings {
     pub ae_title: String,
     /// Address and port to listen on.
     pub listen: std::net::SocketAddr,
-    /// Calling AE titles accepted; empty: any.
-    pub allowed_callers: Vec<String>,
+    /// Callers accepted (an AE title, optionally bound to a source address or network); empty:
+    /// any.
+    pub allowed_callers: Vec<Caller>,
     /// Associations served at once; more are refused until one ends.
     pub max_associations: usize,
+    /// Connections from one source address served at once (the others are closed at once).
+    pub max_associations_per_address: usize,
+    /// A connection that has not sent its A-ASSOCIATE-RQ this long after it opened is closed
+    /// (the ARTIM timer of PS3.8).
+    pub artim: std::time::Duration,
     /// Largest instance accepted (bytes); a larger one is answered "out of resources".
     pub max_instance_bytes: u64,
+}
+
+impl DicomSettings {
+    /// `dicom.allowed_callers` as an admin wrote them, comma-separated ("any" when empty).
+    pub fn callers_text(&self) -> String {
+        if self.allowed_callers.is_empty() {
+            "any".into()
+        } else {
+            self.allowed_callers.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
+/// One entry of `dicom.allowed_callers`: `"CT1"` (the AE title from anywhere), `"CT1@10.1.2.3"`
+/// (from that address only) or `"CT1@10.1.2.0/24"` (from that network; IPv6 too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The calling AE title.
+    pub ae_title: String,
+    /// The network it must call from (`None`: any), as address and prefix length.
+    pub from: Option<(std::net::IpAddr, u8)>,
+}
+
+impl Caller {
+    /// Parses an entry; the reason when it is not one.
+    pub fn parse(entry: &str) -> Result<Caller, String> {
+        let entry = entry.trim();
+        let (title, from) = match entry.split_once('@') {
+            Some((t, f)) => (t.trim(), Some(f.trim())),
+            None => (entry, None),
+        };
+        let from = from
+            .map(|f| {
+                let (addr, prefix) = match f.split_once('/') {
+                    Some((a, p)) => (a, Some(p)),
+                    None => (f, None),
+                };
+                let addr: std::net::IpAddr = addr.parse().map_err(|_| format!("{f:?} is not an IP address or network (e.g. 10.1.2.3 or 10.1.2.0/24)"))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                let prefix = match prefix {
+                    Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{f:?}: the prefix length must be 0 to {max}"))?,
+                    None => max,
+                };
+                Ok::<_, String>((addr, prefix))
+            })
+            .transpose()?;
+        Ok(Caller { ae_title: title.to_string(), from })
+    }
+
+    /// Whether a caller with this AE title at this address is this entry.
+    pub fn admits(&self, ae_title: &str, addr: std::net::IpAddr) -> bool {
+        self.ae_title == ae_title.trim() && self.from.is_none_or(|(net, prefix)| in_network(addr, net, prefix))
+    }
+}
+
+/// Whether `addr` lies in `net`/`prefix` (an IPv4-mapped IPv6 address counts as its IPv4 one).
+fn in_network(addr: std::net::IpAddr, net: std::net::IpAddr, prefix: u8) -> bool {
+    use std::net::IpAddr;
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        a => a,
+    };
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.from {
+            None => write!(f, "{}", self.ae_title),
+            Some((a, p)) if p == if a.is_ipv4() { 32 } else { 128 } => write!(f, "{}@{a}", self.ae_title),
+            Some((a, p)) => write!(f, "{}@{a}/{p}", self.ae_title),
+        }
+    }
 }
 
 /// Results back to the PACS (`[export]`): a Comprehensive SR per series verdict and, for a

@@ -66,8 +66,10 @@ pub(super) struct RawDicom {
     pub(super) enabled: bool,
     pub(super) ae_title: Spanned<String>,
     pub(super) listen: Spanned<String>,
-    pub(super) allowed_callers: Vec<String>,
+    pub(super) allowed_callers: Vec<Spanned<String>>,
     pub(super) max_associations: Spanned<i64>,
+    pub(super) max_associations_per_address: Spanned<i64>,
+    pub(super) artim_seconds: Spanned<f64>,
     pub(super) max_instance_mb: Spanned<i64>,
 }
 
@@ -79,6 +81,8 @@ impl Default for RawDicom {
             listen: Spanned::new(0..0, "0.0.0.0:11112".into()),
             allowed_callers: Vec::new(),
             max_associations: Spanned::new(0..0, 8),
+            max_associations_per_address: Spanned::new(0..0, 4),
+            artim_seconds: Spanned::new(0..0, 10.0),
             max_instance_mb: Spanned::new(0..0, 1024),
         }
     }

@@ -101,6 +101,28 @@ fn dicom_and_metrics_keys_are_checked() {
     assert_eq!((e.enabled, e.peer.as_str(), e.sr, e.heatmaps, e.max_heatmaps), (true, "pacs.local:104", true, false, 16));
     let s =
         Settings::from_str("[dicom]\nenabled = true\nlisten = \"127.0.0.1:11112\"\nallowed_callers = [\"CT1\"]\n[metrics]\nlisten = \"127.0.0.1:9464\"\n", Path::new("/")).unwrap();
-    assert_eq!((s.dicom.enabled, s.dicom.allowed_callers.clone(), s.metrics_listen.map(|a| a.port())), (true, vec!["CT1".to_string()], Some(9464)));
+    assert_eq!(
+        (s.dicom.enabled, s.dicom.allowed_callers.iter().map(|c| c.to_string()).collect::<Vec<_>>(), s.metrics_listen.map(|a| a.port())),
+        (true, vec!["CT1".to_string()], Some(9464))
+    );
     assert_eq!(Settings::from_str("", Path::new("/")).unwrap().metrics_listen, None, "no [metrics]: off");
+}
+
+#[test]
+fn callers_bind_titles_to_addresses_and_networks() {
+    let s = Settings::from_str("[dicom]\nallowed_callers = [\"CT1\", \"CT2@10.1.2.3\", \"CT3@10.1.2.0/24\", \"CT4@fd00::/8\"]\nartim_seconds = 10\n", Path::new("/")).unwrap();
+    let names: Vec<String> = s.dicom.allowed_callers.iter().map(|c| c.to_string()).collect();
+    assert_eq!(names, ["CT1", "CT2@10.1.2.3", "CT3@10.1.2.0/24", "CT4@fd00::/8"]);
+    assert_eq!(s.dicom.artim, std::time::Duration::from_secs(10));
+    let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
+    let admits = |title: &str, from: &str| s.dicom.allowed_callers.iter().any(|c| c.admits(title, ip(from)));
+    assert!(admits("CT1", "192.168.9.9") && admits("CT2", "10.1.2.3") && admits("CT3", "10.1.2.200") && admits("CT4", "fd12::1"));
+    assert!(!admits("CT2", "10.1.2.4"), "bound to one address");
+    assert!(!admits("CT3", "10.1.3.1"), "outside the network");
+    assert!(admits("CT2", "::ffff:10.1.2.3"), "an IPv4-mapped address is its IPv4 one");
+    assert!(!admits("CT9", "10.1.2.3"), "unknown title");
+    for bad in ["CT1@10.1.2", "CT1@10.1.2.0/33", "CT1@host.example"] {
+        let e = Settings::from_str(&format!("[dicom]\nallowed_callers = [\"{bad}\"]\n"), Path::new("/")).unwrap_err();
+        assert!(e[0].reason.contains("dicom.allowed_callers") && e[0].line == 2, "{bad}: {e:?}");
+    }
 }

@@ -214,12 +214,15 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
             std::net::SocketAddr::from(([0, 0, 0, 0], 11112))
         }
     };
+    let mut allowed_callers = Vec::new();
     for a in &dr.allowed_callers {
-        let t = a.trim();
-        if !is_ae_title(t) {
-            c.fail(&dr.ae_title, format!("dicom.allowed_callers: {a:?} is not an AE title (1 to 16 characters, no backslash)"));
+        match Caller::parse(a.get_ref()) {
+            Ok(caller) if is_ae_title(&caller.ae_title) => allowed_callers.push(caller),
+            Ok(caller) => c.fail(a, format!("dicom.allowed_callers: {:?} is not an AE title (1 to 16 characters, no backslash)", caller.ae_title)),
+            Err(why) => c.fail(a, format!("dicom.allowed_callers: {:?}: {why}", a.get_ref())),
         }
     }
+    let max_associations = c.range_i("dicom.max_associations", &dr.max_associations, 1, 256) as usize;
     let metrics_listen = raw.metrics.listen.as_ref().map(|l| match l.get_ref().parse::<std::net::SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -231,8 +234,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
         enabled: dr.enabled,
         ae_title: title,
         listen,
-        allowed_callers: dr.allowed_callers.iter().map(|a| a.trim().to_string()).collect(),
-        max_associations: c.range_i("dicom.max_associations", &dr.max_associations, 1, 256) as usize,
+        allowed_callers,
+        max_associations,
+        max_associations_per_address: c.range_i("dicom.max_associations_per_address", &dr.max_associations_per_address, 1, 256) as usize,
+        artim: std::time::Duration::from_secs_f64(c.range_f("dicom.artim_seconds", &dr.artim_seconds, 0.5, 300.0)),
         max_instance_bytes: c.range_i("dicom.max_instance_mb", &dr.max_instance_mb, 1, 65_536) as u64 * 1024 * 1024,
     };
     let ex = &raw.export;

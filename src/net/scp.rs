@@ -25,8 +25,12 @@ use super::dimse::{
     read_command, text, C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, DATA_SET_MISMATCH, MAX_COMMAND_BYTES, NO_DATA_SET, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, SUCCESS,
     UNRECOGNIZED_OPERATION,
 };
-use crate::config::DicomSettings;
+use crate::config::{Caller, DicomSettings};
 use dicom_dictionary_std::uids;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 
 /// Verification SOP class (C-ECHO).
 pub const VERIFICATION: &str = uids::VERIFICATION;
@@ -55,22 +59,33 @@ pub struct ScpStats {
     pub associations: AtomicU64,
     /// Associations refused (unknown caller, too many at once, failed negotiation).
     pub refused: AtomicU64,
+    /// Of those, callers refused by `dicom.allowed_callers` (title or source address).
+    pub refused_callers: AtomicU64,
+    /// Connections closed without an association: no A-ASSOCIATE-RQ within
+    /// `dicom.artim_seconds`, or too many from one address.
+    pub closed_idle: AtomicU64,
     /// Instances written into the drop folder.
     pub stored: AtomicU64,
     /// Instances answered with a failure status.
     pub failed: AtomicU64,
 }
 
-/// Calling AE titles allowed (empty: any).
-struct Callers(Vec<String>);
+/// The callers allowed (empty: any), as seen from one connection's source address.
+struct Callers<'a> {
+    allowed: &'a [Caller],
+    from: IpAddr,
+    refused: &'a AtomicU64,
+}
 
-impl AccessControl for Callers {
+impl AccessControl for Callers<'_> {
     fn check_access(&self, _this: &str, calling: &str, called: &str, _user: Option<&UserIdentity>) -> Result<(), AssociationRJServiceUserReason> {
         let calling = calling.trim();
-        if self.0.is_empty() || self.0.iter().any(|a| a == calling) {
+        if self.allowed.is_empty() || self.allowed.iter().any(|c| c.admits(calling, self.from)) {
             Ok(())
         } else {
-            log::warn!("dicom: association refused: calling AE {calling:?} (called {:?}) is not in dicom.allowed_callers", called.trim());
+            let why = if self.allowed.iter().any(|c| c.ae_title == calling) { "is not allowed from this address" } else { "is not in dicom.allowed_callers" };
+            log::warn!("dicom: association refused: calling AE {calling:?} at {} (called {:?}) {why}", self.from, called.trim());
+            self.refused.fetch_add(1, Ordering::Relaxed);
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         }
     }
@@ -87,10 +102,12 @@ pub fn start(settings: &DicomSettings, incoming: &Path) -> std::io::Result<(Sock
     let (s, dir, st) = (settings.clone(), incoming.to_path_buf(), stats.clone());
     let thread = std::thread::Builder::new().name("dicom-scp".into()).spawn(move || accept_loop(listener, s, dir, st))?;
     log::info!(
-        "dicom: C-ECHO and C-STORE SCP {:?} on {addr}, callers {}, at most {} associations, instances up to {} MiB",
+        "dicom: C-ECHO and C-STORE SCP {:?} on {addr}, callers {}, at most {} associations ({} per address), A-ASSOCIATE-RQ within {} s, instances up to {} MiB",
         settings.ae_title,
-        if settings.allowed_callers.is_empty() { "any".to_string() } else { settings.allowed_callers.join(", ") },
+        settings.callers_text(),
         settings.max_associations,
+        settings.max_associations_per_address,
+        settings.artim.as_secs_f64(),
         settings.max_instance_bytes >> 20
     );
     Ok((addr, stats, thread))
@@ -113,8 +130,92 @@ impl Drop for Slot {
     }
 }
 
+/// One of `dicom.max_associations_per_address` places of a source address, returned on drop.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    addr: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, addr: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(addr).or_insert(0);
+        (*n < max).then(|| {
+            *n += 1;
+            AddressSlot { counts: counts.clone(), addr }
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// The ARTIM timer: every connection is registered with its deadline; one that has not begun
+/// its association by then is shut down (its thread's read fails, the thread ends, its places
+/// are given back). One thread for all connections.
+struct Artim {
+    tx: std::sync::mpsc::Sender<(std::time::Instant, TcpStream, Arc<AtomicBool>, String)>,
+}
+
+impl Artim {
+    fn start(stats: Arc<ScpStats>, limit: std::time::Duration) -> std::io::Result<Artim> {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, TcpStream, Arc<AtomicBool>, String)>();
+        std::thread::Builder::new().name("dicom-artim".into()).spawn(move || {
+            let mut waiting: std::collections::VecDeque<(std::time::Instant, TcpStream, Arc<AtomicBool>, String)> = Default::default();
+            loop {
+                // Deadlines arrive in order (each is its connection's accept time + the limit).
+                let next = waiting.front().map(|w| w.0.saturating_duration_since(std::time::Instant::now()));
+                let got = match next {
+                    Some(wait) => rx.recv_timeout(wait),
+                    None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+                };
+                match got {
+                    Ok(w) => waiting.push_back(w),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                let now = std::time::Instant::now();
+                while waiting.front().is_some_and(|w| w.0 <= now) {
+                    let (_, stream, begun, peer) = waiting.pop_front().expect("checked");
+                    if !begun.load(Ordering::SeqCst) {
+                        log::warn!("dicom: connection from {peer} closed: no A-ASSOCIATE-RQ within dicom.artim_seconds = {}", limit.as_secs_f64());
+                        stats.closed_idle.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+        })?;
+        Ok(Artim { tx })
+    }
+
+    /// Watches `stream` until `begun` is set; false when the timer thread is gone.
+    fn watch(&self, stream: &TcpStream, begun: &Arc<AtomicBool>, peer: &str, limit: std::time::Duration) -> bool {
+        let Ok(clone) = stream.try_clone() else { return false };
+        self.tx.send((std::time::Instant::now() + limit, clone, begun.clone(), peer.to_string())).is_ok()
+    }
+}
+
 fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf, stats: Arc<ScpStats>) {
     let active = Arc::new(AtomicUsize::new(0));
+    let per_address = Arc::new(Mutex::new(HashMap::new()));
+    let artim = match Artim::start(stats.clone(), settings.artim) {
+        Ok(a) => a,
+        Err(e) => {
+            // Without the timer idle connections could hold every place: do not serve at all
+            // (the daemon's supervision sees this thread end and restarts the process).
+            log::error!("dicom: the ARTIM timer cannot start: {e}");
+            return;
+        }
+    };
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -126,18 +227,33 @@ fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf
             }
         };
         crate::failpoint::hit("scp-accept");
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let Ok(peer_addr) = stream.peer_addr() else { continue };
+        let peer = peer_addr.to_string();
+        let Some(address_slot) = AddressSlot::take(&per_address, peer_addr.ip(), settings.max_associations_per_address) else {
+            log::warn!(
+                "dicom: connection from {peer} closed: {} connections from {} already (dicom.max_associations_per_address)",
+                settings.max_associations_per_address,
+                peer_addr.ip()
+            );
+            stats.closed_idle.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         let Some(slot) = Slot::take(&active, settings.max_associations) else {
             log::warn!("dicom: connection from {peer} closed: {} associations already (dicom.max_associations)", settings.max_associations);
             stats.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        let begun = Arc::new(AtomicBool::new(false));
+        if !artim.watch(&stream, &begun, &peer, settings.artim) {
+            log::error!("dicom: connection from {peer} closed: it cannot be timed");
+            continue;
+        }
         let (s, dir, st) = (settings.clone(), incoming.clone(), stats.clone());
         let spawned = std::thread::Builder::new().name("dicom-assoc".into()).spawn(move || {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 crate::failpoint::hit("scp-serve");
-                serve(stream, &peer, &s, &dir, &st)
+                serve(stream, peer_addr.ip(), &peer, &s, &dir, &st, &begun)
             }));
             match served {
                 Ok(Ok(())) => {}
@@ -168,9 +284,11 @@ struct Pending {
     sink: Sink,
 }
 
-fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Path, stats: &ScpStats) -> Result<(), super::Error> {
+/// Serves one connection: negotiates the association (`begun` is set once the A-ASSOCIATE-RQ has
+/// been answered, which stops the ARTIM timer), then answers C-ECHO and C-STORE until release.
+fn serve(stream: TcpStream, from: IpAddr, peer: &str, settings: &DicomSettings, incoming: &Path, stats: &ScpStats, begun: &AtomicBool) -> Result<(), super::Error> {
     let mut options = ServerAssociationOptions::new()
-        .ae_access_control(Callers(settings.allowed_callers.clone()))
+        .ae_access_control(Callers { allowed: &settings.allowed_callers, from, refused: &stats.refused_callers })
         .ae_title(settings.ae_title.as_str())
         .read_timeout(std::time::Duration::from_secs(60))
         .with_abstract_syntax(VERIFICATION);
@@ -180,7 +298,9 @@ fn serve(stream: TcpStream, peer: &str, settings: &DicomSettings, incoming: &Pat
     for ts in TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(ts);
     }
-    let mut assoc = match options.establish(stream) {
+    let established = options.establish(stream);
+    begun.store(true, Ordering::SeqCst);
+    let mut assoc = match established {
         Ok(a) => a,
         Err(e) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 mod common;
 mod harness;
 
+mod abuse;
 mod crashes;
 mod network;
 mod operation;
