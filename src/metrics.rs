@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::alert::FaultKind;
+use crate::config::Secret;
 
 /// Upper bounds (seconds) of the inference histogram's buckets.
 pub const INFERENCE_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -192,7 +193,9 @@ impl Metrics {
 /// Serves `/metrics` and `/healthz` on `listen` from a background thread; returns the address
 /// bound (an error when it cannot be bound)
 /// and the server's thread (named `metrics`), which the daemon supervises.
-pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+/// With a `token`, `/metrics` answers only requests that carry `Authorization: Bearer TOKEN`
+/// (401 otherwise); `/healthz` stays open (it names faults, nothing of a patient).
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, token: Option<Secret>) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -205,10 +208,10 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(Sock
             // A few at a time, each on its own thread with a deadline: a slow client cannot
             // hold the others up for more than REQUEST_DEADLINE.
             let Some(slot) = crate::net::scp::Slot::take(&busy, MAX_CONNECTIONS) else { continue };
-            let m = metrics.clone();
+            let (m, t) = (metrics.clone(), token.clone());
             let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
                 let _slot = slot;
-                if let Err(e) = answer(conn, &m) {
+                if let Err(e) = answer(conn, &m, t.as_ref()) {
                     log::debug!("metrics: {e}");
                 }
             });
@@ -228,7 +231,15 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest request head read.
 const MAX_REQUEST_BYTES: usize = 8192;
 
-fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+/// Whether the request head carries `Authorization: Bearer TOKEN` with `token`.
+fn authorized(head: &str, token: &Secret) -> bool {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .any(|(name, value)| name.trim().eq_ignore_ascii_case("authorization") && value.trim().strip_prefix("Bearer ").is_some_and(|t| token.matches(t.trim())))
+}
+
+fn answer(stream: TcpStream, metrics: &Metrics, token: Option<&Secret>) -> std::io::Result<()> {
     let start = std::time::Instant::now();
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -249,6 +260,7 @@ fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let mut parts = request.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") if token.is_some_and(|t| !authorized(&request, t)) => (401, "text/plain; charset=utf-8", "a bearer token is needed (metrics.token)\n".into()),
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
         ("GET", "/healthz") => {
             let (s, b) = metrics.health();
@@ -259,12 +271,14 @@ fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     };
     let reason = match status {
         200 => "OK",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
     let mut w = stream;
-    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let challenge = if status == 401 { "WWW-Authenticate: Bearer realm=\"ctsentry\"\r\n" } else { "" };
+    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n{body}", body.len())?;
     w.flush()
 }
 
@@ -292,5 +306,32 @@ mod tests {
         let (code, body) = m.health();
         assert_eq!(code, 503);
         assert!(body.starts_with("stalled: the daemon's control loop has not reported for 3"), "{body}");
+    }
+
+    fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let header = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: box\r\n{header}\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, text)
+    }
+
+    #[test]
+    fn with_a_token_metrics_need_it_and_health_stays_open() {
+        let token = "s3cret-token-0123456789";
+        let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), Some(Secret::new(token))).unwrap();
+        let (code, text) = get(addr, "/metrics", None);
+        assert_eq!(code, 401, "{text}");
+        assert!(text.contains("WWW-Authenticate: Bearer"), "{text}");
+        assert!(!text.contains("ctsentry_"), "nothing of the metrics without the token: {text}");
+        assert_eq!(get(addr, "/metrics", Some("Bearer wrong-token-0123456789")).0, 401);
+        assert_eq!(get(addr, "/metrics", Some(&format!("Basic {token}"))).0, 401);
+        let (code, text) = get(addr, "/metrics", Some(&format!("Bearer {token}")));
+        assert!(code == 200 && text.contains("ctsentry_slices_scored_total"), "{text}");
+        assert_eq!(get(addr, "/healthz", None).0, 200, "health needs no token");
+        let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), None).unwrap();
+        assert_eq!(get(addr, "/metrics", None).0, 200, "no token configured: open (loopback only, the config insists)");
     }
 }

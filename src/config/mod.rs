@@ -167,6 +167,29 @@ impl DicomSettings {
     }
 }
 
+/// A secret from the config (a token): compared, never printed (`Debug` shows its length only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `s`.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// Whether `offered` is this secret, in time that does not depend on where they differ.
+    pub fn matches(&self, offered: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} characters)", self.0.chars().count())
+    }
+}
+
 /// One entry of `dicom.allowed_callers`: `"CT1"` (the AE title from anywhere), `"CT1@10.1.2.3"`
 /// (from that address only) or `"CT1@10.1.2.0/24"` (from that network; IPv6 too).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +404,8 @@ pub struct Settings {
     pub export: ExportSettings,
     /// Where `/metrics` and `/healthz` are served (None: `[metrics]` absent, off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The bearer token `/metrics` needs (`[metrics] token`; required outside loopback).
+    pub metrics_token: Option<Secret>,
     /// Log level.
     pub log_level: log::LevelFilter,
     /// Whether patient names may appear in logs (off by default).

@@ -58,6 +58,7 @@ impl Default for RawExport {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawMetrics {
     pub(super) listen: Option<Spanned<String>>,
+    pub(super) token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,6 +41,8 @@ pub struct FixedSettings {
     pub export: ExportSettings,
     /// See [`Settings::metrics_listen`].
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// See [`Settings::metrics_token`].
+    pub metrics_token: Option<Secret>,
     /// `watch.mode`.
     pub watch: WatchMode,
 }
@@ -106,6 +108,7 @@ impl Settings {
             dicom,
             export,
             metrics_listen,
+            metrics_token,
             log_level,
             log_patient_names,
         } = self;
@@ -127,6 +130,7 @@ impl Settings {
                 dicom,
                 export,
                 metrics_listen,
+                metrics_token,
                 watch,
             },
             LiveSettings {
@@ -182,6 +186,7 @@ impl Settings {
             dicom: f.dicom,
             export: f.export,
             metrics_listen: f.metrics_listen,
+            metrics_token: f.metrics_token,
             log_level: l.log_level,
             log_patient_names: l.log_patient_names,
         }
@@ -208,6 +213,7 @@ impl FixedSettings {
             dicom,
             export,
             metrics_listen,
+            metrics_token,
             watch,
         } = self;
         let mut out = Vec::new();
@@ -231,6 +237,7 @@ impl FixedSettings {
         check(*dicom != new.dicom, "dicom.*");
         check(*export != new.export, "export.*");
         check(*metrics_listen != new.metrics_listen, "metrics.listen");
+        check(*metrics_token != new.metrics_token, "metrics.token");
         check(*watch != new.watch, "watch.mode");
         out
     }

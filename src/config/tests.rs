@@ -126,3 +126,16 @@ fn callers_bind_titles_to_addresses_and_networks() {
         assert!(e[0].reason.contains("dicom.allowed_callers") && e[0].line == 2, "{bad}: {e:?}");
     }
 }
+
+#[test]
+fn metrics_outside_loopback_need_a_token_that_is_never_printed() {
+    let e = Settings::from_str("[metrics]\nlisten = \"0.0.0.0:9464\"\n", Path::new("/")).unwrap_err();
+    assert!(e[0].reason.contains("outside loopback: set metrics.token") && e[0].line == 2, "{e:?}");
+    let e = Settings::from_str("[metrics]\nlisten = \"0.0.0.0:9464\"\ntoken = \"short\"\n", Path::new("/")).unwrap_err();
+    assert!(e[0].reason.contains("at least 16"), "{e:?}");
+    let s = Settings::from_str("[metrics]\nlisten = \"0.0.0.0:9464\"\ntoken = \"0123456789abcdef0123\"\n", Path::new("/")).unwrap();
+    let t = s.metrics_token.clone().unwrap();
+    assert!(t.matches("0123456789abcdef0123") && !t.matches("0123456789abcdef012") && !t.matches("0123456789abcdef0124"));
+    assert!(!format!("{s:?}").contains("0123456789abcdef0123"), "the token must not be printed");
+    assert!(Settings::from_str("[metrics]\nlisten = \"127.0.0.1:9464\"\n", Path::new("/")).unwrap().metrics_token.is_none());
+}

@@ -230,6 +230,21 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
             std::net::SocketAddr::from(([127, 0, 0, 1], 9464))
         }
     });
+    let metrics_token = raw.metrics.token.as_ref().and_then(|t| {
+        let v = t.get_ref().trim();
+        if v.chars().count() < 16 || !v.chars().all(|ch| ch.is_ascii_graphic()) {
+            c.fail(t, "metrics.token: at least 16 printable characters, no spaces (e.g. `openssl rand -hex 24`)".into());
+            None
+        } else {
+            Some(Secret::new(v))
+        }
+    });
+    if let (Some(addr), None, None) = (metrics_listen, &metrics_token, &raw.metrics.token) {
+        if !addr.ip().is_loopback() {
+            let span = raw.metrics.listen.as_ref().expect("listen given");
+            c.fail(span, format!("metrics.listen = \"{addr}\" is outside loopback: set metrics.token (requests then need `Authorization: Bearer TOKEN`; /healthz stays open), or listen on 127.0.0.1"));
+        }
+    }
     let dicom = DicomSettings {
         enabled: dr.enabled,
         ae_title: title,
@@ -312,6 +327,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
         dicom,
         export,
         metrics_listen,
+        metrics_token,
         log_level: log_level.expect("checked"),
         log_patient_names: raw.log.patient_names,
     })
