@@ -103,6 +103,17 @@ impl ServiceUser {
             || (m.uid() != self.uid && !self.groups.contains(&m.gid()) && mode & 0o003 == 0o003)
     }
 
+    /// Whether this user may read the file `f` (its mode bits; the folders above are not checked).
+    pub fn can_read(&self, f: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::metadata(f) else { return false };
+        let mode = m.mode();
+        self.uid == 0
+            || (m.uid() == self.uid && mode & 0o400 != 0)
+            || (m.uid() != self.uid && self.groups.contains(&m.gid()) && mode & 0o040 != 0)
+            || (m.uid() != self.uid && !self.groups.contains(&m.gid()) && mode & 0o004 != 0)
+    }
+
     /// Whether this user is in the group `name`.
     pub fn in_group(&self, name: &str) -> bool {
         let Ok(c) = std::ffi::CString::new(name) else { return false };
@@ -167,6 +178,7 @@ pub fn check(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
             out.push(Problem { what: format!("alert.serial.port {}", s.serial.port), why: e.to_string(), fix });
         }
     }
+    out.extend(tls_problems(s, user));
     if s.led.enabled {
         if let Err(e) = crate::alert::led::open_configured(&s.led) {
             let fix = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -184,6 +196,70 @@ pub fn check(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// The TLS files in use: (config key, file, whether it holds certificates).
+fn tls_files(s: &Settings) -> Vec<(&'static str, &Path, bool)> {
+    let mut v = Vec::new();
+    if let Some(t) = s.dicom.tls.as_ref().filter(|_| s.dicom.enabled) {
+        v.extend([
+            ("dicom.tls.certificate", t.certificate.as_path(), true),
+            ("dicom.tls.private_key", t.private_key.as_path(), false),
+            ("dicom.tls.client_ca", t.client_ca.as_path(), true),
+        ]);
+    }
+    if let Some(t) = s.export.tls.as_ref().filter(|_| s.export.enabled) {
+        v.push(("export.tls.ca", t.ca.as_path(), true));
+        v.extend(t.certificate.as_deref().map(|c| ("export.tls.certificate", c, true)));
+        v.extend(t.private_key.as_deref().map(|k| ("export.tls.private_key", k, false)));
+    }
+    v
+}
+
+/// What keeps DICOM TLS from working as `user`: a file it cannot read, a key that does not go
+/// with its certificate, a certificate past its end.
+fn tls_problems(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let now = crate::durable::now() as i64;
+    for (key, f, has_certs) in tls_files(s) {
+        if !user.can_read(f) {
+            out.push(Problem {
+                what: format!("{key} {}", f.display()),
+                why: format!("not readable by user {}", user.name),
+                fix: format!("chgrp {0} {1} && chmod 640 {1}", user.name, f.display()),
+            });
+            continue;
+        }
+        if has_certs {
+            if let Err(e) = crate::net::tls::expiry(key, f, now) {
+                out.push(Problem {
+                    what: format!("{key} {}", f.display()),
+                    why: e.reason,
+                    fix: "install a renewed certificate at that path, then `systemctl reload ctsentry` (SIGHUP)".into(),
+                });
+            }
+        }
+    }
+    let built = [
+        s.dicom.tls.as_ref().filter(|_| s.dicom.enabled).map(|t| crate::net::tls::server_config(t).map(|_| ())),
+        s.export.tls.as_ref().filter(|_| s.export.enabled).map(|t| crate::net::tls::client_config(t).map(|_| ())),
+    ];
+    for e in built.into_iter().flatten().filter_map(Result::err) {
+        if !out.iter().any(|p| p.what.starts_with(e.key)) {
+            out.push(Problem {
+                what: format!("{} {}", e.key, e.path.display()),
+                why: e.reason,
+                fix: "PEM files: the certificate chain leaf first, its own private key, the CA certificates (see docs/security.md)".into(),
+            });
+        }
+    }
+    out
+}
+
+/// Certificates in use that end within 30 days (a warning: they still work).
+pub fn tls_warnings(s: &Settings) -> Vec<String> {
+    let now = crate::durable::now() as i64;
+    tls_files(s).into_iter().filter(|(_, _, c)| *c).filter_map(|(key, f, _)| crate::net::tls::expiry(key, f, now).ok().and_then(|(_, w)| w)).collect()
 }
 
 /// The report, as text for a person, with the problems of what is configured.
@@ -268,7 +344,13 @@ pub fn run(source: &ConfigSource) -> Report {
             r,
             "dicom         {}",
             if s.dicom.enabled {
-                format!("C-ECHO/C-STORE SCP {:?} on {}, callers {}", s.dicom.ae_title, s.dicom.listen, s.dicom.callers_text())
+                format!(
+                    "C-ECHO/C-STORE SCP {:?} on {}{}, callers {}",
+                    s.dicom.ae_title,
+                    s.dicom.listen,
+                    if s.dicom.tls.is_some() { " (DICOM TLS only)" } else { "" },
+                    s.dicom.callers_text()
+                )
             } else {
                 "receiver off (dicom.enabled = false)".into()
             }
@@ -323,6 +405,9 @@ pub fn run(source: &ConfigSource) -> Report {
         let user = ServiceUser::guess();
         let _ = writeln!(r, "checked as    user {} (the service user)", user.name);
         problems.extend(check(s, &user));
+        for w in tls_warnings(s) {
+            let _ = writeln!(r, "warning       {w}");
+        }
     }
     if problems.is_empty() {
         let _ = writeln!(r, "problems      none");

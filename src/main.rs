@@ -237,8 +237,11 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
                     for p in &problems {
                         eprintln!("{}: {p}", path.display());
                     }
+                    for w in ctsentry::doctor::tls_warnings(&s) {
+                        eprintln!("{}: warning: {w}", path.display());
+                    }
                     if problems.is_empty() {
-                        println!("{}: ok (model, engine, folders, alert devices checked)", path.display());
+                        println!("{}: ok (model, engine, folders, alert devices, TLS files checked)", path.display());
                     }
                     Ok(if problems.is_empty() { 0 } else { 2 })
                 }

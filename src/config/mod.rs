@@ -154,6 +154,32 @@ pub struct DicomSettings {
     pub artim: std::time::Duration,
     /// Largest instance accepted (bytes); a larger one is answered "out of resources".
     pub max_instance_bytes: u64,
+    /// `[dicom.tls]`: when present the receiver speaks only DICOM TLS.
+    pub tls: Option<ReceiverTls>,
+}
+
+/// `[dicom.tls]`: the receiver's certificate and key, and the CA its callers' certificates
+/// must chain to (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverTls {
+    /// `certificate`: the box's certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// `private_key`: its key.
+    pub private_key: PathBuf,
+    /// `client_ca`: callers must present a certificate chaining to one of these.
+    pub client_ca: PathBuf,
+}
+
+/// `[export.tls]`: the CA the PACS's certificate must chain to, and the box's client
+/// certificate when the PACS asks for one (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportTls {
+    /// `ca`.
+    pub ca: PathBuf,
+    /// `certificate` (with `private_key`), optional.
+    pub certificate: Option<PathBuf>,
+    /// `private_key`.
+    pub private_key: Option<PathBuf>,
 }
 
 impl DicomSettings {
@@ -282,6 +308,8 @@ pub struct ExportSettings {
     pub max_heatmaps: usize,
     /// Longest wait between tries while the PACS is unreachable (the wait doubles from 1 s).
     pub retry_max_seconds: f64,
+    /// `[export.tls]`: when present results go by DICOM TLS only.
+    pub tls: Option<ExportTls>,
 }
 
 /// Serial alert sink.

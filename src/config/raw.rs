@@ -37,6 +37,23 @@ pub(super) struct RawExport {
     pub(super) send: Spanned<Vec<String>>,
     pub(super) max_heatmaps: Spanned<i64>,
     pub(super) retry_max_seconds: Spanned<f64>,
+    pub(super) tls: Option<RawExportTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExportTls {
+    pub(super) ca: Spanned<String>,
+    pub(super) certificate: Option<Spanned<String>>,
+    pub(super) private_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReceiverTls {
+    pub(super) certificate: Spanned<String>,
+    pub(super) private_key: Spanned<String>,
+    pub(super) client_ca: Spanned<String>,
 }
 
 impl Default for RawExport {
@@ -50,6 +67,7 @@ impl Default for RawExport {
             send: Spanned::new(0..0, vec!["sr".into(), "heatmaps".into()]),
             max_heatmaps: Spanned::new(0..0, 16),
             retry_max_seconds: Spanned::new(0..0, 300.0),
+            tls: None,
         }
     }
 }
@@ -72,6 +90,7 @@ pub(super) struct RawDicom {
     pub(super) max_associations_per_address: Spanned<i64>,
     pub(super) artim_seconds: Spanned<f64>,
     pub(super) max_instance_mb: Spanned<i64>,
+    pub(super) tls: Option<RawReceiverTls>,
 }
 
 impl Default for RawDicom {
@@ -85,6 +104,7 @@ impl Default for RawDicom {
             max_associations_per_address: Spanned::new(0..0, 4),
             artim_seconds: Spanned::new(0..0, 10.0),
             max_instance_mb: Spanned::new(0..0, 1024),
+            tls: None,
         }
     }
 }

@@ -254,6 +254,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
         max_associations_per_address: c.range_i("dicom.max_associations_per_address", &dr.max_associations_per_address, 1, 256) as usize,
         artim: std::time::Duration::from_secs_f64(c.range_f("dicom.artim_seconds", &dr.artim_seconds, 0.5, 300.0)),
         max_instance_bytes: c.range_i("dicom.max_instance_mb", &dr.max_instance_mb, 1, 65_536) as u64 * 1024 * 1024,
+        tls: dr.tls.as_ref().map(|t| ReceiverTls {
+            certificate: c.path("dicom.tls.certificate", &t.certificate, base),
+            private_key: c.path("dicom.tls.private_key", &t.private_key, base),
+            client_ca: c.path("dicom.tls.client_ca", &t.client_ca, base),
+        }),
     };
     let ex = &raw.export;
     for (key, v) in [("export.called_ae", &ex.called_ae), ("export.calling_ae", &ex.calling_ae)] {
@@ -280,6 +285,17 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
         heatmaps: ex.send.get_ref().iter().any(|s| s == "heatmaps"),
         max_heatmaps: c.range_i("export.max_heatmaps", &ex.max_heatmaps, 0, 1000) as usize,
         retry_max_seconds: c.range_f("export.retry_max_seconds", &ex.retry_max_seconds, 1.0, 3600.0),
+        tls: ex.tls.as_ref().map(|t| {
+            if t.certificate.is_some() != t.private_key.is_some() {
+                let span = t.certificate.as_ref().or(t.private_key.as_ref()).expect("one is set");
+                c.fail(span, "export.tls: certificate and private_key go together (both, or neither)".into());
+            }
+            ExportTls {
+                ca: c.path("export.tls.ca", &t.ca, base),
+                certificate: t.certificate.as_ref().map(|v| c.path("export.tls.certificate", v, base)),
+                private_key: t.private_key.as_ref().map(|v| c.path("export.tls.private_key", v, base)),
+            }
+        }),
     };
     if !c.issues.is_empty() {
         c.issues.sort_by_key(|i| (i.line, i.column));

@@ -35,6 +35,9 @@ pub enum DaemonError {
         /// How it ended.
         why: String,
     },
+    /// A TLS file (`[dicom.tls]`) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
     /// The DICOM receiver or the metrics server cannot listen.
     #[error("{key} = \"{addr}\": {source}")]
     Listen {

@@ -100,6 +100,8 @@ pub struct Daemon {
     spooled: HashSet<String>,
     /// The receiver's and the metrics server's threads.
     threads: Vec<Supervised>,
+    /// The receiver's TLS configuration, when it speaks TLS (re-read on SIGHUP).
+    receiver_tls: Option<crate::net::scp::TlsSlot>,
 }
 
 impl Daemon {
@@ -133,14 +135,17 @@ impl Daemon {
         // The network receiver writes into the drop folder: from there the pipeline is the same.
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let mut threads = Vec::new();
+        let mut receiver_tls = None;
         if settings.dicom.enabled {
-            let (_, stats, thread) = crate::net::scp::start(&settings.dicom, &settings.paths.incoming).map_err(|source| DaemonError::Listen {
+            let tls = settings.dicom.tls.as_ref().map(crate::net::tls::server_config).transpose()?;
+            let r = crate::net::scp::start(&settings.dicom, &settings.paths.incoming, tls).map_err(|source| DaemonError::Listen {
                 key: "dicom.listen",
                 addr: settings.dicom.listen,
                 source,
             })?;
-            *metrics.dicom.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
-            threads.push(Supervised::new(thread, OnDeath::Exit));
+            *metrics.dicom.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.stats);
+            threads.push(Supervised::new(r.thread, OnDeath::Exit));
+            receiver_tls = Some(r.tls);
         }
         let exporter = if settings.export.enabled { Some(export::Bridge::start(&settings, &state_dir, &metrics)?) } else { None };
         if let Some(addr) = settings.metrics_listen {
@@ -178,6 +183,7 @@ impl Daemon {
             exporter,
             spooled: HashSet::new(),
             threads,
+            receiver_tls: receiver_tls.filter(|_| settings.dicom.tls.is_some()),
             settings,
         };
         Ok(Some((d, lock)))

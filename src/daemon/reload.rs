@@ -30,5 +30,16 @@ impl Daemon {
         watcher.set_timing(s.daemon.poll_seconds, s.daemon.stable_seconds);
         log::set_max_level(s.log_level);
         log::info!("config reloaded: threshold {:.4} ({}), series rule {}, quiet {} s", rule.threshold, rule.threshold_source, rule.describe(), s.quiet_seconds);
+        // The receiver's certificates (same paths: they are fixed) are read again, so a renewed
+        // certificate needs no restart; files that do not work keep the running ones.
+        if let (Some(slot), Some(files)) = (&self.receiver_tls, &self.settings.dicom.tls) {
+            match crate::net::tls::server_config(files) {
+                Ok(config) => {
+                    slot.set(config);
+                    log::info!("dicom: TLS certificates re-read; new connections use them");
+                }
+                Err(e) => log::error!("dicom: TLS certificates not reloaded, keeping the running ones: {e}"),
+            }
+        }
     }
 }

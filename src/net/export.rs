@@ -608,7 +608,28 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
         options = options.with_presentation_context(c, vec![EXPLICIT_LE, IMPLICIT_LE]);
     }
     let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
-    let mut assoc = options.establish_with(&settings.peer).map_err(|e| NetError::Unreachable(format!("no association with the PACS {where_}: {e}")))?;
+    let no_association = |e: dicom_ul::association::Error| NetError::Unreachable(format!("no association with the PACS {where_}: {e}"));
+    match tls_client(settings)? {
+        Some((config, host)) => send_over(options.tls_config(config).server_name(&host).establish_with_tls(&settings.peer).map_err(no_association)?, &where_, dir, files, tx),
+        None => send_over(options.establish_with(&settings.peer).map_err(no_association)?, &where_, dir, files, tx),
+    }
+}
+
+/// The PACS's TLS configuration and host name (what its certificate must name), when
+/// `[export.tls]` is set. Read at each association, so a renewed file is used at once; a file
+/// that does not work is a refusal by configuration (it waits the longest back-off).
+fn tls_client(settings: &ExportSettings) -> Result<Option<(std::sync::Arc<rustls::ClientConfig>, String)>, NetError> {
+    let Some(t) = &settings.tls else { return Ok(None) };
+    let config = super::tls::client_config(t).map_err(|e| NetError::Refused(format!("export.tls: {e}")))?;
+    let host = settings.peer.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(&settings.peer).to_string();
+    Ok(Some((config, host)))
+}
+
+/// Sends `files` over an established association.
+fn send_over<S>(mut assoc: dicom_ul::association::client::ClientAssociation<S>, where_: &str, dir: &Path, files: &[PathBuf], tx: &Sender<ExportEvent>) -> Result<(), NetError>
+where
+    S: dicom_ul::association::CloseSocket + std::io::Read + std::io::Write,
+{
     let accepted: Vec<(u8, String, String)> = assoc
         .presentation_contexts()
         .iter()
@@ -691,15 +712,25 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
 /// Asks the PACS for a C-ECHO (what `doctor` checks): Ok when it answers success.
 pub fn echo(settings: &ExportSettings, timeout: Duration) -> Result<(), NetError> {
     let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
-    let mut assoc = ClientAssociationOptions::new()
+    let options = ClientAssociationOptions::new()
         .calling_ae_title(settings.calling_ae.as_str())
         .called_ae_title(settings.called_ae.as_str())
         .with_abstract_syntax(crate::net::scp::VERIFICATION)
         .connection_timeout(timeout)
         .read_timeout(timeout)
-        .write_timeout(timeout)
-        .establish_with(&settings.peer)
-        .map_err(|e| NetError::Unreachable(format!("no association with the PACS {where_}: {e}")))?;
+        .write_timeout(timeout);
+    let no_association = |e: dicom_ul::association::Error| NetError::Unreachable(format!("no association with the PACS {where_}: {e}"));
+    match tls_client(settings)? {
+        Some((config, host)) => echo_over(options.tls_config(config).server_name(&host).establish_with_tls(&settings.peer).map_err(no_association)?, &where_),
+        None => echo_over(options.establish_with(&settings.peer).map_err(no_association)?, &where_),
+    }
+}
+
+/// C-ECHO over an established association.
+fn echo_over<S>(mut assoc: dicom_ul::association::client::ClientAssociation<S>, where_: &str) -> Result<(), NetError>
+where
+    S: dicom_ul::association::CloseSocket + std::io::Read + std::io::Write,
+{
     let Some(pc) = assoc.presentation_contexts().iter().find(|c| c.reason == PresentationContextResultReason::Acceptance).map(|c| c.id) else {
         let _ = assoc.abort();
         return Err(NetError::Refused(format!("the PACS {where_} does not accept C-ECHO")));

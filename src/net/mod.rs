@@ -5,6 +5,7 @@
 pub mod dimse;
 pub mod export;
 pub mod scp;
+pub mod tls;
 
 /// What went wrong with a DICOM peer. The message names the peer and the step.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -30,7 +30,7 @@ use dicom_dictionary_std::uids;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 /// Verification SOP class (C-ECHO).
 pub const VERIFICATION: &str = uids::VERIFICATION;
@@ -93,24 +93,53 @@ impl AccessControl for Callers<'_> {
 
 /// Starts the receiver: binds `settings.listen` (an error if it cannot) and serves associations
 /// on background threads, writing into `incoming`.
-/// Returns the address bound, the counters, and the accept loop's thread (named `dicom-scp`),
-/// which the daemon supervises.
-pub fn start(settings: &DicomSettings, incoming: &Path) -> std::io::Result<(SocketAddr, Arc<ScpStats>, std::thread::JoinHandle<()>)> {
+/// With `tls` (from [`super::tls::server_config`]) every connection must be DICOM TLS.
+pub fn start(settings: &DicomSettings, incoming: &Path, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Listening> {
     let listener = TcpListener::bind(settings.listen)?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(ScpStats::default());
-    let (s, dir, st) = (settings.clone(), incoming.to_path_buf(), stats.clone());
-    let thread = std::thread::Builder::new().name("dicom-scp".into()).spawn(move || accept_loop(listener, s, dir, st))?;
+    let tls = TlsSlot(Arc::new(RwLock::new(tls)));
+    let (s, dir, st, t) = (settings.clone(), incoming.to_path_buf(), stats.clone(), tls.clone());
+    let thread = std::thread::Builder::new().name("dicom-scp".into()).spawn(move || accept_loop(listener, s, dir, st, t))?;
     log::info!(
-        "dicom: C-ECHO and C-STORE SCP {:?} on {addr}, callers {}, at most {} associations ({} per address), A-ASSOCIATE-RQ within {} s, instances up to {} MiB",
+        "dicom: C-ECHO and C-STORE SCP {:?} on {addr}{}, callers {}, at most {} associations ({} per address), A-ASSOCIATE-RQ within {} s, instances up to {} MiB",
         settings.ae_title,
+        if settings.tls.is_some() { " (DICOM TLS only, callers with a certificate from dicom.tls.client_ca)" } else { "" },
         settings.callers_text(),
         settings.max_associations,
         settings.max_associations_per_address,
         settings.artim.as_secs_f64(),
         settings.max_instance_bytes >> 20
     );
-    Ok((addr, stats, thread))
+    Ok(Listening { addr, stats, thread, tls })
+}
+
+/// The running receiver.
+pub struct Listening {
+    /// The address bound.
+    pub addr: SocketAddr,
+    /// Its counters.
+    pub stats: Arc<ScpStats>,
+    /// The accept loop's thread (named `dicom-scp`), which the daemon supervises.
+    pub thread: std::thread::JoinHandle<()>,
+    /// The TLS configuration new connections get.
+    pub tls: TlsSlot,
+}
+
+/// The receiver's TLS configuration, replaceable while it runs.
+#[derive(Clone)]
+pub struct TlsSlot(Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>);
+
+impl TlsSlot {
+    /// New connections get `config` from now on (certificates re-read on SIGHUP); connections
+    /// already open keep theirs.
+    pub fn set(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(config);
+    }
+
+    fn get(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// One of `dicom.max_associations` places, held by a connection's thread: returned when it is
@@ -204,7 +233,7 @@ impl Artim {
     }
 }
 
-fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf, stats: Arc<ScpStats>) {
+fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf, stats: Arc<ScpStats>, tls: TlsSlot) {
     let active = Arc::new(AtomicUsize::new(0));
     let per_address = Arc::new(Mutex::new(HashMap::new()));
     let artim = match Artim::start(stats.clone(), settings.artim) {
@@ -249,11 +278,12 @@ fn accept_loop(listener: TcpListener, settings: DicomSettings, incoming: PathBuf
             continue;
         }
         let (s, dir, st) = (settings.clone(), incoming.clone(), stats.clone());
+        let config = tls.get();
         let spawned = std::thread::Builder::new().name("dicom-assoc".into()).spawn(move || {
             let _slots = (slot, address_slot);
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 crate::failpoint::hit("scp-serve");
-                serve(stream, peer_addr.ip(), &peer, &s, &dir, &st, &begun)
+                serve(stream, peer_addr.ip(), &peer, &s, config, &dir, &st, &begun)
             }));
             match served {
                 Ok(Ok(())) => {}
@@ -286,7 +316,17 @@ struct Pending {
 
 /// Serves one connection: negotiates the association (`begun` is set once the A-ASSOCIATE-RQ has
 /// been answered, which stops the ARTIM timer), then answers C-ECHO and C-STORE until release.
-fn serve(stream: TcpStream, from: IpAddr, peer: &str, settings: &DicomSettings, incoming: &Path, stats: &ScpStats, begun: &AtomicBool) -> Result<(), super::Error> {
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    stream: TcpStream,
+    from: IpAddr,
+    peer: &str,
+    settings: &DicomSettings,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    incoming: &Path,
+    stats: &ScpStats,
+    begun: &AtomicBool,
+) -> Result<(), super::Error> {
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(Callers { allowed: &settings.allowed_callers, from, refused: &stats.refused_callers })
         .ae_title(settings.ae_title.as_str())
@@ -298,15 +338,31 @@ fn serve(stream: TcpStream, from: IpAddr, peer: &str, settings: &DicomSettings, 
     for ts in TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(ts);
     }
-    let established = options.establish(stream);
-    begun.store(true, Ordering::SeqCst);
-    let mut assoc = match established {
-        Ok(a) => a,
-        Err(e) => {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(super::Error::Unreachable(format!("not established: {e}")));
-        }
+    let refused = |e: dicom_ul::association::Error| {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        super::Error::Unreachable(format!("not established: {e}"))
     };
+    // With TLS the handshake comes first (a caller without a certificate from client_ca, or one
+    // speaking plain DICOM, fails it); the ARTIM timer runs until the association is answered.
+    match tls {
+        Some(config) => {
+            let established = options.tls_config(config).establish_tls(stream);
+            begun.store(true, Ordering::SeqCst);
+            associate(established.map_err(refused)?, peer, settings, incoming, stats)
+        }
+        None => {
+            let established = options.establish(stream);
+            begun.store(true, Ordering::SeqCst);
+            associate(established.map_err(refused)?, peer, settings, incoming, stats)
+        }
+    }
+}
+
+/// Answers C-ECHO and C-STORE on an established association until the caller releases it.
+fn associate<S>(mut assoc: dicom_ul::association::server::ServerAssociation<S>, peer: &str, settings: &DicomSettings, incoming: &Path, stats: &ScpStats) -> Result<(), super::Error>
+where
+    S: std::io::Read + std::io::Write + dicom_ul::association::CloseSocket,
+{
     stats.associations.fetch_add(1, Ordering::Relaxed);
     let caller = assoc.peer_ae_title().trim().to_string();
     log::info!("dicom: association from {caller:?} at {peer}");

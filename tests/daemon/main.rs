@@ -11,3 +11,4 @@ mod network;
 mod operation;
 mod series;
 mod supervision;
+mod tls;
