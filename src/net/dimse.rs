@@ -5,6 +5,7 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+use dicom_ul::pdu::{PDataValueType, Pdu};
 
 /// C-STORE request.
 pub const C_STORE_RQ: u16 = 0x0001;
@@ -86,6 +87,38 @@ pub fn text(cmd: &InMemDicomObject, tag: Tag) -> String {
 /// An unsigned short element of a command set.
 pub fn int(cmd: &InMemDicomObject, tag: Tag) -> Option<u16> {
     cmd.element(tag).ok().and_then(|e| e.to_int::<u16>().ok())
+}
+
+/// Reads the response (command field `field`) to `message_id` and returns its status.
+pub fn response_status<S>(assoc: &mut dicom_ul::association::client::ClientAssociation<S>, field: u16, message_id: u16) -> Result<u16, super::Error>
+where
+    S: dicom_ul::association::CloseSocket + std::io::Read + std::io::Write,
+{
+    let mut command = Vec::new();
+    loop {
+        match assoc.receive().map_err(|e| super::Error::Link(format!("no response: {e}")))? {
+            Pdu::PData { data } => {
+                for v in data {
+                    if v.value_type != PDataValueType::Command {
+                        return Err(super::Error::Protocol("a data set where a response was expected".into()));
+                    }
+                    command.extend_from_slice(&v.data);
+                    if command.len() > MAX_COMMAND_BYTES {
+                        return Err(super::Error::Protocol("a response over 64 KiB".into()));
+                    }
+                    if v.is_last {
+                        let cmd = read_command(&command)?;
+                        if int(&cmd, tags::COMMAND_FIELD) != Some(field) || int(&cmd, tags::MESSAGE_ID_BEING_RESPONDED_TO) != Some(message_id) {
+                            return Err(super::Error::Protocol("a response that is not the one awaited".into()));
+                        }
+                        return int(&cmd, tags::STATUS).ok_or_else(|| super::Error::Protocol("a response without a status".into()));
+                    }
+                }
+            }
+            Pdu::AbortRQ { source } => return Err(super::Error::Link(format!("aborted the association ({source:?})"))),
+            other => return Err(super::Error::Protocol(format!("unexpected PDU {other:?}"))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -609,20 +609,10 @@ fn send_all(settings: &ExportSettings, dir: &Path, files: &[PathBuf], tx: &Sende
     }
     let where_ = format!("{:?} at {}", settings.called_ae, settings.peer);
     let no_association = |e: dicom_ul::association::Error| NetError::Unreachable(format!("no association with the PACS {where_}: {e}"));
-    match tls_client(settings)? {
+    match super::tls::for_peer(settings)? {
         Some((config, host)) => send_over(options.tls_config(config).server_name(&host).establish_with_tls(&settings.peer).map_err(no_association)?, &where_, dir, files, tx),
         None => send_over(options.establish_with(&settings.peer).map_err(no_association)?, &where_, dir, files, tx),
     }
-}
-
-/// The PACS's TLS configuration and host name (what its certificate must name), when
-/// `[export.tls]` is set. Read at each association, so a renewed file is used at once; a file
-/// that does not work is a refusal by configuration (it waits the longest back-off).
-fn tls_client(settings: &ExportSettings) -> Result<Option<(std::sync::Arc<rustls::ClientConfig>, String)>, NetError> {
-    let Some(t) = &settings.tls else { return Ok(None) };
-    let config = super::tls::client_config(t).map_err(|e| NetError::Refused(format!("export.tls: {e}")))?;
-    let host = settings.peer.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(&settings.peer).to_string();
-    Ok(Some((config, host)))
 }
 
 /// Sends `files` over an established association.
@@ -680,7 +670,7 @@ where
         if let Err(e) = sent {
             return Err(NetError::Link(format!("sending to the PACS {where_}: {e}")));
         }
-        let status = match response_status(&mut assoc, dimse::C_STORE_RSP, message_id) {
+        let status = match dimse::response_status(&mut assoc, dimse::C_STORE_RSP, message_id) {
             Ok(s) => s,
             Err(e) => {
                 let _ = assoc.abort();
@@ -720,7 +710,7 @@ pub fn echo(settings: &ExportSettings, timeout: Duration) -> Result<(), NetError
         .read_timeout(timeout)
         .write_timeout(timeout);
     let no_association = |e: dicom_ul::association::Error| NetError::Unreachable(format!("no association with the PACS {where_}: {e}"));
-    match tls_client(settings)? {
+    match super::tls::for_peer(settings)? {
         Some((config, host)) => echo_over(options.tls_config(config).server_name(&host).establish_with_tls(&settings.peer).map_err(no_association)?, &where_),
         None => echo_over(options.establish_with(&settings.peer).map_err(no_association)?, &where_),
     }
@@ -742,44 +732,12 @@ where
     put(&mut cmd, tags::COMMAND_DATA_SET_TYPE, VR::US, dimse::NO_DATA_SET);
     let pdu = Pdu::PData { data: vec![PDataValue { presentation_context_id: pc, value_type: PDataValueType::Command, is_last: true, data: dimse::command_set(&cmd) }] };
     assoc.send(&pdu).map_err(|e| NetError::Link(format!("the PACS {where_}: {e}")))?;
-    let status = response_status(&mut assoc, dimse::C_ECHO_RSP, 1).map_err(|e| e.with_context(&format!("the PACS {where_}")))?;
+    let status = dimse::response_status(&mut assoc, dimse::C_ECHO_RSP, 1).map_err(|e| e.with_context(&format!("the PACS {where_}")))?;
     let _ = assoc.release();
     if status == dimse::SUCCESS {
         Ok(())
     } else {
         Err(NetError::Refused(format!("the PACS {where_} answered C-ECHO with status 0x{status:04X}")))
-    }
-}
-
-/// Reads the response (command field `field`) to `message_id` and returns its status.
-fn response_status<S>(assoc: &mut dicom_ul::association::client::ClientAssociation<S>, field: u16, message_id: u16) -> Result<u16, NetError>
-where
-    S: dicom_ul::association::CloseSocket + std::io::Read + std::io::Write,
-{
-    let mut command = Vec::new();
-    loop {
-        match assoc.receive().map_err(|e| NetError::Link(format!("no response: {e}")))? {
-            Pdu::PData { data } => {
-                for v in data {
-                    if v.value_type != PDataValueType::Command {
-                        return Err(NetError::Protocol("a data set where a response was expected".into()));
-                    }
-                    command.extend_from_slice(&v.data);
-                    if command.len() > dimse::MAX_COMMAND_BYTES {
-                        return Err(NetError::Protocol("a response over 64 KiB".into()));
-                    }
-                    if v.is_last {
-                        let cmd = dimse::read_command(&command)?;
-                        if dimse::int(&cmd, tags::COMMAND_FIELD) != Some(field) || dimse::int(&cmd, tags::MESSAGE_ID_BEING_RESPONDED_TO) != Some(message_id) {
-                            return Err(NetError::Protocol("a response that is not the one awaited".into()));
-                        }
-                        return dimse::int(&cmd, tags::STATUS).ok_or_else(|| NetError::Protocol("a response without a status".into()));
-                    }
-                }
-            }
-            Pdu::AbortRQ { source } => return Err(NetError::Link(format!("aborted the association ({source:?})"))),
-            other => return Err(NetError::Protocol(format!("unexpected PDU {other:?}"))),
-        }
     }
 }
 

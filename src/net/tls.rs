@@ -94,6 +94,16 @@ pub fn client_config(t: &ExportTls) -> Result<Arc<rustls::ClientConfig>, TlsErro
     Ok(Arc::new(config))
 }
 
+/// The PACS's TLS configuration and host name (what its certificate must name), when
+/// `[export.tls]` is set. Read at each association, so a renewed file is used at once; a file
+/// that does not work is a refusal by configuration (it waits the longest back-off).
+pub fn for_peer(settings: &crate::config::ExportSettings) -> Result<Option<(Arc<rustls::ClientConfig>, String)>, super::Error> {
+    let Some(t) = &settings.tls else { return Ok(None) };
+    let config = client_config(t).map_err(|e| super::Error::Refused(format!("export.tls: {e}")))?;
+    let host = settings.peer.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(&settings.peer).to_string();
+    Ok(Some((config, host)))
+}
+
 /// What `doctor` says of one certificate file: its first certificate's end of validity, and a
 /// warning within 30 days of it (an error once past).
 pub fn expiry(key: &'static str, path: &Path, now_unix: i64) -> Result<(i64, Option<String>), TlsError> {
