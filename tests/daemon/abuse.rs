@@ -132,6 +132,13 @@ fn idle_and_malformed_connections_cannot_silence_the_receiver() {
     assert!(!echo("INTRUDER"));
     assert!(echo("SCANNER"), "{}", read_log());
     assert!(d.try_wait().unwrap().is_none(), "the daemon must keep running:\n{}", read_log());
+    // Nothing left spinning (dicom-ul retried a connection that ended inside its first PDU
+    // as TLS, forever, before the receiver waited for whole first messages).
+    let mut cut = connect_from(Ipv4Addr::new(127, 0, 0, 7), port);
+    cut.write_all(&[0x01, 0x00, 0x00, 0x00]).unwrap();
+    drop(cut);
+    drop(connect_from(Ipv4Addr::new(127, 0, 0, 8), port));
+    assert_idle(d.id(), &read_log());
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0), "{}", read_log());
 }

@@ -220,3 +220,20 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 pub fn installed(tool: &str) -> bool {
     Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success())
 }
+
+/// CPU seconds (user + system) the process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), in clock ticks of 1/100 s.
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// Fails when the process `pid` burns CPU while idle (a thread left spinning).
+pub fn assert_idle(pid: u32, log: &str) {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 0.5, "the daemon used {used:.2} CPU-seconds in 2 idle seconds: a thread spins\n{log}");
+}

@@ -151,6 +151,12 @@ fn dicom_tls_admits_only_callers_with_a_certificate_from_the_ca_and_sends_result
     assert_eq!(walk(&root.join("var/done")).len(), 4, "{:?}", walk(&root.join("var/done")));
     assert!(wait_until(Duration::from_secs(30), || walk(&pacs_dir).len() == 1), "the SR did not reach the TLS PACS:\n{}", read_log());
     assert!(walk(&pacs_dir)[0].file_name().unwrap().to_string_lossy().starts_with("SR"), "{:?}", walk(&pacs_dir));
+    // Connections that end inside the first TLS record, or before it, leave nothing spinning.
+    for bytes in [&[0x16u8, 0x03, 0x01][..], &[]] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut c, bytes).unwrap();
+    }
+    assert_idle(d.id(), &read_log());
     // SIGHUP re-reads the certificates.
     signal(&d, libc::SIGHUP);
     assert!(wait_until(Duration::from_secs(10), || read_log().contains("dicom: TLS certificates re-read")), "{}", read_log());
