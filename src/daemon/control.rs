@@ -97,6 +97,15 @@ impl Daemon {
     }
 }
 
+impl Supervised {
+    /// Waits for the thread to end (at shutdown, once its work is done).
+    pub(super) fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

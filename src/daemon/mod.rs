@@ -183,7 +183,7 @@ impl Daemon {
             exporter,
             spooled: HashSet::new(),
             threads,
-            receiver_tls: receiver_tls.filter(|_| settings.dicom.tls.is_some()),
+            receiver_tls,
             settings,
         };
         Ok(Some((d, lock)))
@@ -304,8 +304,8 @@ impl Daemon {
                 Err(_) => break,
             }
         }
-        for mut t in scoring {
-            t.ended();
+        for t in scoring {
+            t.join();
         }
         self.write_status();
         log::info!("stopped; {} series open (resumed at next start)", self.state.open.len());

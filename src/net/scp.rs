@@ -321,23 +321,17 @@ const MAX_FIRST_MESSAGE: usize = 64 * 1024;
 /// Waits (without consuming anything) until the connection's whole first message is in the
 /// socket: an A-ASSOCIATE-RQ PDU (type 1, its 6-byte header's length) or, with `tls`, a TLS
 /// handshake record (type 22, its 5-byte header's length). Errors on anything else, on a
-/// declared length over [`MAX_FIRST_MESSAGE`], at end of file, and at `deadline` (the ARTIM
-/// timer). dicom-ul 0.10 with its TLS support compiled in loops forever when the connection
+/// declared length over [`MAX_FIRST_MESSAGE`], and at end of file (which is also how it ends
+/// when the ARTIM timer shuts the connection). dicom-ul 0.10 with its TLS support compiled in loops forever when the connection
 /// ends inside its first message (it retries the bytes it has as TLS), so it is only handed a
 /// connection whose first message is complete.
-fn await_first_message(stream: &TcpStream, tls: bool, deadline: std::time::Instant) -> Result<(), super::Error> {
+fn await_first_message(stream: &TcpStream, tls: bool) -> Result<(), super::Error> {
     let mut buf = vec![0u8; MAX_FIRST_MESSAGE + 6];
     let mut seen = 0;
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(super::Error::Protocol("no complete A-ASSOCIATE-RQ within dicom.artim_seconds".into()));
-        }
-        stream.set_read_timeout(Some(left.min(std::time::Duration::from_millis(200)))).map_err(|e| super::Error::Link(e.to_string()))?;
         let n = match stream.peek(&mut buf) {
             Ok(0) => return Err(super::Error::Link("closed before its first message was complete".into())),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) => return Err(super::Error::Link(e.to_string())),
         };
         let (header, kind, len) = if tls {
@@ -393,10 +387,8 @@ fn serve(
     for ts in TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(ts);
     }
-    // The ARTIM timer closes a connection at `artim`; this waits a second longer, as a second
-    // line (dicom-ul sets its own socket timeouts in `establish`).
-    await_first_message(&stream, tls.is_some(), std::time::Instant::now() + settings.artim + std::time::Duration::from_secs(1))
-        .inspect_err(|_| begun.store(true, Ordering::SeqCst))?;
+    // Bounded by the ARTIM timer, which shuts the connection (the peek then sees its end).
+    await_first_message(&stream, tls.is_some()).inspect_err(|_| begun.store(true, Ordering::SeqCst))?;
     let refused = |e: dicom_ul::association::Error| {
         stats.refused.fetch_add(1, Ordering::Relaxed);
         super::Error::Unreachable(format!("not established: {e}"))

@@ -10,7 +10,6 @@ use std::os::fd::FromRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::common::*;
 use super::harness::*;
 
 /// A TCP connection to 127.0.0.1:`port` from the source address `from`.
@@ -50,8 +49,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn idle_and_malformed_connections_cannot_silence_the_receiver() {
-    if Command::new("echoscu").arg("--version").output().is_err() {
-        tool_missing("echoscu", "apt-get install dcmtk");
+    if !tools_installed(&[("echoscu", "apt-get install dcmtk")]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -221,6 +221,18 @@ pub fn installed(tool: &str) -> bool {
     Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success())
 }
 
+/// Whether every `(tool, how to install it)` is installed; reports the first one missing
+/// ([`tool_missing`]: a failure under CI, where `.ci/run` installs them).
+pub fn tools_installed(tools: &[(&str, &str)]) -> bool {
+    match tools.iter().find(|(t, _)| !installed(t)) {
+        Some((t, how)) => {
+            tool_missing(t, how);
+            false
+        }
+        None => true,
+    }
+}
+
 /// CPU seconds (user + system) the process `pid` has used.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -11,13 +11,7 @@ use super::harness::*;
 /// Whether DCMTK (storescu, dsrdump) and Orthanc are installed; reports the first one missing
 /// ([`tool_missing`]: a failure under CI).
 fn pacs_peers_installed() -> bool {
-    for (tool, install) in [("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")] {
-        if !installed(tool) {
-            tool_missing(tool, install);
-            return false;
-        }
-    }
-    true
+    tools_installed(&[("storescu", "apt-get install dcmtk"), ("dsrdump", "apt-get install dcmtk"), ("Orthanc", "apt-get install orthanc")])
 }
 
 /// A PACS for the test: Orthanc (Debian's package) on loopback ports, with a temporary JSON
@@ -145,8 +139,7 @@ fn with_valid_uids(files: &[PathBuf], out: &Path) -> (Vec<PathBuf>, String, Stri
 /// and gets one FINAL verdict over every slice, its files then in done/.
 #[test]
 fn a_series_sent_by_dcmtk_storescu_gets_one_final_verdict() {
-    if Command::new("storescu").arg("--version").output().is_err() || Command::new("echoscu").arg("--version").output().is_err() {
-        tool_missing("DCMTK (storescu, echoscu)", "apt-get install dcmtk");
+    if !tools_installed(&[("storescu", "apt-get install dcmtk"), ("echoscu", "apt-get install dcmtk")]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

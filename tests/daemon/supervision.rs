@@ -10,23 +10,13 @@ use std::time::Duration;
 use super::common::*;
 use super::harness::*;
 
-fn dcmtk_installed(tools: &[&str]) -> bool {
-    for t in tools {
-        if Command::new(t).arg("--version").output().is_err() {
-            tool_missing(t, "apt-get install dcmtk");
-            return false;
-        }
-    }
-    true
-}
-
 fn faults(cfg: &Path) -> Vec<String> {
     status_json(cfg)["faults"].as_array().map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 #[test]
 fn an_exporter_thread_that_dies_is_fault_export_by_name_and_the_results_still_arrive() {
-    if !dcmtk_installed(&["storescp"]) {
+    if !tools_installed(&[("storescp", "apt-get install dcmtk")]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -65,7 +55,7 @@ fn an_exporter_thread_that_dies_is_fault_export_by_name_and_the_results_still_ar
 
 #[test]
 fn an_association_whose_thread_panics_gives_its_place_back_and_the_next_caller_is_served() {
-    if !dcmtk_installed(&["echoscu", "storescu"]) {
+    if !tools_installed(&[("echoscu", "apt-get install dcmtk"), ("storescu", "apt-get install dcmtk")]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -74,11 +74,9 @@ fn leaf(dir: &Path, name: &str, by: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn dicom_tls_admits_only_callers_with_a_certificate_from_the_ca_and_sends_results_over_tls() {
-    for t in ["openssl", "echoscu", "storescu", "storescp"] {
-        if Command::new(t).arg("--version").output().is_err() && Command::new(t).arg("version").output().is_err() {
-            tool_missing(t, "apt-get install openssl dcmtk");
-            return;
-        }
+    let dcmtk = "apt-get install dcmtk";
+    if !tools_installed(&[("openssl", "apt-get install openssl"), ("echoscu", dcmtk), ("storescu", dcmtk), ("storescp", dcmtk)]) {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
