@@ -25,10 +25,10 @@ LAYERS = [
     ["config"],
     ["preprocess"],
     ["model", "engine"],
-    ["decide", "report"],
+    ["decide", "drift", "report"],
     ["score"],
-    ["output", "alert", "net", "inspect", "prep", "status", "metrics"],
-    ["eval", "bench", "doctor"],
+    ["output", "alert", "net", "inspect", "prep", "status", "page", "metrics"],
+    ["eval", "commission", "bench", "doctor"],
     ["daemon"],
 ]
 MAX_LINES = 800

@@ -125,6 +125,10 @@ impl StateDir {
     pub fn status(&self) -> PathBuf {
         self.0.join("status.json")
     }
+    /// Drift watching's recent series, kept across restarts (`drift.json`).
+    pub fn drift(&self) -> PathBuf {
+        self.0.join("drift.json")
+    }
     /// An acknowledgement request from `ctsentry ack` (`ack.request`).
     pub fn ack_request(&self) -> PathBuf {
         self.0.join("ack.request")

@@ -15,12 +15,15 @@
 //!    behind the `cuda` feature).
 //! 5. [`model`] (the bundle: ONNX + manifest, validated), [`engine`] (inference engines behind
 //!    one trait: tract, OpenVINO, onnxruntime, TensorRT).
-//! 6. [`decide`] (the slice threshold and the series rule), [`report`] (PNG pictures).
+//! 6. [`decide`] (the slice threshold and the series rule), [`drift`] (recent series against a
+//!    reference), [`report`] (PNG pictures).
 //! 7. [`score`]: a series from slices to a verdict, as every command and the daemon score it.
 //! 8. Views and peripherals: [`output`] (typed JSON lines and result files), [`alert`] (serial
 //!    line, LEDs), [`net`] (DICOM receiver and PACS export), [`inspect`], [`prep`], [`status`]
-//!    (the daemon's snapshot), [`metrics`] (Prometheus text, `/healthz`).
-//! 9. Commands: [`eval`] (the reference work's evaluation), [`bench`](mod@bench), [`doctor`].
+//!    (the daemon's snapshot), [`page`] (the admin's page), [`metrics`] (Prometheus text,
+//!    `/healthz`, the page's server).
+//! 9. Commands: [`eval`] (the reference work's evaluation), [`commission`] (a site checks the box
+//!    on its own studies against the manifest's claims), [`bench`](mod@bench), [`doctor`].
 //! 10. [`daemon`]: the unattended control loop that composes all of the above.
 //!
 //! `src/main.rs` is the CLI only: it parses arguments, calls these, and prints.
@@ -30,9 +33,11 @@
 pub mod alert;
 pub mod alloc_guard;
 pub mod bench;
+pub mod commission;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod drift;
 pub mod doctor;
 pub mod durable;
 pub mod engine;
@@ -45,6 +50,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod output;
+pub mod page;
 pub mod prep;
 pub mod preprocess;
 pub mod report;

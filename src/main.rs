@@ -77,6 +77,23 @@ enum Command {
         /// Root the CSV's paths are relative to.
         root: PathBuf,
     },
+    /// Check this box on the site's own labelled studies: series-level sensitivity and
+    /// specificity with 95 % intervals, false alerts per 100 negative series and slice AUC,
+    /// compared with the model's claims; exit 0 within them, 1 outside.
+    Commission {
+        /// CSV with columns `file` (relative to ROOT) and `covid` (0/1); a series is positive when
+        /// any of its files is.
+        #[arg(long)]
+        labels: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Folder for report.html, series.csv and reference.toml (the drift reference).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Root the CSV's paths are relative to.
+        root: PathBuf,
+    },
     /// Show what ingest sees, one object per image or volume.
     Inspect {
         /// One JSON object per line instead of a table.
@@ -306,6 +323,10 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             s.ingest.display_window = assume_window;
             cmd_eval(&s, &labels, json, out.as_deref(), pick_threshold.as_deref(), &root)
         }
+        Command::Commission { labels, json, out, root } => {
+            let s = settings(&config, verbosity, false)?;
+            cmd_commission(&s, &labels, json, out.as_deref(), &root)
+        }
         Command::Doctor => {
             let report = ctsentry::doctor::run(&config);
             print!("{}", report.text);
@@ -394,6 +415,26 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
     }
     progress.finish();
     Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+fn cmd_commission(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std::path::Path>, root: &std::path::Path) -> Result<u8, Failure> {
+    use ctsentry::commission::{run, CommissionError, Request};
+    let c = run(s, &Request { labels, root, out }).map_err(|e| match e {
+        CommissionError::Labels(_) | CommissionError::Setup(_) | CommissionError::Claims { .. } | CommissionError::Empty(_) => usage(e),
+        e => Failure::from(anyhow::Error::new(e)),
+    })?;
+    for err in &c.skipped_files {
+        eprintln!("skipped: {err}");
+    }
+    if json {
+        println!("{}", serde_json::to_string(&c).expect("the result serialises"));
+    } else {
+        print!("{}", c.to_text());
+        if let Some(dir) = out {
+            println!("report: {}", dir.join("report.html").display());
+        }
+    }
+    Ok(if c.within_claims { 0 } else { 1 })
 }
 
 fn cmd_eval(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std::path::Path>, pick: Option<&str>, root: &std::path::Path) -> Result<u8, Failure> {

@@ -83,6 +83,8 @@ pub struct Gauges {
     pub latched: bool,
     /// Result objects waiting in the export spool.
     pub export_queue: usize,
+    /// The reasons of the current drift (None: no drift, or not watched).
+    pub drift: Option<String>,
     /// When the daemon's control loop last set these (None: not yet running).
     pub updated: Option<std::time::Instant>,
 }
@@ -143,6 +145,13 @@ impl Metrics {
         let faults: Vec<(String, f64)> = FaultKind::ALL.iter().map(|k| (format!("{{kind=\"{}\"}}", k.name()), f64::from(u8::from(g.faults.contains(k))))).collect();
         family(&mut o, "fault", "gauge", "1 while the fault is on.", &faults);
         family(&mut o, "alert_latched", "gauge", "1 while an alert waits for acknowledgement.", &[(String::new(), f64::from(u8::from(g.latched)))]);
+        family(
+            &mut o,
+            "drift",
+            "gauge",
+            "1 while the recent series depart from the drift reference (DEGRADED,DRIFT); 0 otherwise or when not watched.",
+            &[(String::new(), f64::from(u8::from(g.drift.is_some())))],
+        );
         if let Some(d) = self.dicom.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             family(&mut o, "dicom_associations_total", "counter", "DICOM associations accepted.", &[(String::new(), c(&d.associations) as f64)]);
             family(&mut o, "dicom_refused_total", "counter", "DICOM associations refused.", &[(String::new(), c(&d.refused) as f64)]);
@@ -176,13 +185,16 @@ impl Metrics {
         o
     }
 
-    /// `/healthz`: 200 and `ok` without faults, else 503 and the faults.
+    /// `/healthz`: 200 and `ok` without faults (`degraded: drift: …` while drifting: the box still
+    /// scores and alerts), else 503 and the faults.
     pub fn health(&self) -> (u16, String) {
         let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(silent) = g.updated.map(|t| t.elapsed()).filter(|e| *e > STALE_AFTER) {
             return (503, format!("stalled: the daemon's control loop has not reported for {} s\n", silent.as_secs()));
         }
-        if g.faults.is_empty() {
+        if let (true, Some(why)) = (g.faults.is_empty(), &g.drift) {
+            (200, format!("degraded: drift: {why}\n"))
+        } else if g.faults.is_empty() {
             (200, "ok\n".into())
         } else {
             (503, format!("faults: {}\n", g.faults.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")))
@@ -190,12 +202,14 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listen` from a background thread; returns the address
-/// bound (an error when it cannot be bound)
-/// and the server's thread (named `metrics`), which the daemon supervises.
-/// With a `token`, `/metrics` answers only requests that carry `Authorization: Bearer TOKEN`
-/// (401 otherwise); `/healthz` stays open (it names faults, nothing of a patient).
-pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, token: Option<Secret>) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+/// Serves `/metrics`, `/healthz`, and with a `site` the admin's page (`/`, `/api/status`, the
+/// heat maps it shows under `/heatmaps/`) on `listen` from a background thread; returns the
+/// address bound (an error when it cannot be bound) and the server's thread (named `metrics`),
+/// which the daemon supervises.
+/// With a `token`, everything but `/healthz` answers only requests that carry
+/// `Authorization: Bearer TOKEN` or the cookie that `/login?token=TOKEN` sets (401 otherwise);
+/// `/healthz` stays open (it names faults, nothing of a patient).
+pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, token: Option<Secret>, site: Option<crate::page::Site>) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -208,10 +222,10 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, token: Option<Secret>) -
             // A few at a time, each on its own thread with a deadline: a slow client cannot
             // hold the others up for more than REQUEST_DEADLINE.
             let Some(slot) = crate::net::scp::Slot::take(&busy, MAX_CONNECTIONS) else { continue };
-            let (m, t) = (metrics.clone(), token.clone());
+            let (m, t, site) = (metrics.clone(), token.clone(), site.clone());
             let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
                 let _slot = slot;
-                if let Err(e) = answer(conn, &m, t.as_ref()) {
+                if let Err(e) = answer(conn, &m, t.as_ref(), site.as_ref()) {
                     log::debug!("metrics: {e}");
                 }
             });
@@ -220,7 +234,7 @@ pub fn serve(listen: SocketAddr, metrics: Arc<Metrics>, token: Option<Secret>) -
             }
         }
     })?;
-    log::info!("metrics: Prometheus text at http://{addr}/metrics, health at http://{addr}/healthz");
+    log::info!("metrics: Prometheus text at http://{addr}/metrics, health at http://{addr}/healthz, the admin's page at http://{addr}/");
     Ok((addr, thread))
 }
 
@@ -231,15 +245,68 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest request head read.
 const MAX_REQUEST_BYTES: usize = 8192;
 
-/// Whether the request head carries `Authorization: Bearer TOKEN` with `token`.
+/// The cookie `/login` sets for a browser.
+const COOKIE: &str = "ctsentry_token";
+
+/// Whether the request head carries `Authorization: Bearer TOKEN`, or the cookie, with `token`.
 fn authorized(head: &str, token: &Secret) -> bool {
-    head.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .any(|(name, value)| name.trim().eq_ignore_ascii_case("authorization") && value.trim().strip_prefix("Bearer ").is_some_and(|t| token.matches(t.trim())))
+    head.lines().skip(1).filter_map(|l| l.split_once(':')).any(|(name, value)| {
+        let (name, value) = (name.trim(), value.trim());
+        (name.eq_ignore_ascii_case("authorization") && value.strip_prefix("Bearer ").is_some_and(|t| token.matches(t.trim())))
+            || (name.eq_ignore_ascii_case("cookie")
+                && value.split(';').filter_map(|c| c.trim().split_once('=')).any(|(k, v)| k == COOKIE && token.matches(v.trim())))
+    })
 }
 
-fn answer(stream: TcpStream, metrics: &Metrics, token: Option<&Secret>) -> std::io::Result<()> {
+/// The value of `key` in a query string (`a=1&b=2`), percent-decoded.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| {
+        let b = v.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                        Ok(c) => {
+                            out.push(c);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// The page a browser gets without the token: a form that sends it to `/login`.
+const LOGIN_PAGE: &str = "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>ctsentry</title></head><body style=\"font-family:sans-serif\">\
+<h1>ctsentry</h1><p>This page needs the box's token (<code>[metrics] token</code>).</p>\
+<form action=\"/login\" method=\"get\"><input type=\"password\" name=\"token\" autocomplete=\"current-password\"> <button>Open</button></form></body></html>\n";
+
+/// One response: status, content type, extra header lines, body.
+struct Reply {
+    status: u16,
+    kind: &'static str,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(status: u16, body: impl Into<String>) -> Reply {
+        Reply { status, kind: "text/plain; charset=utf-8", headers: String::new(), body: body.into().into_bytes() }
+    }
+    fn of(status: u16, kind: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply { status, kind, headers: String::new(), body: body.into() }
+    }
+}
+
+fn answer(stream: TcpStream, metrics: &Metrics, token: Option<&Secret>, site: Option<&crate::page::Site>) -> std::io::Result<()> {
     let start = std::time::Instant::now();
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -258,27 +325,66 @@ fn answer(stream: TcpStream, metrics: &Metrics, token: Option<&Secret>) -> std::
     }
     let request = String::from_utf8_lossy(&head);
     let mut parts = request.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") if token.is_some_and(|t| !authorized(&request, t)) => (401, "text/plain; charset=utf-8", "a bearer token is needed (metrics.token)\n".into()),
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
-        ("GET", "/healthz") => {
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let allowed = token.is_none_or(|t| authorized(&request, t));
+    let html = "text/html; charset=utf-8";
+    let reply = match (method, path, site) {
+        ("GET", "/healthz", _) => {
             let (s, b) = metrics.health();
-            (s, "text/plain; charset=utf-8", b)
+            Reply::text(s, b)
         }
-        ("GET", _) => (404, "text/plain; charset=utf-8", "not found: /metrics or /healthz\n".into()),
-        _ => (405, "text/plain; charset=utf-8", "only GET\n".into()),
+        ("GET", "/login", _) => match (token, query_value(query, "token")) {
+            (Some(t), Some(given)) if t.matches(given.trim()) => Reply {
+                status: 303,
+                kind: "text/plain; charset=utf-8",
+                headers: format!("Location: /\r\nSet-Cookie: {COOKIE}={}; HttpOnly; SameSite=Strict; Path=/\r\n", given.trim()),
+                body: b"see /\n".to_vec(),
+            },
+            (None, _) => Reply { status: 303, kind: "text/plain; charset=utf-8", headers: "Location: /\r\n".into(), body: b"see /\n".to_vec() },
+            _ => Reply::of(401, html, LOGIN_PAGE),
+        },
+        ("GET", "/" | "/index.html", Some(_)) if !allowed => Reply::of(401, html, LOGIN_PAGE),
+        ("GET", _, _) if !allowed => Reply::text(401, "a bearer token is needed (metrics.token)\n"),
+        ("GET", "/metrics", _) => Reply::of(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        ("GET", "/" | "/index.html", Some(site)) => {
+            let now = crate::durable::now();
+            Reply::of(200, html, crate::page::render(crate::status::read(&site.state).ok().as_ref(), site, now))
+        }
+        ("GET", "/api/status", Some(site)) => match crate::status::read(&site.state) {
+            Ok(snap) => {
+                let now = crate::durable::now();
+                let running = now - snap.updated < crate::page::STALE_SECONDS;
+                Reply::of(200, "application/json", crate::status::to_json(&snap, running, now).to_string())
+            }
+            Err(e) => Reply::text(503, format!("{e}\n")),
+        },
+        ("GET", p, Some(site)) if p.starts_with("/heatmaps/") => match crate::page::heatmap_file(&site.results, p).map(std::fs::read) {
+            Some(Ok(bytes)) => Reply::of(200, "image/png", bytes),
+            _ => Reply::text(404, "not found\n"),
+        },
+        ("GET", _, _) => Reply::text(404, "not found: /, /api/status, /metrics or /healthz\n"),
+        _ => Reply::text(405, "only GET\n"),
     };
-    let reason = match status {
+    let reason = match reply.status {
         200 => "OK",
+        303 => "See Other",
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
     let mut w = stream;
-    let challenge = if status == 401 { "WWW-Authenticate: Bearer realm=\"ctsentry\"\r\n" } else { "" };
-    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n{body}", body.len())?;
+    let challenge = if reply.status == 401 { "WWW-Authenticate: Bearer realm=\"ctsentry\"\r\n" } else { "" };
+    write!(
+        w,
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{challenge}{}Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        reply.status,
+        reply.kind,
+        reply.body.len(),
+        reply.headers
+    )?;
+    w.write_all(&reply.body)?;
     w.flush()
 }
 
@@ -321,7 +427,7 @@ mod tests {
     #[test]
     fn with_a_token_metrics_need_it_and_health_stays_open() {
         let token = "s3cret-token-0123456789";
-        let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), Some(Secret::new(token))).unwrap();
+        let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), Some(Secret::new(token)), None).unwrap();
         let (code, text) = get(addr, "/metrics", None);
         assert_eq!(code, 401, "{text}");
         assert!(text.contains("WWW-Authenticate: Bearer"), "{text}");
@@ -331,7 +437,42 @@ mod tests {
         let (code, text) = get(addr, "/metrics", Some(&format!("Bearer {token}")));
         assert!(code == 200 && text.contains("ctsentry_slices_scored_total"), "{text}");
         assert_eq!(get(addr, "/healthz", None).0, 200, "health needs no token");
-        let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), None).unwrap();
+        let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), None, None).unwrap();
         assert_eq!(get(addr, "/metrics", None).0, 200, "no token configured: open (loopback only, the config insists)");
+    }
+
+    #[test]
+    fn the_page_with_a_token_asks_for_it_then_serves_with_the_login_cookie_only_what_the_site_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = crate::page::Site { state: dir.path().join("state"), results: dir.path().join("results") };
+        std::fs::create_dir_all(&site.state).unwrap();
+        let id = crate::alert::series_id("1.2.3", 1);
+        std::fs::create_dir_all(site.results.join(&id).join("heatmaps")).unwrap();
+        std::fs::write(site.results.join(&id).join("heatmaps/x.png"), b"\x89PNG-bytes").unwrap();
+        let token = "s3cret-token-0123456789";
+        let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), Some(Secret::new(token)), Some(site)).unwrap();
+        let (code, text) = get(addr, "/", None);
+        assert!(code == 401 && text.contains("action=\"/login\"") && !text.contains("ctsentry_"), "{text}");
+        assert_eq!(get(addr, "/api/status", None).0, 401);
+        assert_eq!(get(addr, &format!("/heatmaps/{id}/x.png"), None).0, 401);
+        assert_eq!(get(addr, "/login?token=wrong-token-0123456789", None).0, 401);
+        let (code, text) = get(addr, &format!("/login?token={token}"), None);
+        assert!(code == 303 && text.contains(&format!("Set-Cookie: {COOKIE}={token}; HttpOnly")), "{text}");
+        let cookie = |path: &str| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: box\r\nCookie: other=1; {COOKIE}={token}\r\n\r\n").unwrap();
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut text).unwrap();
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        let page = cookie("/");
+        assert!(page.starts_with("HTTP/1.1 200") && page.contains("No status yet"), "{page}");
+        assert!(cookie("/api/status").starts_with("HTTP/1.1 503"), "no snapshot yet: 503 naming it");
+        let png = cookie(&format!("/heatmaps/{id}/x.png"));
+        assert!(png.starts_with("HTTP/1.1 200") && png.contains("Content-Type: image/png") && png.ends_with("PNG-bytes"), "{png}");
+        assert!(cookie("/heatmaps/../state/status.json").starts_with("HTTP/1.1 404"));
+        let (code, _) = get(addr, "/", Some(&format!("Bearer {token}")));
+        assert_eq!(code, 200, "a bearer token opens the page too");
+        assert_eq!(query_value("a=1&token=x%2By+z", "token").as_deref(), Some("x+y z"));
     }
 }

@@ -9,6 +9,22 @@ use crate::decide::{Rule, SeriesDecision};
 use crate::ingest::series::{Gap, OrderKey};
 use crate::score::SliceScore;
 
+/// Escapes text for HTML (the commissioning report and the admin's page).
+pub fn html_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
 /// The model that gave a result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelView {

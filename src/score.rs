@@ -66,6 +66,9 @@ pub struct SliceScore {
     /// Class activation map (7 × 7, row-major).
     #[serde(skip)]
     pub cam: Vec<f32>,
+    /// Mean Hounsfield units inside the lung mask (None without a mask or lung), for drift.
+    #[serde(skip)]
+    pub lung_hu: Option<f64>,
 }
 
 /// One scored series.
@@ -145,7 +148,7 @@ impl Scorer {
                     Some(r)
                 };
                 let mut k = 0;
-                for (fraction, skipped) in prepared.slices {
+                for ((fraction, skipped), lung_hu) in prepared.slices.into_iter().zip(prepared.lung_hu) {
                     let (prob, cam) = match (&skipped, &scored) {
                         (None, Some(r)) => {
                             k += 1;
@@ -153,7 +156,7 @@ impl Scorer {
                         }
                         _ => (0.0, vec![0.0; 49]),
                     };
-                    out.push(SliceOutput { prob, lung_fraction: fraction, cam, skipped });
+                    out.push(SliceOutput { prob, lung_fraction: fraction, cam, skipped, lung_hu });
                 }
                 ready = next.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
             }
@@ -185,7 +188,8 @@ impl Scorer {
                 _ => ScoreError::Backend(e.to_string()),
             })?;
         }
-        Ok(PreparedChunk { kept: inputs.len(), tensor, slices: masks.iter().map(fraction).zip(skipped).collect() })
+        let lung_hu = chunk.par_iter().zip(&masks).zip(&skipped).map(|((sl, m), skip)| m.as_ref().filter(|_| skip.is_none()).and_then(|m| lung::mean_hu_inside(sl, m))).collect();
+        Ok(PreparedChunk { kept: inputs.len(), tensor, slices: masks.iter().map(fraction).zip(skipped).collect(), lung_hu })
     }
 
     /// Scores one series, `CHUNK` slices at a time.
@@ -204,6 +208,7 @@ impl Scorer {
                 positive: o.skipped.is_none() && self.rule.slice_positive(f64::from(o.prob)),
                 skipped: o.skipped,
                 cam: o.cam,
+                lung_hu: o.lung_hu,
             })
             .collect();
         let evidence: Vec<SliceEvidence> = slices
@@ -257,6 +262,7 @@ struct PreparedChunk {
     kept: usize,
     tensor: Vec<f32>,
     slices: Vec<(f32, Option<String>)>,
+    lung_hu: Vec<Option<f64>>,
 }
 
 /// What the engine says about one slice.
@@ -270,12 +276,14 @@ pub struct SliceOutput {
     pub cam: Vec<f32>,
     /// Why the slice was not sent to the engine, when it was not.
     pub skipped: Option<String>,
+    /// Mean Hounsfield units inside the lung mask of a slice sent to the engine (None otherwise).
+    pub lung_hu: Option<f64>,
 }
 
 /// The decision rule of `s` for a model: the config's threshold when set, else the manifest's.
 pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest) -> Rule {
     let (threshold, threshold_source) = match s.threshold {
-        Some(t) => (t, "config".to_string()),
+        Some(t) => (t, s.threshold_provenance.as_ref().map_or_else(|| "config".to_string(), |p| format!("config: {p}"))),
         None => (manifest.decision.threshold, "manifest".to_string()),
     };
     let (min_positive_slices, min_positive_source) = match (s.min_positive_slices, manifest.decision.min_positive_slices) {

@@ -48,6 +48,40 @@ pub struct VerdictView {
 
 pub use crate::output::ModelView;
 
+/// Drift watching as `status --json` shows it (DESIGN.md: `drift`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftStatus {
+    /// `ok` or `drift`.
+    pub state: String,
+    /// Series in the window.
+    pub series: usize,
+    /// Share of them that alerted.
+    pub alert_rate: f64,
+    /// The reference's alert rate.
+    pub expected_alert_rate: f64,
+    /// Why it drifts, in plain words (empty while `ok`).
+    pub reasons: Vec<String>,
+    /// Where the reference came from.
+    pub reference: String,
+}
+
+impl From<&crate::drift::View> for DriftStatus {
+    fn from(v: &crate::drift::View) -> DriftStatus {
+        DriftStatus {
+            state: match v.state {
+                crate::drift::State::Ok => "ok",
+                crate::drift::State::Drift => "drift",
+            }
+            .into(),
+            series: v.series,
+            alert_rate: v.alert_rate,
+            expected_alert_rate: v.expected_alert_rate,
+            reasons: v.reasons.clone(),
+            reference: v.reference.clone(),
+        }
+    }
+}
+
 /// What the daemon writes (DESIGN.md keys, plus a few more for people).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -77,6 +111,10 @@ pub struct Snapshot {
     pub model: ModelView,
     /// Slice threshold in force (null while no model is loaded and the config sets none).
     pub threshold: Option<f64>,
+    /// Where it came from: `manifest`, `config`, or `config: <who chose it, when, from which
+    /// commissioning run>` (null in snapshots of older versions).
+    #[serde(default)]
+    pub threshold_source: Option<String>,
     /// Positive slices a series needs (null while no model is loaded and the config sets none).
     pub min_positive_slices: Option<usize>,
     /// The whole series rule in words, with where each value came from (`Rule::describe`; null
@@ -87,6 +125,12 @@ pub struct Snapshot {
     pub files_handled: u64,
     /// The most recent final verdicts, newest first.
     pub last_verdicts: Vec<VerdictView>,
+    /// Running below full capability (amber LED; e.g. polling where inotify failed).
+    #[serde(default)]
+    pub degraded: bool,
+    /// Drift watching (null when `[drift] enabled = false` or no reference could be had).
+    #[serde(default)]
+    pub drift: Option<DriftStatus>,
 }
 
 impl Snapshot {
@@ -107,10 +151,13 @@ impl Snapshot {
             preprocess: "none".into(),
             model: ModelView { name: settings.model_path.display().to_string(), version: "unavailable".into(), sha256: String::new() },
             threshold: settings.threshold,
+            threshold_source: settings.threshold.map(|_| settings.threshold_provenance.as_ref().map_or_else(|| "config".to_string(), |p| format!("config: {p}"))),
             min_positive_slices: settings.min_positive_slices,
             series_rule: None,
             files_handled: 0,
             last_verdicts: Vec::new(),
+            degraded: false,
+            drift: None,
         }
     }
 }
@@ -180,7 +227,7 @@ pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
     let _ = writeln!(r, "work        {} file(s) waiting, {} scoring, {} series open, {} files handled", snap.queue, snap.scoring, snap.open_series, snap.files_handled);
     let _ = writeln!(
         r,
-        "model       {} {} (sha256 {}…), engine {} {}, preprocess {}, threshold {}, series rule {}",
+        "model       {} {} (sha256 {}…), engine {} {}, preprocess {}, threshold {}{}, series rule {}",
         snap.model.name,
         snap.model.version,
         &snap.model.sha256[..12.min(snap.model.sha256.len())],
@@ -188,8 +235,20 @@ pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
         snap.precision,
         snap.preprocess,
         snap.threshold.map(|t| format!("{t:.4}")).unwrap_or_else(|| "unknown".into()),
+        snap.threshold_source.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
         snap.series_rule.clone().or_else(|| snap.min_positive_slices.map(|n| format!("≥ {n} slices positive"))).unwrap_or_else(|| "unknown".into())
     );
+    match &snap.drift {
+        Some(d) if d.state == "drift" => {
+            let _ = writeln!(r, "drift       DRIFT (amber): {}; {} series, alert rate {:.2} (expected {:.2}), reference {}", d.reasons.join("; "), d.series, d.alert_rate, d.expected_alert_rate, d.reference);
+        }
+        Some(d) => {
+            let _ = writeln!(r, "drift       ok: {} series, alert rate {:.2} (expected {:.2}), reference {}", d.series, d.alert_rate, d.expected_alert_rate, d.reference);
+        }
+        None => {
+            let _ = writeln!(r, "drift       not watched");
+        }
+    }
     for v in &snap.last_verdicts {
         let _ = writeln!(r, "verdict     {} {} ({} of {} slices, max {:.3}), {}", v.series_key, v.verdict.to_uppercase(), v.positives, v.slices, v.max_prob, ago(v.t));
     }
@@ -219,9 +278,19 @@ mod tests {
             model: ModelView { name: "m".into(), version: "1".into(), sha256: "ab".repeat(32) },
             threshold: Some(0.5),
             min_positive_slices: Some(2),
+            threshold_source: Some("config: chosen by A on 2026-12-10 from commission run 20261210T101500Z".into()),
             series_rule: Some("≥ 2 slices, ≥ 136 mm positive (count: manifest, physical: manifest)".into()),
             files_handled: 9,
             last_verdicts: vec![],
+            degraded: false,
+            drift: Some(DriftStatus {
+                state: "drift".into(),
+                series: 30,
+                alert_rate: 0.5,
+                expected_alert_rate: 0.1,
+                reasons: vec!["lung HU +140 against reference".into()],
+                reference: "manifest".into(),
+            }),
         };
         write(dir.path(), &snap).unwrap();
         let back = read(dir.path()).unwrap();
@@ -231,6 +300,9 @@ mod tests {
         assert_eq!(v["latched"]["series_key"], "0a1b2c3d");
         assert!(to_json(&back, false, 160.0)["uptime_s"].is_null());
         assert!(to_text(&back, false, 160.0).contains("NOT RUNNING"));
+        assert_eq!(v["drift"]["state"], "drift");
+        let text = to_text(&back, true, 160.0);
+        assert!(text.contains("DRIFT (amber): lung HU +140") && text.contains("threshold 0.5000 (config: chosen by A"), "{text}");
         std::fs::write(crate::durable::StateDir::new(dir.path()).status(), "{").unwrap();
         assert!(matches!(read(dir.path()), Err(StatusError::Bad { .. })));
     }

@@ -46,6 +46,7 @@ pub struct LedState {
     scoring: bool,
     latched: bool,
     degraded: bool,
+    drift: bool,
     faults: HashSet<FaultKind>,
 }
 
@@ -67,8 +68,14 @@ impl LedState {
                 self.faults.remove(&kind);
             }
             Event::Degraded { on } => self.degraded = on,
+            Event::Drift { on } => self.drift = on,
             Event::Heartbeat { .. } | Event::Negative { .. } | Event::Stopping | Event::Reject { .. } => {}
         }
+    }
+
+    /// The state a status snapshot describes (the admin's page draws the lamps from it).
+    pub fn of(running: bool, scoring: bool, latched: bool, degraded: bool, drift: bool, faults: impl IntoIterator<Item = FaultKind>) -> LedState {
+        LedState { running, scoring, latched, degraded, drift, faults: faults.into_iter().collect() }
     }
 
     /// Marks the daemon stopped: everything dark.
@@ -96,7 +103,7 @@ impl LedState {
         } else {
             Lamp::Off
         };
-        let amber = if self.degraded { Lamp::On } else { Lamp::Off };
+        let amber = if self.degraded || self.drift { Lamp::On } else { Lamp::Off };
         [green, red, amber]
     }
 }

@@ -220,6 +220,13 @@ pub enum Event {
         /// Degraded (true) or back to full capability (false).
         on: bool,
     },
+    /// The recent series departed from the drift reference (on), or came back (off): amber LED,
+    /// `DEGRADED,DRIFT` / `CLEAR,DRIFT` on the serial line, HEARTBEAT says DEGRADED meanwhile.
+    /// Alerts are raised exactly as without it.
+    Drift {
+        /// Drifting (true) or back within the reference (false).
+        on: bool,
+    },
     /// Orderly shutdown (SIGTERM): the daemon finishes the files in flight and exits.
     Stopping,
     /// A file was quarantined (kept in quarantine/ with a `.reason`), for this kind of reason.
@@ -356,6 +363,8 @@ impl AlertSink for LogSink {
             Event::Fault { kind } => log::error!(target: "ctsentry::alert", "FAULT {}", kind.name()),
             Event::Clear { what } => log::info!(target: "ctsentry::alert", "CLEAR {what:?}"),
             Event::Scoring { .. } | Event::Heartbeat { .. } => log::debug!(target: "ctsentry::alert", "{event:?}"),
+            Event::Drift { on: true } => log::warn!(target: "ctsentry::alert", "DEGRADED DRIFT"),
+            Event::Drift { on: false } => log::info!(target: "ctsentry::alert", "CLEAR DRIFT"),
             Event::Ready { .. } | Event::Degraded { .. } | Event::Stopping | Event::Reject { .. } => log::info!(target: "ctsentry::alert", "{event:?}"),
         }
     }

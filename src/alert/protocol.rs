@@ -52,6 +52,7 @@ pub fn format(seq: u32, event: &Event, version: &str, out: &mut Line) -> Option<
                 Cleared::Ack => write!(out, "CLEAR,ACK"),
                 Cleared::Fault(k) => write!(out, "CLEAR,{}", k.name()),
             },
+            Event::Drift { on } => write!(out, "{},DRIFT", if *on { "DEGRADED" } else { "CLEAR" }),
             Event::Stopping => write!(out, "STOPPING"),
             Event::Reject { why } => write!(out, "REJECT,{}", why.name()),
             Event::Scoring { .. } | Event::Degraded { .. } => Err(core::fmt::Error),

@@ -56,6 +56,7 @@ pub struct SerialSink {
     input: heapless::Vec<u8, 128>,
     faults: heapless::FnvIndexSet<u8, 8>,
     degraded: bool,
+    drift: bool,
     latched: Option<SeriesKey>,
     up: Arc<AtomicBool>,
     down_logged: bool,
@@ -84,6 +85,7 @@ impl SerialSink {
             input: heapless::Vec::new(),
             faults: heapless::FnvIndexSet::new(),
             degraded: false,
+            drift: false,
             latched: None,
             up: Arc::new(AtomicBool::new(false)),
             down_logged: false,
@@ -157,6 +159,7 @@ impl SerialSink {
             Event::Alert { key, .. } => self.latched = Some(key),
             Event::Ready { latched: Some(key) } => self.latched = Some(key),
             Event::Degraded { on } => self.degraded = on,
+            Event::Drift { on } => self.drift = on,
             _ => {}
         }
     }
@@ -164,7 +167,7 @@ impl SerialSink {
     fn health(&self) -> Health {
         if !self.faults.is_empty() {
             Health::Fault
-        } else if self.degraded {
+        } else if self.degraded || self.drift {
             Health::Degraded
         } else {
             Health::Ok

@@ -344,6 +344,20 @@ pub enum WatchMode {
     Poll,
 }
 
+/// Drift watching (`[drift]`): the daemon's recent series against a reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    /// On (default) or off.
+    pub enabled: bool,
+    /// A reference measured at this site (`reference.toml` of `ctsentry commission --out`); None:
+    /// the model manifest's `[validation.reference]`.
+    pub reference: Option<PathBuf>,
+    /// Series compared (the most recent).
+    pub window: usize,
+    /// Series needed before drift is judged.
+    pub min_series: usize,
+}
+
 /// The daemon's watching, results and disk settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
@@ -416,6 +430,9 @@ pub struct Settings {
     pub min_positive_extent_mm: Option<f64>,
     /// Share of the lung in positive slices a positive series needs (None: the manifest's, else 0).
     pub min_positive_share: Option<f64>,
+    /// Who chose a threshold set in the config, when, and from which commissioning run
+    /// (`[decision] threshold_provenance`); shown with the threshold in every result.
+    pub threshold_provenance: Option<String>,
     /// Silence after which a series is complete.
     pub quiet_seconds: f64,
     /// Watching, results and disk settings of the daemon.
@@ -434,6 +451,8 @@ pub struct Settings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The bearer token `/metrics` needs (`[metrics] token`; required outside loopback).
     pub metrics_token: Option<Secret>,
+    /// Drift watching (`[drift]`).
+    pub drift: DriftConfig,
     /// Log level.
     pub log_level: log::LevelFilter,
     /// Whether patient names may appear in logs (off by default).

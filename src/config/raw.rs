@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) dicom: RawDicom,
     pub(super) export: RawExport,
     pub(super) metrics: RawMetrics,
+    pub(super) drift: RawDrift,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +190,22 @@ pub(super) struct RawDecision {
     pub(super) min_positive_slices: Option<Spanned<i64>>,
     pub(super) min_positive_extent_mm: Option<Spanned<f64>>,
     pub(super) min_positive_share: Option<Spanned<f64>>,
+    pub(super) threshold_provenance: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDrift {
+    pub(super) enabled: bool,
+    pub(super) reference: Option<Spanned<String>>,
+    pub(super) window: Spanned<i64>,
+    pub(super) min_series: Spanned<i64>,
+}
+
+impl Default for RawDrift {
+    fn default() -> Self {
+        RawDrift { enabled: true, reference: None, window: Spanned::new(0..0, 50), min_series: Spanned::new(0..0, 20) }
+    }
 }
 
 #[derive(Debug, Deserialize)]

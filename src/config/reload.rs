@@ -41,6 +41,8 @@ pub struct FixedSettings {
     pub export: ExportSettings,
     /// See [`Settings::metrics_listen`].
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// See [`Settings::drift`].
+    pub drift: DriftConfig,
     /// See [`Settings::metrics_token`].
     pub metrics_token: Option<Secret>,
     /// `watch.mode`.
@@ -58,6 +60,8 @@ pub struct LiveSettings {
     pub min_positive_extent_mm: Option<f64>,
     /// See [`Settings::min_positive_share`].
     pub min_positive_share: Option<f64>,
+    /// See [`Settings::threshold_provenance`].
+    pub threshold_provenance: Option<String>,
     /// See [`Settings::quiet_seconds`].
     pub quiet_seconds: f64,
     /// See [`Settings::ingest`].
@@ -100,6 +104,7 @@ impl Settings {
             min_positive_slices,
             min_positive_extent_mm,
             min_positive_share,
+            threshold_provenance,
             quiet_seconds,
             daemon: DaemonSettings { watch, poll_seconds, stable_seconds, heatmaps, min_free_mb, done_days, results_days },
             ingest,
@@ -109,6 +114,7 @@ impl Settings {
             export,
             metrics_listen,
             metrics_token,
+            drift,
             log_level,
             log_patient_names,
         } = self;
@@ -131,6 +137,7 @@ impl Settings {
                 export,
                 metrics_listen,
                 metrics_token,
+                drift,
                 watch,
             },
             LiveSettings {
@@ -138,6 +145,7 @@ impl Settings {
                 min_positive_slices,
                 min_positive_extent_mm,
                 min_positive_share,
+                threshold_provenance,
                 quiet_seconds,
                 ingest,
                 poll_seconds,
@@ -170,6 +178,7 @@ impl Settings {
             min_positive_slices: l.min_positive_slices,
             min_positive_extent_mm: l.min_positive_extent_mm,
             min_positive_share: l.min_positive_share,
+            threshold_provenance: l.threshold_provenance,
             quiet_seconds: l.quiet_seconds,
             daemon: DaemonSettings {
                 watch: f.watch,
@@ -187,6 +196,7 @@ impl Settings {
             export: f.export,
             metrics_listen: f.metrics_listen,
             metrics_token: f.metrics_token,
+            drift: f.drift,
             log_level: l.log_level,
             log_patient_names: l.log_patient_names,
         }
@@ -214,6 +224,7 @@ impl FixedSettings {
             export,
             metrics_listen,
             metrics_token,
+            drift,
             watch,
         } = self;
         let mut out = Vec::new();
@@ -238,6 +249,7 @@ impl FixedSettings {
         check(*export != new.export, "export.*");
         check(*metrics_listen != new.metrics_listen, "metrics.listen");
         check(*metrics_token != new.metrics_token, "metrics.token");
+        check(*drift != new.drift, "drift.*");
         check(*watch != new.watch, "watch.mode");
         out
     }

@@ -154,6 +154,20 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
     let min_positive_slices = raw.decision.min_positive_slices.as_ref().map(|v| c.range_i("decision.min_positive_slices", v, 1, 10_000) as usize);
     let min_positive_extent_mm = raw.decision.min_positive_extent_mm.as_ref().map(|v| c.range_f("decision.min_positive_extent_mm", v, 0.0, 2_000.0));
     let min_positive_share = raw.decision.min_positive_share.as_ref().map(|v| c.range_f("decision.min_positive_share", v, 0.0, 1.0));
+    let threshold_provenance = raw.decision.threshold_provenance.as_ref().map(|p| p.get_ref().trim().to_string()).filter(|p| !p.is_empty());
+    if let (Some(p), None) = (&raw.decision.threshold_provenance, &raw.decision.threshold) {
+        c.fail(p, "decision.threshold_provenance without decision.threshold: it records who chose the threshold set here".into());
+    }
+    let dr = &raw.drift;
+    let drift = DriftConfig {
+        enabled: dr.enabled,
+        reference: dr.reference.as_ref().map(|p| c.path("drift.reference", p, base)),
+        window: c.range_i("drift.window", &dr.window, 5, 10_000) as usize,
+        min_series: c.range_i("drift.min_series", &dr.min_series, 2, 10_000) as usize,
+    };
+    if drift.min_series > drift.window {
+        c.fail(&dr.min_series, format!("drift.min_series = {} is more than drift.window = {}: drift could never be judged", drift.min_series, drift.window));
+    }
     let quiet_seconds = c.range_f("series.quiet_seconds", &raw.series.quiet_seconds, 0.1, 86_400.0);
     let ing = &raw.ingest;
     let modalities: Vec<String> = ing.modalities.get_ref().iter().map(|m| m.trim().to_ascii_uppercase()).collect();
@@ -317,6 +331,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
         min_positive_slices,
         min_positive_extent_mm,
         min_positive_share,
+        threshold_provenance,
         quiet_seconds,
         ingest: IngestOptions { limits, modalities, allow_missing_modality: ing.allow_missing_modality, display_window: None },
         daemon,
@@ -344,6 +359,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
         export,
         metrics_listen,
         metrics_token,
+        drift,
         log_level: log_level.expect("checked"),
         log_patient_names: raw.log.patient_names,
     })

@@ -35,6 +35,9 @@ pub struct SliceRec {
     pub prob: f32,
     /// Share of the image inside the lungs.
     pub lung_fraction: f32,
+    /// Mean HU inside the lungs of a scored slice (drift watching; absent in older journals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_hu: Option<f32>,
 }
 
 /// One journal line.
@@ -457,7 +460,7 @@ mod tests {
             file: file.into(),
             series: series.into(),
             part: 1,
-            slices: vec![SliceRec { frame: 0, sop: String::new(), geometry: Geometry::default(), prob, lung_fraction: 0.2 }],
+            slices: vec![SliceRec { frame: 0, sop: String::new(), geometry: Geometry::default(), prob, lung_fraction: 0.2, lung_hu: None }],
             unwritten: Vec::new(),
         }
     }
@@ -502,7 +505,7 @@ mod tests {
 
     #[test]
     fn an_instance_received_twice_counts_once() {
-        let rec = |sop: &str, frame: usize, prob: f32| SliceRec { frame, sop: sop.into(), geometry: Geometry::default(), prob, lung_fraction: 0.2 };
+        let rec = |sop: &str, frame: usize, prob: f32| SliceRec { frame, sop: sop.into(), geometry: Geometry::default(), prob, lung_fraction: 0.2, lung_hu: Some(-820.0) };
         let mut s = State::default();
         let scored = |file: &str, slices: Vec<SliceRec>| Record::Scored { t: now(), file: file.into(), series: "S".into(), part: 1, slices, unwritten: Vec::new() };
         s.apply(&scored("a.dcm", vec![rec("1.2.3", 0, 0.9)]));

@@ -26,6 +26,7 @@
 //! FAULT EXPORT and is started again.
 
 mod control;
+mod drift;
 mod error;
 mod export;
 mod faults;
@@ -88,6 +89,8 @@ pub struct Daemon {
     journal_failed: Option<Instant>,
     busy: bool,
     degraded: bool,
+    /// Drift watching (None: off, or no reference).
+    drift: Option<drift::DriftWatch>,
     started: f64,
     /// Recent final verdicts, newest first (for `ctsentry status`).
     last_verdicts: std::collections::VecDeque<crate::status::VerdictView>,
@@ -150,7 +153,7 @@ impl Daemon {
         let exporter = if settings.export.enabled { Some(export::Bridge::start(&settings, &state_dir, &metrics)?) } else { None };
         if let Some(addr) = settings.metrics_listen {
             let (_, thread) =
-                crate::metrics::serve(addr, metrics.clone(), settings.metrics_token.clone()).map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
+                crate::metrics::serve(addr, metrics.clone(), settings.metrics_token.clone(), Some(crate::page::Site { state: settings.paths.state.clone(), results: settings.paths.results.clone() })).map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
             threads.push(Supervised::new(thread, OnDeath::Exit));
         }
         let m = &scorer.model.manifest.model;
@@ -160,6 +163,7 @@ impl Daemon {
             .and_then(|r| r.map_err(|e| log::error!("acknowledge button not available: {e}")).ok());
         let live = Arc::new(Mutex::new(Live { rule: scorer.rule.clone(), heatmaps: settings.daemon.heatmaps, ingest: settings.ingest.clone() }));
         let degraded = cfg!(any(feature = "cuda", feature = "cuda-12")) && scorer.pre.name() == "cpu";
+        let drift = drift::DriftWatch::open(&settings, &scorer, &state_dir);
         let d = Daemon {
             config_path: config_path.to_path_buf(),
             state_dir,
@@ -177,6 +181,7 @@ impl Daemon {
             journal_failed: None,
             busy: false,
             degraded,
+            drift,
             started: now(),
             last_verdicts: std::collections::VecDeque::new(),
             metrics,
@@ -255,6 +260,7 @@ impl Daemon {
         if self.degraded {
             self.emit(Event::Degraded { on: true });
         }
+        self.announce_drift();
         log::info!(
             "ready: watching {} ({:?}), {} workers, model {} {} (sha256 {}…), threshold {:.4} ({}), series rule {}, slices with lung fraction < {} not scored, engine {}, preprocess {}; {} series open from before",
             self.settings.paths.incoming.display(), self.settings.daemon.watch, workers, m.name, m.version, &m.sha256[..12.min(m.sha256.len())],

@@ -119,16 +119,20 @@ impl Daemon {
             preprocess: self.scorer.pre.name().into(),
             model: crate::output::ModelView::of(m),
             threshold: Some(rule.threshold),
+            threshold_source: Some(rule.threshold_source.clone()),
             min_positive_slices: Some(rule.min_positive_slices),
             series_rule: Some(rule.describe()),
             files_handled: self.state.handled,
             last_verdicts: self.last_verdicts.iter().cloned().collect(),
+            degraded: self.degraded,
+            drift: self.drift.as_ref().map(|w| crate::status::DriftStatus::from(&w.view())),
         };
         *self.metrics.gauges.lock().unwrap_or_else(|p| p.into_inner()) = crate::metrics::Gauges {
             queue: snap.queue,
             open_series: snap.open_series,
             faults: self.faults.kinds(),
             latched: snap.latched.is_some(),
+            drift: snap.drift.as_ref().filter(|d| d.state == "drift").map(|d| d.reasons.join("; ")),
             updated: Some(Instant::now()),
             export_queue: if self.exporter.is_some() { crate::net::export::pending(&self.state_dir.export_spool()).len() } else { 0 },
         };

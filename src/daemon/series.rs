@@ -169,6 +169,7 @@ impl Daemon {
             path.display()
         );
         self.publish(uid, o.part, Stage::Final, d.verdict == Verdict::Positive, d.positives, d.slices, d.max_prob);
+        self.observe_drift(&recs, &rule, d.verdict == Verdict::Positive);
     }
 }
 

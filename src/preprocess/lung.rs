@@ -389,6 +389,30 @@ pub fn segment_slice(slice: &crate::ingest::Slice) -> LungMask {
     }
 }
 
+/// Mean Hounsfield units of `slice` inside `mask` (1 = lung), or `None` when the mask is empty or
+/// does not fit the slice. What drift watching compares across series: a scanner whose
+/// calibration or protocol changes moves it.
+pub fn mean_hu_inside(slice: &crate::ingest::Slice, mask: &LungMask) -> Option<f64> {
+    use crate::ingest::Pixels;
+    if mask.mask.len() != slice.rows * slice.cols {
+        return None;
+    }
+    let (s, b) = (slice.rescale.slope, slice.rescale.intercept);
+    let (mut sum, mut n) = (0f64, 0usize);
+    let mut add = |i: usize, v: f64| {
+        if mask.mask[i] != 0 {
+            sum += v * s + b;
+            n += 1;
+        }
+    };
+    match &slice.pixels {
+        Pixels::U16(v) => v.iter().enumerate().for_each(|(i, &p)| add(i, f64::from(p))),
+        Pixels::I16(v) => v.iter().enumerate().for_each(|(i, &p)| add(i, f64::from(p))),
+        Pixels::F32(v) => v.iter().enumerate().for_each(|(i, &p)| add(i, f64::from(p))),
+    }
+    (n > 0).then(|| sum / n as f64)
+}
+
 /// The block reduction of [`segment_slice`] on integer pixels (see there why it is exact).
 fn segment_integer_blocks<T: Copy + Into<i64>>(pixels: &[T], rows: usize, cols: usize, intercept: f64) -> LungMask {
     let f = (rows.max(cols) / WORKING_SIDE).max(1);
