@@ -253,8 +253,7 @@ fn authorized(head: &str, token: &Secret) -> bool {
     head.lines().skip(1).filter_map(|l| l.split_once(':')).any(|(name, value)| {
         let (name, value) = (name.trim(), value.trim());
         (name.eq_ignore_ascii_case("authorization") && value.strip_prefix("Bearer ").is_some_and(|t| token.matches(t.trim())))
-            || (name.eq_ignore_ascii_case("cookie")
-                && value.split(';').filter_map(|c| c.trim().split_once('=')).any(|(k, v)| k == COOKIE && token.matches(v.trim())))
+            || (name.eq_ignore_ascii_case("cookie") && value.split(';').filter_map(|c| c.trim().split_once('=')).any(|(k, v)| k == COOKIE && token.matches(v.trim())))
     })
 }
 
@@ -267,15 +266,13 @@ fn query_value(query: &str, key: &str) -> Option<String> {
         while i < b.len() {
             match b[i] {
                 b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                        Ok(c) => {
-                            out.push(c);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
+                b'%' if i + 2 < b.len() => match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(c) => {
+                        out.push(c);
+                        i += 2;
                     }
-                }
+                    Err(_) => out.push(b'%'),
+                },
                 c => out.push(c),
             }
             i += 1;

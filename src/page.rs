@@ -211,9 +211,9 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;te
         }
         h += "</table>";
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "</section><p><small>Read-only. Series keys and UIDs only, no patient names. A triage aid, not a diagnostic device. JSON: <a href=\"/api/status\">/api/status</a>. Reloads every {REFRESH_SECONDS} s.</small></p></body></html>\n"
+        "</section><p><small>Read-only. Series keys and UIDs only, no patient names. A triage aid, not a diagnostic device. JSON: <a href=\"/api/status\">/api/status</a>. Reloads every {REFRESH_SECONDS} s.</small></p></body></html>"
     );
     h
 }

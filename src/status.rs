@@ -240,7 +240,15 @@ pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
     );
     match &snap.drift {
         Some(d) if d.state == "drift" => {
-            let _ = writeln!(r, "drift       DRIFT (amber): {}; {} series, alert rate {:.2} (expected {:.2}), reference {}", d.reasons.join("; "), d.series, d.alert_rate, d.expected_alert_rate, d.reference);
+            let _ = writeln!(
+                r,
+                "drift       DRIFT (amber): {}; {} series, alert rate {:.2} (expected {:.2}), reference {}",
+                d.reasons.join("; "),
+                d.series,
+                d.alert_rate,
+                d.expected_alert_rate,
+                d.reference
+            );
         }
         Some(d) => {
             let _ = writeln!(r, "drift       ok: {} series, alert rate {:.2} (expected {:.2}), reference {}", d.series, d.alert_rate, d.expected_alert_rate, d.reference);

@@ -197,3 +197,62 @@ fn the_shipped_series_rule_holds_when_the_series_is_cut_thicker() {
         }
     }
 }
+
+/// `commission` on the shared COVID-CT-MD series, as a site would run it: P001 alerts (series
+/// sensitivity 1 of 1), normal001 stays quiet and cap001 (community-acquired pneumonia, which the
+/// model flags) alerts (specificity 1 of 2), each with its Wilson interval; every claim of the
+/// shipped manifest is within (exit 0); the report, the per-series CSV and the drift reference are
+/// written. The same studies against a manifest claiming 99 of 100 quiet negatives are outside
+/// (exit 1), and a threshold chosen by the site shows its provenance.
+#[test]
+fn commissioning_on_covid_ct_md_reports_series_level_intervals_against_the_claims() {
+    let Some(data) = common::shared_data("covid-ct-md/labels.csv") else { return };
+    let root = data.join("covid-ct-md");
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/densenet121-covid.onnx");
+    let run = |model: &Path, extra: &str, out: &Path| {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n{extra}", model.display())).unwrap();
+        let o = common::bin().arg("--config").arg(&cfg).args(["commission", "--json", "--labels"]).arg(root.join("labels.csv")).arg("--out").arg(out).arg(&root).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+        (o.status.code(), v)
+    };
+    let out = dir.path().join("site");
+    let (code, v) = run(&shipped, "", &out);
+    println!("{}", serde_json::to_string_pretty(&v["claims"]).unwrap());
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!((v["series"].as_u64(), v["positive_series"].as_u64(), v["negative_series"].as_u64()), (Some(3), Some(1), Some(2)));
+    assert_eq!((v["sensitivity"]["value"].as_f64(), v["specificity"]["value"].as_f64()), (Some(1.0), Some(0.5)), "{v}");
+    assert!((v["sensitivity"]["low"].as_f64().unwrap() - 0.2065).abs() < 1e-3, "Wilson 1 of 1: {v}");
+    assert_eq!(v["false_alerts_per_100"]["value"].as_f64(), Some(50.0));
+    let auc = v["slice_auc"].as_f64().unwrap();
+    assert!((0.80..0.90).contains(&auc), "slice AUC over all 470 labelled slices: {auc}");
+    assert_eq!(v["within_claims"], true);
+    let names: Vec<&str> = v["claims"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["series_sensitivity", "series_specificity", "false_alerts_per_100", "slice_auc"]);
+    assert_eq!(v["series_in_training"].as_u64(), Some(1), "cap001 is in the manifest's training series");
+    let verdicts: Vec<(bool, &str)> = v["rows"].as_array().unwrap().iter().map(|r| (r["label"].as_bool().unwrap(), r["verdict"].as_str().unwrap())).collect();
+    assert_eq!(verdicts.iter().filter(|(l, verdict)| !l && *verdict == "positive").count(), 1, "{verdicts:?}");
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("WITHIN the model's claims") && report.contains("<svg class=\"roc\"") && report.contains("(in force)"), "report.html");
+    assert_eq!(std::fs::read_to_string(out.join("series.csv")).unwrap().lines().count(), 4);
+    let reference = std::fs::read_to_string(out.join("reference.toml")).unwrap();
+    assert!(reference.contains("series = 3") && reference.contains("alert_rate = 0.66"), "{reference}");
+
+    let strict = dir.path().join("strict.onnx");
+    std::fs::copy(&shipped, &strict).unwrap();
+    let manifest = std::fs::read_to_string(shipped.with_extension("toml"))
+        .unwrap()
+        .replace("series_specificity = { quiet = 6, series = 8 }", "series_specificity = { quiet = 99, series = 100 }");
+    std::fs::write(strict.with_extension("toml"), manifest).unwrap();
+    let (code, v) = run(
+        &strict,
+        "[decision]\nthreshold = 0.2\nthreshold_provenance = \"chosen by the site's physicist on 2026-12-06 from commission run 20261206T000000Z\"\n",
+        &dir.path().join("strict"),
+    );
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["within_claims"], false);
+    let outside: Vec<&str> = v["claims"].as_array().unwrap().iter().filter(|c| c["within"] == false).map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(outside.contains(&"series_specificity") && outside.contains(&"false_alerts_per_100"), "{outside:?}");
+    assert_eq!(v["threshold_source"], "config: chosen by the site's physicist on 2026-12-06 from commission run 20261206T000000Z");
+}

@@ -67,7 +67,13 @@ fn histogram_svg(c: &Commission) -> String {
         let x = m + i as f64 * bw;
         for (k, colour, dx) in [(n, "#1f5fbf", 0.0), (p, "#c62828", bw / 2.0)] {
             let bh = k as f64 / top * (h - 2.0 * m);
-            let _ = write!(s, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{colour}\"><title>{k} series</title></rect>", x + dx, h - m - bh, bw / 2.0 - 1.0);
+            let _ = write!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{colour}\"><title>{k} series</title></rect>",
+                x + dx,
+                h - m - bh,
+                bw / 2.0 - 1.0
+            );
         }
     }
     let tx = m + c.threshold * (w - 2.0 * m);
@@ -144,10 +150,24 @@ slice threshold <b>{:.4}</b> ({}), series rule {}.</p>",
             ),
             None => ("no claim".into(), "–", false),
         };
-        let _ = write!(h, "<tr{}><td class=\"l\">{label}</td><td>{}</td><td>{claimed}</td><td class=\"l\">{judged}</td></tr>", if miss { " class=\"miss\"" } else { "" }, ci(&measured, digits, scale));
+        let _ = write!(
+            h,
+            "<tr{}><td class=\"l\">{label}</td><td>{}</td><td>{claimed}</td><td class=\"l\">{judged}</td></tr>",
+            if miss { " class=\"miss\"" } else { "" },
+            ci(&measured, digits, scale)
+        );
     }
-    let _ = write!(h, "</table><p><small>Claims from: {}. Within = the two 95 % intervals overlap on the side that matters.</small></p>", esc(c.claims_provenance.trim_end_matches('.')));
-    let _ = write!(h, "<div class=\"figs\"><div><h3>Slice ROC (red: the threshold)</h3>{}</div><div><h3>Series</h3>{}</div></div>", roc_svg(&c.slice_scores, c.threshold, c.slice_auc), histogram_svg(c));
+    let _ = write!(
+        h,
+        "</table><p><small>Claims from: {}. Within = the two 95 % intervals overlap on the side that matters.</small></p>",
+        esc(c.claims_provenance.trim_end_matches('.'))
+    );
+    let _ = write!(
+        h,
+        "<div class=\"figs\"><div><h3>Slice ROC (red: the threshold)</h3>{}</div><div><h3>Series</h3>{}</div></div>",
+        roc_svg(&c.slice_scores, c.threshold, c.slice_auc),
+        histogram_svg(c)
+    );
     h += "<h2>Operating points (series level, the rule's other conditions unchanged)</h2><table><tr><th>threshold</th><th>sensitivity</th><th>specificity</th><th>false alerts / 100</th></tr>";
     for p in &c.operating_points {
         let now = (p.threshold - c.threshold).abs() < 1e-9;

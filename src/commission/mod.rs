@@ -221,7 +221,12 @@ impl ReferenceView {
     /// The reference drift watching uses, or why these values cannot be one.
     pub fn to_reference(&self) -> Result<Reference, String> {
         let ok = |v: f64, lo: f64, hi: f64| v.is_finite() && (lo..=hi).contains(&v);
-        if !(ok(self.alert_rate, 0.0, 1.0) && ok(self.prob_mean, 0.0, 1.0) && ok(self.prob_sd, 0.0, 1.0) && ok(self.lung_hu_mean, -1100.0, 500.0) && ok(self.lung_hu_sd, 0.0, 1000.0)) {
+        if !(ok(self.alert_rate, 0.0, 1.0)
+            && ok(self.prob_mean, 0.0, 1.0)
+            && ok(self.prob_sd, 0.0, 1.0)
+            && ok(self.lung_hu_mean, -1100.0, 500.0)
+            && ok(self.lung_hu_sd, 0.0, 1000.0))
+        {
             return Err("alert_rate, prob_mean and prob_sd must lie in [0, 1], lung_hu_mean in [-1100, 500] HU, lung_hu_sd in [0, 1000]".into());
         }
         Ok(Reference {
@@ -379,7 +384,8 @@ pub fn run_id(unix: f64) -> String {
 pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, CommissionError> {
     let labels = prep::read_labels(req.labels)?;
     let sc = Scorer::from_settings(settings)?;
-    let claims = Claims::from_validation(&sc.model.manifest.validation).map_err(|reason| CommissionError::Claims { manifest: crate::model::manifest_path(&sc.model.path), reason })?;
+    let claims =
+        Claims::from_validation(&sc.model.manifest.validation).map_err(|reason| CommissionError::Claims { manifest: crate::model::manifest_path(&sc.model.path), reason })?;
     let mut names: Vec<&String> = labels.keys().collect();
     names.sort();
     let files: Vec<PathBuf> = names.iter().map(|n| req.root.join(n)).collect();
@@ -516,8 +522,16 @@ impl Commission {
         };
         let pct = |i: &Interval| ci(i, 3);
         let mut t = String::new();
-        let _ = writeln!(t, "commission run {}: {} series ({} positive, {} negative), {} labelled slices", self.run_id, self.series, self.positive_series, self.negative_series, self.slices);
-        let _ = writeln!(t, "model {} {}, engine {} {}, threshold {:.4} ({}), series rule {}", self.model.name, self.model.version, self.engine, self.precision, self.threshold, self.threshold_source, self.series_rule);
+        let _ = writeln!(
+            t,
+            "commission run {}: {} series ({} positive, {} negative), {} labelled slices",
+            self.run_id, self.series, self.positive_series, self.negative_series, self.slices
+        );
+        let _ = writeln!(
+            t,
+            "model {} {}, engine {} {}, threshold {:.4} ({}), series rule {}",
+            self.model.name, self.model.version, self.engine, self.precision, self.threshold, self.threshold_source, self.series_rule
+        );
         let _ = writeln!(t, "series sensitivity   {}", pct(&self.sensitivity));
         let _ = writeln!(t, "series specificity   {}", pct(&self.specificity));
         let _ = writeln!(t, "false alerts / 100   {}", ci(&self.false_alerts_per_100, 1));
@@ -570,7 +584,11 @@ mod tests {
         let checks = c.check(wilson(1, 10), Interval::NONE, Interval::NONE);
         assert_eq!(checks[0].within, Some(false), "1 of 10 against 9 of 10 is outside");
         assert_eq!(checks[1].within, None);
-        for bad in ["[claims]\nseries_sensitivity = { alerted = 11, series = 10 }\n", "[claims]\nseries_specificity = 0.9\n", "[claims]\nslice_auc = { value = 1.5, positive_slices = 1, negative_slices = 1 }\n"] {
+        for bad in [
+            "[claims]\nseries_sensitivity = { alerted = 11, series = 10 }\n",
+            "[claims]\nseries_specificity = 0.9\n",
+            "[claims]\nslice_auc = { value = 1.5, positive_slices = 1, negative_slices = 1 }\n",
+        ] {
             let v: toml::Table = toml::from_str(bad).unwrap();
             assert!(Claims::from_validation(&v).is_err(), "{bad}");
         }

@@ -92,11 +92,7 @@ impl DriftWatch {
 pub(super) fn observation(recs: &[SliceRec], scored: impl Fn(&SliceRec) -> bool, alerted: bool) -> Observation {
     let kept: Vec<&SliceRec> = recs.iter().filter(|r| scored(r)).collect();
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    Observation {
-        alerted,
-        mean_prob: mean(kept.iter().map(|r| f64::from(r.prob)).collect()),
-        lung_hu: mean(kept.iter().filter_map(|r| r.lung_hu.map(f64::from)).collect()),
-    }
+    Observation { alerted, mean_prob: mean(kept.iter().map(|r| f64::from(r.prob)).collect()), lung_hu: mean(kept.iter().filter_map(|r| r.lung_hu.map(f64::from)).collect()) }
 }
 
 impl Daemon {

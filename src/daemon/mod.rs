@@ -152,8 +152,13 @@ impl Daemon {
         }
         let exporter = if settings.export.enabled { Some(export::Bridge::start(&settings, &state_dir, &metrics)?) } else { None };
         if let Some(addr) = settings.metrics_listen {
-            let (_, thread) =
-                crate::metrics::serve(addr, metrics.clone(), settings.metrics_token.clone(), Some(crate::page::Site { state: settings.paths.state.clone(), results: settings.paths.results.clone() })).map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
+            let (_, thread) = crate::metrics::serve(
+                addr,
+                metrics.clone(),
+                settings.metrics_token.clone(),
+                Some(crate::page::Site { state: settings.paths.state.clone(), results: settings.paths.results.clone() }),
+            )
+            .map_err(|source| DaemonError::Listen { key: "metrics.listen", addr, source })?;
             threads.push(Supervised::new(thread, OnDeath::Exit));
         }
         let m = &scorer.model.manifest.model;

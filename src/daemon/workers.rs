@@ -219,7 +219,14 @@ fn score_files(scorer: &Scorer, live: &Live, results_dir: &Path, inference: &cra
         let recs = slices
             .iter()
             .zip(outs)
-            .map(|(s, o)| SliceRec { frame: s.frame, sop: s.uids.sop.clone(), geometry: s.geometry, prob: o.prob, lung_fraction: o.lung_fraction, lung_hu: o.lung_hu.map(|h| h as f32) })
+            .map(|(s, o)| SliceRec {
+                frame: s.frame,
+                sop: s.uids.sop.clone(),
+                geometry: s.geometry,
+                prob: o.prob,
+                lung_fraction: o.lung_fraction,
+                lung_hu: o.lung_hu.map(|h| h as f32),
+            })
             .collect();
         out.push((job, Outcome::Scored { series: uid, slices: recs, heatmaps, unwritten }));
     }

@@ -6,6 +6,7 @@ mod common;
 mod harness;
 
 mod abuse;
+mod admin;
 mod crashes;
 mod network;
 mod operation;
