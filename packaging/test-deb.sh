@@ -43,9 +43,25 @@ runuser -u ctsentry -- ctsentry check-config --deep || fail "check-config --deep
 runuser -u ctsentry -- ctsentry doctor > /tmp/ctsentry-doctor.txt || { cat /tmp/ctsentry-doctor.txt; fail "doctor found problems"; }
 grep -q "checked as    user ctsentry" /tmp/ctsentry-doctor.txt || fail "doctor did not check as the service user"
 grep -q "engine ov     library /usr/lib/ctsentry/openvino/" /tmp/ctsentry-doctor.txt || fail "doctor does not find the packaged OpenVINO: $(grep engine /tmp/ctsentry-doctor.txt)"
-# As the README has it (`sudo ctsentry doctor`): root, checking as the service user.
+# As the README has it (`ctsentry doctor` as root): checking as the service user.
 ctsentry doctor > /tmp/ctsentry-doctor-root.txt || { cat /tmp/ctsentry-doctor-root.txt; fail "doctor as root found problems"; }
 grep -q "checked as    user ctsentry" /tmp/ctsentry-doctor-root.txt || fail "doctor as root did not check as the service user"
+
+step "commissioning as the README has it (as root, runuser, no sudo)"
+labels=/tmp/ctsentry-commission-labels.csv
+{ echo "file,covid"; ls "$series" | sed 's/$/,0/'; } > "$labels"
+chmod 644 "$labels"
+mkdir -p /var/lib/ctsentry/commission && chown ctsentry: /var/lib/ctsentry/commission
+rc=0
+runuser -u ctsentry -- ctsentry commission --labels "$labels" --out /var/lib/ctsentry/commission "$series" > /tmp/ctsentry-commission.txt || rc=$?
+[ "$rc" -le 1 ] || { cat /tmp/ctsentry-commission.txt; fail "commission exit $rc"; }
+grep -q "^claim series_specificity" /tmp/ctsentry-commission.txt || fail "commission compared no claims: $(cat /tmp/ctsentry-commission.txt)"
+for f in report.html series.csv reference.toml; do
+    [ "$(stat -c %U /var/lib/ctsentry/commission/$f)" = ctsentry ] || fail "commission/$f missing or not the service user's"
+done
+# README step 5: the daemon's drift reference is the site's run.
+sed -i 's|^\[drift\]$|[drift]\nreference = "/var/lib/ctsentry/commission/reference.toml"|' /etc/ctsentry/ctsentry.toml
+runuser -u ctsentry -- ctsentry check-config --deep || fail "check-config with [drift] reference"
 
 step "daemon as the service user"
 # setpriv execs the daemon itself (as systemd would), so $! is the daemon and gets SIGTERM.
@@ -57,7 +73,7 @@ until [ -e /var/lib/ctsentry/state/status.json ]; do
     sleep 0.1
 done
 n=$(ls "$series" | wc -l)
-# The README's copy (`sudo -u ctsentry cp -r --no-preserve=mode SERIES …/incoming/`): as the
+# The README's copy (`runuser -u ctsentry -- cp -r --no-preserve=mode SERIES …/incoming/`): as the
 # service user, without the read-only source's modes, so the daemon may move the files out.
 runuser -u ctsentry -- cp -r --no-preserve=mode "$series" /var/lib/ctsentry/incoming/
 i=0
@@ -70,6 +86,7 @@ grep '"stage":"FINAL"' /var/lib/ctsentry/results/events.jsonl | grep -q "\"slice
 [ -z "$(find /var/lib/ctsentry/incoming -type f)" ] || fail "files left in incoming/"
 runuser -u ctsentry -- ctsentry status --json > /tmp/ctsentry-status.json || fail "status while running"
 grep -q '"running":true' /tmp/ctsentry-status.json || fail "status: $(cat /tmp/ctsentry-status.json)"
+grep -q '"reference":"commission ' /tmp/ctsentry-status.json || fail "drift does not watch against the site's commissioning run: $(cat /tmp/ctsentry-status.json)"
 # The fastest CPU engine, from the package's own OpenVINO (the service user has no pip package).
 grep -q '"engine":"openvino"' /tmp/ctsentry-status.json || fail "the installed daemon does not run OpenVINO: $(cat /tmp/ctsentry-status.json); $(grep -i engine /tmp/ctsentry-daemon.log)"
 # The README's `ctsentry status`, as root from /: the text view of the same daemon.

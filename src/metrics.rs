@@ -472,4 +472,33 @@ mod tests {
         assert_eq!(code, 200, "a bearer token opens the page too");
         assert_eq!(query_value("a=1&token=x%2By+z", "token").as_deref(), Some("x+y z"));
     }
+
+    /// The shipped Grafana dashboard (packaging/grafana) is valid JSON and every metric name its
+    /// expressions use is one this box exports (with the receiver and export on, as a box that
+    /// shows every family).
+    #[test]
+    fn the_grafana_dashboard_uses_only_exported_metric_names() {
+        let text = include_str!("../packaging/grafana/ctsentry-dashboard.json");
+        let dash: serde_json::Value = serde_json::from_str(text).expect("the dashboard is JSON");
+        let m = Metrics::default();
+        *m.dicom.lock().unwrap() = Some(Arc::new(crate::net::scp::ScpStats::default()));
+        m.export_enabled.store(true, Ordering::Relaxed);
+        let exposition = m.render();
+        let exported: std::collections::HashSet<&str> = exposition.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+        let mut used = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("ctsentry_") {
+                    let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    assert!(exported.contains(name.as_str()), "panel {:?} uses {name}, which the box does not export", panel["title"]);
+                    used += 1;
+                }
+            }
+        }
+        assert!(used >= 20, "{used}");
+        for family in ["ctsentry_alert_latched", "ctsentry_drift", "ctsentry_fault", "ctsentry_inference_seconds_bucket", "ctsentry_series_total"] {
+            assert!(text.contains(family), "the dashboard shows {family}");
+        }
+    }
 }
