@@ -129,13 +129,42 @@ impl ServiceUser {
     }
 }
 
+/// A configured drift reference (`[drift] reference`) the daemon could not use: unreadable by the
+/// service user, or not a reference (the daemon would start without drift watching).
+fn drift_problem(s: &Settings, sc: &crate::score::Scorer, user: &ServiceUser) -> Option<Problem> {
+    let path = s.drift.reference.as_ref().filter(|_| s.drift.enabled)?;
+    let fix = "run `ctsentry commission --labels CSV --out DIR ROOT` as the service user and set drift.reference = \"DIR/reference.toml\" (or remove the key: the manifest's reference is used)";
+    if !user.can_read(path) {
+        return Some(Problem { what: format!("drift.reference {}", path.display()), why: format!("not readable by user {}", user.name), fix: fix.into() });
+    }
+    let manifest = crate::model::manifest_path(&sc.model.path);
+    crate::commission::drift_reference(s, &sc.model.manifest, &manifest).err().map(|why| Problem { what: format!("drift.reference {}", path.display()), why, fix: fix.into() })
+}
+
+/// The drift line of `doctor`: what drift watching compares with, or why it does not watch.
+fn drift_line(s: &Settings) -> String {
+    if !s.drift.enabled {
+        return "off (drift.enabled = false)".into();
+    }
+    let reference = crate::model::Model::load(&s.model_path)
+        .map_err(|e| e.to_string())
+        .and_then(|m| crate::commission::drift_reference(s, &m.manifest, &crate::model::manifest_path(&m.path)).map_err(|e| e.to_string()));
+    match reference {
+        Ok(r) => format!(
+            "the last {} series against {} (alert rate {:.2}, mean slice probability {:.3}, lung {:.0} HU; {} series)",
+            s.drift.window, r.source, r.alert_rate, r.prob_mean, r.lung_hu_mean, r.series
+        ),
+        Err(why) => format!("NOT WATCHED: {why}"),
+    }
+}
+
 /// Tries everything `s` names as the daemon would use it, as `user`: the model and engine (loaded
 /// for real), the folders (writable, or creatable), and the serial port and LEDs when enabled.
 pub fn check(s: &Settings, user: &ServiceUser) -> Vec<Problem> {
     use crate::score::SetupError;
     let mut out = Vec::new();
     match crate::score::Scorer::from_settings(s) {
-        Ok(_) => {}
+        Ok(sc) => out.extend(drift_problem(s, &sc, user)),
         Err(SetupError::Model(e)) => out.push(Problem {
             what: format!("model {}", s.model_path.display()),
             why: e.to_string(),
@@ -383,7 +412,12 @@ pub fn run(source: &ConfigSource) -> Report {
         } else {
             let _ = writeln!(r, "export        off (export.enabled = false)");
         }
-        let _ = writeln!(r, "metrics       {}", s.metrics_listen.map(|a| format!("http://{a}/metrics and /healthz")).unwrap_or_else(|| "off ([metrics] absent)".into()));
+        let _ = writeln!(
+            r,
+            "metrics       {}",
+            s.metrics_listen.map(|a| format!("http://{a}/metrics, /healthz and the admin's page http://{a}/")).unwrap_or_else(|| "off ([metrics] absent)".into())
+        );
+        let _ = writeln!(r, "drift         {}", drift_line(s));
         alerts(&mut r, s);
         let p = &s.paths;
         for (name, d) in [("incoming", &p.incoming), ("done", &p.done), ("quarantine", &p.quarantine), ("results", &p.results), ("state", &p.state)] {

@@ -258,7 +258,7 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
                         eprintln!("{}: warning: {w}", path.display());
                     }
                     if problems.is_empty() {
-                        println!("{}: ok (model, engine, folders, alert devices, TLS files checked)", path.display());
+                        println!("{}: ok (model, engine, folders, alert devices, TLS files, drift reference checked)", path.display());
                     }
                     Ok(if problems.is_empty() { 0 } else { 2 })
                 }

@@ -237,3 +237,45 @@ fn a_precision_the_engine_does_not_run_is_refused_not_changed() {
     assert_eq!(code, 2);
     assert!(err.contains("engine.precision = \"f64\" is not one of auto, f32, bf16, f16"), "{err}");
 }
+
+/// A configured drift reference that the daemon could not use is a problem for `check-config
+/// --deep` (naming the file and what is wrong) and for `doctor`; a good one is shown by `doctor`
+/// with where it came from; `threshold_provenance` without a threshold is refused.
+#[test]
+fn a_drift_reference_is_checked_before_the_daemon_relies_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_unmasked(dir.path());
+    let reference = dir.path().join("reference.toml");
+    let write = |extra: &str| {
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[paths]\nincoming = \"in\"\nstate = \"st\"\ndone = \"d\"\nquarantine = \"q\"\nresults = \"r\"\n[model]\npath = \"{}\"\n[engine]\nbackend = \"tract\"\n{extra}",
+                model.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let cfg = write(&format!("[drift]\nreference = \"{}\"\n", reference.display()));
+    std::fs::write(&reference, "alert_rate = 1.7\nprob_mean = 0.2\nprob_sd = 0.05\nlung_hu_mean = -800.0\nlung_hu_sd = 40.0\nseries = 40\nsource = \"commission X\"\n").unwrap();
+    let (code, _, err) = ctsentry(&["check-config", "--deep", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("drift.reference {}", reference.display())) && err.contains("alert_rate, prob_mean and prob_sd must lie in [0, 1]"), "{err}");
+    std::fs::write(
+        &reference,
+        "alert_rate = 0.1\nprob_mean = 0.2\nprob_sd = 0.05\nlung_hu_mean = -800.0\nlung_hu_sd = 40.0\nseries = 40\nsource = \"commission 20261206T000000Z (tiny)\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = ctsentry(&["check-config", "--deep", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = ctsentry(&["--config", cfg.to_str().unwrap(), "doctor"]);
+    assert!(out.contains("drift         the last 50 series against commission 20261206T000000Z (tiny)"), "{out}");
+    // No reference anywhere (the test model's manifest has none): doctor says drift is not watched and how to fix it.
+    let (_, out, _) = ctsentry(&["--config", write("").to_str().unwrap(), "doctor"]);
+    assert!(out.contains("drift         NOT WATCHED: ") && out.contains("ctsentry commission --out DIR"), "{out}");
+    let (code, _, err) = ctsentry(&["check-config", write("[decision]\nthreshold_provenance = \"me\"\n").to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("decision.threshold_provenance without decision.threshold"), "{err}");
+}

@@ -124,6 +124,14 @@ slice threshold <b>{:.4}</b> ({}), series rule {}.</p>",
         esc(&c.threshold_source),
         esc(&c.series_rule)
     );
+    if c.few_series {
+        let _ = write!(
+            h,
+            "<p><b>Only {} series:</b> the intervals are too wide to tell a box that meets its claims from one that does not; commission on {} or more.</p>",
+            c.series,
+            super::ENOUGH_SERIES
+        );
+    }
     if c.series_in_training > 0 {
         let _ = write!(h, "<p><b>Warning:</b> {} of these series were trained on by this model; their results are not evidence.</p>", c.series_in_training);
     }

@@ -27,6 +27,10 @@ use crate::prep;
 use crate::score::{ScoreError, Scorer, SetupError};
 pub use stats::{wilson, Better, ClaimCheck, Interval};
 
+/// Series a commissioning run should rest on at least: with fewer, the intervals are too wide to
+/// tell a box that meets its claims from one that does not (the run says so).
+pub const ENOUGH_SERIES: usize = 30;
+
 /// Why a commissioning run could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CommissionError {
@@ -150,6 +154,8 @@ pub struct Commission {
     pub claims_provenance: String,
     /// Every measurable claim within (exit 0), or not (exit 1).
     pub within_claims: bool,
+    /// Fewer than [`ENOUGH_SERIES`] series: "within" then means little (said in the text and report).
+    pub few_series: bool,
     /// The model.
     pub model: ModelView,
     /// The engine that scored.
@@ -458,6 +464,7 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         slice_auc_interval: auc_interval,
         slices: slice_scores.len(),
         within_claims: checks.iter().all(|c| c.within != Some(false)),
+        few_series: rows.len() < ENOUGH_SERIES,
         claims: checks,
         claims_provenance,
         model: ModelView::of(m),
@@ -555,6 +562,9 @@ impl Commission {
             );
         }
         let _ = writeln!(t, "claims from: {}", self.claims_provenance);
+        if self.few_series {
+            let _ = writeln!(t, "note: {} series: intervals this wide tell little either way; commission on {ENOUGH_SERIES} or more", self.series);
+        }
         let _ = writeln!(t, "{}", if self.within_claims { "WITHIN the manifest's claims" } else { "OUTSIDE the manifest's claims" });
         t
     }
