@@ -16,29 +16,37 @@ fn pacs_peers_installed() -> bool {
 
 /// A PACS for the test: Orthanc (Debian's package) on loopback ports, with a temporary JSON
 /// config and storage under `dir`; started and stopped (killed, as a crash) by the test.
-struct Pacs {
+pub(super) struct Pacs {
     config: PathBuf,
-    dicom_port: u16,
+    pub(super) dicom_port: u16,
     http: String,
     child: Option<Child>,
 }
 
 impl Pacs {
     fn new(dir: &Path) -> Pacs {
+        Pacs::with(dir, serde_json::json!({}))
+    }
+
+    /// [`Pacs::new`] with more settings (`extra`'s keys added to Orthanc's config, e.g. DICOM TLS).
+    pub(super) fn with(dir: &Path, extra: serde_json::Value) -> Pacs {
         std::fs::create_dir_all(dir.join("db")).unwrap();
         let (dicom_port, http_port) = (free_port(), free_port());
         let config = dir.join("orthanc.json");
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "Name": "TESTPACS", "StorageDirectory": dir.join("db"), "IndexDirectory": dir.join("db"),
             "DicomAet": "PACS", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": false,
             "AuthenticationEnabled": false, "DicomCheckCalledAet": true, "DicomAlwaysAllowStore": true,
             "DicomAlwaysAllowEcho": true, "Plugins": [], "StableAge": 1
         });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            json[k] = v.clone();
+        }
         std::fs::write(&config, serde_json::to_string_pretty(&json).unwrap()).unwrap();
         Pacs { config, dicom_port, http: format!("127.0.0.1:{http_port}"), child: None }
     }
 
-    fn start(&mut self) {
+    pub(super) fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.config.with_extension("log")).unwrap();
         self.child = Some(Command::new("Orthanc").arg(&self.config).stdout(Stdio::null()).stderr(log).spawn().unwrap());
         assert!(wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(&self.http).is_ok()), "Orthanc did not start");
@@ -63,7 +71,7 @@ impl Pacs {
     }
 
     /// The study with this Study Instance UID: its series as (modality, series UID, instance ids).
-    fn study(&self, study_uid: &str) -> Vec<(String, String, Vec<String>)> {
+    pub(super) fn study(&self, study_uid: &str) -> Vec<(String, String, Vec<String>)> {
         let ids: Vec<String> = serde_json::from_value(self.json("/studies")).unwrap();
         let Some(id) = ids.into_iter().find(|id| self.json(&format!("/studies/{id}"))["MainDicomTags"]["StudyInstanceUID"] == study_uid) else { return Vec::new() };
         let series: Vec<String> = serde_json::from_value(self.json(&format!("/studies/{id}"))["Series"].clone()).unwrap();
@@ -85,7 +93,7 @@ impl Pacs {
 
     /// The study's series as (modality, number of instances), sorted. Orthanc indexes what the
     /// exporter sends one instance at a time: wait on this, not on the number of series.
-    fn counts(&self, study_uid: &str) -> Vec<(String, usize)> {
+    pub(super) fn counts(&self, study_uid: &str) -> Vec<(String, usize)> {
         let mut c: Vec<(String, usize)> = self.study(study_uid).into_iter().map(|s| (s.0, s.2.len())).collect();
         c.sort();
         c
@@ -93,7 +101,7 @@ impl Pacs {
 }
 
 /// `(modality, instances)` pairs as [`Pacs::counts`] gives them.
-fn modalities(pairs: &[(&str, usize)]) -> Vec<(String, usize)> {
+pub(super) fn modalities(pairs: &[(&str, usize)]) -> Vec<(String, usize)> {
     let mut c: Vec<(String, usize)> = pairs.iter().map(|(m, n)| (m.to_string(), *n)).collect();
     c.sort();
     c

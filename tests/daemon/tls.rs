@@ -1,7 +1,8 @@
 //! DICOM TLS against DCMTK: callers with a certificate from the configured CA are accepted and
 //! their series scored; plain, anonymous-TLS and other-CA callers are refused; results go to a
 //! PACS (DCMTK's storescp in TLS mode) that must present a certificate from `[export.tls] ca`.
-//! Certificates are made by the test with `openssl`.
+//! Certificates are made by the test with `openssl`. Results also reach Orthanc (Debian's 1.10)
+//! with `DicomTlsEnabled`, once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -161,4 +162,69 @@ fn dicom_tls_admits_only_callers_with_a_certificate_from_the_ca_and_sends_result
     assert!(dcmtk("echoscu", &good, &[]).status.success(), "{}", read_log());
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0), "{}", read_log());
+}
+
+/// Results to Orthanc over DICOM TLS (`DicomTlsEnabled`, Orthanc requiring the box's certificate
+/// from the site CA): a positive series' SR and heat maps arrive in the scanned study, once; a
+/// box whose `[export.tls] ca` does not hold the PACS's CA refuses to send (FAULT,EXPORT) and
+/// sends nothing.
+#[test]
+fn results_reach_orthanc_over_dicom_tls_once() {
+    if !tools_installed(&[("openssl", "apt-get install openssl"), ("Orthanc", "apt-get install orthanc")]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let pki = root.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    ca(&pki, "site-ca");
+    ca(&pki, "other-ca");
+    let (box_key, box_pem) = leaf(&pki, "box", "site-ca");
+    let (pacs_key, pacs_pem) = leaf(&pki, "pacs", "site-ca");
+    let s = |p: &Path| p.display().to_string();
+    let site_ca = pki.join("site-ca.pem");
+    let mut pacs = super::network::Pacs::with(
+        &root.join("pacs"),
+        serde_json::json!({
+            "DicomTlsEnabled": true, "DicomTlsCertificate": s(&pacs_pem), "DicomTlsPrivateKey": s(&pacs_key),
+            "DicomTlsTrustedCertificates": s(&site_ca), "DicomTlsRemoteCertificateRequired": true
+        }),
+    );
+    pacs.start();
+    let export = |ca: &Path| {
+        format!(
+            "[export]\nenabled = true\npeer = \"127.0.0.1:{}\"\ncalled_ae = \"PACS\"\ncalling_ae = \"CTSENTRY\"\nmax_heatmaps = 2\nretry_max_seconds = 1\n\
+             [export.tls]\nca = \"{}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+            pacs.dicom_port,
+            s(ca),
+            s(&box_pem),
+            s(&box_key)
+        )
+    };
+    let study_uid = "1.2.826.0.1.3680043.8.498.9"; // what the synthetic slices carry
+
+    // A box that does not trust the PACS's CA: the handshake fails, nothing is sent, FAULT,EXPORT.
+    let wrong = root.join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let cfg = config(&wrong, &export(&pki.join("other-ca.pem")).replace("threshold = 0.5", "threshold = 0.000001"));
+    write_series(&wrong.join("src"), "s", "1.2.826.0.1.3680043.9.7307.43.1", 200, 3);
+    let (d, results, log) = start_and_drop(&wrong, &cfg);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "{}", read_log());
+    assert!(wait_until(Duration::from_secs(20), || status_json(&cfg)["faults"].as_array().is_some_and(|f| f.iter().any(|k| k == "EXPORT"))), "{}", read_log());
+    assert!(pacs.study(study_uid).is_empty(), "nothing reached the PACS through an untrusted handshake");
+    drop(d);
+
+    let cfg = config(root, &export(&site_ca).replace("threshold = 0.5", "threshold = 0.000001"));
+    write_series(&root.join("src"), "s", "1.2.826.0.1.3680043.9.7307.43.2", 200, 3);
+    let (_d, results, log) = start_and_drop(root, &cfg);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "{}", read_log());
+    let want = super::network::modalities(&[("OT", 2), ("SR", 1)]);
+    assert!(wait_until(Duration::from_secs(30), || pacs.counts(study_uid) == want), "{:?}\n{}", pacs.study(study_uid), read_log());
+    assert!(status_json(&cfg)["faults"].as_array().is_some_and(|f| f.is_empty()), "{}", status_json(&cfg));
+    // Once: nothing more arrives, and the spool is empty.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pacs.counts(study_uid), want);
+    assert!(rels(&root.join("var/state/export")).iter().all(|r| !r.ends_with(".dcm")), "{:?}", rels(&root.join("var/state/export")));
 }
