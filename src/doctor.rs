@@ -151,8 +151,13 @@ fn drift_line(s: &Settings) -> String {
         .and_then(|m| crate::commission::drift_reference(s, &m.manifest, &crate::model::manifest_path(&m.path)).map_err(|e| e.to_string()));
     match reference {
         Ok(r) => format!(
-            "the last {} series against {} (alert rate {:.2}, mean slice probability {:.3}, lung {:.0} HU; {} series)",
-            s.drift.window, r.source, r.alert_rate, r.prob_mean, r.lung_hu_mean, r.series
+            "the last {} series against {} (alert rate {:.2}, mean slice probability {:.3}, {}; {} series)",
+            s.drift.window,
+            r.source,
+            r.alert_rate,
+            r.prob_mean,
+            if r.lung_hu_mean.is_finite() { format!("lung {:.0} HU", r.lung_hu_mean) } else { "no lung HU".into() },
+            r.series
         ),
         Err(why) => format!("NOT WATCHED: {why}"),
     }

@@ -55,7 +55,8 @@ impl Reference {
     ///
     /// # Errors
     ///
-    /// An empty set, or one where no series has a mean slice probability or a lung HU, gives the reason as `Err`.
+    /// An empty set, or one where no series has a mean slice probability, gives the reason as `Err`. Where no series has a
+    /// lung HU (a model without a lung mask), `lung_hu_mean` and `lung_hu_sd` are NaN and that statistic is not judged.
     pub fn from_observations(obs: &[Observation], source: &str) -> Result<Reference, String> {
         if obs.is_empty() {
             return Err("no series to build a drift reference from".to_string());
@@ -65,7 +66,7 @@ impl Reference {
         let hus: Vec<f64> = obs.iter().filter_map(|o| finite(o.lung_hu)).collect();
         let n = obs.len();
         let (prob_mean, prob_sd) = mean_sd(&probs).ok_or_else(|| format!("none of the {n} series has a mean slice probability (no lung-bearing slice scored)"))?;
-        let (lung_hu_mean, lung_hu_sd) = mean_sd(&hus).ok_or_else(|| format!("none of the {n} series has a lung HU (no lung mask found)"))?;
+        let (lung_hu_mean, lung_hu_sd) = mean_sd(&hus).unwrap_or((f64::NAN, f64::NAN));
         Ok(Reference {
             alert_rate: alerts as f64 / n as f64,
             prob_mean,
@@ -87,6 +88,22 @@ pub struct Observation {
     pub mean_prob: Option<f64>,
     /// Mean HU inside the lung mask over its lung-bearing slices; `None` when there were none.
     pub lung_hu: Option<f64>,
+}
+
+impl Observation {
+    /// The observation of a series from its scored slices' `(probability, mean lung HU)`: the one
+    /// definition both a commissioning run (the reference) and the daemon (the window) use.
+    pub fn of(alerted: bool, scored: impl IntoIterator<Item = (f64, Option<f64>)>) -> Observation {
+        let (mut probs, mut hus) = ((0.0, 0usize), (0.0, 0usize));
+        for (p, hu) in scored {
+            probs = (probs.0 + p, probs.1 + 1);
+            if let Some(h) = hu {
+                hus = (hus.0 + h, hus.1 + 1);
+            }
+        }
+        let mean = |(sum, n): (f64, usize)| (n > 0).then(|| sum / n as f64);
+        Observation { alerted, mean_prob: mean(probs), lung_hu: mean(hus) }
+    }
 }
 
 /// How the monitor judges. [`Monitor::new`] keeps `window` ≥ 1, `min_series` ≤ `window` and `clear_p` ≥ `raise_p`.
@@ -198,16 +215,19 @@ impl Monitor {
         self.window.iter().copied().collect()
     }
 
-    /// Replaces the window with `recent` (oldest first), replayed from an empty `Ok` monitor exactly as [`Monitor::observe`]
-    /// would, but without reporting changes. Restoring what [`Monitor::recent`] saved gives the same window; the state can
-    /// differ from before the restart only where it depended on series older than the window (hysteresis).
-    pub fn restore(&mut self, recent: &[Observation]) {
-        self.window.clear();
-        self.state = State::Ok;
+    /// Puts back what was saved before a restart: the window `recent` (oldest first; the newest `window` kept) and the
+    /// `state` it was in, without judging the shorter windows along the way (a replay would judge windows the running monitor
+    /// never judged, and could clear or raise a drift that was not so). A drifting monitor then judges the window once, as
+    /// the next series would: its reasons are recomputed, and it clears only if every statistic is back above `clear_p`.
+    /// Returns the change that judgement made (only ever `Cleared`).
+    pub fn restore(&mut self, recent: &[Observation], state: State) -> Option<Change> {
+        let skip = recent.len().saturating_sub(self.settings.window);
+        self.window = recent[skip..].iter().copied().collect();
+        self.state = state;
         self.reasons.clear();
-        for &obs in recent {
-            // Changes during a replay are not news: the caller reported them before the restart.
-            let _ = self.observe(obs);
+        match state {
+            State::Drift => self.judge(),
+            State::Ok => None,
         }
     }
 
@@ -625,7 +645,7 @@ mod tests {
     }
 
     #[test]
-    fn restore_matches_feeding() {
+    fn restore_puts_back_the_window_and_the_state_as_they_were() {
         let mut rng = Rng(5);
         let mut seq: Vec<Observation> = (0..40).map(|_| draw(&mut rng, NORMAL)).collect();
         seq.extend((0..17).map(|_| draw(&mut rng, Population { hu: -680.0, ..NORMAL })));
@@ -635,16 +655,38 @@ mod tests {
         }
         assert_eq!(fed.view().state, State::Drift);
         let mut restored = Monitor::new(reference(), Settings::default());
-        restored.restore(&seq);
+        assert_eq!(restored.restore(&seq, State::Drift), None);
         assert_eq!(restored.view(), fed.view());
         assert_eq!(restored.recent(), fed.recent());
         assert_eq!(restored.recent().len(), 50);
         assert_eq!(restored.recent().last(), seq.last());
-        // Restoring a short history leaves a drifting monitor Ok, since it cannot judge.
-        restored.restore(&seq[..5]);
-        assert_eq!(restored.view().state, State::Ok);
+        // A drift held by hysteresis (p between raise_p and clear_p) stays raised after a restart, where a replay from an
+        // empty window would have lost it: the HU shift small enough that no window reaches raise_p, large enough to hold.
+        // +20 HU over 50 series against 40 HU between series: z = 3.2, p = 0.0016.
+        let held: Vec<Observation> = (0..50).map(|i| Observation { alerted: i % 7 == 0, mean_prob: Some(0.2), lung_hu: Some(if i % 2 == 0 { -795.0 } else { -805.0 }) }).collect();
+        let mut m = Monitor::new(reference(), Settings::default());
+        assert_eq!(m.restore(&held, State::Drift), None, "p for a +20 HU shift over 50 series is below clear_p");
+        assert_eq!(m.view().state, State::Drift);
+        assert_eq!(m.view().reasons.len(), 1, "{:?}", m.view().reasons);
+        assert!(m.view().reasons[0].starts_with("lung HU +20"), "{:?}", m.view().reasons);
+        let mut replayed = Monitor::new(reference(), Settings::default());
+        held.iter().for_each(|&o| drop(replayed.observe(o)));
+        assert_eq!(replayed.view().state, State::Ok, "fed from empty, the same series never raise");
+        // A short history cannot be judged: a drifting monitor restored with it is Ok, and says so.
+        assert_eq!(restored.restore(&seq[..5], State::Drift), Some(Change::Cleared));
         assert_eq!(restored.view().series, 5);
         assert!(restored.view().reasons.is_empty());
+        // An Ok state is restored as Ok, even on a window that would raise if judged (no news at start-up).
+        assert_eq!(restored.restore(&seq, State::Ok), None);
+        assert_eq!(restored.view().state, State::Ok);
+    }
+
+    #[test]
+    fn an_observation_is_the_mean_of_its_scored_slices() {
+        let o = Observation::of(true, [(0.2, Some(-800.0)), (0.4, None), (0.6, Some(-820.0))]);
+        assert!(o.alerted);
+        assert!((o.mean_prob.unwrap() - 0.4).abs() < 1e-12 && (o.lung_hu.unwrap() - -810.0).abs() < 1e-12);
+        assert_eq!(Observation::of(false, []), Observation { alerted: false, mean_prob: None, lung_hu: None });
     }
 
     #[test]
@@ -665,8 +707,11 @@ mod tests {
         let r = Reference::from_observations(&same, "same").expect("reference");
         assert_eq!((r.prob_sd, r.lung_hu_sd), (PROB_SD_FLOOR, HU_SD_FLOOR));
         assert!(Reference::from_observations(&[], "empty").is_err());
-        let no_hu = [Observation { alerted: false, mean_prob: Some(0.2), lung_hu: None }];
-        assert!(Reference::from_observations(&no_hu, "no hu").is_err_and(|e| e.contains("lung HU")));
+        let no_hu = [Observation { alerted: false, mean_prob: Some(0.2), lung_hu: None }; 30];
+        let r = Reference::from_observations(&no_hu, "no hu").expect("a model without a lung mask still gets a reference");
+        assert!(r.lung_hu_mean.is_nan());
+        let mut m = Monitor::new(r, Settings::default());
+        assert!(no_hu.iter().all(|&o| m.observe(o).is_none()), "HU is not judged, the rest is");
     }
 
     #[test]

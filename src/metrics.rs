@@ -257,6 +257,20 @@ fn authorized(head: &str, token: &Secret) -> bool {
     })
 }
 
+/// Whether the request names a loopback host (`Host: 127.0.0.1:9464`, `localhost`, `[::1]`), or
+/// none. Without a token the server listens on loopback only, and this keeps a web page on some
+/// other site from reading it through a name that resolves to 127.0.0.1 (DNS rebinding).
+fn loopback_host(head: &str) -> bool {
+    let Some(host) = head.lines().skip(1).filter_map(|l| l.split_once(':')).find(|(n, _)| n.trim().eq_ignore_ascii_case("host")).map(|(_, v)| v.trim()) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The value of `key` in a query string (`a=1&b=2`), percent-decoded.
 fn query_value(query: &str, key: &str) -> Option<String> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| {
@@ -324,7 +338,10 @@ fn answer(stream: TcpStream, metrics: &Metrics, token: Option<&Secret>, site: Op
     let mut parts = request.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let allowed = token.is_none_or(|t| authorized(&request, t));
+    let allowed = match token {
+        Some(t) => authorized(&request, t),
+        None => loopback_host(&request),
+    };
     let html = "text/html; charset=utf-8";
     let reply = match (method, path, site) {
         ("GET", "/healthz", _) => {
@@ -341,7 +358,8 @@ fn answer(stream: TcpStream, metrics: &Metrics, token: Option<&Secret>, site: Op
             (None, _) => Reply { status: 303, kind: "text/plain; charset=utf-8", headers: "Location: /\r\n".into(), body: b"see /\n".to_vec() },
             _ => Reply::of(401, html, LOGIN_PAGE),
         },
-        ("GET", "/" | "/index.html", Some(_)) if !allowed => Reply::of(401, html, LOGIN_PAGE),
+        ("GET", "/" | "/index.html", Some(_)) if !allowed && token.is_some() => Reply::of(401, html, LOGIN_PAGE),
+        ("GET", _, _) if !allowed && token.is_none() => Reply::text(403, "only for Host 127.0.0.1, localhost or [::1]\n"),
         ("GET", _, _) if !allowed => Reply::text(401, "a bearer token is needed (metrics.token)\n"),
         ("GET", "/metrics", _) => Reply::of(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
         ("GET", "/" | "/index.html", Some(site)) => {
@@ -367,6 +385,7 @@ fn answer(stream: TcpStream, metrics: &Metrics, token: Option<&Secret>, site: Op
         200 => "OK",
         303 => "See Other",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
@@ -414,7 +433,7 @@ mod tests {
     fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
         let mut s = TcpStream::connect(addr).unwrap();
         let header = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: box\r\n{header}\r\n").unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{header}\r\n").unwrap();
         let mut text = String::new();
         std::io::Read::read_to_string(&mut s, &mut text).unwrap();
         let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -436,6 +455,21 @@ mod tests {
         assert_eq!(get(addr, "/healthz", None).0, 200, "health needs no token");
         let (addr, _) = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::default()), None, None).unwrap();
         assert_eq!(get(addr, "/metrics", None).0, 200, "no token configured: open (loopback only, the config insists)");
+        // ...to requests for a loopback name only: a page elsewhere whose name resolves to 127.0.0.1 gets nothing.
+        let raw = |host: &str| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(s, "GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+            text
+        };
+        for host in ["localhost:9464", "127.0.0.1", "[::1]:9464", "LOCALHOST"] {
+            assert!(raw(host).starts_with("HTTP/1.1 200"), "{host}");
+        }
+        for host in ["attacker.example:9464", "127.0.0.1.nip.example", "[::2]"] {
+            let text = raw(host);
+            assert!(text.starts_with("HTTP/1.1 403") && !text.contains("ctsentry_"), "{host}: {text}");
+        }
     }
 
     #[test]

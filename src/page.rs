@@ -227,6 +227,57 @@ mod tests {
         assert_eq!(esc("<a href=\"x\">&'</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");
     }
 
+    /// Everything a DICOM sender or an admin can put into the snapshot (a Series Instance UID, the
+    /// threshold's provenance, a drift reason, the model's name) reaches the page escaped.
+    #[test]
+    fn the_page_escapes_what_senders_and_admins_wrote_and_draws_the_lamps() {
+        use crate::status::{DriftStatus, LatchedView, ModelView, VerdictView};
+        let evil = "<script>alert(1)</script>";
+        let snap = Snapshot {
+            pid: 1,
+            started: 0.0,
+            updated: 100.0,
+            latched: Some(LatchedView { series_key: "0a1b2c3d".into(), series_uid: evil.into(), since: 90.0 }),
+            open_series: 0,
+            queue: 0,
+            scoring: 0,
+            faults: vec![],
+            engine: "tract".into(),
+            precision: "f32".into(),
+            preprocess: "cpu".into(),
+            model: ModelView { name: evil.into(), version: "1".into(), sha256: String::new() },
+            threshold: Some(0.3),
+            threshold_source: Some(format!("config: {evil}")),
+            min_positive_slices: Some(2),
+            series_rule: Some(evil.into()),
+            files_handled: 0,
+            last_verdicts: vec![VerdictView {
+                series_key: "0a1b2c3d".into(),
+                series_uid: evil.into(),
+                verdict: "positive".into(),
+                positives: 3,
+                slices: 9,
+                max_prob: 0.9,
+                t: 95.0,
+            }],
+            degraded: false,
+            drift: Some(DriftStatus { state: "drift".into(), series: 30, alert_rate: 0.5, expected_alert_rate: 0.1, reasons: vec![evil.into()], reference: evil.into() }),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let site = Site { state: dir.path().into(), results: dir.path().into() };
+        let page = render(Some(&snap), &site, 101.0);
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(
+            page.contains("data-led=\"green\" data-state=\"on\"") && page.contains("data-led=\"red\" data-state=\"on\"") && page.contains("data-led=\"amber\" data-state=\"on\""),
+            "{page}"
+        );
+        assert!(page.contains("ALERT LATCHED") && page.contains("<b>DRIFT</b>") && page.contains("threshold 0.3000"));
+        // Stale: the lamps go dark and the page says the daemon is not running.
+        let page = render(Some(&snap), &site, 100.0 + STALE_SECONDS + 1.0);
+        assert!(page.contains("NOT RUNNING") && page.contains("data-led=\"red\" data-state=\"off\""), "{page}");
+    }
+
     #[test]
     fn only_heat_maps_inside_the_results_folder_are_served() {
         let dir = tempfile::tempdir().unwrap();

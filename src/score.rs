@@ -80,6 +80,8 @@ pub struct SeriesScore {
     pub slices: Vec<SliceScore>,
     /// The verdict.
     pub decision: SeriesDecision,
+    /// What the rule saw of each slice, in series order (to replay other thresholds).
+    pub evidence: Vec<SliceEvidence>,
 }
 
 impl Scorer {
@@ -216,7 +218,7 @@ impl Scorer {
             .zip(series.slab_mm())
             .map(|(s, slab_mm)| SliceEvidence { prob: f64::from(s.prob), lung_fraction: f64::from(s.lung_fraction), slab_mm, scored: s.skipped.is_none() })
             .collect();
-        Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&evidence), slices })
+        Ok(SeriesScore { uid: series.uid.clone(), decision: self.rule.series(&evidence), slices, evidence })
     }
 }
 
@@ -283,7 +285,7 @@ pub struct SliceOutput {
 /// The decision rule of `s` for a model: the config's threshold when set, else the manifest's.
 pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest) -> Rule {
     let (threshold, threshold_source) = match s.threshold {
-        Some(t) => (t, s.threshold_provenance.as_ref().map_or_else(|| "config".to_string(), |p| format!("config: {p}"))),
+        Some(t) => (t, s.config_threshold_source()),
         None => (manifest.decision.threshold, "manifest".to_string()),
     };
     let (min_positive_slices, min_positive_source) = match (s.min_positive_slices, manifest.decision.min_positive_slices) {

@@ -151,7 +151,7 @@ impl Snapshot {
             preprocess: "none".into(),
             model: ModelView { name: settings.model_path.display().to_string(), version: "unavailable".into(), sha256: String::new() },
             threshold: settings.threshold,
-            threshold_source: settings.threshold.map(|_| settings.threshold_provenance.as_ref().map_or_else(|| "config".to_string(), |p| format!("config: {p}"))),
+            threshold_source: settings.threshold.map(|_| settings.config_threshold_source()),
             min_positive_slices: settings.min_positive_slices,
             series_rule: None,
             files_handled: 0,

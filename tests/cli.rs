@@ -279,3 +279,39 @@ fn a_drift_reference_is_checked_before_the_daemon_relies_on_it() {
     assert_eq!(code, 2);
     assert!(err.contains("decision.threshold_provenance without decision.threshold"), "{err}");
 }
+
+/// `commission` with a model whose manifest makes no claims (the test model) says so rather than
+/// "within", scores each series once even when its files lie in two folders, counts a series
+/// positive when any of its files is, and flags a run this small as too few to tell.
+#[test]
+fn commission_without_claims_says_so_and_scores_a_series_split_over_folders_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_unmasked(dir.path());
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n[engine]\nbackend = \"tract\"\n[decision]\nthreshold = 0.5\nmin_positive_slices = 1\n", model.display())).unwrap();
+    let root = dir.path().join("studies");
+    let mut labels = String::from("file,covid\n");
+    for (series, folders, label) in [("1.2.826.0.1.3680043.8.498.501", ["a", "b"], [0, 1]), ("1.2.826.0.1.3680043.8.498.502", ["c", "c"], [0, 0])] {
+        for (k, (folder, y)) in folders.iter().zip(label).enumerate() {
+            std::fs::create_dir_all(root.join(folder)).unwrap();
+            let mut s = CtSlice::pattern(48, 48, k as i32, 2.5 * k as f64);
+            s.series_uid = series.into();
+            s.sop_uid = format!("{series}.{k}");
+            s.write(&root.join(format!("{folder}/{k}.dcm")), EXPLICIT_LE);
+            labels += &format!("{folder}/{k}.dcm,{y}\n");
+        }
+    }
+    std::fs::write(dir.path().join("labels.csv"), labels).unwrap();
+    let (code, out, err) =
+        ctsentry(&["--config", cfg.to_str().unwrap(), "commission", "--json", "--labels", dir.path().join("labels.csv").to_str().unwrap(), root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["series"].as_u64(), v["positive_series"].as_u64(), v["negative_series"].as_u64()), (Some(2), Some(1), Some(1)), "{v}");
+    let slices: Vec<u64> = v["rows"].as_array().unwrap().iter().map(|r| r["slices"].as_u64().unwrap()).collect();
+    assert_eq!(slices, [2, 2], "the series in folders a and b is one series of 2 slices: {v}");
+    assert_eq!(v["claims"].as_array().map(Vec::len), Some(0));
+    assert_eq!((v["few_series"].as_bool(), v["within_claims"].as_bool()), (Some(true), Some(true)));
+    let (_, text, _) = ctsentry(&["--config", cfg.to_str().unwrap(), "commission", "--labels", dir.path().join("labels.csv").to_str().unwrap(), root.to_str().unwrap()]);
+    assert!(text.contains("NO CLAIMS to compare with") && !text.contains("WITHIN"), "{text}");
+    assert!(text.contains("note: 2 series (1 positive, 1 negative)"), "{text}");
+}

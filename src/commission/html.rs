@@ -97,7 +97,14 @@ fn histogram_svg(c: &Commission) -> String {
 /// The report page.
 pub fn report(c: &Commission) -> String {
     let mut h = String::new();
-    let (banner, colour) = if c.within_claims { ("WITHIN the model's claims", "#2e7d32") } else { ("OUTSIDE the model's claims", "#c62828") };
+    let colour = if !c.within_claims {
+        "#c62828"
+    } else if c.claims.is_empty() || !c.unmeasured.is_empty() || c.few_series {
+        "#b26a00"
+    } else {
+        "#2e7d32"
+    };
+    let banner = esc(&c.verdict_text());
     let _ = write!(
         h,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>ctsentry commissioning {id}</title><style>\
@@ -127,10 +134,17 @@ slice threshold <b>{:.4}</b> ({}), series rule {}.</p>",
     if c.few_series {
         let _ = write!(
             h,
-            "<p><b>Only {} series:</b> the intervals are too wide to tell a box that meets its claims from one that does not; commission on {} or more.</p>",
+            "<p><b>Only {} series ({} positive, {} negative):</b> the intervals are too wide to tell a box that meets its claims from one that does not; \
+commission on {} or more, {} or more of each.</p>",
             c.series,
-            super::ENOUGH_SERIES
+            c.positive_series,
+            c.negative_series,
+            super::ENOUGH_SERIES,
+            super::ENOUGH_OF_EACH
         );
+    }
+    for f in &c.failed_series {
+        let _ = write!(h, "<p><b>Not scored:</b> {}</p>", esc(f));
     }
     if c.series_in_training > 0 {
         let _ = write!(h, "<p><b>Warning:</b> {} of these series were trained on by this model; their results are not evidence.</p>", c.series_in_training);
@@ -167,7 +181,8 @@ slice threshold <b>{:.4}</b> ({}), series rule {}.</p>",
     }
     let _ = write!(
         h,
-        "</table><p><small>Claims from: {}. Within = the two 95 % intervals overlap on the side that matters.</small></p>",
+        "</table><p><small>Claims from: {}. Within = the two 95 % intervals overlap on the side that matters. \
+The slice AUC's interval treats slices as independent; slices of one series are not, so it is too narrow.</small></p>",
         esc(c.claims_provenance.trim_end_matches('.'))
     );
     let _ = write!(
@@ -198,9 +213,16 @@ every result, <code>ctsentry status</code> and the admin's page then show it:</p
     if let Some(r) = &c.reference {
         let _ = write!(
             h,
-            "<h2>Drift reference measured here</h2><p>alert rate {:.2}, mean slice probability {:.3} ± {:.3}, lung {:.0} ± {:.0} HU over {} series (<code>reference.toml</code>; \
+            "<h2>Drift reference measured here</h2><p>alert rate {:.2}, mean slice probability {:.3} ± {:.3}, {} over {} series (<code>reference.toml</code>; \
 set <code>[drift] reference</code> to it so that the daemon compares its recent series with this site's, not the manifest's).</p>",
-            r.alert_rate, r.prob_mean, r.prob_sd, r.lung_hu_mean, r.lung_hu_sd, r.series
+            r.alert_rate,
+            r.prob_mean,
+            r.prob_sd,
+            match (r.lung_hu_mean, r.lung_hu_sd) {
+                (Some(m), Some(sd)) => format!("lung {m:.0} ± {sd:.0} HU"),
+                _ => "no lung HU (the model masks no lungs)".into(),
+            },
+            r.series
         );
     }
     h += "<h2>Series</h2><table><tr><th class=\"l\">key</th><th class=\"l\">Series Instance UID</th><th>label</th><th>verdict</th><th>slices</th><th>positive</th><th>extent mm</th><th>share</th><th>max prob</th><th>mean prob</th><th>lung HU</th></tr>";

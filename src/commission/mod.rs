@@ -24,12 +24,15 @@ use crate::eval::table;
 use crate::ingest::{self, IngestError};
 use crate::output::ModelView;
 use crate::prep;
-use crate::score::{ScoreError, Scorer, SetupError};
+use crate::score::{Scorer, SetupError};
 pub use stats::{wilson, Better, ClaimCheck, Interval};
 
-/// Series a commissioning run should rest on at least: with fewer, the intervals are too wide to
-/// tell a box that meets its claims from one that does not (the run says so).
+/// Series a commissioning run should rest on at least, and positive and negative series each:
+/// with fewer, the intervals are too wide to tell a box that meets its claims from one that does
+/// not (the run says so).
 pub const ENOUGH_SERIES: usize = 30;
+/// See [`ENOUGH_SERIES`].
+pub const ENOUGH_OF_EACH: usize = 10;
 
 /// Why a commissioning run could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +46,6 @@ pub enum CommissionError {
     /// Nothing labelled could be read.
     #[error("{0}: none of the labelled files could be read as CT")]
     Empty(PathBuf),
-    /// A series could not be scored.
-    #[error("series {series}: {source}")]
-    Score {
-        /// Its UID.
-        series: String,
-        /// Why.
-        source: ScoreError,
-    },
     /// The manifest's claims are malformed.
     #[error("{manifest}: [validation.claims] {reason}")]
     Claims {
@@ -154,8 +149,12 @@ pub struct Commission {
     pub claims_provenance: String,
     /// Every measurable claim within (exit 0), or not (exit 1).
     pub within_claims: bool,
-    /// Fewer than [`ENOUGH_SERIES`] series: "within" then means little (said in the text and report).
+    /// Fewer than [`ENOUGH_SERIES`] series, or fewer than [`ENOUGH_OF_EACH`] positive or negative
+    /// ones: "within" then means little (said in the text and report).
     pub few_series: bool,
+    /// Claims this run could not measure (e.g. sensitivity without positive series): "within"
+    /// does not cover them.
+    pub unmeasured: Vec<String>,
     /// The model.
     pub model: ModelView,
     /// The engine that scored.
@@ -172,6 +171,8 @@ pub struct Commission {
     pub series_in_training: usize,
     /// Labelled files that could not be read, with the reason.
     pub skipped_files: Vec<String>,
+    /// Series that could not be scored (`UID: reason`); the others are reported.
+    pub failed_series: Vec<String>,
     /// Series-level results at other thresholds, lowest first.
     pub operating_points: Vec<OperatingPoint>,
     /// The drift reference this run measured (all series), when it could.
@@ -194,10 +195,12 @@ pub struct ReferenceView {
     pub prob_mean: f64,
     /// Its between-series standard deviation.
     pub prob_sd: f64,
-    /// Mean of the series' mean lung HU.
-    pub lung_hu_mean: f64,
+    /// Mean of the series' mean lung HU (absent for a model without a lung mask: not judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_hu_mean: Option<f64>,
     /// Its between-series standard deviation.
-    pub lung_hu_sd: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_hu_sd: Option<f64>,
     /// Series measured.
     pub series: usize,
     /// Where it came from.
@@ -210,8 +213,8 @@ impl From<&Reference> for ReferenceView {
             alert_rate: r.alert_rate,
             prob_mean: r.prob_mean,
             prob_sd: r.prob_sd,
-            lung_hu_mean: r.lung_hu_mean,
-            lung_hu_sd: r.lung_hu_sd,
+            lung_hu_mean: Some(r.lung_hu_mean).filter(|v| v.is_finite()),
+            lung_hu_sd: Some(r.lung_hu_sd).filter(|v| v.is_finite()),
             series: r.series,
             source: r.source.clone(),
         }
@@ -230,17 +233,18 @@ impl ReferenceView {
         if !(ok(self.alert_rate, 0.0, 1.0)
             && ok(self.prob_mean, 0.0, 1.0)
             && ok(self.prob_sd, 0.0, 1.0)
-            && ok(self.lung_hu_mean, -1100.0, 500.0)
-            && ok(self.lung_hu_sd, 0.0, 1000.0))
+            && self.lung_hu_mean.is_none_or(|v| ok(v, -1100.0, 500.0))
+            && self.lung_hu_sd.is_none_or(|v| ok(v, 0.0, 1000.0))
+            && self.lung_hu_mean.is_some() == self.lung_hu_sd.is_some())
         {
-            return Err("alert_rate, prob_mean and prob_sd must lie in [0, 1], lung_hu_mean in [-1100, 500] HU, lung_hu_sd in [0, 1000]".into());
+            return Err("alert_rate, prob_mean and prob_sd must lie in [0, 1], lung_hu_mean in [-1100, 500] HU and lung_hu_sd in [0, 1000] (both or neither)".into());
         }
         Ok(Reference {
             alert_rate: self.alert_rate,
             prob_mean: self.prob_mean,
             prob_sd: self.prob_sd,
-            lung_hu_mean: self.lung_hu_mean,
-            lung_hu_sd: self.lung_hu_sd,
+            lung_hu_mean: self.lung_hu_mean.unwrap_or(f64::NAN),
+            lung_hu_sd: self.lung_hu_sd.unwrap_or(f64::NAN),
             series: self.series,
             source: self.source.clone(),
         })
@@ -310,7 +314,11 @@ impl Claims {
             Some(t) => {
                 let t = t.as_table().ok_or("slice_auc: a table { value, positive_slices, negative_slices } is needed")?;
                 let a = t.get("value").and_then(|v| v.as_float()).filter(|a| (0.0..=1.0).contains(a)).ok_or("slice_auc.value: a number in [0, 1] is needed")?;
-                Some(stats::auc_interval(Some(a), count(t, "positive_slices", "slice_auc")?, count(t, "negative_slices", "slice_auc")?))
+                let (p, n) = (count(t, "positive_slices", "slice_auc")?, count(t, "negative_slices", "slice_auc")?);
+                if p == 0 || n == 0 {
+                    return Err(format!("slice_auc: positive_slices = {p}, negative_slices = {n}: an AUC needs both"));
+                }
+                Some(stats::auc_interval(Some(a), p, n))
             }
         };
         Ok(Some(Claims {
@@ -394,50 +402,48 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         Claims::from_validation(&sc.model.manifest.validation).map_err(|reason| CommissionError::Claims { manifest: crate::model::manifest_path(&sc.model.path), reason })?;
     let mut names: Vec<&String> = labels.keys().collect();
     names.sort();
-    let files: Vec<PathBuf> = names.iter().map(|n| req.root.join(n)).collect();
-    let (slices, skipped) = ingest::read_files(&files, &settings.ingest);
-    if slices.is_empty() {
-        return Err(CommissionError::Empty(req.labels.to_path_buf()));
+    // One folder at a time, so that memory holds one folder's images, not the whole set; a
+    // series found in several folders is scored again whole once every folder has been read.
+    let mut folders: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = std::collections::BTreeMap::new();
+    for n in names {
+        let f = req.root.join(n);
+        folders.entry(f.parent().map(Path::to_path_buf).unwrap_or_default()).or_default().push(f);
     }
-    let trained_on = sc.model.manifest.training_series();
-    let mut rows = Vec::new();
-    let mut slice_scores = Vec::new();
-    let mut progress = crate::report::Progress::new("commissioning", slices.len());
-    for ser in ingest::series::assemble(slices) {
-        let r = sc.score(&ser).map_err(|source| CommissionError::Score { series: ser.uid.clone(), source })?;
-        progress.add(r.slices.len());
-        let mut label = false;
-        for sl in &r.slices {
-            if let Some(&y) = labels.get(&prep::relative(&sl.file, req.root)) {
-                label |= y == 1;
-                slice_scores.push((f64::from(sl.prob), y == 1));
+    let scoring = Scoring { sc: &sc, labels: &labels, root: req.root, trained_on: sc.model.manifest.training_series() };
+    let mut progress = crate::report::Progress::new("commissioning", labels.len());
+    let (mut done, mut skipped, mut failed) = (Vec::<Scored>::new(), Vec::new(), Vec::new());
+    let mut files_of: std::collections::HashMap<String, Vec<PathBuf>> = std::collections::HashMap::new();
+    let mut split = std::collections::BTreeSet::new();
+    for files in folders.values() {
+        let (slices, bad) = ingest::read_files(files, &settings.ingest);
+        progress.add(files.len());
+        skipped.extend(bad.iter().map(IngestError::to_string));
+        for ser in ingest::series::assemble(slices) {
+            let mine: Vec<PathBuf> = ser.slices.iter().map(|s| s.source.clone()).collect();
+            let known = files_of.entry(ser.uid.clone()).or_default();
+            if !known.is_empty() {
+                split.insert(ser.uid.clone());
             }
+            known.extend(mine);
+            scoring.score(&ser, &mut done, &mut failed);
         }
-        let scored: Vec<_> = r.slices.iter().filter(|s| s.skipped.is_none()).collect();
-        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        let evidence = r
-            .slices
-            .iter()
-            .zip(ser.slab_mm())
-            .map(|(s, slab_mm)| SliceEvidence { prob: f64::from(s.prob), lung_fraction: f64::from(s.lung_fraction), slab_mm, scored: s.skipped.is_none() })
-            .collect();
-        rows.push(SeriesRow {
-            series_key: crate::alert::SeriesKey::of(&ser.uid, 1).to_string(),
-            series_uid: ser.uid.clone(),
-            label,
-            verdict: r.decision.verdict,
-            slices: r.decision.slices,
-            positives: r.decision.positives,
-            max_prob: r.decision.max_prob,
-            positive_extent_mm: r.decision.positive_extent_mm,
-            positive_share: r.decision.positive_share,
-            mean_prob: mean(scored.iter().map(|s| f64::from(s.prob)).collect()),
-            lung_hu: mean(scored.iter().filter_map(|s| s.lung_hu).collect()),
-            trained_on: trained_on.contains(&ser.uid),
-            evidence,
-        });
+    }
+    for uid in &split {
+        done.retain(|d| &d.row.series_uid != uid);
+        let mut files = files_of.remove(uid).unwrap_or_default();
+        files.sort();
+        files.dedup();
+        let (slices, _) = ingest::read_files(&files, &settings.ingest);
+        for ser in ingest::series::assemble(slices).into_iter().filter(|s| &s.uid == uid) {
+            scoring.score(&ser, &mut done, &mut failed);
+        }
     }
     progress.finish();
+    if done.is_empty() && failed.is_empty() {
+        return Err(CommissionError::Empty(req.labels.to_path_buf()));
+    }
+    let slice_scores: Vec<(f64, bool)> = done.iter().flat_map(|d| d.slices.iter().copied()).collect();
+    let mut rows: Vec<SeriesRow> = done.into_iter().map(|d| d.row).collect();
     rows.sort_by(|a, b| a.series_uid.cmp(&b.series_uid));
     let (sensitivity, specificity) = series_rates(&rows, &sc.rule);
     let auc = table::auc(&slice_scores);
@@ -464,7 +470,8 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         slice_auc_interval: auc_interval,
         slices: slice_scores.len(),
         within_claims: checks.iter().all(|c| c.within != Some(false)),
-        few_series: rows.len() < ENOUGH_SERIES,
+        few_series: rows.len() < ENOUGH_SERIES || rows.iter().filter(|r| r.label).count() < ENOUGH_OF_EACH || rows.iter().filter(|r| !r.label).count() < ENOUGH_OF_EACH,
+        unmeasured: checks.iter().filter(|c| c.within.is_none()).map(|c| c.name.clone()).collect(),
         claims: checks,
         claims_provenance,
         model: ModelView::of(m),
@@ -474,7 +481,8 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         threshold_source: sc.rule.threshold_source.clone(),
         series_rule: sc.rule.describe(),
         series_in_training: rows.iter().filter(|r| r.trained_on).count(),
-        skipped_files: skipped.iter().map(IngestError::to_string).collect(),
+        skipped_files: skipped,
+        failed_series: failed,
         operating_points: operating_points(&rows, &sc.rule),
         reference,
         rows,
@@ -484,6 +492,58 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         write_outputs(&c, dir)?;
     }
     Ok(c)
+}
+
+/// One series scored: its row and its labelled slices' `(probability, label)`.
+struct Scored {
+    row: SeriesRow,
+    slices: Vec<(f64, bool)>,
+}
+
+/// What scoring a series for a commissioning run needs.
+struct Scoring<'a> {
+    sc: &'a Scorer,
+    labels: &'a std::collections::HashMap<String, u8>,
+    root: &'a Path,
+    trained_on: std::collections::HashSet<String>,
+}
+
+impl Scoring<'_> {
+    /// Scores `ser` as the daemon would; its row goes to `done`, or why it failed to `failed`.
+    fn score(&self, ser: &ingest::series::Series, done: &mut Vec<Scored>, failed: &mut Vec<String>) {
+        let r = match self.sc.score(ser) {
+            Ok(r) => r,
+            Err(e) => {
+                failed.push(format!("{}: {e}", ser.uid));
+                return;
+            }
+        };
+        let mut label = false;
+        let mut slices = Vec::new();
+        for sl in &r.slices {
+            if let Some(&y) = self.labels.get(&prep::relative(&sl.file, self.root)) {
+                label |= y == 1;
+                slices.push((f64::from(sl.prob), y == 1));
+            }
+        }
+        let obs = Observation::of(r.decision.verdict == Verdict::Positive, r.slices.iter().filter(|s| s.skipped.is_none()).map(|s| (f64::from(s.prob), s.lung_hu)));
+        let row = SeriesRow {
+            series_key: crate::alert::SeriesKey::of(&ser.uid, 1).to_string(),
+            series_uid: ser.uid.clone(),
+            label,
+            verdict: r.decision.verdict,
+            slices: r.decision.slices,
+            positives: r.decision.positives,
+            max_prob: r.decision.max_prob,
+            positive_extent_mm: r.decision.positive_extent_mm,
+            positive_share: r.decision.positive_share,
+            mean_prob: obs.mean_prob,
+            lung_hu: obs.lung_hu,
+            trained_on: self.trained_on.contains(&ser.uid),
+            evidence: r.evidence,
+        };
+        done.push(Scored { row, slices });
+    }
 }
 
 /// `report.html`, `series.csv` and (when measured) `reference.toml` in `dir`.
@@ -520,6 +580,20 @@ fn write_outputs(c: &Commission, dir: &Path) -> Result<(), CommissionError> {
 }
 
 impl Commission {
+    /// The run's conclusion in words: outside, within (all or only the measurable claims), or
+    /// nothing to compare with.
+    pub fn verdict_text(&self) -> String {
+        if self.claims.is_empty() {
+            "NO CLAIMS to compare with: the model's manifest states none".into()
+        } else if !self.within_claims {
+            "OUTSIDE the manifest's claims".into()
+        } else if !self.unmeasured.is_empty() {
+            format!("WITHIN the measurable claims; not measured here: {}", self.unmeasured.join(", "))
+        } else {
+            "WITHIN the manifest's claims".into()
+        }
+    }
+
     /// The result as text for a person.
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
@@ -563,9 +637,17 @@ impl Commission {
         }
         let _ = writeln!(t, "claims from: {}", self.claims_provenance);
         if self.few_series {
-            let _ = writeln!(t, "note: {} series: intervals this wide tell little either way; commission on {ENOUGH_SERIES} or more", self.series);
+            let _ = writeln!(
+                t,
+                "note: {} series ({} positive, {} negative): intervals this wide tell little either way; commission on {ENOUGH_SERIES} or more, {ENOUGH_OF_EACH} or more of each",
+                self.series, self.positive_series, self.negative_series
+            );
         }
-        let _ = writeln!(t, "{}", if self.within_claims { "WITHIN the manifest's claims" } else { "OUTSIDE the manifest's claims" });
+        for f in &self.failed_series {
+            let _ = writeln!(t, "not scored: {f}");
+        }
+        let _ = writeln!(t, "note: the slice AUC's interval treats slices as independent; slices of one series are not, so it is too narrow");
+        let _ = writeln!(t, "{}", self.verdict_text());
         t
     }
 }

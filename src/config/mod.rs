@@ -460,6 +460,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Where a threshold set in this config comes from, as results show it: `config`, or
+    /// `config: ` and its `threshold_provenance`.
+    pub fn config_threshold_source(&self) -> String {
+        self.threshold_provenance.as_ref().map_or_else(|| "config".to_string(), |p| format!("config: {p}"))
+    }
+
     /// Built-in defaults (the DESIGN.md defaults), as if the file were empty, relative to `base`.
     pub fn defaults(base: &Path) -> Settings {
         validate(RawConfig::default(), base, "").expect("defaults are valid")

@@ -246,8 +246,9 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
     });
     let metrics_token = raw.metrics.token.as_ref().and_then(|t| {
         let v = t.get_ref().trim();
-        if v.chars().count() < 16 || !v.chars().all(|ch| ch.is_ascii_graphic()) {
-            c.fail(t, "metrics.token: at least 16 printable characters, no spaces (e.g. `openssl rand -hex 24`)".into());
+        // Also a cookie value for the admin's page in a browser: no `;`, `,`, quotes, spaces.
+        if v.chars().count() < 16 || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || "._~+/=-".contains(ch)) {
+            c.fail(t, "metrics.token: at least 16 characters of letters, digits and . _ ~ + / = - (e.g. `openssl rand -hex 24`)".into());
             None
         } else {
             Some(Secret::new(v))

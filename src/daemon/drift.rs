@@ -4,7 +4,8 @@
 //! `/healthz` body, `ctsentry_drift`) and its return clears it. The window is kept in the state
 //! folder (`drift.json`), so a restart neither forgets it nor starts judging from nothing.
 //! Drift never touches the rule, the alerts or their timing: it is observed after the verdict
-//! has been recorded and published.
+//! has been recorded and published. A series whose verdict was recorded just before a crash, but
+//! not yet saved here, is not in the window after the restart (one series fewer: harmless).
 
 use std::path::PathBuf;
 
@@ -27,10 +28,18 @@ pub(super) struct DriftWatch {
 
 /// One series of the window as `drift.json` keeps it.
 #[derive(Debug, Serialize, Deserialize)]
-struct Saved {
+struct SavedSeries {
     alerted: bool,
     mean_prob: Option<f64>,
     lung_hu: Option<f64>,
+}
+
+/// `drift.json`: the window, the state it was in, and the reference it was judged against.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    drifting: bool,
+    reference: String,
+    window: Vec<SavedSeries>,
 }
 
 impl DriftWatch {
@@ -53,8 +62,14 @@ impl DriftWatch {
         let mut monitor = Monitor::new(reference, crate::drift::Settings { window: d.window, min_series: d.min_series, ..Default::default() });
         let path = state.drift();
         match std::fs::read_to_string(&path) {
-            Ok(text) => match serde_json::from_str::<Vec<Saved>>(&text) {
-                Ok(saved) => monitor.restore(&saved.iter().map(|s| Observation { alerted: s.alerted, mean_prob: s.mean_prob, lung_hu: s.lung_hu }).collect::<Vec<_>>()),
+            Ok(text) => match serde_json::from_str::<Saved>(&text) {
+                Ok(saved) if saved.reference == monitor.reference().source => {
+                    let window: Vec<Observation> = saved.window.iter().map(|s| Observation { alerted: s.alerted, mean_prob: s.mean_prob, lung_hu: s.lung_hu }).collect();
+                    if monitor.restore(&window, if saved.drifting { State::Drift } else { State::Ok }).is_some() {
+                        log::info!("drift: the drift saved before the restart no longer holds on its window: cleared");
+                    }
+                }
+                Ok(saved) => log::info!("drift: the reference changed (was {}): the window starts empty", saved.reference),
                 Err(e) => log::warn!("{}: unreadable ({e}); drift watching starts from an empty window", path.display()),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -81,18 +96,15 @@ impl DriftWatch {
     }
 
     fn save(&self) {
-        let saved: Vec<Saved> = self.monitor.recent().into_iter().map(|o| Saved { alerted: o.alerted, mean_prob: o.mean_prob, lung_hu: o.lung_hu }).collect();
+        let saved = Saved {
+            drifting: self.monitor.view().state == State::Drift,
+            reference: self.monitor.reference().source.clone(),
+            window: self.monitor.recent().into_iter().map(|o| SavedSeries { alerted: o.alerted, mean_prob: o.mean_prob, lung_hu: o.lung_hu }).collect(),
+        };
         if let Err(e) = crate::durable::write_replace(&self.path, serde_json::to_string(&saved).expect("json").as_bytes()) {
             log::warn!("{}: drift window not kept: {e}", self.path.display());
         }
     }
-}
-
-/// The observation of a finished series from its records (`alerted`: its final verdict).
-pub(super) fn observation(recs: &[SliceRec], scored: impl Fn(&SliceRec) -> bool, alerted: bool) -> Observation {
-    let kept: Vec<&SliceRec> = recs.iter().filter(|r| scored(r)).collect();
-    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    Observation { alerted, mean_prob: mean(kept.iter().map(|r| f64::from(r.prob)).collect()), lung_hu: mean(kept.iter().filter_map(|r| r.lung_hu.map(f64::from)).collect()) }
 }
 
 impl Daemon {
@@ -101,7 +113,8 @@ impl Daemon {
         if self.drift.is_none() {
             return;
         }
-        let obs = observation(recs, |r| self.scorer.skip_reason(rule, r.lung_fraction).is_none(), alerted);
+        let scored = recs.iter().filter(|r| self.scorer.skip_reason(rule, r.lung_fraction).is_none()).map(|r| (f64::from(r.prob), r.lung_hu.map(f64::from)));
+        let obs = Observation::of(alerted, scored);
         let Some(w) = self.drift.as_mut() else { return };
         let change = w.monitor.observe(obs);
         w.save();

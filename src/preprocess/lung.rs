@@ -399,16 +399,16 @@ pub fn mean_hu_inside(slice: &crate::ingest::Slice, mask: &LungMask) -> Option<f
     }
     let (s, b) = (slice.rescale.slope, slice.rescale.intercept);
     let (mut sum, mut n) = (0f64, 0usize);
-    let mut add = |i: usize, v: f64| {
-        if mask.mask[i] != 0 {
+    let mut add = |m: u8, v: f64| {
+        if m != 0 {
             sum += v * s + b;
             n += 1;
         }
     };
     match &slice.pixels {
-        Pixels::U16(v) => v.iter().enumerate().for_each(|(i, &p)| add(i, f64::from(p))),
-        Pixels::I16(v) => v.iter().enumerate().for_each(|(i, &p)| add(i, f64::from(p))),
-        Pixels::F32(v) => v.iter().enumerate().for_each(|(i, &p)| add(i, f64::from(p))),
+        Pixels::U16(v) => v.iter().zip(&mask.mask).for_each(|(&p, &m)| add(m, f64::from(p))),
+        Pixels::I16(v) => v.iter().zip(&mask.mask).for_each(|(&p, &m)| add(m, f64::from(p))),
+        Pixels::F32(v) => v.iter().zip(&mask.mask).for_each(|(&p, &m)| add(m, f64::from(p))),
     }
     (n > 0).then(|| sum / n as f64)
 }

@@ -49,7 +49,8 @@ const UID: &str = "1.2.826.0.1.3680043.8.498.77";
 /// The reference comes from `ctsentry commission` on six in-distribution series (±15 HU); the
 /// daemon then watches: three in-distribution series are ok; two from a scanner reading 140 HU
 /// high raise DEGRADED,DRIFT (serial line, amber LED, status, /healthz body, metric) naming the
-/// lung HU, while every series still gets its verdict; six in-distribution series clear it.
+/// lung HU, while every series still gets its verdict; a restart keeps the drift (and says it
+/// again); six in-distribution series clear it.
 #[test]
 fn hu_shifted_series_raise_drift_on_every_channel_and_it_clears_when_they_return() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +76,7 @@ fn hu_shifted_series_raise_drift_on_every_channel_and_it_clears_when_they_return
     let (mut port, leds, peers) = alert_peers(root);
     let cfg = masked_config(root, &format!("{peers}[metrics]\nlisten = \"{addr}\"\n[drift]\nreference = \"{}\"\nwindow = 6\nmin_series = 3\n", reference.display()));
     let log = root.join("daemon.log");
-    let _child = start(&cfg, &log);
+    let mut child = start(&cfg, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let var = root.join("var");
     std::fs::create_dir_all(var.join("incoming")).unwrap();
@@ -111,6 +112,15 @@ fn hu_shifted_series_raise_drift_on_every_channel_and_it_clears_when_they_return
     assert!(code == 200 && body.starts_with("degraded: drift: lung HU +"), "{code} {body}");
     assert!(http_get(&addr, "/metrics").1.lines().any(|l| l == "ctsentry_drift 1"));
     assert_eq!(finals(&results).len(), 5, "every series has its verdict while drifting");
+
+    // A restart neither forgets the drift nor judges it anew from nothing.
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0), "{}", read_log());
+    let _restarted = start(&cfg, &log);
+    let lines = read_until(&mut port, &mut buf, Duration::from_secs(30), |l| l[2..] == ["DEGRADED".to_string(), "DRIFT".into()]);
+    assert!(lines.iter().any(|l| l[2..] == ["DEGRADED".to_string(), "DRIFT".into()]), "said again after the restart: {lines:?}\n{}", read_log());
+    assert!(wait_until(Duration::from_secs(10), || drift()["state"] == "drift" && drift()["series"] == 5), "{}", drift());
+    assert!(wait_until(Duration::from_secs(5), || look(&leds)[2] == "on"), "{:?}", look(&leds));
 
     send(&[-3, 3, 0, -6, 6, 0]);
     let lines = read_until(&mut port, &mut buf, Duration::from_secs(20), |l| l[2..] == ["CLEAR".to_string(), "DRIFT".into()]);

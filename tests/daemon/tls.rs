@@ -212,6 +212,7 @@ fn results_reach_orthanc_over_dicom_tls_once() {
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(wait_until(Duration::from_secs(60), || finals(&results).len() == 1), "{}", read_log());
     assert!(wait_until(Duration::from_secs(20), || status_json(&cfg)["faults"].as_array().is_some_and(|f| f.iter().any(|k| k == "EXPORT"))), "{}", read_log());
+    std::thread::sleep(Duration::from_secs(3)); // several retries (retry_max_seconds = 1)
     assert!(pacs.study(study_uid).is_empty(), "nothing reached the PACS through an untrusted handshake");
     drop(d);
 
