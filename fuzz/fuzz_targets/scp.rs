@@ -15,12 +15,17 @@ use libfuzzer_sys::fuzz_target;
 #[global_allocator]
 static GLOBAL: ctsentry::alloc_guard::GuardedAlloc = ctsentry::alloc_guard::GuardedAlloc;
 
+/// The receiver's drop folder (emptied now and then: valid C-STOREs write files).
+fn incoming() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ctsentry-fuzz-scp-{}", std::process::id()))
+}
+
 /// The receiver, started once: any caller, short ARTIM so that a truncated first message costs
 /// little, room for many connections (the fuzzer does not wait for the receiver to finish).
 fn receiver() -> SocketAddr {
     static RECEIVER: OnceLock<SocketAddr> = OnceLock::new();
     *RECEIVER.get_or_init(|| {
-        let incoming = std::env::temp_dir().join(format!("ctsentry-fuzz-scp-{}", std::process::id()));
+        let incoming = incoming();
         std::fs::create_dir_all(&incoming).expect("a drop folder");
         let settings = ctsentry::config::DicomSettings {
             enabled: true,
@@ -29,7 +34,9 @@ fn receiver() -> SocketAddr {
             allowed_callers: Vec::new(),
             max_associations: 64,
             max_associations_per_address: 64,
-            artim: Duration::from_millis(200),
+            // Most mutated inputs declare more bytes than they send: the receiver then waits for the
+            // rest until ARTIM, which sets this target's pace.
+            artim: Duration::from_millis(40),
             max_instance_bytes: 8 << 20,
             tls: None,
         };
@@ -39,6 +46,12 @@ fn receiver() -> SocketAddr {
 }
 
 fuzz_target!(|data: &[u8]| {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1024 == 1023 {
+        for f in std::fs::read_dir(incoming()).into_iter().flatten().flatten() {
+            let _ = if f.path().is_dir() { std::fs::remove_dir_all(f.path()) } else { std::fs::remove_file(f.path()) };
+        }
+    }
     let addr = receiver();
     let Ok(mut s) = TcpStream::connect(addr) else { return };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
