@@ -234,7 +234,7 @@ fn commissioning_on_covid_ct_md_reports_series_level_intervals_against_the_claim
     let verdicts: Vec<(bool, &str)> = v["rows"].as_array().unwrap().iter().map(|r| (r["label"].as_bool().unwrap(), r["verdict"].as_str().unwrap())).collect();
     assert_eq!(verdicts.iter().filter(|(l, verdict)| !l && *verdict == "positive").count(), 1, "{verdicts:?}");
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(report.contains("WITHIN the manifest's claims") && report.contains("<svg class=\"roc\"") && report.contains("(in force)"), "report.html");
+    assert!(report.contains("WITHIN the manifest&#39;s claims") && report.contains("<svg class=\"roc\"") && report.contains("(in force)"), "report.html");
     assert_eq!(std::fs::read_to_string(out.join("series.csv")).unwrap().lines().count(), 4);
     let reference = std::fs::read_to_string(out.join("reference.toml")).unwrap();
     assert!(reference.contains("series = 3") && reference.contains("alert_rate = 0.66"), "{reference}");
