@@ -52,6 +52,23 @@ pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// Date (`YYYYMMDD`) and time (`HHMMSS`) in UTC of a unix time.
+pub fn utc_date_time(t: f64) -> (String, String) {
+    let secs = t.floor() as i64;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (format!("{y:04}{m:02}{d:02}"), format!("{:02}{:02}{:02}", sod / 3600, sod % 3600 / 60, sod % 60))
+}
+
 /// Moves `src` to `dst_root/rel` (creating folders), never overwriting: an existing name gets
 /// `.dupN` before its extension. Works across file systems (copy, fsync, rename, remove).
 /// Both directories are synced, so the move survives a power cut. Returns where it went.

@@ -151,23 +151,6 @@ pub fn derived_uid(parts: &[&str]) -> String {
     format!("2.25.{}", u128::from_be_bytes(b))
 }
 
-/// Date (`YYYYMMDD`) and time (`HHMMSS`) in UTC of a unix time.
-pub fn utc_date_time(t: f64) -> (String, String) {
-    let secs = t.floor() as i64;
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to civil date (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (format!("{y:04}{m:02}{d:02}"), format!("{:02}{:02}{:02}", sod / 3600, sod % 3600 / 60, sod % 60))
-}
-
 fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) {
     obj.put(DataElement::new(tag, vr, v.into()));
 }
@@ -259,7 +242,7 @@ fn common(study: &Study, r: &SeriesResult, class: &str, sop: &str, series: &NewS
         VR::LO,
         PrimitiveValue::Strs(dicom_core::smallvec::smallvec![format!("ctsentry {}", env!("CARGO_PKG_VERSION")), format!("{name} {version}")]),
     );
-    let (date, time) = utc_date_time(r.t);
+    let (date, time) = crate::durable::utc_date_time(r.t);
     put(&mut o, tags::CONTENT_DATE, VR::DA, date.as_str());
     put(&mut o, tags::CONTENT_TIME, VR::TM, time.as_str());
     put(&mut o, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
@@ -747,9 +730,9 @@ mod tests {
 
     #[test]
     fn utc_dates_are_civil_dates() {
-        assert_eq!(utc_date_time(0.0), ("19700101".into(), "000000".into()));
-        assert_eq!(utc_date_time(951_782_400.0), ("20000229".into(), "000000".into()));
-        assert_eq!(utc_date_time(1_795_803_722.5), ("20261127".into(), "182202".into()));
+        assert_eq!(crate::durable::utc_date_time(0.0), ("19700101".into(), "000000".into()));
+        assert_eq!(crate::durable::utc_date_time(951_782_400.0), ("20000229".into(), "000000".into()));
+        assert_eq!(crate::durable::utc_date_time(1_795_803_722.5), ("20261127".into(), "182202".into()));
     }
 
     #[test]

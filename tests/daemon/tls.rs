@@ -73,6 +73,15 @@ fn leaf(dir: &Path, name: &str, by: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{name}.key")), dir.join(format!("{name}.pem")))
 }
 
+/// `root/pki` with the site's CA and another CA (`site-ca`, `other-ca`).
+fn site_pki(root: &Path) -> PathBuf {
+    let pki = root.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    ca(&pki, "site-ca");
+    ca(&pki, "other-ca");
+    pki
+}
+
 #[test]
 fn dicom_tls_admits_only_callers_with_a_certificate_from_the_ca_and_sends_results_over_tls() {
     let dcmtk = "apt-get install dcmtk";
@@ -81,10 +90,7 @@ fn dicom_tls_admits_only_callers_with_a_certificate_from_the_ca_and_sends_result
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let pki = root.join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    ca(&pki, "site-ca");
-    ca(&pki, "other-ca");
+    let pki = site_pki(root);
     let (box_key, box_pem) = leaf(&pki, "box", "site-ca");
     let (scanner_key, scanner_pem) = leaf(&pki, "scanner", "site-ca");
     let (pacs_key, pacs_pem) = leaf(&pki, "pacs", "site-ca");
@@ -175,10 +181,7 @@ fn results_reach_orthanc_over_dicom_tls_once() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let pki = root.join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    ca(&pki, "site-ca");
-    ca(&pki, "other-ca");
+    let pki = site_pki(root);
     let (box_key, box_pem) = leaf(&pki, "box", "site-ca");
     let (pacs_key, pacs_pem) = leaf(&pki, "pacs", "site-ca");
     let s = |p: &Path| p.display().to_string();
