@@ -141,14 +141,13 @@ fn drift_problem(s: &Settings, sc: &crate::score::Scorer, user: &ServiceUser) ->
     crate::commission::drift_reference(s, &sc.model.manifest, &manifest).err().map(|why| Problem { what: format!("drift.reference {}", path.display()), why, fix: fix.into() })
 }
 
-/// The drift line of `doctor`: what drift watching compares with, or why it does not watch.
-fn drift_line(s: &Settings) -> String {
+/// The drift line of `doctor`: what drift watching compares with, or why it does not watch
+/// (`model`: the bundle as `doctor` loaded it, or why it could not).
+fn drift_line(s: &Settings, model: &Result<crate::model::Model, crate::model::ModelError>) -> String {
     if !s.drift.enabled {
         return "off (drift.enabled = false)".into();
     }
-    let reference = crate::model::Model::load(&s.model_path)
-        .map_err(|e| e.to_string())
-        .and_then(|m| crate::commission::drift_reference(s, &m.manifest, &crate::model::manifest_path(&m.path)).map_err(|e| e.to_string()));
+    let reference = model.as_ref().map_err(|e| e.to_string()).and_then(|m| crate::commission::drift_reference(s, &m.manifest, &crate::model::manifest_path(&m.path)));
     match reference {
         Ok(r) => format!(
             "the last {} series against {} (alert rate {:.2}, mean slice probability {:.3}, {}; {} series)",
@@ -156,7 +155,7 @@ fn drift_line(s: &Settings) -> String {
             r.source,
             r.alert_rate,
             r.prob_mean,
-            if r.lung_hu_mean.is_finite() { format!("lung {:.0} HU", r.lung_hu_mean) } else { "no lung HU".into() },
+            r.lung_hu_mean.map_or_else(|| "no lung HU".into(), |h| format!("lung {h:.0} HU")),
             r.series
         ),
         Err(why) => format!("NOT WATCHED: {why}"),
@@ -315,6 +314,8 @@ pub fn run(source: &ConfigSource) -> Report {
             None
         }
     };
+    // Read and hashed once: the model line and the drift line both need it.
+    let model = settings.as_ref().map(|s| crate::model::Model::load(&s.model_path));
     let build = if cfg!(any(feature = "cuda", feature = "cuda-12")) { "built with CUDA support" } else { "built without CUDA support" };
     let gpu = cuda::probe();
     match &gpu {
@@ -343,7 +344,7 @@ pub fn run(source: &ConfigSource) -> Report {
             (PreprocessBackend::Auto, false) => "cpu (auto: no usable GPU; status LED amber)".to_string(),
         };
         let _ = writeln!(r, "preprocess    {choice}");
-        match crate::model::Model::load(&s.model_path) {
+        match model.as_ref().expect("loaded with the settings") {
             Ok(m) => {
                 let i = &m.manifest.model;
                 let _ = writeln!(r, "model         {} {} (sha256 {}…): ok", i.name, i.version, &i.sha256[..12]);
@@ -422,7 +423,7 @@ pub fn run(source: &ConfigSource) -> Report {
             "metrics       {}",
             s.metrics_listen.map(|a| format!("http://{a}/metrics, /healthz and the admin's page http://{a}/")).unwrap_or_else(|| "off ([metrics] absent)".into())
         );
-        let _ = writeln!(r, "drift         {}", drift_line(s));
+        let _ = writeln!(r, "drift         {}", drift_line(s, model.as_ref().expect("loaded with the settings")));
         alerts(&mut r, s);
         let p = &s.paths;
         for (name, d) in [("incoming", &p.incoming), ("done", &p.done), ("quarantine", &p.quarantine), ("results", &p.results), ("state", &p.state)] {

@@ -14,10 +14,13 @@
 //!
 //! Drift is raised when the window has `min_series` series and any statistic's p-value is below `raise_p`, and cleared when every
 //! judged statistic's p-value is above `clear_p` (or the window falls below `min_series`). Drift only reports: it never silences
-//! or changes an alert; what to do with it is the caller's business. Pure std, no I/O.
+//! or changes an alert; what to do with it is the caller's business. No I/O; [`Reference`] and [`Observation`] are serde types
+//! (`reference.toml`, the manifest's `[validation.reference]`, the daemon's saved window).
 
 use std::collections::VecDeque;
 use std::f64::consts::PI;
+
+use serde::{Deserialize, Serialize};
 
 /// Floor of the reference's between-series sd of the mean slice probability.
 const PROB_SD_FLOOR: f64 = 0.01;
@@ -28,8 +31,10 @@ const RATE_CLAMP: f64 = 1e-6;
 /// Outcomes whose log-probability is within this of the observed one's count as "no more likely" (as R's `binom.test` does).
 const TIE_TOLERANCE: f64 = 1e-7;
 
-/// What "normal" looks like, per series: from a model manifest or a site's commissioning run.
-#[derive(Debug, Clone, PartialEq)]
+/// What "normal" looks like, per series: from a model manifest (`[validation.reference]`) or a
+/// site's commissioning run (`reference.toml`), both with these keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Reference {
     /// Expected share of series that alert (0..1).
     pub alert_rate: f64,
@@ -37,10 +42,13 @@ pub struct Reference {
     pub prob_mean: f64,
     /// Between-series standard deviation of the series' mean slice probability.
     pub prob_sd: f64,
-    /// Mean over series of the series' mean Hounsfield units inside the lungs.
-    pub lung_hu_mean: f64,
+    /// Mean over series of the series' mean Hounsfield units inside the lungs (absent for a model
+    /// without a lung mask: that statistic is then not judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_hu_mean: Option<f64>,
     /// Between-series standard deviation of the series' mean lung HU.
-    pub lung_hu_sd: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_hu_sd: Option<f64>,
     /// How many series the reference was measured on (0: unknown; the reference is then taken as exact).
     pub series: usize,
     /// Where it came from, e.g. `manifest densenet121-covid 3.1.0` or `commission 2026-12-06T10:00Z`.
@@ -56,7 +64,7 @@ impl Reference {
     /// # Errors
     ///
     /// An empty set, or one where no series has a mean slice probability, gives the reason as `Err`. Where no series has a
-    /// lung HU (a model without a lung mask), `lung_hu_mean` and `lung_hu_sd` are NaN and that statistic is not judged.
+    /// lung HU (a model without a lung mask), `lung_hu_mean` and `lung_hu_sd` are `None` and that statistic is not judged.
     pub fn from_observations(obs: &[Observation], source: &str) -> Result<Reference, String> {
         if obs.is_empty() {
             return Err("no series to build a drift reference from".to_string());
@@ -66,21 +74,40 @@ impl Reference {
         let hus: Vec<f64> = obs.iter().filter_map(|o| finite(o.lung_hu)).collect();
         let n = obs.len();
         let (prob_mean, prob_sd) = mean_sd(&probs).ok_or_else(|| format!("none of the {n} series has a mean slice probability (no lung-bearing slice scored)"))?;
-        let (lung_hu_mean, lung_hu_sd) = mean_sd(&hus).unwrap_or((f64::NAN, f64::NAN));
+        let hu = mean_sd(&hus);
         Ok(Reference {
             alert_rate: alerts as f64 / n as f64,
             prob_mean,
             prob_sd: prob_sd.max(PROB_SD_FLOOR),
-            lung_hu_mean,
-            lung_hu_sd: lung_hu_sd.max(HU_SD_FLOOR),
+            lung_hu_mean: hu.map(|(m, _)| m),
+            lung_hu_sd: hu.map(|(_, sd)| sd.max(HU_SD_FLOOR)),
             series: n,
             source: source.to_string(),
         })
     }
 }
 
+impl Reference {
+    /// Whether the values can be a reference (as read from a file or a manifest): rates and
+    /// probabilities in [0, 1], HU plausible, both HU values or neither.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = |v: f64, lo: f64, hi: f64| v.is_finite() && (lo..=hi).contains(&v);
+        let fine = ok(self.alert_rate, 0.0, 1.0)
+            && ok(self.prob_mean, 0.0, 1.0)
+            && ok(self.prob_sd, 0.0, 1.0)
+            && self.lung_hu_mean.is_none_or(|v| ok(v, -1100.0, 500.0))
+            && self.lung_hu_sd.is_none_or(|v| ok(v, 0.0, 1000.0))
+            && self.lung_hu_mean.is_some() == self.lung_hu_sd.is_some();
+        if fine {
+            Ok(())
+        } else {
+            Err("alert_rate, prob_mean and prob_sd must lie in [0, 1], lung_hu_mean in [-1100, 500] HU and lung_hu_sd in [0, 1000] (both or neither)".into())
+        }
+    }
+}
+
 /// One finished series, as drift sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// The series' final verdict was positive.
     pub alerted: bool,
@@ -278,8 +305,9 @@ impl Monitor {
         let over = if r.series > 0 { format!(" over {} series", r.series) } else { String::new() };
 
         let hus: Vec<f64> = self.window.iter().filter_map(|o| finite(o.lung_hu)).collect();
-        if let Some((p, mean, sd)) = mean_test(&hus, r.lung_hu_mean, r.lung_hu_sd, HU_SD_FLOOR, min_values, r.series) {
-            let (shift, reference) = (mean - r.lung_hu_mean, r.lung_hu_mean);
+        let (hu_mean, hu_sd) = (r.lung_hu_mean.unwrap_or(f64::NAN), r.lung_hu_sd.unwrap_or(f64::NAN));
+        if let Some((p, mean, sd)) = mean_test(&hus, hu_mean, hu_sd, HU_SD_FLOOR, min_values, r.series) {
+            let (shift, reference) = (mean - hu_mean, hu_mean);
             let reason = format!("lung HU {shift:+.0} against reference ({reference:.0} ± {sd:.0} HU{over}): scanner calibration or protocol changed");
             findings.push(Finding { p, reason });
         }
@@ -490,7 +518,7 @@ mod tests {
     }
 
     fn reference() -> Reference {
-        Reference { alert_rate: 0.15, prob_mean: 0.2, prob_sd: 0.05, lung_hu_mean: -820.0, lung_hu_sd: 40.0, series: 200, source: "test reference".to_string() }
+        Reference { alert_rate: 0.15, prob_mean: 0.2, prob_sd: 0.05, lung_hu_mean: Some(-820.0), lung_hu_sd: Some(40.0), series: 200, source: "test reference".to_string() }
     }
 
     /// Feeds `count` series from `pop`; returns (index, change) of every change.
@@ -700,16 +728,16 @@ mod tests {
         let r = Reference::from_observations(&obs, "commission test").expect("reference");
         assert!((r.alert_rate - 0.25).abs() < 1e-12);
         assert!((r.prob_mean - 0.2).abs() < 1e-12 && (r.prob_sd - 0.1).abs() < 1e-12);
-        assert!((r.lung_hu_mean - -833.333_333_333_333_3).abs() < 1e-9);
-        assert!((r.lung_hu_sd - 30.550_504_633_038_93).abs() < 1e-9);
+        assert!((r.lung_hu_mean.unwrap() - -833.333_333_333_333_3).abs() < 1e-9);
+        assert!((r.lung_hu_sd.unwrap() - 30.550_504_633_038_93).abs() < 1e-9);
         assert_eq!((r.series, r.source.as_str()), (4, "commission test"));
         let same = [Observation { alerted: false, mean_prob: Some(0.2), lung_hu: Some(-820.0) }; 10];
         let r = Reference::from_observations(&same, "same").expect("reference");
-        assert_eq!((r.prob_sd, r.lung_hu_sd), (PROB_SD_FLOOR, HU_SD_FLOOR));
+        assert_eq!((r.prob_sd, r.lung_hu_sd), (PROB_SD_FLOOR, Some(HU_SD_FLOOR)));
         assert!(Reference::from_observations(&[], "empty").is_err());
         let no_hu = [Observation { alerted: false, mean_prob: Some(0.2), lung_hu: None }; 30];
         let r = Reference::from_observations(&no_hu, "no hu").expect("a model without a lung mask still gets a reference");
-        assert!(r.lung_hu_mean.is_nan());
+        assert_eq!((r.lung_hu_mean, r.lung_hu_sd), (None, None));
         let mut m = Monitor::new(r, Settings::default());
         assert!(no_hu.iter().all(|&o| m.observe(o).is_none()), "HU is not judged, the rest is");
     }

@@ -176,79 +176,12 @@ pub struct Commission {
     /// Series-level results at other thresholds, lowest first.
     pub operating_points: Vec<OperatingPoint>,
     /// The drift reference this run measured (all series), when it could.
-    pub reference: Option<ReferenceView>,
+    pub reference: Option<Reference>,
     /// One row per series, in UID order.
     pub rows: Vec<SeriesRow>,
     /// Every labelled slice's `(probability, label)`, for the ROC.
     #[serde(skip)]
     pub slice_scores: Vec<(f64, bool)>,
-}
-
-/// The drift reference as results show it, `reference.toml` holds it and the manifest's
-/// `[validation.reference]` states it (the same keys).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReferenceView {
-    /// Expected alert rate.
-    pub alert_rate: f64,
-    /// Mean of the series' mean slice probability.
-    pub prob_mean: f64,
-    /// Its between-series standard deviation.
-    pub prob_sd: f64,
-    /// Mean of the series' mean lung HU (absent for a model without a lung mask: not judged).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lung_hu_mean: Option<f64>,
-    /// Its between-series standard deviation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lung_hu_sd: Option<f64>,
-    /// Series measured.
-    pub series: usize,
-    /// Where it came from.
-    pub source: String,
-}
-
-impl From<&Reference> for ReferenceView {
-    fn from(r: &Reference) -> ReferenceView {
-        ReferenceView {
-            alert_rate: r.alert_rate,
-            prob_mean: r.prob_mean,
-            prob_sd: r.prob_sd,
-            lung_hu_mean: Some(r.lung_hu_mean).filter(|v| v.is_finite()),
-            lung_hu_sd: Some(r.lung_hu_sd).filter(|v| v.is_finite()),
-            series: r.series,
-            source: r.source.clone(),
-        }
-    }
-}
-
-impl ReferenceView {
-    /// The reference as `[drift] reference` reads it back (`reference.toml`).
-    pub fn to_toml(&self) -> String {
-        toml::to_string(&self).expect("the reference serialises")
-    }
-
-    /// The reference drift watching uses, or why these values cannot be one.
-    pub fn to_reference(&self) -> Result<Reference, String> {
-        let ok = |v: f64, lo: f64, hi: f64| v.is_finite() && (lo..=hi).contains(&v);
-        if !(ok(self.alert_rate, 0.0, 1.0)
-            && ok(self.prob_mean, 0.0, 1.0)
-            && ok(self.prob_sd, 0.0, 1.0)
-            && self.lung_hu_mean.is_none_or(|v| ok(v, -1100.0, 500.0))
-            && self.lung_hu_sd.is_none_or(|v| ok(v, 0.0, 1000.0))
-            && self.lung_hu_mean.is_some() == self.lung_hu_sd.is_some())
-        {
-            return Err("alert_rate, prob_mean and prob_sd must lie in [0, 1], lung_hu_mean in [-1100, 500] HU and lung_hu_sd in [0, 1000] (both or neither)".into());
-        }
-        Ok(Reference {
-            alert_rate: self.alert_rate,
-            prob_mean: self.prob_mean,
-            prob_sd: self.prob_sd,
-            lung_hu_mean: self.lung_hu_mean.unwrap_or(f64::NAN),
-            lung_hu_sd: self.lung_hu_sd.unwrap_or(f64::NAN),
-            series: self.series,
-            source: self.source.clone(),
-        })
-    }
 }
 
 /// The drift reference for `settings`: the site's (`[drift] reference`, a `reference.toml` of
@@ -258,15 +191,17 @@ pub fn drift_reference(settings: &Settings, manifest: &crate::model::Manifest, m
     match &settings.drift.reference {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let v: ReferenceView = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
-            v.to_reference().map_err(|e| format!("{}: {e}", path.display()))
+            let r: Reference = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+            r.check().map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(r)
         }
         None => {
             let Some(t) = manifest.validation.get("reference") else {
                 return Err(format!("{}: no [validation.reference] and no [drift] reference: run `ctsentry commission --out DIR` on this site's studies and set [drift] reference = \"DIR/reference.toml\"", manifest_path.display()));
             };
-            let v: ReferenceView = t.clone().try_into().map_err(|e: toml::de::Error| format!("{}: [validation.reference]: {}", manifest_path.display(), e.message()))?;
-            v.to_reference().map_err(|e| format!("{}: [validation.reference]: {e}", manifest_path.display()))
+            let r: Reference = t.clone().try_into().map_err(|e: toml::de::Error| format!("{}: [validation.reference]: {}", manifest_path.display(), e.message()))?;
+            r.check().map_err(|e| format!("{}: [validation.reference]: {e}", manifest_path.display()))?;
+            Ok(r)
         }
     }
 }
@@ -371,7 +306,7 @@ fn operating_points(rows: &[SeriesRow], rule: &Rule) -> Vec<OperatingPoint> {
     ts.into_iter()
         .map(|threshold| {
             let (sensitivity, specificity) = series_rates(rows, &Rule { threshold, ..rule.clone() });
-            OperatingPoint { threshold, sensitivity, specificity, false_alerts_per_100: specificity.value.map(|s| (1.0 - s) * 100.0) }
+            OperatingPoint { threshold, sensitivity, specificity, false_alerts_per_100: specificity.complement().scaled(100.0).value }
         })
         .collect()
 }
@@ -446,7 +381,7 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
     let id = run_id(now);
     let observations: Vec<Observation> = rows.iter().map(|r| Observation { alerted: r.verdict == Verdict::Positive, mean_prob: r.mean_prob, lung_hu: r.lung_hu }).collect();
     let m = &sc.model.manifest.model;
-    let reference = Reference::from_observations(&observations, &format!("commission {id} ({} {})", m.name, m.version)).ok().map(|r| ReferenceView::from(&r));
+    let reference = Reference::from_observations(&observations, &format!("commission {id} ({} {})", m.name, m.version)).ok();
     let c = Commission {
         run_id: id,
         series: rows.len(),
@@ -563,7 +498,14 @@ fn write_outputs(c: &Commission, dir: &Path) -> Result<(), CommissionError> {
     write("series.csv", &csv)?;
     write("report.html", &html::report(c))?;
     if let Some(r) = &c.reference {
-        write("reference.toml", &format!("# Drift reference measured by `ctsentry commission` run {}; [drift] reference names this file.\n{}", c.run_id, r.to_toml()))?;
+        write(
+            "reference.toml",
+            &format!(
+                "# Drift reference measured by `ctsentry commission` run {}; [drift] reference names this file.\n{}",
+                c.run_id,
+                toml::to_string(r).expect("the reference serialises")
+            ),
+        )?;
     }
     Ok(())
 }

@@ -26,20 +26,12 @@ pub(super) struct DriftWatch {
     path: PathBuf,
 }
 
-/// One series of the window as `drift.json` keeps it.
-#[derive(Debug, Serialize, Deserialize)]
-struct SavedSeries {
-    alerted: bool,
-    mean_prob: Option<f64>,
-    lung_hu: Option<f64>,
-}
-
 /// `drift.json`: the window, the state it was in, and the reference it was judged against.
 #[derive(Debug, Serialize, Deserialize)]
 struct Saved {
     drifting: bool,
     reference: String,
-    window: Vec<SavedSeries>,
+    window: Vec<Observation>,
 }
 
 impl DriftWatch {
@@ -64,8 +56,7 @@ impl DriftWatch {
         match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<Saved>(&text) {
                 Ok(saved) if saved.reference == monitor.reference().source => {
-                    let window: Vec<Observation> = saved.window.iter().map(|s| Observation { alerted: s.alerted, mean_prob: s.mean_prob, lung_hu: s.lung_hu }).collect();
-                    if monitor.restore(&window, if saved.drifting { State::Drift } else { State::Ok }).is_some() {
+                    if monitor.restore(&saved.window, if saved.drifting { State::Drift } else { State::Ok }).is_some() {
                         log::info!("drift: the drift saved before the restart no longer holds on its window: cleared");
                     }
                 }
@@ -77,15 +68,14 @@ impl DriftWatch {
         }
         let r = monitor.reference();
         log::info!(
-            "drift: watching the last {} series (judged from {}) against {}: alert rate {:.2}, mean slice probability {:.3} ± {:.3}, lung {:.0} ± {:.0} HU",
+            "drift: watching the last {} series (judged from {}) against {}: alert rate {:.2}, mean slice probability {:.3} ± {:.3}, {}",
             d.window,
             d.min_series,
             r.source,
             r.alert_rate,
             r.prob_mean,
             r.prob_sd,
-            r.lung_hu_mean,
-            r.lung_hu_sd
+            r.lung_hu_mean.zip(r.lung_hu_sd).map_or_else(|| "no lung HU".into(), |(m, sd)| format!("lung {m:.0} ± {sd:.0} HU"))
         );
         Some(DriftWatch { monitor, path })
     }
@@ -96,11 +86,7 @@ impl DriftWatch {
     }
 
     fn save(&self) {
-        let saved = Saved {
-            drifting: self.monitor.view().state == State::Drift,
-            reference: self.monitor.reference().source.clone(),
-            window: self.monitor.recent().into_iter().map(|o| SavedSeries { alerted: o.alerted, mean_prob: o.mean_prob, lung_hu: o.lung_hu }).collect(),
-        };
+        let saved = Saved { drifting: self.monitor.view().state == State::Drift, reference: self.monitor.reference().source.clone(), window: self.monitor.recent() };
         if let Err(e) = crate::durable::write_replace(&self.path, serde_json::to_string(&saved).expect("json").as_bytes()) {
             log::warn!("{}: drift window not kept: {e}", self.path.display());
         }
