@@ -219,6 +219,50 @@ class Rows:
         return np.stack([t[i] for t, i in (self.refs[j] for j in idx)])
 
 
+# The prep tensor's window (src/preprocess: -600/1500, so -1350..150 HU) and normalisation.
+WINDOW_LO, WINDOW_WIDTH = -1350.0, 1500.0
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def blur(w, sigma):
+    """Gaussian blur of [B,1,H,W] with per-row sigma (pixels), 5x5 taps."""
+    r = torch.arange(-2, 3, dtype=torch.float32)
+    k = torch.exp(-(r[None, :] ** 2) / (2 * sigma[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # [B,5]
+    out = torch.empty_like(w)
+    for i in range(w.shape[0]):
+        kk = k[i]
+        t = F.conv2d(F.pad(w[i : i + 1], (2, 2, 0, 0), mode="replicate"), kk.view(1, 1, 1, 5))
+        out[i : i + 1] = F.conv2d(F.pad(t, (0, 0, 2, 2), mode="replicate"), kk.view(1, 1, 5, 1))
+    return out
+
+
+def hu_augment(xb, g):
+    """Recipe D's scanner augmentation, in Hounsfield units inside the lung mask (the rest stays
+    0, as served), each with probability 1/2 and label-preserving: quantum noise of low-dose CT
+    (sd 5-40 HU), a sharp reconstruction kernel (unsharp mask, amount 0.2-1.0) or, instead, a
+    soft one (blur sigma 0.5-1.0 px), iodine contrast in vessels and hila (+50-250 HU on what is
+    above -400 HU, ramped over 200 HU), and a global lung offset of +-25 HU (inspiration,
+    calibration). Rows are [B,3,224,224] normalised prep tensors; the same plane in 3 channels."""
+    n = xb.shape[0]
+    w = xb[:, :1] * STD[:, :1] + MEAN[:, :1]
+    lung = w > 1e-4
+    hu = w * WINDOW_WIDTH + WINDOW_LO
+    on = lambda: (torch.rand(n, 1, 1, 1, generator=g) < 0.5).float()  # noqa: E731
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=g)  # noqa: E731
+    # Contrast in vessels first (it is in the object), then the kernel, then the noise.
+    ramp = ((hu + 400.0) / 200.0).clamp(0, 1)
+    hu = hu + on() * u(50, 250) * ramp
+    sharp, soft = on(), (torch.rand(n, 1, 1, 1, generator=g) < 0.25).float()
+    b1 = blur(hu, torch.ones(n))
+    hu = hu + sharp * u(0.2, 1.0) * (hu - b1)
+    hu = torch.where((soft * (1 - sharp)) > 0, blur(hu, u(0.5, 1.0).view(n)), hu)
+    hu = hu + on() * u(5, 40) * torch.randn(hu.shape, generator=g)
+    hu = hu + on() * u(-25, 25)
+    w2 = torch.where(lung, ((hu - WINDOW_LO) / WINDOW_WIDTH).clamp(1e-3, 1), torch.zeros_like(w))
+    return (w2 - MEAN) / STD
+
+
 def train(model, x, y, w, cells, a, seed):
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
@@ -239,6 +283,8 @@ def train(model, x, y, w, cells, a, seed):
                 xb[flip] = xb[flip].flip(-1)
                 cb[flip] = cb[flip].flip(-1)
                 xb = xb * (0.9 + 0.2 * torch.rand(len(b), 1, 1, 1, generator=g)) + (torch.rand(len(b), 1, 1, 1, generator=g) * 0.2 - 0.1)
+                if a.hu_aug:
+                    xb = hu_augment(xb, g)
             logit, cam = model(xb)
             loss = (wt[b] * F.binary_cross_entropy_with_logits(logit, yt[b], reduction="none")).mean()
             att, k = attention_loss(cam, cb)
@@ -301,6 +347,7 @@ def main():
     ap.add_argument("--no-final", action="store_true", help="skip the model fitted on everything")
     ap.add_argument("--partial", action="store_true", help="allow folds that leave some sources never held out (an exploratory run)")
     ap.add_argument("--whole", action="store_true", help="train the whole graph from the prep tensors (input to head; flips and intensity augmentation) instead of the last dense block from --features")
+    ap.add_argument("--hu-aug", action="store_true", help="with --whole: recipe D's scanner augmentation (hu_augment: low-dose noise, kernels, vessel contrast, lung offset)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", required=True)

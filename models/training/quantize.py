@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""An int8 variant of a model bundle (NNCF post-training quantization, ONNX in, ONNX QDQ out)
+and its parity against f32, both run by OpenVINO's CPU plugin as the appliance runs them.
+
+    pip install nncf openvino onnx
+    python3 models/training/quantize.py --onnx models/densenet121-covid.onnx \
+        --prep /tmp/prep/ct --prep /tmp/prep/lpd ... --out /tmp/int8
+
+- Calibration: `--calib` rows (300) drawn evenly from every prep folder given (real preprocessed
+  slices of every source, lung fraction >= 0.02: the slices the appliance scores), seed 0.
+- Quantized: every convolution (int8 weights per channel, int8 activations). Kept in the
+  engine's float precision: the linear head (Gemm) and the class activation map (Einsum), so
+  that the probability's last step and the heat map are not quantized; `--quantize-head` drops
+  that exception (an ablation).
+- With `--accuracy-control`, NNCF's `quantize_with_accuracy_control` reverts the layers that
+  move the probability most until the validation rows' largest |dprob| is within `--max-drop`
+  (0.02).
+- Parity, written to `parity.json` and printed: every row of every prep folder through OpenVINO
+  f32 and through the int8 graph (int8 convolutions, the rest f32; and with `--bf16`, the rest
+  bf16 as on a CPU with AVX512-BF16): max and 99th percentile |dprob|, the AUC of each labelled
+  folder and its change, the map's correlation, the number of slices whose decision at
+  `--threshold` flips.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from folds import auc, load_prep  # noqa: E402
+
+
+def rows_of(preps, min_lung):
+    """(folder, tensors, index rows) of each prep folder, keeping rows the appliance scores."""
+    out = []
+    for p in preps:
+        x, rows, _ = load_prep(p)
+        keep = [i for i, r in enumerate(rows) if float(r.get("lung_fraction", 1)) >= min_lung]
+        out.append((p, x, rows, keep))
+    return out
+
+
+def calibration(folders, n, seed):
+    """`n` rows drawn evenly over the folders (each folder n / folders rows, without repeats)."""
+    rng = np.random.default_rng(seed)
+    per = max(1, n // len(folders))
+    picks = []
+    for _, x, _, keep in folders:
+        take = rng.choice(keep, size=min(per, len(keep)), replace=False)
+        picks.extend(np.asarray(x[i], np.float32)[None] for i in sorted(take))
+    return picks
+
+
+def compiled(core, path, precision):
+    hint = {"f32": "f32", "bf16": "bf16"}[precision]
+    return core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"})
+
+
+def run(cm, x, keep, batch=8):
+    probs, cams = [], []
+    req = cm.create_infer_request()
+    for s in range(0, len(keep), batch):
+        idx = keep[s : s + batch]
+        r = req.infer({0: np.stack([np.asarray(x[i], np.float32) for i in idx])})
+        probs.append(np.asarray(r[cm.output("prob")]).reshape(-1))
+        cams.append(np.asarray(r[cm.output("cam")]).reshape(len(idx), -1))
+    return np.concatenate(probs), np.concatenate(cams)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--prep", action="append", required=True)
+    ap.add_argument("--calib", type=int, default=300)
+    ap.add_argument("--min-lung", type=float, default=0.02)
+    ap.add_argument("--quantize-head", action="store_true")
+    ap.add_argument("--accuracy-control", action="store_true")
+    ap.add_argument("--max-drop", type=float, default=0.02)
+    ap.add_argument("--threshold", type=float, default=0.194528)
+    ap.add_argument("--bf16", action="store_true", help="also measure int8 with the rest in bf16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    import nncf
+    import onnx
+    import openvino as ov
+
+    os.makedirs(a.out, exist_ok=True)
+    model = onnx.load(a.onnx)
+    folders = rows_of(a.prep, a.min_lung)
+    calib = calibration(folders, a.calib, a.seed)
+    ignored = None if a.quantize_head else nncf.IgnoredScope(types=["Gemm", "Einsum"])
+    t0 = time.time()
+    if a.accuracy_control:
+        core = ov.Core()
+        val = calibration(folders, a.calib, a.seed + 1)
+        ref_cm = core.compile_model(ov.Core().read_model(a.onnx), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        ref = [np.asarray(ref_cm(v)[ref_cm.output("prob")]).reshape(-1) for v in val]
+
+        def validate(m, data):
+            with tempfile.TemporaryDirectory() as d:
+                p = os.path.join(d, "m.onnx")
+                onnx.save(m, p)
+                cm = core.compile_model(p, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+                got = [np.asarray(cm(v)[cm.output("prob")]).reshape(-1) for v in data]
+            return -float(max(np.abs(g - r).max() for g, r in zip(got, ref)))
+
+        q = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(calib), nncf.Dataset(val), validate, max_drop=a.max_drop, drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(calib), ignored_scope=ignored)
+    else:
+        q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored)
+    quant_s = time.time() - t0
+    name = os.path.splitext(os.path.basename(a.onnx))[0]
+    out_path = os.path.join(a.out, name + ".int8.onnx")
+    onnx.save(q, out_path)
+
+    core = ov.Core()
+    variants = {"f32": compiled(core, a.onnx, "f32"), "int8": compiled(core, out_path, "f32")}
+    if a.bf16:
+        variants["bf16"] = compiled(core, a.onnx, "bf16")
+        variants["int8+bf16"] = compiled(core, out_path, "bf16")
+    report = {"onnx": a.onnx, "int8": out_path, "calibration_rows": len(calib), "quantize_seconds": round(quant_s, 1),
+              "quantize_head": a.quantize_head, "accuracy_control": a.accuracy_control, "folders": {}}
+    worst = {}
+    for p, x, rows, keep in folders:
+        res = {k: run(cm, x, keep) for k, cm in variants.items()}
+        p32, c32 = res["f32"]
+        labels = np.array([rows[i].get("label", "") for i in keep])
+        f = {"rows": len(keep)}
+        for k, (pv, cv) in res.items():
+            if k == "f32":
+                continue
+            d = np.abs(pv - p32)
+            cc = [np.corrcoef(cv[i], c32[i])[0, 1] if c32[i].std() > 1e-6 else 1.0 for i in range(len(keep))]
+            flips = int(((pv >= a.threshold) != (p32 >= a.threshold)).sum())
+            f[k] = {"max_dprob": float(d.max()), "p99_dprob": float(np.percentile(d, 99)), "cam_corr_min": float(np.min(cc)), "flips": flips}
+            worst[k] = max(worst.get(k, 0.0), float(d.max()))
+            if set(labels) >= {"0", "1"}:
+                pos, neg = labels == "1", labels == "0"
+                f[k]["auc"] = auc(pv[pos], pv[neg])
+                f["auc_f32"] = auc(p32[pos], p32[neg])
+        report["folders"][p] = f
+        print(os.path.basename(p), json.dumps(f), flush=True)
+    report["max_dprob"] = worst
+    json.dump(report, open(os.path.join(a.out, "parity.json"), "w"), indent=2)
+    print(json.dumps({"quantize_seconds": report["quantize_seconds"], "max_dprob": worst}))
+
+
+if __name__ == "__main__":
+    main()
