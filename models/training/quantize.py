@@ -34,12 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from folds import auc, load_prep  # noqa: E402
 
 
-def rows_of(preps, min_lung):
-    """(folder, tensors, index rows) of each prep folder, keeping rows the appliance scores."""
+def rows_of(preps, min_lung, odd=False):
+    """(folder, tensors, index rows) of each prep folder, keeping rows the appliance scores
+    (with `odd`, only those with an odd index: the rows qat.py never trains on)."""
     out = []
     for p in preps:
         x, rows, _ = load_prep(p)
-        keep = [i for i, r in enumerate(rows) if float(r.get("lung_fraction", 1)) >= min_lung]
+        keep = [i for i, r in enumerate(rows) if float(r.get("lung_fraction", 1)) >= min_lung and (i % 2 == 1 or not odd)]
         out.append((p, x, rows, keep))
     return out
 
@@ -51,7 +52,7 @@ def calibration(folders, n, seed):
     picks = []
     for _, x, _, keep in folders:
         take = rng.choice(keep, size=min(per, len(keep)), replace=False)
-        picks.extend(np.asarray(x[i], np.float32)[None] for i in sorted(take))
+        picks.extend({"input": np.asarray(x[i], np.float32)[None]} for i in sorted(take))
     return picks
 
 
@@ -78,8 +79,14 @@ def main():
     ap.add_argument("--calib", type=int, default=300)
     ap.add_argument("--min-lung", type=float, default=0.02)
     ap.add_argument("--quantize-head", action="store_true")
+    ap.add_argument("--keep-float", action="append", default=[], help="a regular expression of node names kept in float (repeatable), e.g. '/net/features/denseblock4/.*'")
     ap.add_argument("--accuracy-control", action="store_true")
+    ap.add_argument("--parity-of", help="measure the parity of this int8 graph (e.g. qat.py's) instead of quantizing")
+    ap.add_argument("--odd-rows", action="store_true", help="parity on the rows with an odd index only (qat.py trains on the even ones)")
+    ap.add_argument("--openvino-backend", action="store_true", help="quantize the OpenVINO model (IR out) instead of the ONNX graph (QDQ ONNX out)")
+    ap.add_argument("--full-bias-correction", action="store_true", help="NNCF's bias correction on every layer's statistics (slower) instead of the fast one")
     ap.add_argument("--max-drop", type=float, default=0.02)
+    ap.add_argument("--ranking-rows", type=int, default=100, help="rows NNCF ranks the layers on (accuracy control)")
     ap.add_argument("--threshold", type=float, default=0.194528)
     ap.add_argument("--bf16", action="store_true", help="also measure int8 with the rest in bf16")
     ap.add_argument("--seed", type=int, default=0)
@@ -91,33 +98,54 @@ def main():
 
     os.makedirs(a.out, exist_ok=True)
     model = onnx.load(a.onnx)
-    folders = rows_of(a.prep, a.min_lung)
+    folders = rows_of(a.prep, a.min_lung, a.odd_rows)
     calib = calibration(folders, a.calib, a.seed)
-    ignored = None if a.quantize_head else nncf.IgnoredScope(types=["Gemm", "Einsum"])
+    ignored = None if a.quantize_head else nncf.IgnoredScope(types=["Gemm", "Einsum"], patterns=a.keep_float, validate=False)
     t0 = time.time()
-    if a.accuracy_control:
+    if a.parity_of:
+        q = None
+    elif a.accuracy_control:
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
         core = ov.Core()
         val = calibration(folders, a.calib, a.seed + 1)
         ref_cm = core.compile_model(ov.Core().read_model(a.onnx), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         ref = [np.asarray(ref_cm(v)[ref_cm.output("prob")]).reshape(-1) for v in val]
 
+        ref_of = {id(v): r for v, r in zip(val, ref)}
+        last = {}
+
         def validate(m, data):
-            with tempfile.TemporaryDirectory() as d:
-                p = os.path.join(d, "m.onnx")
-                onnx.save(m, p)
-                cm = core.compile_model(p, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-                got = [np.asarray(cm(v)[cm.output("prob")]).reshape(-1) for v in data]
-            return -float(max(np.abs(g - r).max() for g, r in zip(got, ref)))
+            # NNCF calls this once per row while it ranks layers: compile each model once.
+            if last.get("model") is not m:
+                with tempfile.TemporaryDirectory() as d:
+                    p = os.path.join(d, "m.onnx")
+                    onnx.save(m, p)
+                    last.update(model=m, cm=core.compile_model(p, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}))
+            cm = last["cm"]
+            # 1 - the largest |dprob|: the f32 graph scores 1, and an absolute drop is the |dprob|.
+            return 1.0 - float(max(np.abs(np.asarray(cm(v)[cm.output("prob")]).reshape(-1) - ref_of[id(v)]).max() for v in data))
 
         q = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(calib), nncf.Dataset(val), validate, max_drop=a.max_drop, drop_type=nncf.DropType.ABSOLUTE,
-            subset_size=len(calib), ignored_scope=ignored)
+            subset_size=len(calib), ignored_scope=ignored, fast_bias_correction=not a.full_bias_correction,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=a.ranking_rows))
+    elif a.openvino_backend:
+        ovm = ov.Core().read_model(a.onnx)
+        q = nncf.quantize(ovm, nncf.Dataset([c["input"] for c in calib]), subset_size=len(calib), ignored_scope=ignored,
+                          fast_bias_correction=not a.full_bias_correction)
     else:
-        q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored)
+        q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored, fast_bias_correction=not a.full_bias_correction)
     quant_s = time.time() - t0
     name = os.path.splitext(os.path.basename(a.onnx))[0]
-    out_path = os.path.join(a.out, name + ".int8.onnx")
-    onnx.save(q, out_path)
+    if a.parity_of:
+        out_path = a.parity_of
+    elif a.openvino_backend:
+        out_path = os.path.join(a.out, name + ".int8.xml")
+        ov.save_model(q, out_path, compress_to_fp16=False)
+    else:
+        out_path = os.path.join(a.out, name + ".int8.onnx")
+        onnx.save(q, out_path)
 
     core = ov.Core()
     variants = {"f32": compiled(core, a.onnx, "f32"), "int8": compiled(core, out_path, "f32")}
@@ -125,7 +153,7 @@ def main():
         variants["bf16"] = compiled(core, a.onnx, "bf16")
         variants["int8+bf16"] = compiled(core, out_path, "bf16")
     report = {"onnx": a.onnx, "int8": out_path, "calibration_rows": len(calib), "quantize_seconds": round(quant_s, 1),
-              "quantize_head": a.quantize_head, "accuracy_control": a.accuracy_control, "folders": {}}
+              "quantize_head": a.quantize_head, "keep_float": a.keep_float, "accuracy_control": a.accuracy_control, "folders": {}}
     worst = {}
     for p, x, rows, keep in folders:
         res = {k: run(cm, x, keep) for k, cm in variants.items()}
