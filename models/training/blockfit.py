@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import headfit  # noqa: E402
 from features import BLOCK4_INPUT  # noqa: E402
 from folds import threshold_for_mean_sensitivity  # noqa: E402
+import graphops  # noqa: E402
 from train import attention_loss, lesion_cells  # noqa: E402
 
 HEAD_INPUT = "/net/Relu_output_0"
@@ -88,43 +89,12 @@ class Subgraph(nn.Module):
         self.head_b = nn.Parameter(torch.from_numpy(inits[GEMM_B].copy()))
 
     def value(self, name, env):
-        if name in env:
-            return env[name]
-        if name in self.names:
-            return self.params[self.names[name]]
-        return self.stats[name]
+        return graphops.lookup(name, env, self.names, self.params, self.stats)
 
     def forward(self, x):
         env = {self.start: x}
         for n in self.nodes:
-            a = {at.name: at for at in n.attribute}
-            ins = [self.value(i, env) for i in n.input]
-            if n.op_type == "Concat":
-                out = torch.cat(ins, dim=a["axis"].i)
-            elif n.op_type == "Relu":
-                out = F.relu(ins[0])
-            elif n.op_type == "BatchNormalization":
-                eps = a["epsilon"].f if "epsilon" in a else 1e-5
-                out = F.batch_norm(ins[0], ins[3], ins[4], ins[1], ins[2], training=False, eps=eps)
-            elif n.op_type in ("MaxPool", "AveragePool"):
-                pads = list(a["pads"].ints) if "pads" in a else [0, 0, 0, 0]
-                k, st = list(a["kernel_shape"].ints), list(a["strides"].ints)
-                if pads[0] != pads[2] or pads[1] != pads[3] or ("ceil_mode" in a and a["ceil_mode"].i):
-                    raise SystemExit(f"{n.name}: unsupported pooling attributes")
-                if n.op_type == "MaxPool":
-                    out = F.max_pool2d(ins[0], k, st, pads[:2])
-                else:
-                    out = F.avg_pool2d(ins[0], k, st, pads[:2], count_include_pad=bool(a["count_include_pad"].i) if "count_include_pad" in a else False)
-            elif n.op_type == "Conv":
-                pads = list(a["pads"].ints) if "pads" in a else [0, 0, 0, 0]
-                if pads[0] != pads[2] or pads[1] != pads[3]:
-                    raise SystemExit(f"{n.name}: asymmetric padding")
-                strides = list(a["strides"].ints) if "strides" in a else [1, 1]
-                group = a["group"].i if "group" in a else 1
-                out = F.conv2d(ins[0], ins[1], ins[2] if len(ins) > 2 else None, stride=strides, padding=pads[:2], groups=group)
-            else:
-                raise SystemExit(f"{n.name}: {n.op_type} is not expected between {self.start} and the head")
-            env[n.output[0]] = out
+            env[n.output[0]] = graphops.apply(n, [self.value(i, env) for i in n.input])
         f = env[HEAD_INPUT]
         logit = f.mean(dim=(2, 3)) @ self.head_w[0] + self.head_b[0]
         cam = torch.einsum("nkhw,k->nhw", f, self.head_w[0])

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import graphops  # noqa: E402
 from folds import load_prep  # noqa: E402
 
 HEAD_INPUT = "/net/Relu_output_0"
@@ -76,11 +77,7 @@ class QdqGraph(nn.Module):
             self.params[key] = nn.Parameter(torch.from_numpy(np.asarray(value, np.float32).copy()))
 
     def value(self, name, env):
-        if name in env:
-            return env[name]
-        if name in self.names:
-            return self.params[self.names[name]]
-        return self.const[name]
+        return graphops.lookup(name, env, self.names, self.params, self.const)
 
     @staticmethod
     def bounds(zp_init):
@@ -89,7 +86,6 @@ class QdqGraph(nn.Module):
     def forward(self, x):
         env = {"input": x}
         for n in self.nodes:
-            a = {at.name: at for at in n.attribute}
             t = n.op_type
             if t == "DequantizeLinear" and n.input[0] in self.weight_of:
                 w = self.params[self.names[self.weight_of[n.input[0]]]]
@@ -104,26 +100,7 @@ class QdqGraph(nn.Module):
                 s, zp = self.const[n.input[1]], self.const[n.input[2]]
                 out = (self.value(n.input[0], env) - zp) * s
             else:
-                ins = [self.value(i, env) for i in n.input]
-                if t == "Concat":
-                    out = torch.cat(ins, dim=a["axis"].i)
-                elif t == "Relu":
-                    out = F.relu(ins[0])
-                elif t == "BatchNormalization":
-                    out = F.batch_norm(ins[0], ins[3], ins[4], ins[1], ins[2], training=False, eps=a["epsilon"].f if "epsilon" in a else 1e-5)
-                elif t in ("MaxPool", "AveragePool"):
-                    pads = list(a["pads"].ints) if "pads" in a else [0, 0, 0, 0]
-                    k, st = list(a["kernel_shape"].ints), list(a["strides"].ints)
-                    if t == "MaxPool":
-                        out = F.max_pool2d(ins[0], k, st, pads[:2])
-                    else:
-                        out = F.avg_pool2d(ins[0], k, st, pads[:2], count_include_pad=bool(a["count_include_pad"].i) if "count_include_pad" in a else False)
-                elif t == "Conv":
-                    pads = list(a["pads"].ints) if "pads" in a else [0, 0, 0, 0]
-                    strides = list(a["strides"].ints) if "strides" in a else [1, 1]
-                    out = F.conv2d(ins[0], ins[1], ins[2] if len(ins) > 2 else None, stride=strides, padding=pads[:2], groups=a["group"].i if "group" in a else 1)
-                else:
-                    raise SystemExit(f"{n.name}: {t} is not expected before the head")
+                out = graphops.apply(n, [self.value(i, env) for i in n.input])
             env[n.output[0]] = out
         f = env[HEAD_INPUT]
         return f.mean(dim=(2, 3)) @ self.head_w[0] + self.head_b[0], torch.einsum("nkhw,k->nhw", f, self.head_w[0])
