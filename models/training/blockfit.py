@@ -209,7 +209,8 @@ def blur(w, sigma):
 
 def hu_augment(xb, g):
     """Recipe D's scanner augmentation, in Hounsfield units inside the lung mask (the rest stays
-    0, as served), each with probability 1/2 and label-preserving: quantum noise of low-dose CT
+    0, as served: so it runs on the tensor before any other intensity change), label-preserving,
+    each with probability 1/2 (the soft kernel 1/4 of the rows without a sharp one): quantum noise of low-dose CT
     (sd 5-40 HU), a sharp reconstruction kernel (unsharp mask, amount 0.2-1.0) or, instead, a
     soft one (blur sigma 0.5-1.0 px), iodine contrast in vessels and hila (+50-250 HU on what is
     above -400 HU, ramped over 200 HU), and a global lung offset of +-25 HU (inspiration,
@@ -239,6 +240,7 @@ def train(model, x, y, w, cells, a, seed):
     steps = a.epochs * max(1, len(y) // a.batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     g = torch.Generator().manual_seed(seed)
+    g_hu = torch.Generator().manual_seed(seed + 1)
     yt, wt, ct = torch.from_numpy(y.astype(np.float32)), torch.from_numpy(w.astype(np.float32)), torch.from_numpy(cells)
     for _ in range(a.epochs):
         order = torch.randperm(len(y), generator=g)
@@ -252,9 +254,13 @@ def train(model, x, y, w, cells, a, seed):
                 flip = torch.rand(len(b), generator=g) < 0.5
                 xb[flip] = xb[flip].flip(-1)
                 cb[flip] = cb[flip].flip(-1)
-                xb = xb * (0.9 + 0.2 * torch.rand(len(b), 1, 1, 1, generator=g)) + (torch.rand(len(b), 1, 1, 1, generator=g) * 0.2 - 0.1)
+                scale = 0.9 + 0.2 * torch.rand(len(b), 1, 1, 1, generator=g)
+                shift = torch.rand(len(b), 1, 1, 1, generator=g) * 0.2 - 0.1
                 if a.hu_aug:
-                    xb = hu_augment(xb, g)
+                    # On the tensor as served (outside the lung exactly 0), before the jitter
+                    # moves that 0; its own generator, so that flips and jitter are recipe C's.
+                    xb = hu_augment(xb, g_hu)
+                xb = xb * scale + shift
             logit, cam = model(xb)
             loss = (wt[b] * F.binary_cross_entropy_with_logits(logit, yt[b], reduction="none")).mean()
             att, k = attention_loss(cam, cb)
@@ -322,6 +328,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    if a.hu_aug and not a.whole:
+        raise SystemExit("--hu-aug draws into the prep tensors: it needs --whole")
     import onnx
 
     torch.set_num_threads(a.threads)

@@ -100,7 +100,7 @@ def main():
     model = onnx.load(a.onnx)
     folders = rows_of(a.prep, a.min_lung, a.odd_rows)
     calib = calibration(folders, a.calib, a.seed)
-    ignored = None if a.quantize_head else nncf.IgnoredScope(types=["Gemm", "Einsum"], patterns=a.keep_float, validate=False)
+    ignored = nncf.IgnoredScope(types=[] if a.quantize_head else ["Gemm", "Einsum"], patterns=a.keep_float, validate=False)
     t0 = time.time()
     if a.parity_of:
         q = None
