@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Quantization-aware fine-tuning of an int8 graph (`quantize.py`'s QDQ ONNX) towards its own f32
-model: the fix for post-training quantization's probability shifts (up to 0.45 on 3.1.1).
+model: a way at post-training quantization's probability shifts (up to 0.45 on 3.1.1; see
+models/README.md, "int8", for how far it gets).
 
 The QDQ graph is run as a PyTorch module built from its own nodes: every DequantizeLinear of an
 int8 weight becomes the float weight of the f32 model, fake-quantized with the graph's own
 per-channel scales; every QuantizeLinear/DequantizeLinear pair of an activation fake-quantizes
 with the graph's scale and zero point (straight-through rounding); batch-norm statistics stay.
 The loss is self-distillation: the squared difference of the int8 graph's logit from the f32
-model's (and, at `--cam-weight`, of its class activation map), on the real preprocessed slices
-of `--prep`. The trained weights are quantized with the same scales and written back into the
-same QDQ graph, so OpenVINO runs exactly what was trained.
+model's (with `--threshold`, of its probability instead, 4x on the slices within 0.1 of that
+threshold, where decisions flip), and, at `--cam-weight`, of its class activation map, on the
+real preprocessed slices of `--prep`. The trained weights are quantized with the same scales and
+written back into the same QDQ graph, so OpenVINO runs what was trained (within the rounding
+differences of two runtimes: `qat.py` checks the module against the graph before training).
 
     python3 models/training/qat.py --f32 models/densenet121-covid.onnx --int8 /tmp/int8/densenet121-covid.int8.onnx \
         --prep /tmp/prep/ct ... --out /tmp/qat/densenet121-covid.int8.onnx
@@ -156,6 +159,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--cam-weight", type=float, default=0.1)
+    ap.add_argument("--threshold", type=float, help="fit probabilities instead of logits, 4x on slices within 0.1 of this threshold")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -192,11 +196,18 @@ def main():
             tz = torch.from_numpy(np.log(np.clip(tl[:, 0], 1e-7, 1 - 1e-7) / np.clip(1 - tl[:, 0], 1e-7, 1)))
             tc = torch.from_numpy(tc)
             z, cam = model(torch.from_numpy(xb))
-            loss = F.mse_loss(z, tz) + a.cam_weight * F.mse_loss(cam, tc) / (tc.var() + 1e-6)
+            if a.threshold is None:
+                fit = F.mse_loss(z, tz)
+            else:
+                # In probability, where decisions flip, and 4x on slices within 0.1 of the threshold.
+                tp = torch.sigmoid(tz)
+                w = 1.0 + 3.0 * ((tp - a.threshold).abs() < 0.1).float()
+                fit = (w * (torch.sigmoid(z) - tp) ** 2).mean() * 100.0
+            loss = fit + a.cam_weight * F.mse_loss(cam, tc) / (tc.var() + 1e-6)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss) * len(xb)
+            tot += loss.item() * len(xb)
         print(f"epoch {ep + 1}: loss {tot / len(xs):.4f}, {time.time() - t0:.0f} s", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     model.export(qdq, a.out)
