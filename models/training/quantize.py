@@ -109,7 +109,7 @@ def main():
 
         core = ov.Core()
         val = calibration(folders, a.calib, a.seed + 1)
-        ref_cm = core.compile_model(ov.Core().read_model(a.onnx), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        ref_cm = core.compile_model(a.onnx, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         ref = [np.asarray(ref_cm(v)[ref_cm.output("prob")]).reshape(-1) for v in val]
 
         ref_of = {id(v): r for v, r in zip(val, ref)}
