@@ -348,6 +348,17 @@ pub fn run(source: &ConfigSource) -> Report {
             Ok(m) => {
                 let i = &m.manifest.model;
                 let _ = writeln!(r, "model         {} {} (sha256 {}…): ok", i.name, i.version, &i.sha256[..12]);
+                if let Some(q) = &m.manifest.int8 {
+                    let file = m.int8_path().map(|p| p.display().to_string()).unwrap_or_default();
+                    let state = match m.int8_bytes() {
+                        Err(e) => format!("NOT USABLE: {e}"),
+                        Ok(_) => match q.parity.outside_bound() {
+                            None => format!("ok, within the parity bound ({})", q.parity.describe()),
+                            Some(why) => format!("ok, outside the parity bound ({why}): auto does not use it"),
+                        },
+                    };
+                    let _ = writeln!(r, "model int8    {file} (sha256 {}…): {state}", &q.sha256[..12.min(q.sha256.len())]);
+                }
             }
             Err(e) => {
                 let _ = writeln!(r, "model         NOT USABLE: {e}");
@@ -366,7 +377,12 @@ pub fn run(source: &ConfigSource) -> Report {
         let ov = match crate::engine::openvino::library(s.openvino_library.as_deref()) {
             Ok(p) => {
                 let bf16 = crate::engine::openvino::cpu_has_bf16();
-                format!("library {} found; this CPU {} bf16 (precision auto: {})", p.display(), if bf16 { "runs" } else { "does not run" }, if bf16 { "bf16" } else { "f32" })
+                let int8 = model.as_ref().and_then(|m| m.as_ref().ok()).and_then(|m| m.manifest.int8.as_ref());
+                let precision = match crate::engine::openvino::resolve_precision(s.precision, bf16, int8) {
+                    Ok((p, why)) => format!("precision {}: {p} ({why})", s.precision.name()),
+                    Err(e) => format!("NOT USABLE: {e}"),
+                };
+                format!("library {} found; {precision}", p.display())
             }
             Err(e) => format!("not usable: {e}"),
         };

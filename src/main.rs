@@ -566,13 +566,17 @@ fn cmd_bench_engines(s: &Settings, which: &str, batch: usize, json: bool, second
     let m = &model.manifest;
     let label = format!("{} {}", m.model.name, m.model.version);
     use ctsentry::config::Precision;
-    // Each engine in each precision it runs here: OpenVINO in f32 and (where the CPU runs it) bf16.
+    // Each engine in each precision it runs here: OpenVINO in f32, (where the CPU runs it) bf16,
+    // and (where the bundle has one) the int8 variant, whatever its parity: the row says it.
     let mut runs: Vec<(&str, Precision)> = Vec::new();
     for name in if which == "all" { vec!["tract", "openvino", "onnxruntime", "tensorrt"] } else { vec![which] } {
         if name == "openvino" && s.precision == Precision::Auto {
             runs.push((name, Precision::F32));
             if ctsentry::engine::openvino::cpu_has_bf16() {
                 runs.push((name, Precision::Bf16));
+            }
+            if m.int8.is_some() {
+                runs.push((name, Precision::Int8));
             }
         } else {
             runs.push((name, s.precision));
@@ -585,7 +589,13 @@ fn cmd_bench_engines(s: &Settings, which: &str, batch: usize, json: bool, second
         let r = ctsentry::score::engine_named(&model, &with, name).and_then(|e| ctsentry::bench::infer(e.as_ref(), &label, m.input.size, batch, seconds));
         match r {
             Ok(b) if json => println!("{}", serde_json::to_string(&b).context("serialising")?),
-            Ok(b) => println!("{:<12} {:<5} {:<28} batch {:>3}  {:>8.1} images/s", b.engine, b.precision, b.model, b.batch, b.images_per_s),
+            Ok(b) => {
+                let parity = match (b.precision.as_str(), m.int8.as_ref()) {
+                    ("int8", Some(q)) => q.parity.outside_bound().map_or("  (within the parity bound)".to_string(), |why| format!("  (outside the parity bound: {why})")),
+                    _ => String::new(),
+                };
+                println!("{:<12} {:<5} {:<28} batch {:>3}  {:>8.1} images/s{parity}", b.engine, b.precision, b.model, b.batch, b.images_per_s)
+            }
             Err(e) if which == "all" => eprintln!("{name}: skipped: {e}"),
             Err(e) => {
                 eprintln!("{name}: {e}");

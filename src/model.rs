@@ -128,6 +128,88 @@ pub struct DecisionInfo {
     pub min_lung_fraction: f64,
 }
 
+/// The parity bound an int8 variant must keep against the f32 model for `precision = "auto"` to
+/// pick it: the largest |difference| of a slice probability.
+pub const PARITY_MAX_PROB_DIFF: f64 = 0.02;
+/// The parity bound on the slice AUC's change.
+pub const PARITY_MAX_AUC_DIFF: f64 = 0.005;
+
+/// `[int8.parity]`: how far the int8 variant's results are from the f32 model's, measured on
+/// real slices and series (the numbers `precision = "auto"` decides on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8Parity {
+    /// Largest |int8 − f32| slice probability.
+    pub max_abs_prob_diff: f64,
+    /// |AUC(int8) − AUC(f32)| on the labelled slices (the largest over the sets measured).
+    pub auc_diff: f64,
+    /// Whether every series measured got the same verdict.
+    pub series_verdicts_identical: bool,
+    /// Slices compared.
+    pub slices: usize,
+    /// Series compared.
+    pub series: usize,
+    /// Slices whose decision at the threshold differs (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decisions_flipped: Option<usize>,
+    /// How and on what it was measured.
+    pub measured_with: String,
+}
+
+impl Int8Parity {
+    /// Why the variant is outside the parity bound, or `None` when it is within.
+    pub fn outside_bound(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if self.max_abs_prob_diff.is_nan() || self.max_abs_prob_diff > PARITY_MAX_PROB_DIFF {
+            why.push(format!("max |Δprob| {} > {PARITY_MAX_PROB_DIFF}", self.max_abs_prob_diff));
+        }
+        if self.auc_diff.is_nan() || self.auc_diff > PARITY_MAX_AUC_DIFF {
+            why.push(format!("AUC change {} > {PARITY_MAX_AUC_DIFF}", self.auc_diff));
+        }
+        if !self.series_verdicts_identical {
+            why.push(format!("series verdicts differ (of {} series)", self.series));
+        }
+        if self.slices == 0 || self.series == 0 {
+            why.push("measured on no slices or no series".into());
+        }
+        (!why.is_empty()).then(|| why.join(", "))
+    }
+
+    /// One line: the measured values.
+    pub fn describe(&self) -> String {
+        format!(
+            "max |Δprob| {}, AUC change {}, series verdicts {} ({} slices, {} series)",
+            self.max_abs_prob_diff,
+            self.auc_diff,
+            if self.series_verdicts_identical { "identical" } else { "differ" },
+            self.slices,
+            self.series
+        )
+    }
+}
+
+/// `[int8]`: an int8 variant of the model (optional): the same graph with int8 convolutions
+/// (QuantizeLinear/DequantizeLinear pairs, as NNCF writes them), a file beside the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8Info {
+    /// Its ONNX file: a file name in the manifest's folder.
+    pub file: String,
+    /// Lower-case hex sha256 of that file.
+    pub sha256: String,
+    /// How it was made (tool, calibration data, what stayed in float).
+    pub method: String,
+    /// Its own slice threshold, where its scores differ from the f32 model's (optional: absent,
+    /// `[decision] threshold` applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// How its threshold was chosen (required with `threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_method: Option<String>,
+    /// Its parity against the f32 model.
+    pub parity: Int8Parity,
+}
+
 /// The manifest file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +230,9 @@ pub struct Manifest {
     /// Validation metrics (free-form).
     #[serde(default)]
     pub validation: toml::Table,
+    /// The int8 variant, when the bundle has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Info>,
 }
 
 impl Manifest {
@@ -192,6 +277,25 @@ impl Manifest {
         }
         if self.model.sha256.len() != 64 || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             bad.push(format!("model.sha256 = {:?} is not 64 hex digits", self.model.sha256));
+        }
+        if let Some(q) = &self.int8 {
+            let name = Path::new(&q.file);
+            if q.file.is_empty() || name.components().count() != 1 || name.file_name().is_none() {
+                bad.push(format!("int8.file = {:?} must be a file name in the manifest's folder", q.file));
+            }
+            if q.sha256.len() != 64 || !q.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bad.push(format!("int8.sha256 = {:?} is not 64 hex digits", q.sha256));
+            }
+            if let Some(t) = q.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+                bad.push(format!("int8.threshold = {t} is outside 0..=1"));
+            }
+            if q.threshold.is_some() && q.threshold_method.as_deref().is_none_or(str::is_empty) {
+                bad.push("int8.threshold needs int8.threshold_method (how it was chosen)".into());
+            }
+            let p = &q.parity;
+            if !(p.max_abs_prob_diff.is_finite() && p.max_abs_prob_diff >= 0.0 && p.auc_diff.is_finite() && p.auc_diff >= 0.0) {
+                bad.push("int8.parity: max_abs_prob_diff and auc_diff must be finite and >= 0".into());
+            }
         }
         if self.output.prob.is_empty() || self.output.cam.is_empty() || self.input.name.is_empty() {
             bad.push("input/output names must not be empty".into());
@@ -240,5 +344,23 @@ impl Model {
             return Err(ModelError::Hash { path: path.to_path_buf(), expected: manifest.model.sha256.clone(), actual });
         }
         Ok(Model { path: path.to_path_buf(), manifest_path, manifest, bytes })
+    }
+
+    /// The int8 variant's path, when the manifest names one.
+    pub fn int8_path(&self) -> Option<PathBuf> {
+        self.manifest.int8.as_ref().map(|q| self.path.with_file_name(&q.file))
+    }
+
+    /// Reads the int8 variant and checks its hash against `[int8] sha256`.
+    pub fn int8_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        let (Some(q), Some(path)) = (&self.manifest.int8, self.int8_path()) else {
+            return Err(ModelError::Manifest { path: self.manifest_path.clone(), reason: "the bundle has no int8 variant (no [int8] table)".into() });
+        };
+        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(&q.sha256) {
+            return Err(ModelError::Hash { path, expected: q.sha256.clone(), actual });
+        }
+        Ok(bytes)
     }
 }

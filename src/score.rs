@@ -116,7 +116,7 @@ impl Scorer {
                 }
             },
         };
-        let rule = rule_for(s, &model.manifest);
+        let rule = rule_for(s, &model.manifest, engine.precision());
         let params = model.manifest.params();
         Ok(Scorer { model, params, engine, pre, rule })
     }
@@ -238,6 +238,7 @@ fn check_precision(wanted: crate::config::Precision, engine: &dyn Engine) -> Res
     let hint = match wanted {
         Precision::Bf16 => "bf16 needs the OpenVINO engine (its library: pip install openvino, or the Debian package) on a CPU with AMX or AVX512-BF16",
         Precision::F16 => "f16 needs a TensorRT plan built with FP16 (models/README.md)",
+        Precision::Int8 => "int8 needs the OpenVINO engine and a bundle with an int8 variant ([int8] in its manifest)",
         _ => "set engine.precision = \"auto\" to use what the engine runs",
     };
     Err(SetupError::Unavailable(format!("engine.precision = \"{}\": the {} engine runs {runs}; {hint}", wanted.name(), engine.name())))
@@ -282,11 +283,15 @@ pub struct SliceOutput {
     pub lung_hu: Option<f64>,
 }
 
-/// The decision rule of `s` for a model: the config's threshold when set, else the manifest's.
-pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest) -> Rule {
-    let (threshold, threshold_source) = match s.threshold {
-        Some(t) => (t, s.config_threshold_source()),
-        None => (manifest.decision.threshold, "manifest".to_string()),
+/// The decision rule of `s` for a model run in `precision` (the engine's): the config's
+/// threshold when set, else the int8 variant's own when the engine runs it and the manifest gives
+/// one (`[int8] threshold`), else the manifest's.
+pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest, precision: &str) -> Rule {
+    let int8 = manifest.int8.as_ref().and_then(|q| q.threshold).filter(|_| precision == "int8");
+    let (threshold, threshold_source) = match (s.threshold, int8) {
+        (Some(t), _) => (t, s.config_threshold_source()),
+        (None, Some(t)) => (t, "manifest (int8)".to_string()),
+        (None, None) => (manifest.decision.threshold, "manifest".to_string()),
     };
     let (min_positive_slices, min_positive_source) = match (s.min_positive_slices, manifest.decision.min_positive_slices) {
         (Some(n), _) => (n, "config"),
@@ -364,13 +369,18 @@ fn tensorrt(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
 /// cannot be had.
 fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
     use crate::engine::openvino::{cache_dir, cpu_has_bf16, library, resolve_precision, OpenVinoEngine};
-    let precision = resolve_precision(s.precision, cpu_has_bf16())?;
+    let (precision, why) = resolve_precision(s.precision, cpu_has_bf16(), model.manifest.int8.as_ref())?;
     let lib = library(s.openvino_library.as_deref())?;
     let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
     let cache = cache_dir(&s.paths.state, precision, threads).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
     let e = OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map_err(|e| e.to_string())?;
     if let Some(dir) = cache.as_deref().filter(|_| e.from_cache()) {
         log::info!("OpenVINO: compiled model imported from {}", dir.display());
+    }
+    if why.contains("OUTSIDE") {
+        log::warn!("OpenVINO precision {why}");
+    } else {
+        log::info!("OpenVINO precision {why}{}", if precision == "int8" { format!(" (the rest in {})", e.float_precision()) } else { String::new() });
     }
     Ok(Arc::new(e))
 }

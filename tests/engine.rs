@@ -219,3 +219,85 @@ fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
         assert!(!other.path().join(CACHE_DIR).exists(), "root left a cache in another user's state folder");
     }
 }
+
+/// The tiny bundle with its int8 variant (models/testdata/tiny-densenet.int8.onnx, beside it as
+/// `m.int8.onnx`) and an `[int8]` table whose parity record is `parity` (TOML lines) and whose
+/// extra lines are `extra`; the variant's bytes are replaced by `bytes` when given.
+fn int8_bundle(parity: &str, extra: &str, bytes: Option<&[u8]>) -> (tempfile::TempDir, PathBuf) {
+    let variant = tiny().with_file_name("tiny-densenet.int8.onnx");
+    let sha = ctsentry::model::sha256_hex(&std::fs::read(&variant).unwrap());
+    let (dir, onnx) = bundle(|m| {
+        format!("{m}\n[int8]\nfile = \"m.int8.onnx\"\nsha256 = \"{sha}\"\nmethod = \"make_tiny_model.py\"\n{extra}\n[int8.parity]\n{parity}\nmeasured_with = \"test\"\n")
+    });
+    match bytes {
+        Some(b) => std::fs::write(dir.path().join("m.int8.onnx"), b).unwrap(),
+        None => drop(std::fs::copy(&variant, dir.path().join("m.int8.onnx")).unwrap()),
+    }
+    (dir, onnx)
+}
+
+const WITHIN: &str = "max_abs_prob_diff = 0.004\nauc_diff = 0.0\nseries_verdicts_identical = true\nslices = 100\nseries = 3";
+const OUTSIDE: &str = "max_abs_prob_diff = 0.3\nauc_diff = 0.0\nseries_verdicts_identical = true\nslices = 100\nseries = 3";
+
+/// The int8 variant runs in OpenVINO with its convolution in int8, close to the f32 model (its
+/// quantization steps are 1/127 of the weights' and 3/127 of the inputs' range), and is refused
+/// when its bytes are not the ones the manifest hashed; a malformed `[int8]` table is refused
+/// with what is wrong.
+#[test]
+fn int8_variant_runs_hash_checked_and_close_to_f32() {
+    use ctsentry::engine::openvino::OpenVinoEngine;
+    let (_d, p) = bundle(|m| m + "\n[int8]\nfile = \"../m.int8.onnx\"\nsha256 = \"xyz\"\nmethod = \"\"\nthreshold = 0.4\n[int8.parity]\n" + WITHIN + "\nmeasured_with = \"\"\n");
+    let e = Model::load(&p).err().unwrap().to_string();
+    assert!(e.contains("int8.file = \"../m.int8.onnx\" must be a file name") && e.contains("int8.sha256") && e.contains("int8.threshold needs int8.threshold_method"), "{e}");
+    let Some(lib) = openvino_library() else { return };
+    let (_d, p) = int8_bundle(WITHIN, "", None);
+    let model = Model::load(&p).unwrap();
+    let n = 6;
+    let batch = random_batch(21, n);
+    let want = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap().infer(&batch, n).unwrap();
+    let int8 = OpenVinoEngine::load(&model, &lib, "int8", 2, None).unwrap();
+    assert_eq!((int8.name(), int8.precision()), ("openvino", "int8"));
+    let got = int8.infer(&batch, n).unwrap();
+    let worst = got.prob.iter().zip(&want.prob).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst > 0.0, "the int8 variant gave f32's outputs exactly: it did not run quantized");
+    assert!(worst < 0.01, "int8 vs f32: max |prob difference| {worst}");
+    assert!(got.cam.iter().zip(&want.cam).all(|(x, y)| (x - y).abs() < 0.05));
+    let (_d, p) = int8_bundle(WITHIN, "", Some(b"not the variant"));
+    let model = Model::load(&p).unwrap();
+    let e = OpenVinoEngine::load(&model, &lib, "int8", 2, None).err().unwrap().to_string();
+    assert!(e.contains("m.int8.onnx") && e.contains("sha256"), "{e}");
+    assert_eq!(OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap().precision(), "f32", "a damaged variant does not stop f32");
+}
+
+/// How `engine.precision` meets the bundle: `auto` takes the int8 variant only within the parity
+/// bound, and then its own threshold (`[int8] threshold`, shown as its source); outside the
+/// bound, or configured `f32`, the float model and the `[decision]` threshold; `int8` named on
+/// a bundle without a variant is refused with the reason.
+#[test]
+fn auto_takes_int8_within_parity_with_its_own_threshold() {
+    use ctsentry::config::{EngineBackend, Precision, Settings};
+    use ctsentry::score::Scorer;
+    if openvino_library().is_none() {
+        return;
+    }
+    let own = "threshold = 0.42\nthreshold_method = \"test\"";
+    let scorer = |p: &Path, precision: Precision| {
+        let mut s = Settings::defaults(p.parent().unwrap());
+        (s.model_path, s.engine, s.precision) = (p.to_path_buf(), EngineBackend::OpenVino, precision);
+        Scorer::from_settings(&s)
+    };
+    let (_d, p) = int8_bundle(WITHIN, own, None);
+    let sc = scorer(&p, Precision::Auto).unwrap();
+    assert_eq!(sc.engine.precision(), "int8");
+    assert_eq!((sc.rule.threshold, sc.rule.threshold_source.as_str()), (0.42, "manifest (int8)"));
+    let sc = scorer(&p, Precision::F32).unwrap();
+    assert_eq!((sc.engine.precision(), sc.rule.threshold, sc.rule.threshold_source.as_str()), ("f32", 0.5, "manifest"));
+    let (_d, p) = int8_bundle(OUTSIDE, own, None);
+    let sc = scorer(&p, Precision::Auto).unwrap();
+    assert_ne!(sc.engine.precision(), "int8", "auto took a variant outside the parity bound");
+    assert_eq!(sc.rule.threshold, 0.5);
+    let sc = scorer(&p, Precision::Int8).unwrap();
+    assert_eq!((sc.engine.precision(), sc.rule.threshold), ("int8", 0.42));
+    let e = scorer(&tiny(), Precision::Int8).err().unwrap().to_string();
+    assert!(e.contains("no int8 variant"), "{e}");
+}

@@ -139,7 +139,7 @@ fn the_shipped_series_rule_holds_when_the_series_is_cut_thicker() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("models/densenet121-covid.onnx");
     // The rule as the appliance makes it from the shipped manifest (no [decision] in the config).
-    let rule = ctsentry::score::rule_for(&ctsentry::config::Settings::defaults(root), &ctsentry::model::Model::load(&model).unwrap().manifest);
+    let rule = ctsentry::score::rule_for(&ctsentry::config::Settings::defaults(root), &ctsentry::model::Model::load(&model).unwrap().manifest, "f32");
     assert_eq!((rule.physical_source.as_str(), rule.threshold_source.as_str()), ("extent: manifest, share: default", "manifest"));
     let count = Rule { min_positive_slices: 68, min_positive_extent_mm: 0.0, min_positive_share: 0.0, ..rule.clone() };
     let dir = tempfile::tempdir().unwrap();

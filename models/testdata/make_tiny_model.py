@@ -8,6 +8,11 @@ tests run real inference in milliseconds.
 Graph: AveragePool 32×32/32 -> [N,3,7,7]; 1×1 Conv (3->4) + ReLU = features; GlobalAveragePool,
 Gemm (4->1), Sigmoid = prob; the class activation map = the Gemm weights applied as a 1×1 Conv
 to the features (what a DenseNet head's CAM is), reshaped to [N,7,7].
+
+Also tiny-densenet.int8.onnx, its int8 variant as NNCF writes one (models/training/quantize.py):
+the convolution's input through QuantizeLinear/DequantizeLinear (int8, scale 3/127) and its
+weights stored as int8 with a DequantizeLinear (scale 1/127), the head in float. Its sha256 is
+printed; tests write the manifest's [int8] table themselves.
 """
 import hashlib
 import os
@@ -84,3 +89,28 @@ threshold = 0.5
 method = "fixed for tests"
 ''')
 print(path, len(data), "bytes, sha256", sha)
+
+# The int8 variant: the same graph with the 1x1 convolution quantized.
+W_SCALE, X_SCALE = 1 / 127, 3 / 127
+qnodes = [
+    helper.make_node("QuantizeLinear", ["pooled", "x_scale", "x_zero"], ["pooled_q"]),
+    helper.make_node("DequantizeLinear", ["pooled_q", "x_scale", "x_zero"], ["pooled_dq"]),
+    helper.make_node("DequantizeLinear", ["w1_q", "w_scale", "w_zero"], ["w1_dq"]),
+]
+conv = helper.make_node("Conv", ["pooled_dq", "w1_dq", "b1"], ["pre"])
+inodes = [nodes[0]] + qnodes + [conv] + nodes[2:]
+iinits = [
+    helper.make_tensor("w1_q", TensorProto.INT8, [4, 3, 1, 1], [int(round(v / W_SCALE)) for row in W1 for v in row]),
+    helper.make_tensor("w_scale", TensorProto.FLOAT, [], [W_SCALE]),
+    helper.make_tensor("w_zero", TensorProto.INT8, [], [0]),
+    helper.make_tensor("x_scale", TensorProto.FLOAT, [], [X_SCALE]),
+    helper.make_tensor("x_zero", TensorProto.INT8, [], [0]),
+] + inits[1:]
+igraph = helper.make_graph(inodes, "tiny-densenet-int8", graph.input, graph.output, iinits)
+imodel = helper.make_model(igraph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ctsentry-tests")
+imodel.ir_version = 8
+onnx.checker.check_model(imodel)
+ipath = os.path.join(here, "tiny-densenet.int8.onnx")
+idata = imodel.SerializeToString()
+open(ipath, "wb").write(idata)
+print(ipath, len(idata), "bytes, sha256", hashlib.sha256(idata).hexdigest())

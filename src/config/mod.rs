@@ -84,16 +84,20 @@ pub enum Precision {
     Bf16,
     /// IEEE half precision (a TensorRT plan built with FP16).
     F16,
+    /// The bundle's int8 variant (`[int8]` in the manifest) on OpenVINO: int8 convolutions, the
+    /// rest in bf16 where the CPU has it, else f32.
+    Int8,
 }
 
 impl Precision {
-    /// The config name (`auto`, `f32`, `bf16`, `f16`).
+    /// The config name (`auto`, `f32`, `bf16`, `f16`, `int8`).
     pub fn name(self) -> &'static str {
         match self {
             Precision::Auto => "auto",
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
+            Precision::Int8 => "int8",
         }
     }
 }

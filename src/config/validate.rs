@@ -135,7 +135,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Settin
             ("openvino", EngineBackend::OpenVino),
         ],
     );
-    let precision = c.choice("engine.precision", &raw.engine.precision, &[("auto", Precision::Auto), ("f32", Precision::F32), ("bf16", Precision::Bf16), ("f16", Precision::F16)]);
+    let precision = c.choice(
+        "engine.precision",
+        &raw.engine.precision,
+        &[("auto", Precision::Auto), ("f32", Precision::F32), ("bf16", Precision::Bf16), ("f16", Precision::F16), ("int8", Precision::Int8)],
+    );
     let engine_threads = raw.engine.threads.as_ref().map(|t| c.range_i("engine.threads", t, 1, 256) as usize);
     let onnxruntime_library = raw.engine.onnxruntime_library.as_ref().map(|p| c.path("engine.onnxruntime_library", p, base));
     let openvino_library = raw.engine.openvino_library.as_ref().map(|p| c.path("engine.openvino_library", p, base));

@@ -25,7 +25,7 @@ impl Daemon {
         }
         self.settings = Settings::join(old_fixed, live);
         let s = &self.settings;
-        let rule = crate::score::rule_for(s, &self.scorer.model.manifest);
+        let rule = crate::score::rule_for(s, &self.scorer.model.manifest, self.scorer.engine.precision());
         *self.live.lock().expect("live settings") = Live { rule: rule.clone(), heatmaps: s.daemon.heatmaps, ingest: s.ingest.clone() };
         watcher.set_timing(s.daemon.poll_seconds, s.daemon.stable_seconds);
         log::set_max_level(s.log_level);

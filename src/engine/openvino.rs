@@ -14,7 +14,7 @@ use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, Prope
 
 use super::{check_batch, Engine, EngineError, Output};
 use crate::config::Precision;
-use crate::model::Model;
+use crate::model::{Int8Info, Model};
 
 /// Slices per OpenVINO call. On 2 cores batches of 2, 4 and 8 run at the same speed (50–55
 /// images/s in bf16), but the activations of a batch of 8 take about 100 MiB more than those of
@@ -31,14 +31,34 @@ pub fn cpu_has_bf16() -> bool {
         .is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
 }
 
-/// The precision the engine runs for `wanted` on this CPU, or why it cannot.
-pub fn resolve_precision(wanted: Precision, bf16: bool) -> Result<&'static str, String> {
+/// The precision the engine runs for `wanted` on this CPU with this bundle's int8 variant (if
+/// any), and why, or why it cannot. `auto` takes the fastest within parity: int8 when the
+/// variant's measured parity is within the bound ([`crate::model::Int8Parity::outside_bound`]), else bf16 where
+/// the CPU runs it, else f32. A named `int8` runs outside the bound too, the reason saying so.
+pub fn resolve_precision(wanted: Precision, bf16: bool, int8: Option<&Int8Info>) -> Result<(&'static str, String), String> {
+    let float = if bf16 { ("bf16", "bf16: this CPU has AMX or AVX512-BF16") } else { ("f32", "f32: this CPU has neither AMX nor AVX512-BF16") };
     match wanted {
-        Precision::Auto => Ok(if bf16 { "bf16" } else { "f32" }),
-        Precision::F32 => Ok("f32"),
-        Precision::Bf16 if bf16 => Ok("bf16"),
+        Precision::Auto => match int8.map(|q| (q, q.parity.outside_bound())) {
+            Some((q, None)) => Ok(("int8", format!("int8: the bundle's int8 variant is within the parity bound ({})", q.parity.describe()))),
+            Some((_, Some(why))) => Ok((float.0, format!("{}; the bundle's int8 variant is outside the parity bound ({why})", float.1))),
+            None => Ok((float.0, format!("{}; the bundle has no int8 variant", float.1))),
+        },
+        Precision::F32 => Ok(("f32", "f32: configured".into())),
+        Precision::Bf16 if bf16 => Ok(("bf16", "bf16: configured".into())),
         Precision::Bf16 => Err("engine.precision = \"bf16\": this CPU has neither AMX nor AVX512-BF16 (/proc/cpuinfo flags amx_bf16, avx512_bf16)".into()),
-        Precision::F16 => Err("engine.precision = \"f16\": the OpenVINO CPU engine runs bf16 or f32 (f16 is for a TensorRT plan)".into()),
+        Precision::Int8 => match int8 {
+            Some(q) => Ok((
+                "int8",
+                match q.parity.outside_bound() {
+                    None => format!("int8: configured; within the parity bound ({})", q.parity.describe()),
+                    Some(why) => {
+                        format!("int8: configured, OUTSIDE the parity bound ({why}): its decisions can differ from the validated f32 model's; commission it on this site's studies")
+                    }
+                },
+            )),
+            None => Err("engine.precision = \"int8\": the model bundle has no int8 variant (no [int8] table in its manifest; models/README.md says how one is made)".into()),
+        },
+        Precision::F16 => Err("engine.precision = \"f16\": the OpenVINO CPU engine runs int8, bf16 or f32 (f16 is for a TensorRT plan)".into()),
     }
 }
 
@@ -113,6 +133,7 @@ struct Session {
 pub struct OpenVinoEngine {
     session: Mutex<Session>,
     precision: &'static str,
+    float: &'static str,
     from_cache: bool,
     size: usize,
     input: String,
@@ -122,8 +143,9 @@ pub struct OpenVinoEngine {
 
 impl OpenVinoEngine {
     /// Loads OpenVINO from `lib`, reads and compiles the model for the CPU in `precision`
-    /// (`bf16` or `f32`) on `threads` threads, checking names against the manifest and that the
-    /// compiled model runs the precision asked for.
+    /// (`bf16`, `f32`, or `int8`: the bundle's int8 variant, hash-checked, with its float
+    /// operations in bf16 where the CPU has it, else f32) on `threads` threads, checking names
+    /// against the manifest and that the compiled model runs the precision asked for.
     ///
     /// With `cache` (see [`cache_dir`]), OpenVINO keeps the compiled model there (its
     /// `CACHE_DIR`) and later loads import it instead of compiling (OpenVINO itself recompiles
@@ -133,15 +155,20 @@ impl OpenVinoEngine {
         let m = &model.manifest;
         let err = |reason: String| EngineError::Load { model: model.path.display().to_string(), reason };
         let ov = |what: &'static str| move |e: openvino::InferenceError| err(format!("OpenVINO {what}: {e}"));
+        let (bytes, float) = match precision {
+            "int8" => (Some(model.int8_bytes().map_err(|e| err(e.to_string()))?), if cpu_has_bf16() { "bf16" } else { "f32" }),
+            p => (None, p),
+        };
+        let bytes = bytes.as_deref().unwrap_or(&model.bytes);
         openvino_sys::library::load_from(lib.to_path_buf()).map_err(|e| err(format!("cannot load OpenVINO from {}: {e}", lib.display())))?;
         let new_core = || -> Result<Core, EngineError> {
             let mut core = Core::new().map_err(|e| err(format!("OpenVINO: {e}")))?;
-            core.set_property(&DeviceType::CPU, &RwPropertyKey::HintInferencePrecision, precision).map_err(ov("precision hint"))?;
+            core.set_property(&DeviceType::CPU, &RwPropertyKey::HintInferencePrecision, float).map_err(ov("precision hint"))?;
             core.set_property(&DeviceType::CPU, &RwPropertyKey::InferenceNumThreads, &threads.max(1).to_string()).map_err(ov("threads"))?;
             Ok(core)
         };
         let mut core = new_core()?;
-        let graph = core.read_model_from_buffer(&model.bytes, None).map_err(ov("cannot read the model"))?;
+        let graph = core.read_model_from_buffer(bytes, None).map_err(ov("cannot read the model"))?;
         let names = |n: usize, at: &dyn Fn(usize) -> Result<String, openvino::InferenceError>| (0..n).map(at).collect::<Result<Vec<String>, _>>();
         let inputs = names(graph.get_inputs_len().map_err(ov("inputs"))?, &|i| graph.get_input_by_index(i)?.get_name()).map_err(ov("inputs"))?;
         let outputs = names(graph.get_outputs_len().map_err(ov("outputs"))?, &|i| graph.get_output_by_index(i)?.get_name()).map_err(ov("outputs"))?;
@@ -172,19 +199,26 @@ impl OpenVinoEngine {
         let from_cache =
             cache.is_some() && compiled.get_property(&PropertyKey::Other("LOADED_FROM_CACHE".into())).is_ok_and(|v| v.eq_ignore_ascii_case("yes") || v == "true" || v == "1");
         let runs = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map_err(ov("precision"))?.to_string();
-        if runs != precision {
-            return Err(err(format!("OpenVINO compiled the model for {runs}, not the {precision} asked for")));
+        if runs != float {
+            return Err(err(format!("OpenVINO compiled the model for {runs}, not the {float} asked for")));
         }
         let request = compiled.create_infer_request().map_err(ov("infer request"))?;
         Ok(OpenVinoEngine {
             session: Mutex::new(Session { request, _compiled: compiled, _core: core }),
             precision,
+            float,
             from_cache,
             size: m.input.size,
             input: m.input.name.clone(),
             prob: m.output.prob.clone(),
             cam: m.output.cam.clone(),
         })
+    }
+
+    /// The precision of the operations that are not int8 (`bf16` or `f32`; all of them unless the
+    /// precision is `int8`).
+    pub fn float_precision(&self) -> &'static str {
+        self.float
     }
 
     /// Whether the compiled model was imported from the cache rather than compiled.
@@ -227,12 +261,55 @@ mod tests {
 
     #[test]
     fn precision_is_resolved_never_silently_changed() {
-        assert_eq!(resolve_precision(Precision::Auto, true), Ok("bf16"));
-        assert_eq!(resolve_precision(Precision::Auto, false), Ok("f32"));
-        assert_eq!(resolve_precision(Precision::F32, true), Ok("f32"));
-        assert_eq!(resolve_precision(Precision::Bf16, true), Ok("bf16"));
-        assert!(resolve_precision(Precision::Bf16, false).unwrap_err().contains("neither AMX nor AVX512-BF16"));
-        assert!(resolve_precision(Precision::F16, true).is_err());
+        let p = |w, bf16| resolve_precision(w, bf16, None).map(|(p, _)| p);
+        assert_eq!(p(Precision::Auto, true), Ok("bf16"));
+        assert_eq!(p(Precision::Auto, false), Ok("f32"));
+        assert_eq!(p(Precision::F32, true), Ok("f32"));
+        assert_eq!(p(Precision::Bf16, true), Ok("bf16"));
+        assert!(p(Precision::Bf16, false).unwrap_err().contains("neither AMX nor AVX512-BF16"));
+        assert!(p(Precision::F16, true).is_err());
+        assert!(p(Precision::Int8, true).unwrap_err().contains("has no int8 variant"));
+        assert!(resolve_precision(Precision::Auto, false, None).unwrap().1.contains("has no int8 variant"));
+    }
+
+    /// `auto` takes int8 only within every parity bound, and says why not; a named int8 runs
+    /// outside the bound, saying so.
+    #[test]
+    fn auto_takes_int8_only_within_the_parity_bound() {
+        use crate::model::Int8Parity;
+        let within = Int8Parity {
+            max_abs_prob_diff: 0.015,
+            auc_diff: 0.002,
+            series_verdicts_identical: true,
+            slices: 2000,
+            series: 12,
+            decisions_flipped: Some(0),
+            measured_with: "test".into(),
+        };
+        let q = |parity: Int8Parity| Int8Info { file: "m.int8.onnx".into(), sha256: "0".repeat(64), method: "test".into(), threshold: None, threshold_method: None, parity };
+        for bf16 in [true, false] {
+            let (p, why) = resolve_precision(Precision::Auto, bf16, Some(&q(within.clone()))).unwrap();
+            assert_eq!(p, "int8");
+            assert!(why.contains("within the parity bound") && why.contains("0.015"), "{why}");
+        }
+        let outside = [
+            Int8Parity { max_abs_prob_diff: 0.021, ..within.clone() },
+            Int8Parity { auc_diff: 0.006, ..within.clone() },
+            Int8Parity { series_verdicts_identical: false, ..within.clone() },
+            Int8Parity { series: 0, ..within.clone() },
+            Int8Parity { max_abs_prob_diff: f64::NAN, ..within.clone() },
+        ];
+        for (parity, says) in
+            outside.into_iter().zip(["max |Δprob| 0.021 > 0.02", "AUC change 0.006 > 0.005", "series verdicts differ", "no slices or no series", "max |Δprob| NaN"])
+        {
+            let (p, why) = resolve_precision(Precision::Auto, true, Some(&q(parity.clone()))).unwrap();
+            assert_eq!(p, "bf16");
+            assert!(why.contains("outside the parity bound") && why.contains(says), "{why}");
+            assert_eq!(resolve_precision(Precision::Auto, false, Some(&q(parity.clone()))).unwrap().0, "f32");
+            let (p, why) = resolve_precision(Precision::Int8, false, Some(&q(parity))).unwrap();
+            assert_eq!(p, "int8");
+            assert!(why.contains("OUTSIDE the parity bound") && why.contains(says), "{why}");
+        }
     }
 
     #[test]
