@@ -19,6 +19,7 @@ step "file list"
 dpkg-deb -c "$deb" | awk '{print $6}' > /tmp/ctsentry-deb-files
 for f in ./usr/bin/ctsentry ./etc/ctsentry/ctsentry.toml \
          ./usr/share/ctsentry/models/densenet121-covid.onnx ./usr/share/ctsentry/models/densenet121-covid.toml \
+         ./usr/share/ctsentry/models/densenet121-covid.int8.onnx \
          ./usr/share/doc/ctsentry/README.md ./usr/lib/ctsentry/openvino/libopenvino_c.so \
          ./usr/lib/ctsentry/openvino/libopenvino_intel_cpu_plugin.so ./usr/lib/ctsentry/openvino/LICENSE; do
     grep -qx "$f" /tmp/ctsentry-deb-files || fail "$f missing from the package"

@@ -3,14 +3,19 @@
 `ctsentry score --json` at two engine precisions (default f32 and bf16, OpenVINO) and reports
 the largest probability difference over every slice, the series verdicts side by side, and the
 slice-level AUC of each on labelled files (`--labels CSV` with `file,covid` relative to the
-series' parent folder; the COVID-CT-MD labels.csv works as is).
+CSV's folder; the COVID-CT-MD labels.csv works as is). Also: the slices whose decision differs
+(each precision at its own threshold, as the appliance decides), the mean and spread of the
+logit shift (a shift as a whole would call for the variant's own threshold; a spread does not),
+and, with `--toml`, the manifest's `[int8.parity]` table for the second precision.
 
     python3 scripts/parity.py --ctsentry target/release/ctsentry --config config/ctsentry.toml \
         --labels ../shared/data/covid-ct-md/labels.csv ../shared/data/covid-ct-md/* ../shared/data/lung-pet-ct-dx/*/
+    python3 scripts/parity.py --precisions f32,int8 --toml ...   # an int8 variant's parity record
 """
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -26,7 +31,7 @@ def score(binary, config, precision, folder):
     finally:
         os.unlink(f.name)
     lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode in (0, 1) and lines, out.stderr[-2000:]  # 1: some files unreadable (the same in both runs)
     return {os.path.abspath(d["file"]): d for d in lines if d["type"] == "slice"}, [d for d in lines if d["type"] == "series"]
 
 
@@ -38,12 +43,18 @@ def auc(pairs):
     return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
 
 
+def logit(p):
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ctsentry", default="target/release/ctsentry")
     ap.add_argument("--config", default="config/ctsentry.toml")
     ap.add_argument("--precisions", default="f32,bf16")
     ap.add_argument("--labels", action="append", default=[])
+    ap.add_argument("--toml", action="store_true", help="print the [int8.parity] table of the second precision")
     ap.add_argument("series", nargs="+")
     a = ap.parse_args()
     pa, pb = a.precisions.split(",")
@@ -52,7 +63,7 @@ def main():
         root = os.path.dirname(os.path.abspath(path))
         for r in csv.DictReader(open(path)):
             labels[os.path.join(root, r["file"])] = int(r["covid"])
-    worst, n, same, slices_a, slices_b = 0.0, 0, True, {}, {}
+    worst, n, same, slices_a, slices_b, series = 0.0, 0, True, {}, {}, 0
     for folder in a.series:
         sa, va = score(a.ctsentry, a.config, pa, folder)
         sb, vb = score(a.ctsentry, a.config, pb, folder)
@@ -61,15 +72,26 @@ def main():
         worst, n = max(worst, d), n + len(sa)
         slices_a.update(sa)
         slices_b.update(sb)
+        assert [x["series_uid"] for x in va] == [y["series_uid"] for y in vb]
+        series += len(va)
         for x, y in zip(va, vb):
             same &= x["verdict"] == y["verdict"]
             print(f"{os.path.basename(folder.rstrip('/')):12} {len(sa):4} slices  max |dprob| {d:.5f}  {pa}: {x['verdict']} ({x['positives']} >= {x['threshold']:.4f})  {pb}: {y['verdict']} ({y['positives']})  engines {x['engine']} {x['precision']} / {y['engine']} {y['precision']}")
     print(f"{n} slices: max |prob difference| {pa} vs {pb} = {worst:.5f}; series verdicts {'identical' if same else 'DIFFER'}")
-    lab = [k for k in slices_a if k in labels]
+    scored = [k for k in slices_a if "skipped" not in slices_a[k]]
+    flipped = sum(slices_a[k]["positive"] != slices_b[k]["positive"] for k in scored)
+    shift = [logit(slices_b[k]["prob"]) - logit(slices_a[k]["prob"]) for k in scored]
+    mean = sum(shift) / max(1, len(shift))
+    sd = (sum((x - mean) ** 2 for x in shift) / max(1, len(shift))) ** 0.5
+    print(f"{len(scored)} slices sent to the engine: {flipped} decisions differ; logit shift {pb} - {pa}: mean {mean:+.4f}, sd {sd:.4f}")
+    lab = [k for k in scored if k in labels]
+    aa = auc([(slices_a[k]["prob"], labels[k]) for k in lab])
+    ab = auc([(slices_b[k]["prob"], labels[k]) for k in lab])
     if lab:
-        aa = auc([(slices_a[k]["prob"], labels[k]) for k in lab])
-        ab = auc([(slices_b[k]["prob"], labels[k]) for k in lab])
         print(f"AUC on {len(lab)} labelled slices: {pa} {aa:.4f}, {pb} {ab:.4f}, difference {abs(aa - ab):.4f}")
+    if a.toml:
+        print(f"\n[int8.parity]\nmax_abs_prob_diff = {worst:.4f}\nauc_diff = {abs(aa - ab):.4f}\nseries_verdicts_identical = {str(same).lower()}")
+        print(f"slices = {len(scored)}\nseries = {series}\ndecisions_flipped = {flipped}")
 
 
 if __name__ == "__main__":

@@ -301,3 +301,18 @@ fn auto_takes_int8_within_parity_with_its_own_threshold() {
     let e = scorer(&tiny(), Precision::Int8).err().unwrap().to_string();
     assert!(e.contains("no int8 variant"), "{e}");
 }
+
+/// The shipped bundle's int8 variant is the file its manifest hashed, and while its recorded
+/// parity is outside the bound `auto` does not take it on any CPU.
+#[test]
+fn shipped_int8_variant_is_hashed_and_auto_follows_its_parity() {
+    use ctsentry::config::Precision;
+    use ctsentry::engine::openvino::resolve_precision;
+    let model = Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/densenet121-covid.onnx")).unwrap();
+    let q = model.manifest.int8.as_ref().expect("the shipped manifest has an [int8] table");
+    assert!(!model.int8_bytes().unwrap().is_empty());
+    for bf16 in [true, false] {
+        let (p, why) = resolve_precision(Precision::Auto, bf16, Some(q)).unwrap();
+        assert_eq!(p == "int8", q.parity.outside_bound().is_none(), "{why}");
+    }
+}
