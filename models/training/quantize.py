@@ -72,6 +72,22 @@ def run(cm, x, keep, batch=8):
     return np.concatenate(probs), np.concatenate(cams)
 
 
+def advanced(a):
+    """NNCF's advanced parameters for the range, SmoothQuant and channel-alignment options (None:
+    NNCF's defaults, as the shipped variant was made)."""
+    if a.activations_range is None and a.smooth_quant_conv is None and not a.channel_alignment:
+        return None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    kw = {"disable_channel_alignment": not a.channel_alignment}
+    if a.activations_range:
+        kw["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet, a.activations_range)
+    if a.smooth_quant_conv is not None:
+        kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(convolution=a.smooth_quant_conv)
+    return AdvancedQuantizationParameters(**kw)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", required=True)
@@ -85,6 +101,9 @@ def main():
     ap.add_argument("--odd-rows", action="store_true", help="parity on the rows with an odd index only (qat.py trains on the even ones)")
     ap.add_argument("--openvino-backend", action="store_true", help="quantize the OpenVINO model (IR out) instead of the ONNX graph (QDQ ONNX out)")
     ap.add_argument("--full-bias-correction", action="store_true", help="NNCF's bias correction on every layer's statistics (slower) instead of the fast one")
+    ap.add_argument("--activations-range", default=None, help="NNCF's activation range estimator (RangeEstimatorParametersSet: MINMAX, MEAN_MINMAX, HISTOGRAM, MEAN_QUANTILE, ...); default NNCF's")
+    ap.add_argument("--smooth-quant-conv", type=float, default=None, help="SmoothQuant on convolutions with this alpha (NNCF's default: off)")
+    ap.add_argument("--channel-alignment", action="store_true", help="NNCF's channel alignment (off by default)")
     ap.add_argument("--max-drop", type=float, default=0.02)
     ap.add_argument("--ranking-rows", type=int, default=100, help="rows NNCF ranks the layers on (accuracy control)")
     ap.add_argument("--threshold", type=float, default=0.194528)
@@ -135,7 +154,8 @@ def main():
         q = nncf.quantize(ovm, nncf.Dataset([c["input"] for c in calib]), subset_size=len(calib), ignored_scope=ignored,
                           fast_bias_correction=not a.full_bias_correction)
     else:
-        q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored, fast_bias_correction=not a.full_bias_correction)
+        q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored, fast_bias_correction=not a.full_bias_correction,
+                          advanced_parameters=advanced(a))
     quant_s = time.time() - t0
     name = os.path.splitext(os.path.basename(a.onnx))[0]
     if a.parity_of:
