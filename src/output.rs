@@ -60,8 +60,11 @@ pub struct SeriesSummary {
     pub model: ModelView,
     /// The engine's name.
     pub engine: String,
-    /// The engine's precision (`f32`, `bf16`, …).
+    /// The engine's precision (`f32`, `bf16`, `int8`, …).
     pub precision: String,
+    /// Why that precision, where the engine chose it (e.g. why `auto` did not take int8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_reason: Option<String>,
     /// The preprocessing backend (`cpu`, `cuda`).
     pub preprocess: String,
 }
@@ -76,6 +79,7 @@ impl SeriesSummary {
             model: ModelView::of(&scorer.model.manifest.model),
             engine: scorer.engine.name().into(),
             precision: scorer.engine.precision().into(),
+            precision_reason: scorer.engine.precision_reason().map(str::to_string),
             preprocess: scorer.pre.name().into(),
         }
     }
@@ -265,6 +269,7 @@ mod tests {
             model: ModelView { name: "m".into(), version: "1".into(), sha256: "ab".into() },
             engine: "tract".into(),
             precision: "f32".into(),
+            precision_reason: None,
             preprocess: "cpu".into(),
         }
     }

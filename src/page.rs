@@ -244,6 +244,7 @@ mod tests {
             faults: vec![],
             engine: "tract".into(),
             precision: "f32".into(),
+            precision_reason: None,
             preprocess: "cpu".into(),
             model: ModelView { name: evil.into(), version: "1".into(), sha256: String::new() },
             threshold: Some(0.3),

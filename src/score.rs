@@ -373,7 +373,7 @@ fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
     let lib = library(s.openvino_library.as_deref())?;
     let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
     let cache = cache_dir(&s.paths.state, precision, threads).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
-    let e = OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map_err(|e| e.to_string())?;
+    let e = OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map_err(|e| e.to_string())?.with_reason(why.clone());
     if let Some(dir) = cache.as_deref().filter(|_| e.from_cache()) {
         log::info!("OpenVINO: compiled model imported from {}", dir.display());
     }

@@ -105,6 +105,9 @@ pub struct Snapshot {
     pub engine: String,
     /// Its precision.
     pub precision: String,
+    /// Why that precision, where the engine chose it (null otherwise, and in older snapshots).
+    #[serde(default)]
+    pub precision_reason: Option<String>,
     /// The preprocessing backend.
     pub preprocess: String,
     /// The model.
@@ -148,6 +151,7 @@ impl Snapshot {
             faults: vec![fault.name().to_string()],
             engine: "none".into(),
             precision: "none".into(),
+            precision_reason: None,
             preprocess: "none".into(),
             model: ModelView { name: settings.model_path.display().to_string(), version: "unavailable".into(), sha256: String::new() },
             threshold: settings.threshold,
@@ -238,6 +242,9 @@ pub fn to_text(snap: &Snapshot, running: bool, now: f64) -> String {
         snap.threshold_source.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
         snap.series_rule.clone().or_else(|| snap.min_positive_slices.map(|n| format!("≥ {n} slices positive"))).unwrap_or_else(|| "unknown".into())
     );
+    if let Some(why) = &snap.precision_reason {
+        let _ = writeln!(r, "precision   {why}");
+    }
     match &snap.drift {
         Some(d) if d.state == "drift" => {
             let _ = writeln!(
@@ -282,6 +289,7 @@ mod tests {
             faults: vec!["DISK".into()],
             engine: "tract".into(),
             precision: "f32".into(),
+            precision_reason: None,
             preprocess: "cpu".into(),
             model: ModelView { name: "m".into(), version: "1".into(), sha256: "ab".repeat(32) },
             threshold: Some(0.5),

@@ -289,12 +289,14 @@ fn auto_takes_int8_within_parity_with_its_own_threshold() {
     let (_d, p) = int8_bundle(WITHIN, own, None);
     let sc = scorer(&p, Precision::Auto).unwrap();
     assert_eq!(sc.engine.precision(), "int8");
+    assert!(sc.engine.precision_reason().unwrap().contains("within the parity bound (max |Δprob| 0.004"), "{:?}", sc.engine.precision_reason());
     assert_eq!((sc.rule.threshold, sc.rule.threshold_source.as_str()), (0.42, "manifest (int8)"));
     let sc = scorer(&p, Precision::F32).unwrap();
     assert_eq!((sc.engine.precision(), sc.rule.threshold, sc.rule.threshold_source.as_str()), ("f32", 0.5, "manifest"));
     let (_d, p) = int8_bundle(OUTSIDE, own, None);
     let sc = scorer(&p, Precision::Auto).unwrap();
     assert_ne!(sc.engine.precision(), "int8", "auto took a variant outside the parity bound");
+    assert!(sc.engine.precision_reason().unwrap().contains("outside the parity bound (max |Δprob| 0.3 > 0.02)"), "{:?}", sc.engine.precision_reason());
     assert_eq!(sc.rule.threshold, 0.5);
     let sc = scorer(&p, Precision::Int8).unwrap();
     assert_eq!((sc.engine.precision(), sc.rule.threshold), ("int8", 0.42));

@@ -116,6 +116,7 @@ impl Daemon {
             faults,
             engine: self.scorer.engine.name().into(),
             precision: self.scorer.engine.precision().into(),
+            precision_reason: self.scorer.engine.precision_reason().map(str::to_string),
             preprocess: self.scorer.pre.name().into(),
             model: crate::output::ModelView::of(m),
             threshold: Some(rule.threshold),

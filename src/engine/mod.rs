@@ -110,6 +110,11 @@ pub trait Engine: Send + Sync {
     fn precision(&self) -> &str {
         "f32"
     }
+    /// Why it runs that precision, where the engine chose it (`engine.precision = "auto"` on
+    /// OpenVINO: the CPU's bf16, the int8 variant's parity).
+    fn precision_reason(&self) -> Option<&str> {
+        None
+    }
     /// Runs `n` slices (`n × 3 × size × size` values, NCHW).
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError>;
 }

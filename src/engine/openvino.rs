@@ -134,6 +134,7 @@ pub struct OpenVinoEngine {
     session: Mutex<Session>,
     precision: &'static str,
     float: &'static str,
+    reason: Option<String>,
     from_cache: bool,
     size: usize,
     input: String,
@@ -207,6 +208,7 @@ impl OpenVinoEngine {
             session: Mutex::new(Session { request, _compiled: compiled, _core: core }),
             precision,
             float,
+            reason: None,
             from_cache,
             size: m.input.size,
             input: m.input.name.clone(),
@@ -219,6 +221,12 @@ impl OpenVinoEngine {
     /// precision is `int8`).
     pub fn float_precision(&self) -> &'static str {
         self.float
+    }
+
+    /// The engine with the reason its precision was chosen ([`Engine::precision_reason`]).
+    pub fn with_reason(mut self, why: String) -> OpenVinoEngine {
+        self.reason = Some(why);
+        self
     }
 
     /// Whether the compiled model was imported from the cache rather than compiled.
@@ -234,6 +242,10 @@ impl Engine for OpenVinoEngine {
 
     fn precision(&self) -> &str {
         self.precision
+    }
+
+    fn precision_reason(&self) -> Option<&str> {
+        self.reason.as_deref()
     }
 
     fn infer(&self, batch: &[f32], n: usize) -> Result<Output, EngineError> {
