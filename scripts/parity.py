@@ -90,8 +90,12 @@ def main():
     if lab:
         print(f"AUC on {len(lab)} labelled slices: {pa} {aa:.4f}, {pb} {ab:.4f}, difference {abs(aa - ab):.4f}")
     if a.toml:
-        print(f"\n[int8.parity]\nmax_abs_prob_diff = {worst:.4f}\nauc_diff = {abs(aa - ab):.4f}\nseries_verdicts_identical = {str(same).lower()}")
-        print(f"slices = {len(scored)}\nseries = {series}\ndecisions_flipped = {flipped}")
+        up = lambda x: math.ceil(x * 1e4) / 1e4  # rounded up: rounding must never move a value into the bound
+        flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+        vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+        print(f"\n[int8.parity]\nmax_abs_prob_diff = {up(worst):.4f}\nauc_diff = {up(abs(aa - ab)):.4f}\nseries_verdicts_identical = {str(same).lower()}")
+        print(f"slices = {len(scored)}\nseries = {series}\ndecisions_flipped = {flipped}\nvnni = {str(vnni).lower()}")
+        print(f'measured_with = "scripts/parity.py --precisions {a.precisions} on {len(a.series)} folders ({series} series): SAY WHICH"')
 
 
 if __name__ == "__main__":

@@ -376,9 +376,12 @@ pub fn run(source: &ConfigSource) -> Report {
         let _ = writeln!(r, "engine ort    {ort}");
         let ov = match crate::engine::openvino::library(s.openvino_library.as_deref()) {
             Ok(p) => {
-                let bf16 = crate::engine::openvino::cpu_has_bf16();
-                let int8 = model.as_ref().and_then(|m| m.as_ref().ok()).and_then(|m| m.manifest.int8.as_ref());
-                let precision = match crate::engine::openvino::resolve_precision(s.precision, bf16, int8) {
+                let loaded = model.as_ref().and_then(|m| m.as_ref().ok());
+                let int8 = loaded.and_then(|m| m.manifest.int8.as_ref());
+                let precision = match crate::engine::openvino::resolve_precision(s.precision, crate::engine::openvino::Cpu::this(), int8) {
+                    Ok(("int8", _)) if loaded.is_some_and(|m| m.int8_bytes().is_err()) && s.precision == crate::config::Precision::Auto => {
+                        "precision auto: int8 chosen by its parity, but the variant is NOT USABLE (see \"model int8\"): the float model runs instead".to_string()
+                    }
                     Ok((p, why)) => format!("precision {}: {p} ({why})", s.precision.name()),
                     Err(e) => format!("NOT USABLE: {e}"),
                 };

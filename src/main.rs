@@ -407,9 +407,9 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
                 println!("  {:>5} {:>6.3} {:>6.3} {:>7}{} {}", sl.slice_index, sl.z, sl.lung_fraction, prob, if sl.positive { "*" } else { " " }, sl.file.display());
             }
             println!(
-                "  verdict: {:?} — {} of {} slices ≥ {:.3} ({}), {} mm, {:.1} % of the lung; needed {}; {} without lung not scored; max prob {:.4}; model {} {} (sha256 {}…), engine {}, preprocess {}",
+                "  verdict: {:?} — {} of {} slices ≥ {:.3} ({}), {} mm, {:.1} % of the lung; needed {}; {} without lung not scored; max prob {:.4}; model {} {} (sha256 {}…), engine {} {}, preprocess {}",
                 r.decision.verdict, r.decision.positives, r.decision.slices, sc.rule.threshold, sc.rule.threshold_source,
-                r.decision.positive_extent_mm.map_or("unknown".into(), |e| format!("{e:.1}")), r.decision.positive_share * 100.0, sc.rule.describe(), r.slices.iter().filter(|s| s.skipped.is_some()).count(), r.decision.max_prob, m.name, m.version, &m.sha256[..12], sc.engine.name(), sc.pre.name()
+                r.decision.positive_extent_mm.map_or("unknown".into(), |e| format!("{e:.1}")), r.decision.positive_share * 100.0, sc.rule.describe(), r.slices.iter().filter(|s| s.skipped.is_some()).count(), r.decision.max_prob, m.name, m.version, &m.sha256[..12], sc.engine.name(), sc.engine.precision(), sc.pre.name()
             );
         }
     }

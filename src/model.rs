@@ -149,11 +149,20 @@ pub struct Int8Parity {
     pub slices: usize,
     /// Series compared.
     pub series: usize,
+    /// Whether it was measured on a CPU with VNNI (AVX512-VNNI, AVX-VNNI or AMX; default true).
+    /// Without VNNI, int8 kernels add pairs of products in 16 bits and can saturate, so a record
+    /// measured with VNNI does not hold there: `auto` then leaves int8 out.
+    #[serde(default = "yes")]
+    pub vnni: bool,
     /// Slices whose decision at the threshold differs (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decisions_flipped: Option<usize>,
     /// How and on what it was measured.
     pub measured_with: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Int8Parity {

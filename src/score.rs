@@ -319,8 +319,15 @@ pub fn rule_for(s: &Settings, manifest: &crate::model::Manifest, precision: &str
 }
 
 /// `engine.backend = "auto"`: the first usable of a TensorRT plan, OpenVINO, ONNX Runtime, and
-/// tract (always there), each one passed over logged with the reason.
+/// tract (always there), each one passed over logged with the reason. With `engine.precision`
+/// bf16 or int8, which only OpenVINO runs, OpenVINO or the reason it cannot be had.
 fn auto_engine(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, SetupError> {
+    use crate::config::Precision;
+    if matches!(s.precision, Precision::Bf16 | Precision::Int8) {
+        let e = openvino(model, s).map_err(|why| SetupError::Unavailable(format!("engine.precision = \"{}\" needs the OpenVINO engine: {why}", s.precision.name())))?;
+        log::info!("engine: openvino {} (auto: engine.precision = \"{}\")", e.precision(), s.precision.name());
+        return Ok(e);
+    }
     let mut passed = Vec::new();
     type Candidate = (&'static str, fn(&Model, &Settings) -> Result<Arc<dyn Engine>, String>);
     let candidates: [Candidate; 3] = [("tensorrt", tensorrt), ("openvino", openvino), ("onnxruntime", onnxruntime)];
@@ -366,14 +373,32 @@ fn tensorrt(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
 }
 
 /// The OpenVINO engine in the precision `engine.precision` resolves to on this CPU, or why it
-/// cannot be had.
+/// cannot be had. An int8 variant `auto` chose but cannot load (missing, damaged) leaves the float
+/// model in use, the reason saying why.
 fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
-    use crate::engine::openvino::{cache_dir, cpu_has_bf16, library, resolve_precision, OpenVinoEngine};
-    let (precision, why) = resolve_precision(s.precision, cpu_has_bf16(), model.manifest.int8.as_ref())?;
+    use crate::engine::openvino::{cache_dir, library, resolve_precision, Cpu, OpenVinoEngine};
+    let cpu = Cpu::this();
+    let (precision, why) = resolve_precision(s.precision, cpu, model.manifest.int8.as_ref())?;
     let lib = library(s.openvino_library.as_deref())?;
     let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
-    let cache = cache_dir(&s.paths.state, precision, threads).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
-    let e = OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map_err(|e| e.to_string())?.with_reason(why.clone());
+    let load = |precision: &'static str| {
+        // int8's cache entry also depends on the precision of its float operations.
+        let key = if precision == "int8" { format!("int8-{}", if cpu.bf16 { "bf16" } else { "f32" }) } else { precision.to_string() };
+        let cache = cache_dir(&s.paths.state, &key, threads).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
+        OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map(|e| (e, cache))
+    };
+    let (e, cache, precision, why) = match load(precision) {
+        Ok((e, cache)) => (e, cache, precision, why),
+        Err(failed) if precision == "int8" && s.precision == crate::config::Precision::Auto => {
+            let (float, float_why) = resolve_precision(s.precision, cpu, None)?;
+            let why = format!("{}; the bundle's int8 variant could not be loaded: {failed}", float_why.replace("; the bundle has no int8 variant", ""));
+            log::warn!("OpenVINO precision {why}");
+            let (e, cache) = load(float).map_err(|e| e.to_string())?;
+            (e, cache, float, why)
+        }
+        Err(failed) => return Err(failed.to_string()),
+    };
+    let e = e.with_reason(why.clone());
     if let Some(dir) = cache.as_deref().filter(|_| e.from_cache()) {
         log::info!("OpenVINO: compiled model imported from {}", dir.display());
     }

@@ -236,7 +236,8 @@ fn int8_bundle(parity: &str, extra: &str, bytes: Option<&[u8]>) -> (tempfile::Te
     (dir, onnx)
 }
 
-const WITHIN: &str = "max_abs_prob_diff = 0.004\nauc_diff = 0.0\nseries_verdicts_identical = true\nslices = 100\nseries = 3";
+// Measured without VNNI (`vnni = false`), so that `auto` may take it on any CPU the tests run on.
+const WITHIN: &str = "max_abs_prob_diff = 0.004\nauc_diff = 0.0\nseries_verdicts_identical = true\nslices = 100\nseries = 3\nvnni = false";
 const OUTSIDE: &str = "max_abs_prob_diff = 0.3\nauc_diff = 0.0\nseries_verdicts_identical = true\nslices = 100\nseries = 3";
 
 /// The int8 variant runs in OpenVINO with its convolution in int8, close to the f32 model (its
@@ -302,10 +303,30 @@ fn auto_takes_int8_within_parity_with_its_own_threshold() {
     assert_eq!((sc.engine.precision(), sc.rule.threshold), ("int8", 0.42));
     let e = scorer(&tiny(), Precision::Int8).err().unwrap().to_string();
     assert!(e.contains("no int8 variant"), "{e}");
+    // A variant within the bound that cannot be loaded leaves auto on the float model, saying why.
+    let (_d, p) = int8_bundle(WITHIN, own, Some(b"damaged"));
+    let sc = scorer(&p, Precision::Auto).unwrap();
+    assert_ne!(sc.engine.precision(), "int8");
+    assert_eq!(sc.rule.threshold, 0.5);
+    assert!(
+        sc.engine.precision_reason().unwrap().contains("could not be loaded") && sc.engine.precision_reason().unwrap().contains("sha256"),
+        "{:?}",
+        sc.engine.precision_reason()
+    );
+    // The config's threshold wins over the variant's; int8 needs OpenVINO (tract is refused).
+    let (_d, p) = int8_bundle(WITHIN, own, None);
+    let mut s = Settings::defaults(p.parent().unwrap());
+    (s.model_path, s.engine, s.precision, s.threshold) = (p.clone(), EngineBackend::OpenVino, Precision::Int8, Some(0.3));
+    let sc = Scorer::from_settings(&s).unwrap();
+    assert_eq!((sc.engine.precision(), sc.rule.threshold), ("int8", 0.3));
+    (s.engine, s.threshold) = (EngineBackend::Tract, None);
+    let e = Scorer::from_settings(&s).err().unwrap().to_string();
+    assert!(e.contains("engine.precision = \"int8\"") && e.contains("tract engine runs f32"), "{e}");
 }
 
-/// The shipped bundle's int8 variant is the file its manifest hashed, and while its recorded
-/// parity is outside the bound `auto` does not take it on any CPU.
+/// The shipped bundle's int8 variant is the file its manifest hashed, and its recorded parity is
+/// outside the bound (as the README and models/README.md say), so `auto` does not take it on any
+/// CPU.
 #[test]
 fn shipped_int8_variant_is_hashed_and_auto_follows_its_parity() {
     use ctsentry::config::Precision;
@@ -313,8 +334,9 @@ fn shipped_int8_variant_is_hashed_and_auto_follows_its_parity() {
     let model = Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/densenet121-covid.onnx")).unwrap();
     let q = model.manifest.int8.as_ref().expect("the shipped manifest has an [int8] table");
     assert!(!model.int8_bytes().unwrap().is_empty());
+    assert!(q.parity.outside_bound().is_some_and(|why| why.contains("max |Δprob| 0.0429 > 0.02")), "{:?}", q.parity.outside_bound());
     for bf16 in [true, false] {
-        let (p, why) = resolve_precision(Precision::Auto, bf16, Some(q)).unwrap();
-        assert_eq!(p == "int8", q.parity.outside_bound().is_none(), "{why}");
+        let (p, why) = resolve_precision(Precision::Auto, ctsentry::engine::openvino::Cpu { bf16, vnni: true }, Some(q)).unwrap();
+        assert_ne!(p, "int8", "{why}");
     }
 }

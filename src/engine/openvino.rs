@@ -31,14 +31,43 @@ pub fn cpu_has_bf16() -> bool {
         .is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
 }
 
+/// Whether this CPU has VNNI int8 dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8), from
+/// `/proc/cpuinfo`.
+pub fn cpu_has_vnni() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "avx512_vnni" || f == "avx_vnni" || f == "amx_int8")))
+}
+
+/// What this CPU offers the OpenVINO engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu {
+    /// bfloat16 (AMX or AVX512-BF16).
+    pub bf16: bool,
+    /// VNNI int8 dot products.
+    pub vnni: bool,
+}
+
+impl Cpu {
+    /// This machine's CPU.
+    pub fn this() -> Cpu {
+        Cpu { bf16: cpu_has_bf16(), vnni: cpu_has_vnni() }
+    }
+}
+
 /// The precision the engine runs for `wanted` on this CPU with this bundle's int8 variant (if
 /// any), and why, or why it cannot. `auto` takes the fastest within parity: int8 when the
 /// variant's measured parity is within the bound ([`crate::model::Int8Parity::outside_bound`]), else bf16 where
-/// the CPU runs it, else f32. A named `int8` runs outside the bound too, the reason saying so.
-pub fn resolve_precision(wanted: Precision, bf16: bool, int8: Option<&Int8Info>) -> Result<(&'static str, String), String> {
+/// the CPU runs it, else f32. A named `int8` runs outside the bound too, the reason saying so. A
+/// record measured with VNNI does not count on a CPU without it.
+pub fn resolve_precision(wanted: Precision, cpu: Cpu, int8: Option<&Int8Info>) -> Result<(&'static str, String), String> {
+    let bf16 = cpu.bf16;
     let float = if bf16 { ("bf16", "bf16: this CPU has AMX or AVX512-BF16") } else { ("f32", "f32: this CPU has neither AMX nor AVX512-BF16") };
     match wanted {
         Precision::Auto => match int8.map(|q| (q, q.parity.outside_bound())) {
+            Some((q, None)) if q.parity.vnni && !cpu.vnni => Ok((
+                float.0,
+                format!("{}; the bundle's int8 variant is within the parity bound as measured with VNNI, which this CPU lacks (no avx512_vnni, avx_vnni or amx_int8)", float.1),
+            )),
             Some((q, None)) => Ok(("int8", format!("int8: the bundle's int8 variant is within the parity bound ({})", q.parity.describe()))),
             Some((_, Some(why))) => Ok((float.0, format!("{}; the bundle's int8 variant is outside the parity bound ({why})", float.1))),
             None => Ok((float.0, format!("{}; the bundle has no int8 variant", float.1))),
@@ -50,6 +79,9 @@ pub fn resolve_precision(wanted: Precision, bf16: bool, int8: Option<&Int8Info>)
             Some(q) => Ok((
                 "int8",
                 match q.parity.outside_bound() {
+                    None if q.parity.vnni && !cpu.vnni => {
+                        "int8: configured; its parity was measured with VNNI, which this CPU lacks: commission it on this site's studies".to_string()
+                    }
                     None => format!("int8: configured; within the parity bound ({})", q.parity.describe()),
                     Some(why) => {
                         format!("int8: configured, OUTSIDE the parity bound ({why}): its decisions can differ from the validated f32 model's; commission it on this site's studies")
@@ -273,7 +305,8 @@ mod tests {
 
     #[test]
     fn precision_is_resolved_never_silently_changed() {
-        let p = |w, bf16| resolve_precision(w, bf16, None).map(|(p, _)| p);
+        let cpu = |bf16| Cpu { bf16, vnni: true };
+        let p = |w, bf16| resolve_precision(w, cpu(bf16), None).map(|(p, _)| p);
         assert_eq!(p(Precision::Auto, true), Ok("bf16"));
         assert_eq!(p(Precision::Auto, false), Ok("f32"));
         assert_eq!(p(Precision::F32, true), Ok("f32"));
@@ -281,7 +314,7 @@ mod tests {
         assert!(p(Precision::Bf16, false).unwrap_err().contains("neither AMX nor AVX512-BF16"));
         assert!(p(Precision::F16, true).is_err());
         assert!(p(Precision::Int8, true).unwrap_err().contains("has no int8 variant"));
-        assert!(resolve_precision(Precision::Auto, false, None).unwrap().1.contains("has no int8 variant"));
+        assert!(resolve_precision(Precision::Auto, cpu(false), None).unwrap().1.contains("has no int8 variant"));
     }
 
     /// `auto` takes int8 only within every parity bound, and says why not; a named int8 runs
@@ -295,14 +328,22 @@ mod tests {
             series_verdicts_identical: true,
             slices: 2000,
             series: 12,
+            vnni: true,
             decisions_flipped: Some(0),
             measured_with: "test".into(),
         };
         let q = |parity: Int8Parity| Int8Info { file: "m.int8.onnx".into(), sha256: "0".repeat(64), method: "test".into(), threshold: None, threshold_method: None, parity };
         for bf16 in [true, false] {
-            let (p, why) = resolve_precision(Precision::Auto, bf16, Some(&q(within.clone()))).unwrap();
+            let (p, why) = resolve_precision(Precision::Auto, Cpu { bf16, vnni: true }, Some(&q(within.clone()))).unwrap();
             assert_eq!(p, "int8");
             assert!(why.contains("within the parity bound") && why.contains("0.015"), "{why}");
+            // Measured with VNNI: not on a CPU without it; measured without: there too.
+            let (p, why) = resolve_precision(Precision::Auto, Cpu { bf16, vnni: false }, Some(&q(within.clone()))).unwrap();
+            assert_eq!(p, if bf16 { "bf16" } else { "f32" });
+            assert!(why.contains("which this CPU lacks"), "{why}");
+            let without = Int8Parity { vnni: false, ..within.clone() };
+            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16, vnni: false }, Some(&q(without))).unwrap().0, "int8");
+            assert!(resolve_precision(Precision::Int8, Cpu { bf16, vnni: false }, Some(&q(within.clone()))).unwrap().1.contains("which this CPU lacks"));
         }
         let outside = [
             Int8Parity { max_abs_prob_diff: 0.021, ..within.clone() },
@@ -314,11 +355,11 @@ mod tests {
         for (parity, says) in
             outside.into_iter().zip(["max |Δprob| 0.021 > 0.02", "AUC change 0.006 > 0.005", "series verdicts differ", "no slices or no series", "max |Δprob| NaN"])
         {
-            let (p, why) = resolve_precision(Precision::Auto, true, Some(&q(parity.clone()))).unwrap();
+            let (p, why) = resolve_precision(Precision::Auto, Cpu { bf16: true, vnni: true }, Some(&q(parity.clone()))).unwrap();
             assert_eq!(p, "bf16");
             assert!(why.contains("outside the parity bound") && why.contains(says), "{why}");
-            assert_eq!(resolve_precision(Precision::Auto, false, Some(&q(parity.clone()))).unwrap().0, "f32");
-            let (p, why) = resolve_precision(Precision::Int8, false, Some(&q(parity))).unwrap();
+            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16: false, vnni: true }, Some(&q(parity.clone()))).unwrap().0, "f32");
+            let (p, why) = resolve_precision(Precision::Int8, Cpu { bf16: false, vnni: true }, Some(&q(parity))).unwrap();
             assert_eq!(p, "int8");
             assert!(why.contains("OUTSIDE the parity bound") && why.contains(says), "{why}");
         }

@@ -339,6 +339,7 @@ fn structured_report(study: &Study, r: &SeriesResult) -> InMemDicomObject {
         text_item(code("111001", "DCM", "Algorithm Name"), name),
         text_item(code("111003", "DCM", "Algorithm Version"), version),
         text_item(code("CTS-SHA256", SCHEME, "Model SHA-256"), sha),
+        text_item(code("CTS-PRECISION", SCHEME, "Inference precision"), &r.summary.precision),
         text_item(
             code("CTS-NOTICE", SCHEME, "Notice"),
             "NOT FOR DIAGNOSTIC USE. A triage aid: a DenseNet121 classifier's slice probabilities, counted against the threshold; a radiologist reads the study.",

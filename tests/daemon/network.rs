@@ -284,6 +284,7 @@ fn results_reach_orthanc_in_the_scanned_study_once_through_pacs_outages() {
         "\"Positive extent needed\")=\"0\"",
         "\"Share of the lung in positive slices\")=\"",
         "\"Algorithm Name\")=\"tiny",
+        "\"Inference precision\")=\"",
         "Manufacturer        : ctsentry",
     ] {
         assert!(text.contains(want), "dsrdump lacks {want:?}:\n{text}");
