@@ -53,12 +53,20 @@ graph = helper.make_graph(
     [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1]), helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 7, 7])],
     inits,
 )
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ctsentry-tests")
-model.ir_version = 8
-onnx.checker.check_model(model)
-path = os.path.join(here, "tiny-densenet.onnx")
-data = model.SerializeToString()
-open(path, "wb").write(data)
+
+
+def save(graph, name):
+    """Writes `graph` as models/testdata/NAME (opset 17, IR 8, checked); returns (path, bytes)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ctsentry-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = os.path.join(here, name)
+    data = model.SerializeToString()
+    open(path, "wb").write(data)
+    return path, data
+
+
+path, data = save(graph, "tiny-densenet.onnx")
 sha = hashlib.sha256(data).hexdigest()
 open(os.path.join(here, "tiny-densenet.toml"), "w").write(f'''# Test model (models/testdata/make_tiny_model.py): the shipped model's contract, a few weights.
 [model]
@@ -107,10 +115,5 @@ iinits = [
     helper.make_tensor("x_zero", TensorProto.INT8, [], [0]),
 ] + inits[1:]
 igraph = helper.make_graph(inodes, "tiny-densenet-int8", graph.input, graph.output, iinits)
-imodel = helper.make_model(igraph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ctsentry-tests")
-imodel.ir_version = 8
-onnx.checker.check_model(imodel)
-ipath = os.path.join(here, "tiny-densenet.int8.onnx")
-idata = imodel.SerializeToString()
-open(ipath, "wb").write(idata)
+ipath, idata = save(igraph, "tiny-densenet.int8.onnx")
 print(ipath, len(idata), "bytes, sha256", hashlib.sha256(idata).hexdigest())
