@@ -126,7 +126,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Measure inference instead, with the configured model: tract, openvino, onnxruntime,
-        /// tensorrt or all (those available; OpenVINO in f32 and, where the CPU runs it, bf16).
+        /// tensorrt or all (those available; OpenVINO in f32, where the CPU runs it bf16, and
+        /// the bundle's int8 variant, if any, with its parity).
         #[arg(long, value_parser = ["tract", "openvino", "onnxruntime", "tensorrt", "all"])]
         engine: Option<String>,
         /// Seconds per engine measurement.

@@ -340,3 +340,30 @@ fn shipped_int8_variant_is_hashed_and_auto_follows_its_parity() {
         assert_ne!(p, "int8", "{why}");
     }
 }
+
+/// What an admin sees of the variant: `bench --engine openvino` measures every precision this
+/// machine runs, the int8 variant's row saying whether it is within the parity bound, and
+/// `doctor` names the variant and why `auto` takes it or not.
+#[test]
+fn bench_and_doctor_show_the_int8_variant_and_its_parity() {
+    if openvino_library().is_none() {
+        return;
+    }
+    for (parity, says) in [(WITHIN, "within the parity bound"), (OUTSIDE, "outside the parity bound")] {
+        let (dir, _p) = int8_bundle(parity, "", None);
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "[model]\npath = \"m.onnx\"\n").unwrap();
+        let out = common::bin().args(["--config", cfg.to_str().unwrap(), "bench", "--engine", "openvino", "--seconds", "0.2"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let int8 = text.lines().find(|l| l.starts_with("openvino     int8")).unwrap_or_else(|| panic!("no int8 row:\n{text}"));
+        assert!(int8.contains("images/s") && int8.contains(says), "{int8}");
+        assert!(text.lines().any(|l| l.starts_with("openvino     f32")), "{text}");
+        let out = common::bin().args(["--config", cfg.to_str().unwrap(), "doctor"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("model int8")).unwrap_or_else(|| panic!("no model int8 line:\n{text}"));
+        assert!(line.contains("m.int8.onnx") && line.contains(says), "{line}");
+        let ov = text.lines().find(|l| l.starts_with("engine ov")).unwrap();
+        assert!(ov.contains(if parity == WITHIN { "precision auto: int8" } else { "outside the parity bound" }), "{ov}");
+    }
+}
