@@ -316,6 +316,8 @@ pub fn run(source: &ConfigSource) -> Report {
     };
     // Read and hashed once: the model line and the drift line both need it.
     let model = settings.as_ref().map(|s| crate::model::Model::load(&s.model_path));
+    // The int8 variant, read and hashed once: why it cannot be used, if so.
+    let int8_unusable = model.as_ref().and_then(|m| m.as_ref().ok()).filter(|m| m.manifest.int8.is_some()).and_then(|m| m.int8_bytes().err()).map(|e| e.to_string());
     let build = if cfg!(any(feature = "cuda", feature = "cuda-12")) { "built with CUDA support" } else { "built without CUDA support" };
     let gpu = cuda::probe();
     match &gpu {
@@ -350,12 +352,10 @@ pub fn run(source: &ConfigSource) -> Report {
                 let _ = writeln!(r, "model         {} {} (sha256 {}…): ok", i.name, i.version, &i.sha256[..12]);
                 if let Some(q) = &m.manifest.int8 {
                     let file = m.int8_path().map(|p| p.display().to_string()).unwrap_or_default();
-                    let state = match m.int8_bytes() {
-                        Err(e) => format!("NOT USABLE: {e}"),
-                        Ok(_) => match q.parity.outside_bound() {
-                            None => format!("ok, within the parity bound ({})", q.parity.describe()),
-                            Some(why) => format!("ok, outside the parity bound ({why}): auto does not use it"),
-                        },
+                    let state = match &int8_unusable {
+                        Some(e) => format!("NOT USABLE: {e}"),
+                        None if q.parity.outside_bound().is_some() => format!("ok, {}: auto does not use it", q.parity.status()),
+                        None => format!("ok, {}", q.parity.status()),
                     };
                     let _ = writeln!(r, "model int8    {file} (sha256 {}…): {state}", &q.sha256[..12.min(q.sha256.len())]);
                 }
@@ -376,13 +376,12 @@ pub fn run(source: &ConfigSource) -> Report {
         let _ = writeln!(r, "engine ort    {ort}");
         let ov = match crate::engine::openvino::library(s.openvino_library.as_deref()) {
             Ok(p) => {
-                let loaded = model.as_ref().and_then(|m| m.as_ref().ok());
-                let int8 = loaded.and_then(|m| m.manifest.int8.as_ref());
+                let int8 = model.as_ref().and_then(|m| m.as_ref().ok()).and_then(|m| m.manifest.int8.as_ref());
                 let precision = match crate::engine::openvino::resolve_precision(s.precision, crate::engine::openvino::Cpu::this(), int8) {
-                    Ok(("int8", _)) if loaded.is_some_and(|m| m.int8_bytes().is_err()) && s.precision == crate::config::Precision::Auto => {
+                    Ok(c) if c.precision == "int8" && int8_unusable.is_some() && s.precision == crate::config::Precision::Auto => {
                         "precision auto: int8 chosen by its parity, but the variant is NOT USABLE (see \"model int8\"): the float model runs instead".to_string()
                     }
-                    Ok((p, why)) => format!("precision {}: {p} ({why})", s.precision.name()),
+                    Ok(c) => format!("precision {}: {}{} ({})", s.precision.name(), c.precision, if c.warn { " (WARNING)" } else { "" }, c.why),
                     Err(e) => format!("NOT USABLE: {e}"),
                 };
                 format!("library {} found; {precision}", p.display())

@@ -592,7 +592,7 @@ fn cmd_bench_engines(s: &Settings, which: &str, batch: usize, json: bool, second
             Ok(b) if json => println!("{}", serde_json::to_string(&b).context("serialising")?),
             Ok(b) => {
                 let parity = match (b.precision.as_str(), m.int8.as_ref()) {
-                    ("int8", Some(q)) => q.parity.outside_bound().map_or("  (within the parity bound)".to_string(), |why| format!("  (outside the parity bound: {why})")),
+                    ("int8", Some(q)) => format!("  ({})", q.parity.status()),
                     _ => String::new(),
                 };
                 println!("{:<12} {:<5} {:<28} batch {:>3}  {:>8.1} images/s{parity}", b.engine, b.precision, b.model, b.batch, b.images_per_s)

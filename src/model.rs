@@ -184,6 +184,14 @@ impl Int8Parity {
         (!why.is_empty()).then(|| why.join(", "))
     }
 
+    /// "within the parity bound (values)" or "outside the parity bound (why)".
+    pub fn status(&self) -> String {
+        match self.outside_bound() {
+            None => format!("within the parity bound ({})", self.describe()),
+            Some(why) => format!("outside the parity bound ({why})"),
+        }
+    }
+
     /// One line: the measured values.
     pub fn describe(&self) -> String {
         format!(
@@ -284,7 +292,7 @@ impl Manifest {
         if let Some(s) = self.decision.min_positive_share.filter(|s| !(0.0..=1.0).contains(s)) {
             bad.push(format!("decision.min_positive_share = {s} is outside 0..=1"));
         }
-        if self.model.sha256.len() != 64 || !self.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_sha256(&self.model.sha256) {
             bad.push(format!("model.sha256 = {:?} is not 64 hex digits", self.model.sha256));
         }
         if let Some(q) = &self.int8 {
@@ -292,7 +300,7 @@ impl Manifest {
             if q.file.is_empty() || name.components().count() != 1 || name.file_name().is_none() {
                 bad.push(format!("int8.file = {:?} must be a file name in the manifest's folder", q.file));
             }
-            if q.sha256.len() != 64 || !q.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_sha256(&q.sha256) {
                 bad.push(format!("int8.sha256 = {:?} is not 64 hex digits", q.sha256));
             }
             if let Some(t) = q.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
@@ -335,6 +343,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `s` is 64 hex digits.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The bytes of `path`, refused unless their sha256 is `expected`.
+fn read_checked(path: &Path, expected: &str) -> Result<Vec<u8>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let actual = sha256_hex(&bytes);
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(ModelError::Hash { path: path.to_path_buf(), expected: expected.to_string(), actual });
+    }
+    Ok(bytes)
+}
+
 /// The manifest path of a model path: same stem, `.toml`.
 pub fn manifest_path(model: &Path) -> PathBuf {
     model.with_extension("toml")
@@ -347,11 +370,7 @@ impl Model {
         let text = std::fs::read_to_string(&manifest_path).map_err(|source| ModelError::Io { path: manifest_path.clone(), source })?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest { path: manifest_path.clone(), reason: e.to_string().trim().replace('\n', " ") })?;
         manifest.validate().map_err(|reason| ModelError::Manifest { path: manifest_path.clone(), reason })?;
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-        let actual = sha256_hex(&bytes);
-        if !actual.eq_ignore_ascii_case(&manifest.model.sha256) {
-            return Err(ModelError::Hash { path: path.to_path_buf(), expected: manifest.model.sha256.clone(), actual });
-        }
+        let bytes = read_checked(path, &manifest.model.sha256)?;
         Ok(Model { path: path.to_path_buf(), manifest_path, manifest, bytes })
     }
 
@@ -365,11 +384,6 @@ impl Model {
         let (Some(q), Some(path)) = (&self.manifest.int8, self.int8_path()) else {
             return Err(ModelError::Manifest { path: self.manifest_path.clone(), reason: "the bundle has no int8 variant (no [int8] table)".into() });
         };
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        let actual = sha256_hex(&bytes);
-        if !actual.eq_ignore_ascii_case(&q.sha256) {
-            return Err(ModelError::Hash { path, expected: q.sha256.clone(), actual });
-        }
-        Ok(bytes)
+        read_checked(&path, &q.sha256)
     }
 }

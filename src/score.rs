@@ -378,35 +378,34 @@ fn tensorrt(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
 fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
     use crate::engine::openvino::{cache_dir, library, resolve_precision, Cpu, OpenVinoEngine};
     let cpu = Cpu::this();
-    let (precision, why) = resolve_precision(s.precision, cpu, model.manifest.int8.as_ref())?;
+    let choice = resolve_precision(s.precision, cpu, model.manifest.int8.as_ref())?;
     let lib = library(s.openvino_library.as_deref())?;
     let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
     let load = |precision: &'static str| {
         // int8's cache entry also depends on the precision of its float operations.
-        let key = if precision == "int8" { format!("int8-{}", if cpu.bf16 { "bf16" } else { "f32" }) } else { precision.to_string() };
+        let key = if precision == "int8" { format!("int8-{}", cpu.float().0) } else { precision.to_string() };
         let cache = cache_dir(&s.paths.state, &key, threads).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
         OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map(|e| (e, cache))
     };
-    let (e, cache, precision, why) = match load(precision) {
-        Ok((e, cache)) => (e, cache, precision, why),
-        Err(failed) if precision == "int8" && s.precision == crate::config::Precision::Auto => {
-            let (float, float_why) = resolve_precision(s.precision, cpu, None)?;
-            let why = format!("{}; the bundle's int8 variant could not be loaded: {failed}", float_why.replace("; the bundle has no int8 variant", ""));
-            log::warn!("OpenVINO precision {why}");
+    let (e, cache, why, warn) = match load(choice.precision) {
+        Ok((e, cache)) => (e, cache, choice.why, choice.warn),
+        Err(failed) if choice.precision == "int8" && s.precision == crate::config::Precision::Auto => {
+            let (float, float_why) = cpu.float();
             let (e, cache) = load(float).map_err(|e| e.to_string())?;
-            (e, cache, float, why)
+            (e, cache, format!("{float_why}; the bundle's int8 variant could not be loaded: {failed}"), true)
         }
         Err(failed) => return Err(failed.to_string()),
     };
-    let e = e.with_reason(why.clone());
     if let Some(dir) = cache.as_deref().filter(|_| e.from_cache()) {
         log::info!("OpenVINO: compiled model imported from {}", dir.display());
     }
-    if why.contains("OUTSIDE") {
-        log::warn!("OpenVINO precision {why}");
+    let rest = if e.precision() == "int8" { format!(" (the rest in {})", e.float_precision()) } else { String::new() };
+    if warn {
+        log::warn!("OpenVINO precision {why}{rest}");
     } else {
-        log::info!("OpenVINO precision {why}{}", if precision == "int8" { format!(" (the rest in {})", e.float_precision()) } else { String::new() });
+        log::info!("OpenVINO precision {why}{rest}");
     }
+    let e = e.with_reason(why);
     Ok(Arc::new(e))
 }
 

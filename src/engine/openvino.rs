@@ -27,67 +27,86 @@ pub const PACKAGED_DIR: &str = "/usr/lib/ctsentry/openvino";
 /// Whether this CPU runs bfloat16 matrix math natively (AMX or AVX512-BF16), from
 /// `/proc/cpuinfo`.
 pub fn cpu_has_bf16() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
+    Cpu::this().bf16
 }
 
-/// Whether this CPU has VNNI int8 dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8), from
-/// `/proc/cpuinfo`.
-pub fn cpu_has_vnni() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|t| t.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "avx512_vnni" || f == "avx_vnni" || f == "amx_int8")))
-}
-
-/// What this CPU offers the OpenVINO engine.
+/// What this CPU offers the OpenVINO engine, from the flags of `/proc/cpuinfo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cpu {
-    /// bfloat16 (AMX or AVX512-BF16).
+    /// bfloat16 matrix math (AMX or AVX512-BF16).
     pub bf16: bool,
-    /// VNNI int8 dot products.
+    /// VNNI int8 dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8).
     pub vnni: bool,
 }
 
 impl Cpu {
     /// This machine's CPU.
     pub fn this() -> Cpu {
-        Cpu { bf16: cpu_has_bf16(), vnni: cpu_has_vnni() }
+        let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let flags: Vec<&str> = text.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+        let any = |names: &[&str]| names.iter().any(|n| flags.contains(n));
+        Cpu { bf16: any(&["amx_bf16", "avx512_bf16"]), vnni: any(&["avx512_vnni", "avx_vnni", "amx_int8"]) }
     }
+
+    /// The float precision `auto` runs here (and that int8 runs its float operations in), with
+    /// the reason.
+    pub fn float(self) -> (&'static str, &'static str) {
+        if self.bf16 {
+            ("bf16", "bf16: this CPU has AMX or AVX512-BF16")
+        } else {
+            ("f32", "f32: this CPU has neither AMX nor AVX512-BF16")
+        }
+    }
+}
+
+/// The precision chosen for the engine: what it runs, why, and whether that deserves a warning
+/// (int8 named outside the parity bound, or on a CPU its parity was not measured for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// `f32`, `bf16` or `int8`.
+    pub precision: &'static str,
+    /// Why, in words.
+    pub why: String,
+    /// Whether the log and `doctor` should warn.
+    pub warn: bool,
 }
 
 /// The precision the engine runs for `wanted` on this CPU with this bundle's int8 variant (if
 /// any), and why, or why it cannot. `auto` takes the fastest within parity: int8 when the
 /// variant's measured parity is within the bound ([`crate::model::Int8Parity::outside_bound`]), else bf16 where
-/// the CPU runs it, else f32. A named `int8` runs outside the bound too, the reason saying so. A
+/// the CPU runs it, else f32. A named `int8` runs outside the bound too, with a warning. A
 /// record measured with VNNI does not count on a CPU without it.
-pub fn resolve_precision(wanted: Precision, cpu: Cpu, int8: Option<&Int8Info>) -> Result<(&'static str, String), String> {
-    let bf16 = cpu.bf16;
-    let float = if bf16 { ("bf16", "bf16: this CPU has AMX or AVX512-BF16") } else { ("f32", "f32: this CPU has neither AMX nor AVX512-BF16") };
+pub fn resolve_precision(wanted: Precision, cpu: Cpu, int8: Option<&Int8Info>) -> Result<Choice, String> {
+    let choice = |precision, why: String, warn| Ok(Choice { precision, why, warn });
+    let (float, float_why) = cpu.float();
+    let unmeasured = |q: &Int8Info| q.parity.vnni && !cpu.vnni;
     match wanted {
-        Precision::Auto => match int8.map(|q| (q, q.parity.outside_bound())) {
-            Some((q, None)) if q.parity.vnni && !cpu.vnni => Ok((
-                float.0,
-                format!("{}; the bundle's int8 variant is within the parity bound as measured with VNNI, which this CPU lacks (no avx512_vnni, avx_vnni or amx_int8)", float.1),
-            )),
-            Some((q, None)) => Ok(("int8", format!("int8: the bundle's int8 variant is within the parity bound ({})", q.parity.describe()))),
-            Some((_, Some(why))) => Ok((float.0, format!("{}; the bundle's int8 variant is outside the parity bound ({why})", float.1))),
-            None => Ok((float.0, format!("{}; the bundle has no int8 variant", float.1))),
+        Precision::Auto => match int8 {
+            Some(q) if q.parity.outside_bound().is_some() => choice(float, format!("{float_why}; the bundle's int8 variant is {}", q.parity.status()), false),
+            Some(q) if unmeasured(q) => choice(
+                float,
+                format!("{float_why}; the bundle's int8 variant is within the parity bound as measured with VNNI, which this CPU lacks (no avx512_vnni, avx_vnni or amx_int8)"),
+                false,
+            ),
+            Some(q) => choice("int8", format!("int8: the bundle's int8 variant is {}", q.parity.status()), false),
+            None => choice(float, format!("{float_why}; the bundle has no int8 variant"), false),
         },
-        Precision::F32 => Ok(("f32", "f32: configured".into())),
-        Precision::Bf16 if bf16 => Ok(("bf16", "bf16: configured".into())),
+        Precision::F32 => choice("f32", "f32: configured".into(), false),
+        Precision::Bf16 if cpu.bf16 => choice("bf16", "bf16: configured".into(), false),
         Precision::Bf16 => Err("engine.precision = \"bf16\": this CPU has neither AMX nor AVX512-BF16 (/proc/cpuinfo flags amx_bf16, avx512_bf16)".into()),
         Precision::Int8 => match int8 {
-            Some(q) => Ok((
+            Some(q) if q.parity.outside_bound().is_some() => choice(
                 "int8",
-                match q.parity.outside_bound() {
-                    None if q.parity.vnni && !cpu.vnni => {
-                        "int8: configured; its parity was measured with VNNI, which this CPU lacks: commission it on this site's studies".to_string()
-                    }
-                    None => format!("int8: configured; within the parity bound ({})", q.parity.describe()),
-                    Some(why) => {
-                        format!("int8: configured, OUTSIDE the parity bound ({why}): its decisions can differ from the validated f32 model's; commission it on this site's studies")
-                    }
-                },
-            )),
+                format!(
+                    "int8: configured, OUTSIDE the parity bound ({}): its decisions can differ from the validated f32 model's; commission it on this site's studies",
+                    q.parity.outside_bound().unwrap_or_default()
+                ),
+                true,
+            ),
+            Some(q) if unmeasured(q) => {
+                choice("int8", "int8: configured; its parity was measured with VNNI, which this CPU lacks: commission it on this site's studies".into(), true)
+            }
+            Some(q) => choice("int8", format!("int8: configured; {}", q.parity.status()), false),
             None => Err("engine.precision = \"int8\": the model bundle has no int8 variant (no [int8] table in its manifest; models/README.md says how one is made)".into()),
         },
         Precision::F16 => Err("engine.precision = \"f16\": the OpenVINO CPU engine runs int8, bf16 or f32 (f16 is for a TensorRT plan)".into()),
@@ -189,7 +208,7 @@ impl OpenVinoEngine {
         let err = |reason: String| EngineError::Load { model: model.path.display().to_string(), reason };
         let ov = |what: &'static str| move |e: openvino::InferenceError| err(format!("OpenVINO {what}: {e}"));
         let (bytes, float) = match precision {
-            "int8" => (Some(model.int8_bytes().map_err(|e| err(e.to_string()))?), if cpu_has_bf16() { "bf16" } else { "f32" }),
+            "int8" => (Some(model.int8_bytes().map_err(|e| err(e.to_string()))?), Cpu::this().float().0),
             p => (None, p),
         };
         let bytes = bytes.as_deref().unwrap_or(&model.bytes);
@@ -306,7 +325,7 @@ mod tests {
     #[test]
     fn precision_is_resolved_never_silently_changed() {
         let cpu = |bf16| Cpu { bf16, vnni: true };
-        let p = |w, bf16| resolve_precision(w, cpu(bf16), None).map(|(p, _)| p);
+        let p = |w, bf16| resolve_precision(w, cpu(bf16), None).map(|c| c.precision);
         assert_eq!(p(Precision::Auto, true), Ok("bf16"));
         assert_eq!(p(Precision::Auto, false), Ok("f32"));
         assert_eq!(p(Precision::F32, true), Ok("f32"));
@@ -314,7 +333,7 @@ mod tests {
         assert!(p(Precision::Bf16, false).unwrap_err().contains("neither AMX nor AVX512-BF16"));
         assert!(p(Precision::F16, true).is_err());
         assert!(p(Precision::Int8, true).unwrap_err().contains("has no int8 variant"));
-        assert!(resolve_precision(Precision::Auto, cpu(false), None).unwrap().1.contains("has no int8 variant"));
+        assert!(resolve_precision(Precision::Auto, cpu(false), None).unwrap().why.contains("has no int8 variant"));
     }
 
     /// `auto` takes int8 only within every parity bound, and says why not; a named int8 runs
@@ -334,16 +353,17 @@ mod tests {
         };
         let q = |parity: Int8Parity| Int8Info { file: "m.int8.onnx".into(), sha256: "0".repeat(64), method: "test".into(), threshold: None, threshold_method: None, parity };
         for bf16 in [true, false] {
-            let (p, why) = resolve_precision(Precision::Auto, Cpu { bf16, vnni: true }, Some(&q(within.clone()))).unwrap();
-            assert_eq!(p, "int8");
+            let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16, vnni: true }, Some(&q(within.clone()))).unwrap();
+            assert_eq!((p, warn), ("int8", false));
             assert!(why.contains("within the parity bound") && why.contains("0.015"), "{why}");
             // Measured with VNNI: not on a CPU without it; measured without: there too.
-            let (p, why) = resolve_precision(Precision::Auto, Cpu { bf16, vnni: false }, Some(&q(within.clone()))).unwrap();
-            assert_eq!(p, if bf16 { "bf16" } else { "f32" });
+            let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16, vnni: false }, Some(&q(within.clone()))).unwrap();
+            assert_eq!((p, warn), (if bf16 { "bf16" } else { "f32" }, false));
             assert!(why.contains("which this CPU lacks"), "{why}");
             let without = Int8Parity { vnni: false, ..within.clone() };
-            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16, vnni: false }, Some(&q(without))).unwrap().0, "int8");
-            assert!(resolve_precision(Precision::Int8, Cpu { bf16, vnni: false }, Some(&q(within.clone()))).unwrap().1.contains("which this CPU lacks"));
+            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16, vnni: false }, Some(&q(without))).unwrap().precision, "int8");
+            let named = resolve_precision(Precision::Int8, Cpu { bf16, vnni: false }, Some(&q(within.clone()))).unwrap();
+            assert!(named.warn && named.why.contains("which this CPU lacks"), "{named:?}");
         }
         let outside = [
             Int8Parity { max_abs_prob_diff: 0.021, ..within.clone() },
@@ -355,12 +375,12 @@ mod tests {
         for (parity, says) in
             outside.into_iter().zip(["max |Δprob| 0.021 > 0.02", "AUC change 0.006 > 0.005", "series verdicts differ", "no slices or no series", "max |Δprob| NaN"])
         {
-            let (p, why) = resolve_precision(Precision::Auto, Cpu { bf16: true, vnni: true }, Some(&q(parity.clone()))).unwrap();
-            assert_eq!(p, "bf16");
+            let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16: true, vnni: true }, Some(&q(parity.clone()))).unwrap();
+            assert_eq!((p, warn), ("bf16", false));
             assert!(why.contains("outside the parity bound") && why.contains(says), "{why}");
-            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16: false, vnni: true }, Some(&q(parity.clone()))).unwrap().0, "f32");
-            let (p, why) = resolve_precision(Precision::Int8, Cpu { bf16: false, vnni: true }, Some(&q(parity))).unwrap();
-            assert_eq!(p, "int8");
+            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16: false, vnni: true }, Some(&q(parity.clone()))).unwrap().precision, "f32");
+            let Choice { precision: p, why, warn } = resolve_precision(Precision::Int8, Cpu { bf16: false, vnni: true }, Some(&q(parity))).unwrap();
+            assert_eq!((p, warn), ("int8", true));
             assert!(why.contains("OUTSIDE the parity bound") && why.contains(says), "{why}");
         }
     }
