@@ -35,6 +35,15 @@ def score(binary, config, precision, folder):
     return {os.path.abspath(d["file"]): d for d in lines if d["type"] == "slice"}, [d for d in lines if d["type"] == "series"]
 
 
+def vnni_allowed():
+    """Whether oneDNN's instruction-set limit in the environment (ONEDNN_MAX_CPU_ISA, as
+    `Cpu::from_flags` in src/engine/openvino.rs reads it) leaves OpenVINO its VNNI kernels."""
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    if limit in ("SSE41", "AVX", "AVX2", "AVX512_CORE"):
+        return False
+    return True
+
+
 def auc(pairs):
     pos = [p for p, y in pairs if y == 1]
     neg = [p for p, y in pairs if y == 0]
@@ -92,7 +101,7 @@ def main():
     if a.toml:
         up = lambda x: math.ceil(x * 1e4) / 1e4  # rounded up: rounding must never move a value into the bound
         flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
-        vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+        vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) and vnni_allowed()
         print(f"\n[int8.parity]\nmax_abs_prob_diff = {up(worst):.4f}\nauc_diff = {up(abs(aa - ab)):.4f}\nseries_verdicts_identical = {str(same).lower()}")
         print(f"slices = {len(scored)}\nseries = {series}\ndecisions_flipped = {flipped}\nvnni = {str(vnni).lower()}")
         print(f'measured_with = "scripts/parity.py --precisions {a.precisions} on {len(a.series)} folders ({series} series): SAY WHICH"')
