@@ -35,13 +35,21 @@ def score(binary, config, precision, folder):
     return {os.path.abspath(d["file"]): d for d in lines if d["type"] == "slice"}, [d for d in lines if d["type"] == "series"]
 
 
-def vnni_allowed():
-    """Whether oneDNN's instruction-set limit in the environment (ONEDNN_MAX_CPU_ISA, as
-    `Cpu::from_flags` in src/engine/openvino.rs reads it) leaves OpenVINO its VNNI kernels."""
-    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
-    if limit in ("SSE41", "AVX", "AVX2", "AVX512_CORE"):
-        return False
-    return True
+def vnni_usable(flags):
+    """Whether this CPU's VNNI kernels are left to OpenVINO by oneDNN's instruction-set limit in
+    the environment (ONEDNN_MAX_CPU_ISA; the same sets as `isa_allows` in
+    src/engine/openvino.rs: AVX2_VNNI holds avx_vnni, AVX512_CORE_VNNI avx512_vnni, the AVX10 /
+    FP16 / AMX sets both, AMX sets amx_int8; an unknown name is no limit)."""
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "DEFAULT").strip().upper()
+    known = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16",
+             "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
+             "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+    if limit not in known:
+        return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    wide = limit.startswith(("AVX10", "AVX512_CORE_FP16", "AVX512_CORE_AMX"))
+    return (("avx_vnni" in flags and (wide or limit.startswith("AVX2_VNNI")))
+            or ("avx512_vnni" in flags and (wide or limit in ("AVX512_CORE_VNNI", "AVX512_CORE_BF16")))
+            or ("amx_int8" in flags and "AMX" in limit))
 
 
 def auc(pairs):
@@ -101,7 +109,7 @@ def main():
     if a.toml:
         up = lambda x: math.ceil(x * 1e4) / 1e4  # rounded up: rounding must never move a value into the bound
         flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
-        vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) and vnni_allowed()
+        vnni = vnni_usable(flags)
         print(f"\n[int8.parity]\nmax_abs_prob_diff = {up(worst):.4f}\nauc_diff = {up(abs(aa - ab)):.4f}\nseries_verdicts_identical = {str(same).lower()}")
         print(f"slices = {len(scored)}\nseries = {series}\ndecisions_flipped = {flipped}\nvnni = {str(vnni).lower()}")
         print(f'measured_with = "scripts/parity.py --precisions {a.precisions} on {len(a.series)} folders ({series} series): SAY WHICH"')

@@ -157,7 +157,7 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
     let batch = random_batch(5, n);
     let want = tract.infer(&batch, n).unwrap();
     let f32_engine = OpenVinoEngine::load(&model, &lib, "f32", 2, None).unwrap();
-    assert_eq!((f32_engine.name(), f32_engine.precision()), ("openvino", "f32"));
+    assert_eq!((f32_engine.name(), f32_engine.precision(), f32_engine.fixed_batch()), ("openvino", "f32", Some(4)));
     let got = f32_engine.infer(&batch, n).unwrap();
     assert!(got.prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-5), "{:?} vs {:?}", got.prob, want.prob);
     assert!(got.cam.iter().zip(&want.cam).all(|(x, y)| (x - y).abs() < 1e-4));
@@ -168,7 +168,7 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
     assert!((one.prob[0] - want.prob[0]).abs() < 1e-5 && one.cam.iter().zip(&want.cam).all(|(x, y)| (x - y).abs() < 1e-4), "{:?} vs {:?}", one.prob, want.prob);
     if cpu_has_bf16() {
         let bf16 = OpenVinoEngine::load(&model, &lib, "bf16", 2, None).unwrap();
-        assert_eq!(bf16.precision(), "bf16");
+        assert_eq!((bf16.precision(), bf16.fixed_batch()), ("bf16", None));
         let got = bf16.infer(&batch, n).unwrap();
         let worst = got.prob.iter().zip(&want.prob).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst <= 0.01, "bf16 vs f32: max |prob difference| {worst}");
@@ -341,7 +341,7 @@ fn shipped_int8_variant_is_hashed_and_auto_follows_its_parity() {
     assert!(!model.int8_bytes().unwrap().is_empty());
     assert!(q.parity.outside_bound().is_some_and(|why| why.contains("max |Δprob| 0.0429 > 0.02")), "{:?}", q.parity.outside_bound());
     for bf16 in [true, false] {
-        let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16, vnni: true, limited: false }, Some(q)).unwrap();
+        let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16, vnni: true, bf16_limited: false, vnni_limited: false }, Some(q)).unwrap();
         assert!(p != "int8" && !warn, "{why}");
     }
 }

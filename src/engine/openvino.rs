@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape, Tensor};
 
-use super::{check_batch, Engine, EngineError, Output};
+use super::{check_batch, Engine, EngineError, Output, CAM_SIDE};
 use crate::config::Precision;
 use crate::model::{Int8Info, Model};
 
@@ -23,8 +23,8 @@ use crate::model::{Int8Info, Model};
 /// In f32 the model is compiled for exactly this batch (a static shape; a shorter call is padded
 /// with zeros, whose results are dropped): with the graph's dynamic batch, OpenVINO's CPU plugin
 /// plans f32 memory per shape at run time, and the daemon's peak RSS on a 148-slice series was
-/// 423 MiB (432 limited to AVX2), above the 400 MB bound, against 297 (296) with the static
-/// shape, at the same latency. bf16 and int8 keep the dynamic batch: there the static shape
+/// 423 MiB (432 limited to AVX2), above the 400 MB bound, against 298 (both) with the static
+/// shape, at the same latency. (So `bench --batch` 1–3 in f32 pays for 4 slices per call.) bf16 and int8 keep the dynamic batch: there the static shape
 /// made the daemon slower (bf16 +0.5 s, int8 +1.4 s after the last file) and, for int8, larger
 /// (404 MiB against 266), and bf16's 341 MiB is within the bound.
 const BATCH: usize = 4;
@@ -41,7 +41,7 @@ pub fn cpu_has_bf16() -> bool {
 /// The environment variables with which oneDNN (the kernels of OpenVINO's CPU plugin) is told to
 /// use no instruction set above a given one: an admin's way to keep a box off AVX512, and the way
 /// to measure here what an AVX2-only CPU runs.
-pub const MAX_ISA_VARS: [&str; 2] = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
+const MAX_ISA_VARS: [&str; 2] = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
 
 /// What this CPU offers the OpenVINO engine, from the flags of `/proc/cpuinfo`, within the
 /// limit of `ONEDNN_MAX_CPU_ISA` where set ([`MAX_ISA_VARS`]).
@@ -51,8 +51,10 @@ pub struct Cpu {
     pub bf16: bool,
     /// VNNI int8 dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8).
     pub vnni: bool,
-    /// Whether an instruction-set limit in the environment took bf16 or VNNI away.
-    pub limited: bool,
+    /// Whether an instruction-set limit in the environment took this CPU's bf16 away.
+    pub bf16_limited: bool,
+    /// Whether an instruction-set limit in the environment took this CPU's VNNI away.
+    pub vnni_limited: bool,
 }
 
 impl Cpu {
@@ -61,19 +63,24 @@ impl Cpu {
     pub fn this() -> Cpu {
         let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let flags: Vec<&str> = text.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
-        let limit = MAX_ISA_VARS.iter().find_map(|v| std::env::var(v).ok());
+        // oneDNN skips an empty value, as here.
+        let limit = MAX_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|x| !x.trim().is_empty()));
         Cpu::from_flags(&flags, limit.as_deref())
     }
 
     /// A CPU with these `/proc/cpuinfo` flags, under oneDNN's instruction-set limit `max_isa`
     /// (its names, case-insensitive: `AVX2`, `AVX2_VNNI`, `AVX512_CORE`, `AVX512_CORE_VNNI`,
-    /// `AVX512_CORE_BF16`, `AVX512_CORE_AMX`, ...). A name oneDNN does not know sets no limit,
-    /// as in oneDNN.
+    /// `AVX512_CORE_BF16`, `AVX512_CORE_AMX`, `AVX10_1_512`, ...). A name oneDNN does not know
+    /// sets no limit, as in oneDNN.
     pub fn from_flags(flags: &[&str], max_isa: Option<&str>) -> Cpu {
-        let any = |names: &[&str]| names.iter().any(|n| flags.contains(n));
-        let (bf16, vnni) = (any(&["amx_bf16", "avx512_bf16"]), any(&["avx512_vnni", "avx_vnni", "amx_int8"]));
-        let (bf16_ok, vnni_ok) = max_isa.and_then(isa_allows).unwrap_or((true, true));
-        Cpu { bf16: bf16 && bf16_ok, vnni: vnni && vnni_ok, limited: (bf16 && !bf16_ok) || (vnni && !vnni_ok) }
+        let usable = |names: &[&str]| {
+            let have = names.iter().any(|n| flags.contains(n));
+            let allowed = names.iter().any(|n| flags.contains(n) && max_isa.is_none_or(|l| isa_allows(l, n)));
+            (allowed, have && !allowed)
+        };
+        let (bf16, bf16_limited) = usable(&["amx_bf16", "avx512_bf16"]);
+        let (vnni, vnni_limited) = usable(&["avx512_vnni", "avx_vnni", "amx_int8"]);
+        Cpu { bf16, vnni, bf16_limited, vnni_limited }
     }
 
     /// The float precision `auto` runs here (and that int8 runs its float operations in), with
@@ -81,7 +88,7 @@ impl Cpu {
     pub fn float(self) -> (&'static str, &'static str) {
         if self.bf16 {
             ("bf16", "bf16: this CPU has AMX or AVX512-BF16")
-        } else if self.limited {
+        } else if self.bf16_limited {
             ("f32", "f32: ONEDNN_MAX_CPU_ISA keeps OpenVINO below this CPU's AMX or AVX512-BF16")
         } else {
             ("f32", "f32: this CPU has neither AMX nor AVX512-BF16")
@@ -89,18 +96,43 @@ impl Cpu {
     }
 }
 
-/// Whether oneDNN's instruction-set limit `name` allows bf16 and VNNI kernels; `None` for a name
-/// it does not know (no limit).
-fn isa_allows(name: &str) -> Option<(bool, bool)> {
-    let n = name.trim().to_ascii_uppercase();
-    Some(match n.as_str() {
-        "ALL" => (true, true),
-        "SSE41" | "AVX" | "AVX2" | "AVX512_CORE" => (false, false),
-        // AVX2_VNNI_2 converts bf16 but has no bf16 dot product, which OpenVINO's bf16 needs.
-        "AVX2_VNNI" | "AVX2_VNNI_2" | "AVX512_CORE_VNNI" => (false, true),
-        _ if n.starts_with("AVX512_CORE_") || n.starts_with("AVX10") => (true, true),
-        _ => return None,
-    })
+/// Whether oneDNN's instruction-set limit `limit` leaves OpenVINO the kernels of the CPU flag
+/// `flag` (`avx512_vnni`, `avx_vnni`, `amx_int8`, `avx512_bf16`, `amx_bf16`). oneDNN's limits
+/// are sets, not a line: `AVX2_VNNI` holds `avx_vnni` but not `avx512_vnni`, `AVX512_CORE_VNNI`
+/// the reverse; the AVX10 / FP16 sets hold both; AMX only the `*AMX*` sets. A name oneDNN does
+/// not know sets no limit.
+fn isa_allows(limit: &str, flag: &str) -> bool {
+    const KNOWN: [&str; 16] = [
+        "SSE41",
+        "AVX",
+        "AVX2",
+        "AVX2_VNNI",
+        "AVX2_VNNI_2",
+        "AVX512_CORE",
+        "AVX512_CORE_VNNI",
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX512_CORE_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512",
+        "AVX10_1_512_AMX",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2_512",
+        "AVX10_2_512_AMX_2",
+    ];
+    let l = limit.trim().to_ascii_uppercase();
+    if !KNOWN.contains(&l.as_str()) {
+        return true; // DEFAULT, ALL, or a name oneDNN ignores
+    }
+    let avx10 = l.starts_with("AVX10") || l.starts_with("AVX512_CORE_FP16") || l.starts_with("AVX512_CORE_AMX");
+    let amx = l.contains("AMX");
+    match flag {
+        "avx_vnni" => avx10 || l.starts_with("AVX2_VNNI"),
+        "avx512_vnni" => avx10 || l == "AVX512_CORE_VNNI" || l == "AVX512_CORE_BF16",
+        "avx512_bf16" => avx10 || l == "AVX512_CORE_BF16",
+        "amx_int8" | "amx_bf16" => amx,
+        _ => true,
+    }
 }
 
 /// The precision chosen for the engine: what it runs, why, and whether that deserves a warning
@@ -131,7 +163,7 @@ pub fn resolve_precision(wanted: Precision, cpu: Cpu, int8: Option<&Int8Info>) -
                 float,
                 format!(
                     "{float_why}; the bundle's int8 variant is within the parity bound as measured with VNNI, which this CPU lacks (no avx512_vnni, avx_vnni or amx_int8{})",
-                    if cpu.limited { ", or ONEDNN_MAX_CPU_ISA keeps OpenVINO below them" } else { "" }
+                    if cpu.vnni_limited { ", or ONEDNN_MAX_CPU_ISA keeps OpenVINO below them" } else { "" }
                 ),
                 false,
             ),
@@ -140,6 +172,7 @@ pub fn resolve_precision(wanted: Precision, cpu: Cpu, int8: Option<&Int8Info>) -
         },
         Precision::F32 => choice("f32", "f32: configured".into(), false),
         Precision::Bf16 if cpu.bf16 => choice("bf16", "bf16: configured".into(), false),
+        Precision::Bf16 if cpu.bf16_limited => Err("engine.precision = \"bf16\": ONEDNN_MAX_CPU_ISA keeps OpenVINO below this CPU's AMX or AVX512-BF16".into()),
         Precision::Bf16 => Err("engine.precision = \"bf16\": this CPU has neither AMX nor AVX512-BF16 (/proc/cpuinfo flags amx_bf16, avx512_bf16)".into()),
         Precision::Int8 => match int8 {
             Some(q) if q.parity.outside_bound().is_some() => choice(
@@ -336,6 +369,12 @@ impl OpenVinoEngine {
         self
     }
 
+    /// The batch the model is compiled for (f32: [`BATCH`], padded), or `None` where it takes
+    /// any batch up to it.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
     /// Whether the compiled model was imported from the cache rather than compiled.
     pub fn from_cache(&self) -> bool {
         self.from_cache
@@ -372,8 +411,11 @@ impl Engine for OpenVinoEngine {
             session.request.infer().map_err(run)?;
             let (prob, cam) = (session.request.get_tensor(&self.prob).map_err(run)?, session.request.get_tensor(&self.cam).map_err(run)?);
             let (prob, cam) = (prob.get_data::<f32>().map_err(run)?, cam.get_data::<f32>().map_err(run)?);
-            let per_row = cam.len() / rows;
-            out.append(k, (&self.prob, prob.get(..k).unwrap_or(prob)), (&self.cam, cam.get(..k * per_row).unwrap_or(cam)))?;
+            let per_row = CAM_SIDE * CAM_SIDE;
+            if prob.len() != rows || cam.len() != rows * per_row {
+                return Err(EngineError::Run(format!("outputs {} and {} hold {} and {} values for a batch of {rows}", self.prob, self.cam, prob.len(), cam.len())));
+            }
+            out.append(k, (&self.prob, &prob[..k]), (&self.cam, &cam[..k * per_row]))?;
         }
         Ok(out)
     }
@@ -389,24 +431,37 @@ mod tests {
     fn the_instruction_set_limit_is_honoured() {
         let epyc = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"];
         let c = |limit| Cpu::from_flags(&epyc, limit);
-        assert_eq!(c(None), Cpu { bf16: true, vnni: true, limited: false });
-        assert_eq!(c(Some("avx2")), Cpu { bf16: false, vnni: false, limited: true });
-        assert_eq!(c(Some("AVX512_CORE_VNNI")), Cpu { bf16: false, vnni: true, limited: true });
-        assert_eq!(c(Some("AVX512_CORE_BF16")), Cpu { bf16: true, vnni: true, limited: false });
-        assert_eq!(c(Some("ALL")), c(None));
-        assert_eq!(c(Some("no-such-isa")), c(None));
+        let cpu = |bf16, vnni, bf16_limited, vnni_limited| Cpu { bf16, vnni, bf16_limited, vnni_limited };
+        assert_eq!(c(None), cpu(true, true, false, false));
+        assert_eq!(c(Some("avx2")), cpu(false, false, true, true));
+        assert_eq!(c(Some("AVX512_CORE_VNNI")), cpu(false, true, true, false));
+        assert_eq!(c(Some("AVX512_CORE_BF16")), cpu(true, true, false, false));
+        // Sets, not a line: AVX2_VNNI holds avx_vnni, not avx512_vnni.
+        assert_eq!(c(Some("AVX2_VNNI")), cpu(false, false, true, true));
+        let alder = ["avx2", "avx_vnni"];
+        assert_eq!(Cpu::from_flags(&alder, Some("AVX2_VNNI")), cpu(false, true, false, false));
+        assert_eq!(Cpu::from_flags(&alder, Some("AVX512_CORE_VNNI")), cpu(false, false, false, true));
+        assert_eq!(Cpu::from_flags(&alder, Some("AVX10_1_512")), cpu(false, true, false, false));
+        let sapphire = ["avx2", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8"];
+        assert_eq!(Cpu::from_flags(&sapphire, Some("AVX512_CORE_BF16")), cpu(true, true, false, false));
+        assert_eq!(Cpu::from_flags(&sapphire, Some("AVX512_CORE_AMX")), cpu(true, true, false, false));
+        for none in ["ALL", "DEFAULT", "no-such-isa"] {
+            assert_eq!(c(Some(none)), c(None));
+        }
         // A limit takes nothing the CPU does not have.
-        assert_eq!(Cpu::from_flags(&["avx2"], Some("avx2")), Cpu { bf16: false, vnni: false, limited: false });
-        assert_eq!(Cpu::from_flags(&["avx2", "avx_vnni"], Some("AVX2_VNNI")), Cpu { bf16: false, vnni: true, limited: false });
+        assert_eq!(Cpu::from_flags(&["avx2"], Some("avx2")), cpu(false, false, false, false));
         let (p, why) = c(Some("AVX2")).float();
         assert_eq!(p, "f32");
         assert!(why.contains("ONEDNN_MAX_CPU_ISA"), "{why}");
-        assert!(Cpu::from_flags(&["avx2"], None).float().1.contains("neither AMX nor AVX512-BF16"));
+        assert!(resolve_precision(Precision::Bf16, c(Some("AVX2")), None).unwrap_err().contains("ONEDNN_MAX_CPU_ISA"));
+        // VNNI taken away, bf16 never there: the float reason does not blame the limit.
+        let cascade = ["avx2", "avx512_vnni"];
+        assert!(Cpu::from_flags(&cascade, Some("AVX2")).float().1.contains("neither AMX nor AVX512-BF16"));
     }
 
     #[test]
     fn precision_is_resolved_never_silently_changed() {
-        let cpu = |bf16| Cpu { bf16, vnni: true, limited: false };
+        let cpu = |bf16| Cpu { bf16, vnni: true, bf16_limited: false, vnni_limited: false };
         let p = |w, bf16| resolve_precision(w, cpu(bf16), None).map(|c| c.precision);
         assert_eq!(p(Precision::Auto, true), Ok("bf16"));
         assert_eq!(p(Precision::Auto, false), Ok("f32"));
@@ -435,16 +490,18 @@ mod tests {
         };
         let q = |parity: Int8Parity| Int8Info { file: "m.int8.onnx".into(), sha256: "0".repeat(64), method: "test".into(), threshold: None, threshold_method: None, parity };
         for bf16 in [true, false] {
-            let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16, vnni: true, limited: false }, Some(&q(within.clone()))).unwrap();
+            let Choice { precision: p, why, warn } =
+                resolve_precision(Precision::Auto, Cpu { bf16, vnni: true, bf16_limited: false, vnni_limited: false }, Some(&q(within.clone()))).unwrap();
             assert_eq!((p, warn), ("int8", false));
             assert!(why.contains("within the parity bound") && why.contains("0.015"), "{why}");
             // Measured with VNNI: not on a CPU without it; measured without: there too.
-            let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16, vnni: false, limited: false }, Some(&q(within.clone()))).unwrap();
+            let Choice { precision: p, why, warn } =
+                resolve_precision(Precision::Auto, Cpu { bf16, vnni: false, bf16_limited: false, vnni_limited: false }, Some(&q(within.clone()))).unwrap();
             assert_eq!((p, warn), (if bf16 { "bf16" } else { "f32" }, false));
             assert!(why.contains("which this CPU lacks"), "{why}");
             let without = Int8Parity { vnni: false, ..within.clone() };
-            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16, vnni: false, limited: false }, Some(&q(without))).unwrap().precision, "int8");
-            let named = resolve_precision(Precision::Int8, Cpu { bf16, vnni: false, limited: false }, Some(&q(within.clone()))).unwrap();
+            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16, vnni: false, bf16_limited: false, vnni_limited: false }, Some(&q(without))).unwrap().precision, "int8");
+            let named = resolve_precision(Precision::Int8, Cpu { bf16, vnni: false, bf16_limited: false, vnni_limited: false }, Some(&q(within.clone()))).unwrap();
             assert!(named.warn && named.why.contains("which this CPU lacks"), "{named:?}");
         }
         let outside = [
@@ -457,11 +514,16 @@ mod tests {
         for (parity, says) in
             outside.into_iter().zip(["max |Δprob| 0.021 > 0.02", "AUC change 0.006 > 0.005", "series verdicts differ", "no slices or no series", "max |Δprob| NaN"])
         {
-            let Choice { precision: p, why, warn } = resolve_precision(Precision::Auto, Cpu { bf16: true, vnni: true, limited: false }, Some(&q(parity.clone()))).unwrap();
+            let Choice { precision: p, why, warn } =
+                resolve_precision(Precision::Auto, Cpu { bf16: true, vnni: true, bf16_limited: false, vnni_limited: false }, Some(&q(parity.clone()))).unwrap();
             assert_eq!((p, warn), ("bf16", false));
             assert!(why.contains("outside the parity bound") && why.contains(says), "{why}");
-            assert_eq!(resolve_precision(Precision::Auto, Cpu { bf16: false, vnni: true, limited: false }, Some(&q(parity.clone()))).unwrap().precision, "f32");
-            let Choice { precision: p, why, warn } = resolve_precision(Precision::Int8, Cpu { bf16: false, vnni: true, limited: false }, Some(&q(parity))).unwrap();
+            assert_eq!(
+                resolve_precision(Precision::Auto, Cpu { bf16: false, vnni: true, bf16_limited: false, vnni_limited: false }, Some(&q(parity.clone()))).unwrap().precision,
+                "f32"
+            );
+            let Choice { precision: p, why, warn } =
+                resolve_precision(Precision::Int8, Cpu { bf16: false, vnni: true, bf16_limited: false, vnni_limited: false }, Some(&q(parity))).unwrap();
             assert_eq!((p, warn), ("int8", true));
             assert!(why.contains("OUTSIDE the parity bound") && why.contains(says), "{why}");
         }
