@@ -232,6 +232,21 @@ def hu_augment(xb, g):
     return (w2 - MEAN) / STD
 
 
+def harmonize(xb, sigma):
+    """Recipe E's sharpness harmonisation: every row blurred to one common softness (Gaussian,
+    `sigma` pixels of the 224 tensor) inside the lung mask only (normalised convolution: the
+    outside, 0 as served, is neither blurred in nor changed), in training and in prediction
+    alike, so that a soft reconstruction kernel no longer differs from a sharp one."""
+    if not sigma:
+        return xb
+    w = xb[:, :1] * STD[:, :1] + MEAN[:, :1]
+    lung = (w > 1e-4).float()
+    s = torch.full((xb.shape[0],), float(sigma))
+    inside = blur(w * lung, s) / blur(lung, s).clamp_min(1e-6)
+    w2 = torch.where(lung > 0, inside.clamp(1e-3, 1), torch.zeros_like(w))
+    return (w2 - MEAN) / STD
+
+
 def train(model, x, y, w, cells, a, seed):
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
@@ -244,7 +259,7 @@ def train(model, x, y, w, cells, a, seed):
         order = torch.randperm(len(y), generator=g)
         for s in range(0, len(order) - 1, a.batch):
             b = order[s : s + a.batch]
-            xb = torch.from_numpy(x[b.numpy()].astype(np.float32))
+            xb = harmonize(torch.from_numpy(x[b.numpy()].astype(np.float32)), a.harmonize)
             cb = ct[b].float()
             if a.whole:
                 # Left-right flips (the cells flip with the image), contrast x0.9-1.1 and
@@ -271,11 +286,11 @@ def train(model, x, y, w, cells, a, seed):
     return model
 
 
-def predict(model, x, bs=32):
+def predict(model, x, bs=32, sigma=0.0):
     out, cams = [], []
     with torch.no_grad():
         for s in range(0, len(x), bs):
-            logit, cam = model(torch.from_numpy(x[s : s + bs].astype(np.float32)))
+            logit, cam = model(harmonize(torch.from_numpy(x[s : s + bs].astype(np.float32)), sigma))
             out.append(logit.numpy())
             cams.append(cam.numpy())
     return np.concatenate(out), np.concatenate(cams)
@@ -322,6 +337,7 @@ def main():
     ap.add_argument("--partial", action="store_true", help="allow folds that leave some sources never held out (an exploratory run)")
     ap.add_argument("--whole", action="store_true", help="train the whole graph from the prep tensors (input to head; flips and intensity augmentation) instead of the last dense block from --features")
     ap.add_argument("--hu-aug", action="store_true", help="with --whole: recipe D's scanner augmentation (hu_augment: low-dose noise, kernels, vessel contrast, lung offset)")
+    ap.add_argument("--harmonize", type=float, default=0.0, help="with --whole: recipe E, every input blurred inside the lung to this sigma (pixels) in training and prediction (harmonize)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", required=True)
@@ -360,7 +376,7 @@ def main():
         te = np.isin(src, f)
         tr = ~te
         m = train(Subgraph(base, start), x[tr], y[tr], headfit.weights(y[tr], src[tr]), cells[tr], a, a.seed)
-        z[te], cams[te] = predict(m, x[te])
+        z[te], cams[te] = predict(m, x[te], sigma=a.harmonize)
         fold_models.append((f, m))
         print(f"fold {'+'.join(f)}: {int(tr.sum())} trained on, {int(te.sum())} held out, {time.time() - t0:.0f} s", flush=True)
     done = ~np.isnan(z)
