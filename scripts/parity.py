@@ -35,21 +35,13 @@ def score(binary, config, precision, folder):
     return {os.path.abspath(d["file"]): d for d in lines if d["type"] == "slice"}, [d for d in lines if d["type"] == "series"]
 
 
-def vnni_usable(flags):
-    """Whether this CPU's VNNI kernels are left to OpenVINO by oneDNN's instruction-set limit in
-    the environment (ONEDNN_MAX_CPU_ISA; the same sets as `isa_allows` in
-    src/engine/openvino.rs: AVX2_VNNI holds avx_vnni, AVX512_CORE_VNNI avx512_vnni, the AVX10 /
-    FP16 / AMX sets both, AMX sets amx_int8; an unknown name is no limit)."""
-    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "DEFAULT").strip().upper()
-    known = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16",
-             "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
-             "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
-    if limit not in known:
-        return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    wide = limit.startswith(("AVX10", "AVX512_CORE_FP16", "AVX512_CORE_AMX"))
-    return (("avx_vnni" in flags and (wide or limit.startswith("AVX2_VNNI")))
-            or ("avx512_vnni" in flags and (wide or limit in ("AVX512_CORE_VNNI", "AVX512_CORE_BF16")))
-            or ("amx_int8" in flags and "AMX" in limit))
+def vnni_usable(binary, config):
+    """Whether OpenVINO may use VNNI here, as ctsentry sees this CPU (`doctor`'s `cpu` line: the
+    flags of /proc/cpuinfo within ONEDNN_MAX_CPU_ISA, if set)."""
+    out = subprocess.run([binary, "--config", config, "doctor"], capture_output=True, text=True)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("cpu ")), None)
+    assert line, f"`ctsentry doctor` printed no cpu line: {out.stdout[-2000:]} {out.stderr[-2000:]}"
+    return "VNNI yes" in line
 
 
 def auc(pairs):
@@ -107,9 +99,10 @@ def main():
     if lab:
         print(f"AUC on {len(lab)} labelled slices: {pa} {aa:.4f}, {pb} {ab:.4f}, difference {abs(aa - ab):.4f}")
     if a.toml:
-        up = lambda x: math.ceil(x * 1e4) / 1e4  # rounded up: rounding must never move a value into the bound
-        flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
-        vnni = vnni_usable(flags)
+        # Rounded up: rounding must never move a value into the bound. No labelled slices: the AUC
+        # change is nan, which ctsentry counts as outside the bound.
+        up = lambda x: x if math.isnan(x) else math.ceil(x * 1e4) / 1e4  # noqa: E731
+        vnni = vnni_usable(a.ctsentry, a.config)
         print(f"\n[int8.parity]\nmax_abs_prob_diff = {up(worst):.4f}\nauc_diff = {up(abs(aa - ab)):.4f}\nseries_verdicts_identical = {str(same).lower()}")
         print(f"slices = {len(scored)}\nseries = {series}\ndecisions_flipped = {flipped}\nvnni = {str(vnni).lower()}")
         print(f'measured_with = "scripts/parity.py --precisions {a.precisions} on {len(a.series)} folders ({series} series): SAY WHICH"')

@@ -364,6 +364,7 @@ pub fn run(source: &ConfigSource) -> Report {
                 let _ = writeln!(r, "model         NOT USABLE: {e}");
             }
         }
+        let _ = writeln!(r, "cpu           {}", crate::engine::openvino::Cpu::this().describe());
         let _ = writeln!(r, "engine tract  usable (built in)");
         let ort = if cfg!(feature = "onnxruntime") {
             match crate::engine::onnxruntime_library(s.onnxruntime_library.as_deref()) {

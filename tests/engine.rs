@@ -346,6 +346,39 @@ fn shipped_int8_variant_is_hashed_and_auto_follows_its_parity() {
     }
 }
 
+/// `doctor` says what OpenVINO may use on this CPU (bf16, VNNI, from /proc/cpuinfo) and what
+/// oneDNN's instruction-set limit takes away, and `auto`'s reason says so too.
+#[test]
+fn doctor_names_the_cpu_and_the_instruction_set_limit() {
+    let (dir, _p) = bundle(|m| m);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[model]\npath = \"m.onnx\"\n").unwrap();
+    let doctor = |limit: Option<&str>| {
+        let mut c = common::bin();
+        c.args(["--config", cfg.to_str().unwrap(), "doctor"]).env_remove("ONEDNN_MAX_CPU_ISA").env_remove("DNNL_MAX_CPU_ISA");
+        if let Some(l) = limit {
+            c.env("ONEDNN_MAX_CPU_ISA", l);
+        }
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap().split_whitespace().collect();
+    let has = |names: &[&str]| names.iter().any(|n| flags.contains(n));
+    let (bf16, vnni) = (has(&["amx_bf16", "avx512_bf16"]), has(&["avx512_vnni", "avx_vnni", "amx_int8"]));
+    let line = |text: &str, head: &str| text.lines().find(|l| l.starts_with(head)).unwrap_or_else(|| panic!("no {head} line:\n{text}")).to_string();
+    let free = line(&doctor(None), "cpu ");
+    assert!(free.contains(&format!("bf16 {}", if bf16 { "yes" } else { "no" })) && free.contains(&format!("VNNI {}", if vnni { "yes" } else { "no" })), "{free}");
+    assert!(!free.contains("ONEDNN_MAX_CPU_ISA"), "{free}");
+    let text = doctor(Some("AVX2"));
+    let limited = line(&text, "cpu ");
+    assert!(limited.contains("bf16 no") && limited.contains("VNNI no"), "{limited}");
+    assert_eq!(limited.contains("ONEDNN_MAX_CPU_ISA=AVX2"), bf16 || vnni, "{limited}");
+    if bf16 && openvino_library().is_some() {
+        let ov = line(&text, "engine ov");
+        assert!(ov.contains("precision auto: f32") && ov.contains("ONEDNN_MAX_CPU_ISA keeps OpenVINO below"), "{ov}");
+    }
+}
+
 /// What an admin sees of the variant: `bench --engine openvino` measures every precision this
 /// machine runs, the int8 variant's row saying whether it is within the parity bound, and
 /// `doctor` names the variant and why `auto` takes it or not.

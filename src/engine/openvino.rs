@@ -63,9 +63,18 @@ impl Cpu {
     pub fn this() -> Cpu {
         let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let flags: Vec<&str> = text.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
-        // oneDNN skips an empty value, as here.
-        let limit = MAX_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|x| !x.trim().is_empty()));
-        Cpu::from_flags(&flags, limit.as_deref())
+        Cpu::from_flags(&flags, isa_limit().as_deref())
+    }
+
+    /// In words, for `doctor`: whether OpenVINO may use bf16 and VNNI here, and what the
+    /// instruction-set limit took away.
+    pub fn describe(self) -> String {
+        let said = |on: bool, limited: bool| match (on, limited) {
+            (true, _) => "yes".to_string(),
+            (false, true) => format!("no (the CPU has it; ONEDNN_MAX_CPU_ISA={} keeps OpenVINO below it)", isa_limit().unwrap_or_default()),
+            (false, false) => "no".to_string(),
+        };
+        format!("bf16 {}, VNNI {}", said(self.bf16, self.bf16_limited), said(self.vnni, self.vnni_limited))
     }
 
     /// A CPU with these `/proc/cpuinfo` flags, under oneDNN's instruction-set limit `max_isa`
@@ -94,6 +103,12 @@ impl Cpu {
             ("f32", "f32: this CPU has neither AMX nor AVX512-BF16")
         }
     }
+}
+
+/// The instruction-set limit set in the environment ([`MAX_ISA_VARS`], the first one not empty:
+/// oneDNN skips an empty value too).
+fn isa_limit() -> Option<String> {
+    MAX_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|x| !x.trim().is_empty()))
 }
 
 /// Whether oneDNN's instruction-set limit `limit` leaves OpenVINO the kernels of the CPU flag
@@ -457,6 +472,10 @@ mod tests {
         // VNNI taken away, bf16 never there: the float reason does not blame the limit.
         let cascade = ["avx2", "avx512_vnni"];
         assert!(Cpu::from_flags(&cascade, Some("AVX2")).float().1.contains("neither AMX nor AVX512-BF16"));
+        assert_eq!(c(None).describe(), "bf16 yes, VNNI yes");
+        assert_eq!(Cpu::from_flags(&cascade, None).describe(), "bf16 no, VNNI yes");
+        let limited = c(Some("AVX512_CORE_VNNI")).describe();
+        assert!(limited.starts_with("bf16 no (the CPU has it; ONEDNN_MAX_CPU_ISA=") && limited.ends_with("VNNI yes"), "{limited}");
     }
 
     #[test]
