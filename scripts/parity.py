@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import tempfile
 
@@ -37,11 +38,11 @@ def score(binary, config, precision, folder):
 
 def vnni_usable(binary, config):
     """Whether OpenVINO may use VNNI here, as ctsentry sees this CPU (`doctor`'s `cpu` line: the
-    flags of /proc/cpuinfo within ONEDNN_MAX_CPU_ISA, if set)."""
+    flags of /proc/cpuinfo within ONEDNN_MAX_CPU_ISA, if set). Fails unless the line says."""
     out = subprocess.run([binary, "--config", config, "doctor"], capture_output=True, text=True)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("cpu ")), None)
-    assert line, f"`ctsentry doctor` printed no cpu line: {out.stdout[-2000:]} {out.stderr[-2000:]}"
-    return "VNNI yes" in line
+    said = [m.group(1) for l in out.stdout.splitlines() if l.startswith("cpu ") for m in [re.search(r"VNNI (yes|no)", l)] if m]
+    assert said, f"`ctsentry doctor` printed no cpu line saying VNNI yes or no: {out.stdout[-2000:]} {out.stderr[-2000:]}"
+    return said[0] == "yes"
 
 
 def auc(pairs):
@@ -67,6 +68,8 @@ def main():
     ap.add_argument("series", nargs="+")
     a = ap.parse_args()
     pa, pb = a.precisions.split(",")
+    # Asked before the long run, so that a missing cpu line stops it at once.
+    vnni = vnni_usable(a.ctsentry, a.config) if a.toml else None
     labels = {}
     for path in a.labels:
         root = os.path.dirname(os.path.abspath(path))
@@ -99,10 +102,9 @@ def main():
     if lab:
         print(f"AUC on {len(lab)} labelled slices: {pa} {aa:.4f}, {pb} {ab:.4f}, difference {abs(aa - ab):.4f}")
     if a.toml:
-        # Rounded up: rounding must never move a value into the bound. No labelled slices: the AUC
-        # change is nan, which ctsentry counts as outside the bound.
-        up = lambda x: x if math.isnan(x) else math.ceil(x * 1e4) / 1e4  # noqa: E731
-        vnni = vnni_usable(a.ctsentry, a.config)
+        if math.isnan(aa) or math.isnan(ab):
+            raise SystemExit("--toml: the AUC change needs labelled slices of both classes (--labels); the record is not written")
+        up = lambda x: math.ceil(x * 1e4) / 1e4  # noqa: E731  rounded up: rounding must never move a value into the bound
         print(f"\n[int8.parity]\nmax_abs_prob_diff = {up(worst):.4f}\nauc_diff = {up(abs(aa - ab)):.4f}\nseries_verdicts_identical = {str(same).lower()}")
         print(f"slices = {len(scored)}\nseries = {series}\ndecisions_flipped = {flipped}\nvnni = {str(vnni).lower()}")
         print(f'measured_with = "scripts/parity.py --precisions {a.precisions} on {len(a.series)} folders ({series} series): SAY WHICH"')

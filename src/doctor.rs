@@ -337,6 +337,11 @@ pub fn run(source: &ConfigSource) -> Report {
             let _ = writeln!(r, "cuda          not usable ({build}): {}", e.0);
         }
     }
+    {
+        use crate::engine::openvino::{isa_limit, Cpu};
+        let limit = isa_limit();
+        let _ = writeln!(r, "cpu           {}", Cpu::this().describe(limit.as_ref().map(|(var, value)| (*var, value.as_str()))));
+    }
     if let Some(s) = &settings {
         let choice = match (s.preprocess, gpu.is_ok()) {
             (PreprocessBackend::Cpu, _) => "cpu (configured)".to_string(),
@@ -364,7 +369,6 @@ pub fn run(source: &ConfigSource) -> Report {
                 let _ = writeln!(r, "model         NOT USABLE: {e}");
             }
         }
-        let _ = writeln!(r, "cpu           {}", crate::engine::openvino::Cpu::this().describe());
         let _ = writeln!(r, "engine tract  usable (built in)");
         let ort = if cfg!(feature = "onnxruntime") {
             match crate::engine::onnxruntime_library(s.onnxruntime_library.as_deref()) {

@@ -362,7 +362,7 @@ fn doctor_names_the_cpu_and_the_instruction_set_limit() {
         String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
     };
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap().split_whitespace().collect();
+    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
     let has = |names: &[&str]| names.iter().any(|n| flags.contains(n));
     let (bf16, vnni) = (has(&["amx_bf16", "avx512_bf16"]), has(&["avx512_vnni", "avx_vnni", "amx_int8"]));
     let line = |text: &str, head: &str| text.lines().find(|l| l.starts_with(head)).unwrap_or_else(|| panic!("no {head} line:\n{text}")).to_string();
@@ -373,9 +373,10 @@ fn doctor_names_the_cpu_and_the_instruction_set_limit() {
     let limited = line(&text, "cpu ");
     assert!(limited.contains("bf16 no") && limited.contains("VNNI no"), "{limited}");
     assert_eq!(limited.contains("ONEDNN_MAX_CPU_ISA=AVX2"), bf16 || vnni, "{limited}");
-    if bf16 && openvino_library().is_some() {
+    if openvino_library().is_some() {
         let ov = line(&text, "engine ov");
-        assert!(ov.contains("precision auto: f32") && ov.contains("ONEDNN_MAX_CPU_ISA keeps OpenVINO below"), "{ov}");
+        let why = if bf16 { "ONEDNN_MAX_CPU_ISA keeps OpenVINO below" } else { "neither AMX nor AVX512-BF16" };
+        assert!(ov.contains("precision auto: f32") && ov.contains(why), "{ov}");
     }
 }
 

@@ -44,7 +44,7 @@ pub fn cpu_has_bf16() -> bool {
 const MAX_ISA_VARS: [&str; 2] = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
 
 /// What this CPU offers the OpenVINO engine, from the flags of `/proc/cpuinfo`, within the
-/// limit of `ONEDNN_MAX_CPU_ISA` where set ([`MAX_ISA_VARS`]).
+/// limit of `ONEDNN_MAX_CPU_ISA` (or `DNNL_MAX_CPU_ISA`) where set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cpu {
     /// bfloat16 matrix math (AMX or AVX512-BF16).
@@ -59,20 +59,20 @@ pub struct Cpu {
 
 impl Cpu {
     /// This machine's CPU, as OpenVINO may use it: its flags, less what an instruction-set
-    /// limit in the environment ([`MAX_ISA_VARS`]) rules out.
+    /// limit in the environment ([`isa_limit`]) rules out.
     pub fn this() -> Cpu {
         let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let flags: Vec<&str> = text.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
-        Cpu::from_flags(&flags, isa_limit().as_deref())
+        Cpu::from_flags(&flags, isa_limit().as_ref().map(|(_, v)| v.as_str()))
     }
 
-    /// In words, for `doctor`: whether OpenVINO may use bf16 and VNNI here, and what the
-    /// instruction-set limit took away.
-    pub fn describe(self) -> String {
-        let said = |on: bool, limited: bool| match (on, limited) {
-            (true, _) => "yes".to_string(),
-            (false, true) => format!("no (the CPU has it; ONEDNN_MAX_CPU_ISA={} keeps OpenVINO below it)", isa_limit().unwrap_or_default()),
-            (false, false) => "no".to_string(),
+    /// In words, for `doctor`: whether OpenVINO may use bf16 and VNNI here, and what `limit`
+    /// (the variable and its value, as [`isa_limit`] gives them) took away.
+    pub fn describe(self, limit: Option<(&str, &str)>) -> String {
+        let said = |on: bool, limited: bool| match (on, limited, limit) {
+            (true, _, _) => "yes".to_string(),
+            (false, true, Some((var, value))) => format!("no (the CPU has it; {var}={value} keeps OpenVINO below it)"),
+            (false, _, _) => "no".to_string(),
         };
         format!("bf16 {}, VNNI {}", said(self.bf16, self.bf16_limited), said(self.vnni, self.vnni_limited))
     }
@@ -105,10 +105,10 @@ impl Cpu {
     }
 }
 
-/// The instruction-set limit set in the environment ([`MAX_ISA_VARS`], the first one not empty:
-/// oneDNN skips an empty value too).
-fn isa_limit() -> Option<String> {
-    MAX_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|x| !x.trim().is_empty()))
+/// The instruction-set limit set in the environment, as (variable, value): `ONEDNN_MAX_CPU_ISA`,
+/// else `DNNL_MAX_CPU_ISA`, the first one not empty (oneDNN skips an empty value too).
+pub fn isa_limit() -> Option<(&'static str, String)> {
+    MAX_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|x| !x.trim().is_empty()).map(|x| (*v, x)))
 }
 
 /// Whether oneDNN's instruction-set limit `limit` leaves OpenVINO the kernels of the CPU flag
@@ -472,10 +472,16 @@ mod tests {
         // VNNI taken away, bf16 never there: the float reason does not blame the limit.
         let cascade = ["avx2", "avx512_vnni"];
         assert!(Cpu::from_flags(&cascade, Some("AVX2")).float().1.contains("neither AMX nor AVX512-BF16"));
-        assert_eq!(c(None).describe(), "bf16 yes, VNNI yes");
-        assert_eq!(Cpu::from_flags(&cascade, None).describe(), "bf16 no, VNNI yes");
-        let limited = c(Some("AVX512_CORE_VNNI")).describe();
-        assert!(limited.starts_with("bf16 no (the CPU has it; ONEDNN_MAX_CPU_ISA=") && limited.ends_with("VNNI yes"), "{limited}");
+        assert_eq!(c(None).describe(None), "bf16 yes, VNNI yes");
+        assert_eq!(Cpu::from_flags(&cascade, None).describe(None), "bf16 no, VNNI yes");
+        assert_eq!(
+            c(Some("AVX512_CORE_VNNI")).describe(Some(("DNNL_MAX_CPU_ISA", "AVX512_CORE_VNNI"))),
+            "bf16 no (the CPU has it; DNNL_MAX_CPU_ISA=AVX512_CORE_VNNI keeps OpenVINO below it), VNNI yes"
+        );
+        assert_eq!(
+            Cpu::from_flags(&cascade, Some("AVX2")).describe(Some(("ONEDNN_MAX_CPU_ISA", "AVX2"))),
+            "bf16 no, VNNI no (the CPU has it; ONEDNN_MAX_CPU_ISA=AVX2 keeps OpenVINO below it)"
+        );
     }
 
     #[test]
