@@ -337,11 +337,10 @@ pub fn run(source: &ConfigSource) -> Report {
             let _ = writeln!(r, "cuda          not usable ({build}): {}", e.0);
         }
     }
-    {
-        use crate::engine::openvino::{isa_limit, Cpu};
-        let limit = isa_limit();
-        let _ = writeln!(r, "cpu           {}", Cpu::this().describe(limit.as_ref().map(|(var, value)| (*var, value.as_str()))));
-    }
+    // This CPU as OpenVINO may use it: read once, for this line and for the engine's precision.
+    let cpu = crate::engine::openvino::Cpu::this();
+    let limit = crate::engine::openvino::isa_limit();
+    let _ = writeln!(r, "cpu           {}", cpu.describe(limit.as_ref().map(|(var, value)| (*var, value.as_str()))));
     if let Some(s) = &settings {
         let choice = match (s.preprocess, gpu.is_ok()) {
             (PreprocessBackend::Cpu, _) => "cpu (configured)".to_string(),
@@ -382,7 +381,7 @@ pub fn run(source: &ConfigSource) -> Report {
         let ov = match crate::engine::openvino::library(s.openvino_library.as_deref()) {
             Ok(p) => {
                 let int8 = model.as_ref().and_then(|m| m.as_ref().ok()).and_then(|m| m.manifest.int8.as_ref());
-                let precision = match crate::engine::openvino::resolve_precision(s.precision, crate::engine::openvino::Cpu::this(), int8) {
+                let precision = match crate::engine::openvino::resolve_precision(s.precision, cpu, int8) {
                     Ok(c) if c.precision == "int8" && int8_unusable.is_some() && s.precision == crate::config::Precision::Auto => {
                         "precision auto: int8 chosen by its parity, but the variant is NOT USABLE (see \"model int8\"): the float model runs instead".to_string()
                     }

@@ -24,9 +24,10 @@ use crate::model::{Int8Info, Model};
 /// with zeros, whose results are dropped): with the graph's dynamic batch, OpenVINO's CPU plugin
 /// plans f32 memory per shape at run time, and the daemon's peak RSS on a 148-slice series was
 /// 423 MiB (432 limited to AVX2), above the 400 MB bound, against 298 (both) with the static
-/// shape, at the same latency. (So `bench --batch` 1–3 in f32 pays for 4 slices per call.) bf16 and int8 keep the dynamic batch: there the static shape
-/// made the daemon slower (bf16 +0.5 s, int8 +1.4 s after the last file) and, for int8, larger
-/// (404 MiB against 266), and bf16's 341 MiB is within the bound.
+/// shape, at the same latency. (So `bench --batch` 1–3 in f32 pays for 4 slices per call.)
+/// bf16 and int8 keep the dynamic batch: there the static shape made the daemon slower (bf16
+/// +0.5 s, int8 +1.4 s after the last file) and, for int8, larger (404 MiB against 266), and
+/// bf16's 341 MiB is within the bound.
 const BATCH: usize = 4;
 
 /// Where the Debian package installs the OpenVINO libraries.
