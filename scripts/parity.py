@@ -91,11 +91,14 @@ def main():
             print(f"{os.path.basename(folder.rstrip('/')):12} {len(sa):4} slices  max |dprob| {d:.5f}  {pa}: {x['verdict']} ({x['positives']} >= {x['threshold']:.4f})  {pb}: {y['verdict']} ({y['positives']})  engines {x['engine']} {x['precision']} / {y['engine']} {y['precision']}")
     print(f"{n} slices: max |prob difference| {pa} vs {pb} = {worst:.5f}; series verdicts {'identical' if same else 'DIFFER'}")
     scored = [k for k in slices_a if "skipped" not in slices_a[k]]
-    flipped = sum(slices_a[k]["positive"] != slices_b[k]["positive"] for k in scored)
+    differ = [slices_a[k]["prob"] for k in scored if slices_a[k]["positive"] != slices_b[k]["positive"]]
+    flipped = len(differ)
     shift = [logit(slices_b[k]["prob"]) - logit(slices_a[k]["prob"]) for k in scored]
     mean = sum(shift) / max(1, len(shift))
     sd = (sum((x - mean) ** 2 for x in shift) / max(1, len(shift))) ** 0.5
     print(f"{len(scored)} slices sent to the engine: {flipped} decisions differ; logit shift {pb} - {pa}: mean {mean:+.4f}, sd {sd:.4f}")
+    if differ:
+        print(f"  the differing decisions' {pa} probabilities lie in {min(differ):.4f}..{max(differ):.4f}")
     lab = [k for k in scored if k in labels]
     aa = auc([(slices_a[k]["prob"], labels[k]) for k in lab])
     ab = auc([(slices_b[k]["prob"], labels[k]) for k in lab])

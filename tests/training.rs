@@ -17,6 +17,16 @@ fn python_ready() -> bool {
     ok
 }
 
+/// Whether python3 has onnx and onnxruntime (the int8 tools' graph editing); a notice (a
+/// failure under CI) when not.
+fn onnx_ready() -> bool {
+    let ok = Command::new("python3").args(["-c", "import numpy, onnx, onnxruntime"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        tool_missing("python3 with numpy, onnx and onnxruntime", "pip install numpy onnx onnxruntime");
+    }
+    ok
+}
+
 /// The data of a `.npy` file (format 1.0), after its header.
 fn npy_data(path: &Path) -> Vec<u8> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -435,6 +445,59 @@ assert (t, per) == (0.5, {"a": 0.7, "b": 0.4}), (t, per)
 # One vote per source: 1,000 easy positives of one source do not lower the bar for the other.
 t, _ = folds.threshold_for_mean_sensitivity({"many": [0.9] * 1000, "few": [0.3, 0.2]}, 0.75)
 assert t == 0.3, t
+"#,
+    );
+}
+
+/// The scale equalisation before int8 (`models/training/equalize.py`) finds the convolutions fed
+/// by ReLU(BN) and ReLU(a convolution with a bias), leaves the first one (it reads the input)
+/// alone, computes the same function afterwards, and with alpha 1 gives every channel the
+/// quantizer sees the same largest value, however unequal they were.
+#[test]
+fn equalisation_keeps_the_function_and_evens_the_channels() {
+    if !onnx_ready() {
+        return;
+    }
+    training_python(
+        r#"
+import numpy as np, onnx, onnxruntime as ort
+from onnx import helper as h, numpy_helper as nh, TensorProto as T
+import equalize as E
+rng = np.random.default_rng(3)
+w = lambda name, *shape: nh.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+inits = [w("w0", 6, 4, 1, 1), w("b0", 6),
+         nh.from_array(np.array([0.02, 0.3, 1, 3, 10, 40], np.float32), "g"), nh.from_array(np.zeros(6, np.float32), "beta"),
+         nh.from_array(np.zeros(6, np.float32), "mu"), nh.from_array(np.ones(6, np.float32), "var"),
+         w("w1", 5, 6, 3, 3), w("b1", 5), w("w2", 3, 5, 1, 1)]
+nodes = [h.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="c0"),
+         h.make_node("BatchNormalization", ["c0", "g", "beta", "mu", "var"], ["bn"], name="bn"),
+         h.make_node("Relu", ["bn"], ["r1"], name="r1"),
+         h.make_node("Conv", ["r1", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+         h.make_node("Relu", ["c1"], ["r2"], name="r2"),
+         h.make_node("Conv", ["r2", "w2"], ["y"], name="c2")]
+g = h.make_graph(nodes, "t", [h.make_tensor_value_info("x", T.FLOAT, [None, 4, 8, 8])],
+                 [h.make_tensor_value_info("y", T.FLOAT, [None, 3, 8, 8])], inits)
+m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+onnx.checker.check_model(m)
+rows = [rng.normal(0, 1, (1, 4, 8, 8)).astype(np.float32) for _ in range(6)]
+assert [(p.name, r.name, c.name) for p, r, c in E.pairs(m)] == [("bn", "r1", "c1"), ("c1", "r2", "c2")]
+before = E.channel_max(m, ["r1", "r2"], rows)
+assert before["r1"].max() / before["r1"].min() > 50, before["r1"]
+q, info = E.equalize(m, rows, 1.0)
+assert info["convolutions"] == 2, info
+after = E.channel_max(q, ["r1", "r2"], rows)
+for r in ("r1", "r2"):
+    assert np.allclose(after[r], 1.0, rtol=1e-5), (r, after[r])
+run = lambda model, x: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+x = np.concatenate(rows)
+assert np.allclose(run(m, x), run(q, x), rtol=1e-4, atol=1e-5)
+init = lambda model: {t.name: nh.to_array(t) for t in model.graph.initializer}
+assert np.array_equal(init(m)["w0"], init(q)["w0"]) and np.array_equal(init(m)["mu"], init(q)["mu"])
+assert not np.array_equal(init(m)["w1"], init(q)["w1"]) and not np.array_equal(init(m)["g"], init(q)["g"])
+# alpha 0: the weights' ranges are evened instead (each channel's largest weight becomes 1).
+q0, _ = E.equalize(m, rows, 0.0)
+assert np.allclose(np.abs(init(q0)["w2"]).max(axis=(0, 2, 3)), 1.0, rtol=1e-5)
+assert np.allclose(run(m, x), run(q0, x), rtol=1e-4, atol=1e-5)
 "#,
     );
 }
