@@ -451,8 +451,9 @@ assert t == 0.3, t
 
 /// The scale equalisation before int8 (`models/training/equalize.py`) finds the convolutions fed
 /// by ReLU(BN) and ReLU(a convolution with a bias), leaves the first one (it reads the input)
-/// alone, computes the same function afterwards, and with alpha 1 gives every channel the
-/// quantizer sees the same largest value, however unequal they were.
+/// alone, computes the same function afterwards (BN with a negative scale, a bias and statistics
+/// included), gives every channel the quantizer sees the same largest value with alpha 1 however
+/// unequal they were, and leaves out a ReLU read twice and a grouped convolution.
 #[test]
 fn equalisation_keeps_the_function_and_evens_the_channels() {
     if !onnx_ready() {
@@ -466,8 +467,10 @@ import equalize as E
 rng = np.random.default_rng(3)
 w = lambda name, *shape: nh.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
 inits = [w("w0", 6, 4, 1, 1), w("b0", 6),
-         nh.from_array(np.array([0.02, 0.3, 1, 3, 10, 40], np.float32), "g"), nh.from_array(np.zeros(6, np.float32), "beta"),
-         nh.from_array(np.zeros(6, np.float32), "mu"), nh.from_array(np.ones(6, np.float32), "var"),
+         nh.from_array(np.array([0.02, -0.3, 1, 3, 10, 40], np.float32), "g"),
+         nh.from_array(np.array([0.01, 0.2, -0.5, 1, 2, -3], np.float32), "beta"),
+         nh.from_array(np.array([0.3, -0.2, 0.1, 0, 0.5, -0.4], np.float32), "mu"),
+         nh.from_array(np.array([0.5, 2, 1, 0.7, 1.5, 3], np.float32), "var"),
          w("w1", 5, 6, 3, 3), w("b1", 5), w("w2", 3, 5, 1, 1)]
 nodes = [h.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="c0"),
          h.make_node("BatchNormalization", ["c0", "g", "beta", "mu", "var"], ["bn"], name="bn"),
@@ -498,6 +501,14 @@ assert not np.array_equal(init(m)["w1"], init(q)["w1"]) and not np.array_equal(i
 q0, _ = E.equalize(m, rows, 0.0)
 assert np.allclose(np.abs(init(q0)["w2"]).max(axis=(0, 2, 3)), 1.0, rtol=1e-5)
 assert np.allclose(run(m, x), run(q0, x), rtol=1e-4, atol=1e-5)
+# Not safe to rescale, so left out: a ReLU read by a second node, a grouped convolution.
+twice = onnx.ModelProto(); twice.CopyFrom(m)
+twice.graph.node.append(h.make_node("Relu", ["r1"], ["r1b"], name="other"))
+assert [c.name for _, _, c in E.pairs(twice)] == ["c2"]
+grouped = onnx.ModelProto(); grouped.CopyFrom(m)
+c2 = next(n for n in grouped.graph.node if n.name == "c2")
+c2.attribute.append(h.make_attribute("group", 5))
+assert [c.name for _, _, c in E.pairs(grouped)] == ["c1"]
 "#,
     );
 }

@@ -4,12 +4,17 @@ DenseNet feeds every convolution ReLU(BN(concatenation)) or ReLU(the previous co
 channels whose range is a tenth of the largest share one per-tensor int8 activation scale with
 it. ReLU is positively homogeneous, so dividing a channel by s > 0 before the ReLU (BN's scale
 and bias, or the previous convolution's weights and bias for that output channel) and
-multiplying the next convolution's input channel by s computes exactly the same function in
-float, while the activation quantizer sees evened-out channels and the weight quantizer (per
+multiplying the next convolution's input channel by s computes the same function in float
+(mathematically; up to rounding in practice), while the activation quantizer sees evened-out channels and the weight quantizer (per
 output channel) sees the scale moved into the weights. As in SmoothQuant,
 s_c = r_c^alpha / w_c^(1 - alpha), with r_c the channel's largest value over the calibration
 rows and w_c the largest |weight| reading it. NNCF's own SmoothQuant and channel alignment leave
 this ONNX graph unchanged (models/README.md, "int8").
+
+The factors are set from the calibration rows: a channel that is far larger on new images than
+on every calibration row now shares a range sized for its calibration maximum and is clipped by
+the activation quantizer, where before it sat inside the tensor's wider range. The appliance's
+parity run (slices outside the calibration set among them) is the check.
 """
 import numpy as np
 import onnx
@@ -25,9 +30,15 @@ def _users(graph):
     return users
 
 
+def _group(node):
+    """A Conv node's `group` attribute (1 when absent)."""
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
+
+
 def pairs(model):
-    """(producer, relu, conv) for every convolution fed by a ReLU of a BatchNormalization or of a
-    convolution with a bias, where each of the three tensors between them has one reader only."""
+    """(producer, relu, conv) for every ungrouped convolution fed by a ReLU of a
+    BatchNormalization or of a convolution with a bias, where the two tensors between them (the
+    producer's output, the ReLU's) have one reader each and are not graph outputs."""
     g = model.graph
     users = _users(g)
     outputs = {o.name for o in g.output}
@@ -37,10 +48,10 @@ def pairs(model):
         if conv.op_type != "Conv":
             continue
         relu = made_by.get(conv.input[0])
-        if relu is None or relu.op_type != "Relu":
+        if relu is None or relu.op_type != "Relu" or _group(conv) != 1:
             continue
         prev = made_by.get(relu.input[0])
-        if prev is None or not (prev.op_type == "BatchNormalization" or (prev.op_type == "Conv" and len(prev.input) > 2)):
+        if prev is None or not (prev.op_type == "BatchNormalization" or (prev.op_type == "Conv" and _group(prev) == 1 and len(prev.input) > 2 and prev.input[2])):
             continue
         single = all(len(users.get(t, [])) == 1 and t not in outputs for t in (prev.output[0], relu.output[0]))
         if single:
@@ -79,6 +90,10 @@ def equalize(model, rows, alpha, clip=1e3):
             uses[i] = uses.get(i, 0) + 1
     found = pairs(out)
     ranges = channel_max(out, [r.output[0] for _, r, _ in found], rows)
+    # Every convolution's largest |weight| per input channel from the weights as they are before
+    # any edit (a convolution can be both a reader and a producer), so that the order of the
+    # pairs does not matter.
+    w_max = {c.input[1]: np.abs(numpy_helper.to_array(init[c.input[1]])).max(axis=(0, 2, 3)).astype(np.float64) for _, _, c in found if c.input[1] in init}
     factors = []
 
     def arr(name):
@@ -92,7 +107,7 @@ def equalize(model, rows, alpha, clip=1e3):
     for prev, relu, conv in found:
         w = arr(conv.input[1])
         r = ranges[relu.output[0]].astype(np.float64)
-        wc = np.abs(w).max(axis=(0, 2, 3)).astype(np.float64)
+        wc = w_max[conv.input[1]]
         s = np.ones_like(r)
         ok = (r > 0) & (wc > 0)
         s[ok] = r[ok] ** alpha / wc[ok] ** (1 - alpha)
