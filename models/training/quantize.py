@@ -16,6 +16,9 @@ and its parity against f32, both run by OpenVINO's CPU plugin as the appliance r
   (equalize.py: a per-channel factor moved from the BN or previous convolution into the
   weights, the same function in float, checked within 1e-4), so that channels of very different
   ranges share one activation scale better (3.1.3's variant: ALPHA 1.0).
+- With `--head-shift`, the mean logit difference (int8 - f32) over the calibration rows is taken
+  out of the int8 graph's float head bias (with `--parity-of`, of that graph; round 10 in
+  models/README.md: tried, not shipped).
 - With `--accuracy-control`, NNCF's `quantize_with_accuracy_control` reverts the layers that
   move the probability most until the validation rows' largest |dprob| is within `--max-drop`
   (0.02).
@@ -76,6 +79,30 @@ def run(cm, x, keep, batch=8):
     return np.concatenate(probs), np.concatenate(cams)
 
 
+def head_shift(f32_path, int8_path, rows, bias="net.backbone.classifier.bias"):
+    """The int8 graph at `int8_path` with its float head's bias lowered by the mean logit
+    difference (int8 - f32, OpenVINO, the rest f32) over `rows` (its calibration rows), and that
+    mean: a shift as a whole moves every probability, a correction measured on the calibration
+    rows takes it out."""
+    import onnx
+    import openvino as ov
+    from onnx import numpy_helper
+
+    core = ov.Core()
+    logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+    x = np.concatenate([r["input"] for r in rows])
+    keep = list(range(len(x)))
+    p32, _ = run(compiled(core, f32_path, "f32"), x, keep)
+    p8, _ = run(compiled(core, int8_path, "f32"), x, keep)
+    shift = float(np.mean(logit(p8.astype(np.float64)) - logit(p32.astype(np.float64))))
+    m = onnx.load(int8_path)
+    init = next((t for t in m.graph.initializer if t.name == bias), None)
+    if init is None:
+        raise SystemExit(f"{int8_path}: no initialiser {bias} (the float head's bias)")
+    init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) - shift).astype(np.float32), bias))
+    return m, shift
+
+
 def reproduction(path, model, rows):
     """The largest difference in probability or class activation map between the graph at
     `path` and `model` on `rows`, both in onnxruntime f32."""
@@ -129,6 +156,8 @@ def main():
                     help="NNCF's overflow fix (7-bit weights for CPUs without VNNI; its default: the first layer only)")
     ap.add_argument("--equalize", type=float, default=None, metavar="ALPHA",
                     help="migrate per-channel scales into the convolutions first (equalize.py; SmoothQuant's alpha), checked to reproduce f32's probability and map within 1e-4")
+    ap.add_argument("--head-shift", action="store_true",
+                    help="take the mean logit difference on the calibration rows out of the int8 graph's float head bias (with --parity-of: of that graph, written to --out)")
     ap.add_argument("--max-drop", type=float, default=0.02)
     ap.add_argument("--ranking-rows", type=int, default=100, help="rows NNCF ranks the layers on (accuracy control)")
     ap.add_argument("--threshold", type=float, default=0.194528)
@@ -202,6 +231,14 @@ def main():
     else:
         out_path = os.path.join(a.out, name + ".int8.onnx")
         onnx.save(q, out_path)
+    shift = None
+    if a.head_shift:
+        if a.openvino_backend:
+            ap.error("--head-shift edits the ONNX graph: not with --openvino-backend")
+        corrected, shift = head_shift(a.onnx, out_path, calib)
+        out_path = os.path.join(a.out, name + ".int8.onnx")
+        onnx.save(corrected, out_path)
+        print(f"head shift: mean logit difference {shift:+.5f} on {len(calib)} calibration rows, taken out of the head's bias", flush=True)
 
     core = ov.Core()
     variants = {"f32": compiled(core, a.onnx, "f32"), "int8": compiled(core, out_path, "f32")}
@@ -209,7 +246,7 @@ def main():
         variants["bf16"] = compiled(core, a.onnx, "bf16")
         variants["int8+bf16"] = compiled(core, out_path, "bf16")
     report = {"onnx": a.onnx, "int8": out_path, "calibration_rows": len(calib), "quantize_seconds": round(quant_s, 1),
-              "equalize": a.equalize, "equalized": equalized, "quantize_head": a.quantize_head, "keep_float": a.keep_float, "accuracy_control": a.accuracy_control, "folders": {}}
+              "equalize": a.equalize, "equalized": equalized, "head_shift": shift, "quantize_head": a.quantize_head, "keep_float": a.keep_float, "accuracy_control": a.accuracy_control, "folders": {}}
     worst = {}
     for p, x, rows, keep in folders:
         res = {k: run(cm, x, keep) for k, cm in variants.items()}
