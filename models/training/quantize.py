@@ -17,8 +17,10 @@ and its parity against f32, both run by OpenVINO's CPU plugin as the appliance r
   weights, the same function in float, checked within 1e-4), so that channels of very different
   ranges share one activation scale better (3.1.3's variant: ALPHA 1.0).
 - With `--head-shift`, the mean logit difference (int8 - f32) over the calibration rows is taken
-  out of the int8 graph's float head bias (with `--parity-of`, of that graph; round 10 in
-  models/README.md: tried, not shipped).
+  out of the int8 graph's float head bias (with `--parity-of`, of that graph, written to
+  `--out`; the calibration rows are the quantization's only with the same `--prep` order,
+  `--calib`, `--seed` and `--min-lung`, which nothing checks; round 10 in models/README.md:
+  tried, not shipped).
 - With `--accuracy-control`, NNCF's `quantize_with_accuracy_control` reverts the layers that
   move the probability most until the validation rows' largest |dprob| is within `--max-drop`
   (0.02).
@@ -167,6 +169,11 @@ def main():
     a = ap.parse_args()
     if a.equalize is not None and (a.parity_of or a.openvino_backend):
         ap.error("--equalize edits the ONNX graph NNCF quantizes: not with --parity-of or --openvino-backend")
+    if a.head_shift and a.openvino_backend:
+        ap.error("--head-shift edits the ONNX graph: not with --openvino-backend")
+    name = os.path.splitext(os.path.basename(a.onnx))[0]
+    if a.head_shift and a.parity_of and os.path.realpath(os.path.join(a.out, name + ".int8.onnx")) == os.path.realpath(a.parity_of):
+        ap.error("--head-shift with --parity-of writes OUT/NAME.int8.onnx: give an --out other than the graph's own folder")
     import nncf
     import onnx
     import openvino as ov
@@ -222,7 +229,6 @@ def main():
         q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored, fast_bias_correction=not a.full_bias_correction,
                           advanced_parameters=advanced(a))
     quant_s = time.time() - t0
-    name = os.path.splitext(os.path.basename(a.onnx))[0]
     if a.parity_of:
         out_path = a.parity_of
     elif a.openvino_backend:
@@ -233,8 +239,6 @@ def main():
         onnx.save(q, out_path)
     shift = None
     if a.head_shift:
-        if a.openvino_backend:
-            ap.error("--head-shift edits the ONNX graph: not with --openvino-backend")
         corrected, shift = head_shift(a.onnx, out_path, calib)
         out_path = os.path.join(a.out, name + ".int8.onnx")
         onnx.save(corrected, out_path)
@@ -246,7 +250,7 @@ def main():
         variants["bf16"] = compiled(core, a.onnx, "bf16")
         variants["int8+bf16"] = compiled(core, out_path, "bf16")
     report = {"onnx": a.onnx, "int8": out_path, "calibration_rows": len(calib), "quantize_seconds": round(quant_s, 1),
-              "equalize": a.equalize, "equalized": equalized, "head_shift": shift, "quantize_head": a.quantize_head, "keep_float": a.keep_float, "accuracy_control": a.accuracy_control, "folders": {}}
+              "equalize": a.equalize, "equalized": equalized, "head_shift": shift, "head_shift_of": a.parity_of if shift is not None else None, "quantize_head": a.quantize_head, "keep_float": a.keep_float, "accuracy_control": a.accuracy_control, "folders": {}}
     worst = {}
     for p, x, rows, keep in folders:
         res = {k: run(cm, x, keep) for k, cm in variants.items()}
