@@ -98,6 +98,11 @@ impl Daemon {
 }
 
 impl Supervised {
+    /// Whether the thread has ended (without taking its end: see [`Supervised::ended`]).
+    pub(super) fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     /// Waits for the thread to end (at shutdown, once its work is done).
     pub(super) fn join(mut self) {
         if let Some(h) = self.handle.take() {

@@ -19,6 +19,9 @@ use crate::output::SeriesSummary;
 /// How long after its thread ended the sender is started again.
 pub(super) const RESTART_AFTER: Duration = Duration::from_secs(5);
 
+/// How long the daemon's shutdown waits for the sender to finish the association it is in.
+pub(super) const FINISH: Duration = Duration::from_secs(5);
+
 /// The running sender and its thread.
 pub(super) struct Bridge {
     pub(super) sender: crate::net::export::Exporter,
@@ -107,6 +110,30 @@ impl Daemon {
     pub(super) fn export_skipped(&mut self, uid: &str, part: u16, reason: String) {
         log::error!("export: series {}: nothing sent to the PACS: {reason}", SeriesKey::of(uid, part));
         self.record(Record::ExportSkipped { t: now(), series: uid.to_string(), part, reason });
+    }
+
+    /// At shutdown: asks the sender to end, waits up to `wait` for it to finish the association
+    /// it is in, then journals what it reported, so that an object the PACS stored just before
+    /// the stop has its record (and is not sent again at the next start). What it has not
+    /// finished by then stays in the spool and is sent at the next start.
+    pub(super) fn export_finish(&mut self, wait: Duration) {
+        let Some(ex) = &mut self.exporter else { return };
+        ex.sender.close();
+        let until = Instant::now() + wait;
+        while ex.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ex.thread.as_ref().is_some_and(Supervised::is_finished) {
+            ex.thread = None; // ended as asked: not a fault
+        } else if ex.thread.is_some() {
+            log::warn!("export: the sender is still busy after {} s; what it has not finished is sent at the next start", wait.as_secs());
+        }
+        ex.restart_at = None;
+        let thread = ex.thread.take();
+        self.export_tick();
+        if let Some(ex) = &mut self.exporter {
+            ex.thread = thread;
+        }
     }
 
     /// Takes the sender's news: journals what the PACS stored or refused, FAULT EXPORT while it

@@ -318,6 +318,7 @@ impl Daemon {
         for t in scoring {
             t.join();
         }
+        self.export_finish(export::FINISH);
         self.write_status();
         log::info!("stopped; {} series open (resumed at next start)", self.state.open.len());
         self.alerts.stop();

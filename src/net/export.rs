@@ -502,6 +502,13 @@ impl Exporter {
     pub fn wake(&self) {
         let _ = self.wake.send(());
     }
+
+    /// Asks the sender to end: it finishes the association it is in, if any, reports what the
+    /// PACS stored, and returns instead of waiting for more (the daemon's shutdown).
+    pub fn close(&mut self) {
+        // Replacing the only sender of the wake channel disconnects it.
+        self.wake = channel().0;
+    }
 }
 
 /// The spool's files waiting to be sent, oldest name first.
@@ -728,6 +735,44 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `close` ends the sender whether it waits for files or backs off from an unreachable PACS
+    /// (what the daemon's shutdown relies on to journal the sender's last news).
+    #[test]
+    fn closing_ends_the_sender_idle_or_backing_off() {
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let settings = ExportSettings {
+            enabled: true,
+            peer: format!("127.0.0.1:{closed_port}"),
+            called_ae: "PACS".into(),
+            calling_ae: "CTSENTRY".into(),
+            sr: true,
+            heatmaps: true,
+            max_heatmaps: 3,
+            retry_max_seconds: 60.0,
+            tls: None,
+        };
+        for with_file in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            if with_file {
+                std::fs::write(dir.path().join("a.dcm"), b"not sent: nobody listens").unwrap();
+            }
+            let (mut ex, thread) = Exporter::start(settings.clone(), dir.path().to_path_buf()).unwrap();
+            if with_file {
+                let e = ex.events.recv_timeout(Duration::from_secs(20)).expect("the sender reports the unreachable PACS");
+                assert!(matches!(e, ExportEvent::Unreachable { .. }), "{e:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!thread.is_finished(), "the sender waits (with_file {with_file})");
+            ex.close();
+            let until = Instant::now() + Duration::from_secs(5);
+            while !thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(thread.is_finished(), "closed, the sender ends (with_file {with_file})");
+            assert_eq!(dir.path().join("a.dcm").exists(), with_file, "a file not sent stays in the spool");
+        }
+    }
 
     #[test]
     fn utc_dates_are_civil_dates() {
