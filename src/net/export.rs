@@ -504,9 +504,9 @@ impl Exporter {
     }
 
     /// Asks the sender to end: it finishes the association it is in, if any, reports what the
-    /// PACS stored, and returns instead of waiting for more (the daemon's shutdown).
+    /// PACS stored, and returns instead of waiting for more (the daemon's shutdown). Replacing
+    /// the only sender of the wake channel disconnects it.
     pub fn close(&mut self) {
-        // Replacing the only sender of the wake channel disconnects it.
         self.wake = channel().0;
     }
 }
@@ -736,8 +736,7 @@ where
 mod tests {
     use super::*;
 
-    /// `close` ends the sender whether it waits for files or backs off from an unreachable PACS
-    /// (what the daemon's shutdown relies on to journal the sender's last news).
+    /// `close` ends the sender, waiting for files or backing off (the daemon's shutdown needs it).
     #[test]
     fn closing_ends_the_sender_idle_or_backing_off() {
         let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -754,9 +753,7 @@ mod tests {
         };
         for with_file in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            if with_file {
-                std::fs::write(dir.path().join("a.dcm"), b"not sent: nobody listens").unwrap();
-            }
+            with_file.then(|| std::fs::write(dir.path().join("a.dcm"), b"not sent: nobody listens").unwrap());
             let (mut ex, thread) = Exporter::start(settings.clone(), dir.path().to_path_buf()).unwrap();
             if with_file {
                 let e = ex.events.recv_timeout(Duration::from_secs(20)).expect("the sender reports the unreachable PACS");
