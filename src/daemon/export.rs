@@ -112,10 +112,10 @@ impl Daemon {
         self.record(Record::ExportSkipped { t: now(), series: uid.to_string(), part, reason });
     }
 
-    /// At shutdown: asks the sender to end, waits up to `wait` for it to finish the association
-    /// it is in, then journals what it reported, so that an object the PACS stored just before
-    /// the stop has its record (and is not sent again at the next start). What it has not
-    /// finished by then stays in the spool and is sent at the next start.
+    /// At shutdown: asks the sender to end after the object it is sending, waits up to `wait`
+    /// for it, then journals what it reported, so that an object the PACS stored just before
+    /// the stop has its record and is not sent again at the next start. What was not sent stays
+    /// in the spool for the next start.
     pub(super) fn export_finish(&mut self, wait: Duration) {
         let Some(ex) = &mut self.exporter else { return };
         ex.sender.close();
@@ -123,10 +123,16 @@ impl Daemon {
         while ex.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if ex.thread.as_ref().is_some_and(Supervised::is_finished) {
-            ex.thread = None; // ended as asked: not a fault
-        } else if ex.thread.is_some() {
-            log::warn!("export: the sender is still busy after {} s; what it has not finished is sent at the next start", wait.as_secs());
+        match ex.thread.as_mut().map(|t| (t.is_finished(), t.ended())) {
+            // Ended as asked: not a fault; a panic (before or after the close) is logged.
+            Some((true, why)) => {
+                ex.thread = None;
+                if let Some(why) = why.filter(|w| w != "it returned") {
+                    log::error!("export: the sender thread stopped ({why})");
+                }
+            }
+            Some((false, _)) => log::warn!("export: the sender is still sending after {} s; the object it was sending may be sent again at the next start", wait.as_secs()),
+            None => {}
         }
         ex.restart_at = None;
         let thread = ex.thread.take();

@@ -406,3 +406,39 @@ fn a_shared_series_sent_by_storescu_gets_one_verdict_over_every_slice_and_its_re
     signal(&d, libc::SIGTERM);
     assert_eq!(wait_exit(&mut d, Duration::from_secs(30)), Some(0));
 }
+
+/// `Exporter::close` ends the sender, waiting for files or backing off, with a wake still queued
+/// (the daemon's shutdown needs it); a file it did not send stays in the spool.
+#[test]
+fn closing_ends_the_sender_idle_or_backing_off() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let settings = ctsentry::config::ExportSettings {
+        enabled: true,
+        peer: format!("127.0.0.1:{closed_port}"),
+        called_ae: "PACS".into(),
+        calling_ae: "CTSENTRY".into(),
+        sr: true,
+        heatmaps: true,
+        max_heatmaps: 3,
+        retry_max_seconds: 60.0,
+        tls: None,
+    };
+    for with_file in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        with_file.then(|| std::fs::write(dir.path().join("a.dcm"), b"not sent: nobody listens").unwrap());
+        let (mut ex, thread) = ctsentry::net::export::Exporter::start(settings.clone(), dir.path().to_path_buf()).unwrap();
+        if with_file {
+            let e = ex.events.recv_timeout(Duration::from_secs(20)).expect("the sender reports the unreachable PACS");
+            assert!(matches!(e, ctsentry::net::export::ExportEvent::Unreachable { .. }), "{e:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!thread.is_finished(), "the sender waits (with_file {with_file})");
+        ex.close();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while !thread.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(thread.is_finished(), "closed, the sender ends (with_file {with_file})");
+        assert_eq!(dir.path().join("a.dcm").exists(), with_file, "a file not sent stays in the spool");
+    }
+}
