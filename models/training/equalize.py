@@ -84,10 +84,7 @@ def equalize(model, rows, alpha, clip=1e3):
     out = onnx.ModelProto()
     out.CopyFrom(model)
     init = {t.name: t for t in out.graph.initializer}
-    uses = {}
-    for n in out.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    users = _users(out.graph)
     found = pairs(out)
     ranges = channel_max(out, [r.output[0] for _, r, _ in found], rows)
     # Every convolution's largest |weight| per input channel from the weights as they are before
@@ -97,7 +94,7 @@ def equalize(model, rows, alpha, clip=1e3):
     factors = []
 
     def arr(name):
-        if name not in init or uses[name] != 1:
+        if name not in init or len(users.get(name, [])) != 1:
             raise SystemExit(f"{name}: not an initialiser read by one node only")
         return numpy_helper.to_array(init[name]).astype(np.float32)
 

@@ -119,27 +119,19 @@ impl Daemon {
     pub(super) fn export_finish(&mut self, wait: Duration) {
         let Some(ex) = &mut self.exporter else { return };
         ex.sender.close();
-        let until = Instant::now() + wait;
-        while ex.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        match ex.thread.as_mut().map(|t| (t.is_finished(), t.ended())) {
-            // Ended as asked: not a fault; a panic (before or after the close) is logged.
-            Some((true, why)) => {
-                ex.thread = None;
-                if let Some(why) = why.filter(|w| w != "it returned") {
-                    log::error!("export: the sender thread stopped ({why})");
-                }
+        if let Some(t) = ex.thread.as_mut() {
+            let until = Instant::now() + wait;
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
             }
-            Some((false, _)) => log::warn!("export: the sender is still sending after {} s; the object it was sending may be sent again at the next start", wait.as_secs()),
-            None => {}
+            // Ended as asked is not a fault (no restart: the daemon is stopping); a panic is logged.
+            match t.ended() {
+                Some(why) if why != "it returned" => log::error!("export: the sender thread stopped ({why})"),
+                Some(_) => {}
+                None => log::warn!("export: the sender is still sending after {} s; the object it was sending may be sent again at the next start", wait.as_secs()),
+            }
         }
-        ex.restart_at = None;
-        let thread = ex.thread.take();
-        self.export_tick();
-        if let Some(ex) = &mut self.exporter {
-            ex.thread = thread;
-        }
+        self.export_news();
     }
 
     /// Takes the sender's news: journals what the PACS stored or refused, FAULT EXPORT while it
@@ -147,7 +139,6 @@ impl Daemon {
     /// FAULT EXPORT with its reason and is started again after [`RESTART_AFTER`] (its spool is on
     /// disk: nothing is lost meanwhile).
     pub(super) fn export_tick(&mut self) {
-        use crate::net::export::ExportEvent;
         let Some(ex) = &mut self.exporter else { return };
         if let Some(why) = ex.thread.as_mut().and_then(Supervised::ended) {
             ex.thread = None;
@@ -171,6 +162,14 @@ impl Daemon {
             }
             return;
         }
+        self.export_news();
+    }
+
+    /// Journals and logs what the sender reported since last asked; FAULT EXPORT or CLEAR as
+    /// its news says.
+    fn export_news(&mut self) {
+        use crate::net::export::ExportEvent;
+        let Some(ex) = &self.exporter else { return };
         let events: Vec<ExportEvent> = ex.sender.events.try_iter().collect();
         for e in events {
             match e {

@@ -510,11 +510,11 @@ impl Exporter {
     }
 
     /// Asks the sender to end: it finishes the object it is sending, if any, reports it, releases
-    /// the association and returns, sending nothing more (the daemon's shutdown). Replacing the
-    /// only sender of the wake channel disconnects it, which ends a wait at once.
-    pub fn close(&mut self) {
+    /// the association and returns, sending nothing more (the daemon's shutdown); a wake ends
+    /// its wait at once.
+    pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.wake = channel().0;
+        self.wake();
     }
 }
 

@@ -426,7 +426,7 @@ fn closing_ends_the_sender_idle_or_backing_off() {
     for with_file in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         with_file.then(|| std::fs::write(dir.path().join("a.dcm"), b"not sent: nobody listens").unwrap());
-        let (mut ex, thread) = ctsentry::net::export::Exporter::start(settings.clone(), dir.path().to_path_buf()).unwrap();
+        let (ex, thread) = ctsentry::net::export::Exporter::start(settings.clone(), dir.path().to_path_buf()).unwrap();
         if with_file {
             let e = ex.events.recv_timeout(Duration::from_secs(20)).expect("the sender reports the unreachable PACS");
             assert!(matches!(e, ctsentry::net::export::ExportEvent::Unreachable { .. }), "{e:?}");
