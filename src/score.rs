@@ -383,8 +383,11 @@ fn openvino(model: &Model, s: &Settings) -> Result<Arc<dyn Engine>, String> {
     let threads = s.engine_threads.unwrap_or_else(rayon::current_num_threads);
     let load = |precision: &'static str| {
         // int8's cache entry also depends on the precision of its float operations.
-        let key = if precision == "int8" { format!("int8-{}", cpu.float().0) } else { precision.to_string() };
-        let cache = cache_dir(&s.paths.state, &key, threads).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
+        let (key, sha) = match (precision, &model.manifest.int8) {
+            ("int8", Some(v)) => (format!("int8-{}", cpu.float().0), v.sha256.as_str()),
+            _ => (precision.to_string(), model.manifest.model.sha256.as_str()),
+        };
+        let cache = cache_dir(&s.paths.state, &key, threads, sha).map_err(|why| log::info!("OpenVINO compiled-model cache not used: {why}")).ok();
         OpenVinoEngine::load(model, &lib, precision, threads, cache.as_deref()).map(|e| (e, cache))
     };
     let (e, cache, why, warn) = match load(choice.precision) {

@@ -183,9 +183,10 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
 /// The compiled-model cache: the first load compiles and writes it, a second load imports it
 /// (OpenVINO's LOADED_FROM_CACHE) and gives the same outputs as an uncached engine; a cache
 /// folder OpenVINO cannot take (a path that is not UTF-8) falls back to compiling without one;
-/// only a process that owns the state folder gets a cache, and the state folder is never made.
+/// only a process that owns the state folder gets a cache, and the state folder is never made;
+/// one folder per graph, and entries unused for over `CACHE_KEEP` are removed on the next use.
 #[test]
-fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
+fn openvino_compiled_model_cache_is_written_reused_pruned_and_never_fatal() {
     use ctsentry::engine::openvino::{cache_dir, OpenVinoEngine, CACHE_DIR};
     use std::os::unix::ffi::OsStrExt;
     let Some(lib) = openvino_library() else { return };
@@ -196,8 +197,25 @@ fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
     assert!(!uncached.from_cache());
     let want = uncached.infer(&batch, n).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let dir = cache_dir(state.path(), "f32", 2).expect("a state folder this user owns gets a cache");
-    assert_eq!(dir, state.path().join(CACHE_DIR).join("f32-2t"));
+    let sha = &model.manifest.model.sha256;
+    // Entries unused for over CACHE_KEEP go when the cache is next used; recent ones stay.
+    let root = state.path().join(CACHE_DIR);
+    let aged = |name: &str, days: u64| {
+        let p = root.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("1234.blob"), b"old").unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
+        std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+        p
+    };
+    let (old_release, old_model, recent) = (aged("f32-2t", 31), aged("bf16-2t-0123456789ab", 40), aged("int8-f32-2t-ba9876543210", 29));
+    let dir = cache_dir(state.path(), "f32", 2, sha).expect("a state folder this user owns gets a cache");
+    assert_eq!(dir, root.join(format!("f32-2t-{}", &sha[..12])));
+    assert!(!old_release.exists() && !old_model.exists(), "entries unused for over CACHE_KEEP were kept");
+    assert!(recent.join("1234.blob").exists(), "an entry used within CACHE_KEEP was removed");
+    let used = std::fs::metadata(&dir).unwrap().modified().unwrap();
+    assert!(used.elapsed().unwrap() < std::time::Duration::from_secs(60));
+    assert!(ctsentry::engine::openvino::CACHE_KEEP >= std::time::Duration::from_secs(86_400));
     let first = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap();
     assert!(!first.from_cache(), "nothing was cached yet");
     let files = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_file()).count();
@@ -214,12 +232,12 @@ fn openvino_compiled_model_cache_is_written_reused_and_never_fatal() {
     assert!(!e.from_cache());
     assert!(e.infer(&batch, n).unwrap().prob.iter().zip(&want.prob).all(|(x, y)| (x - y).abs() < 1e-6));
     let missing = state.path().join("no-state-yet");
-    assert!(cache_dir(&missing, "f32", 2).is_err());
+    assert!(cache_dir(&missing, "f32", 2, sha).is_err());
     assert!(!missing.exists(), "cache_dir must not create the state folder");
     if unsafe { libc::geteuid() } == 0 {
         let other = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(other.path(), Some(4242), None).unwrap();
-        let why = cache_dir(other.path(), "f32", 2).unwrap_err();
+        let why = cache_dir(other.path(), "f32", 2, sha).unwrap_err();
         assert!(why.contains("not a folder owned by this user"), "{why}");
         assert!(!other.path().join(CACHE_DIR).exists(), "root left a cache in another user's state folder");
     }

@@ -246,12 +246,16 @@ pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
     Err(format!("no OpenVINO library: not in {PACKAGED_DIR} (the Debian package), and python3 has no `openvino` package (pip install openvino); or set engine.openvino_library"))
 }
 
-/// The compiled-model cache folder for `precision` on `threads` threads under `state`, created
-/// when missing, or why there is none. Only a process that owns `state` gets it (the daemon's
-/// user on a box, the developer in a checkout): a command run by root or another user must not
-/// leave files there that the daemon cannot replace, nor load blobs another user wrote. `state`
-/// itself is never created here.
-pub fn cache_dir(state: &Path, precision: &str, threads: usize) -> Result<PathBuf, String> {
+/// The compiled-model cache folder for `precision` on `threads` threads of the graph whose
+/// sha256 is `sha256` under `state`, created when missing, or why there is none. Only a process
+/// that owns `state` gets it (the daemon's user on a box, the developer in a checkout): a command
+/// run by root or another user must not leave files there that the daemon cannot replace, nor
+/// load blobs another user wrote. `state` itself is never created here.
+///
+/// Each use marks the folder as used now; the cache's other entries (another model or variant,
+/// another precision or thread count, folders of older releases) that no process has used for
+/// [`CACHE_KEEP`] are removed, so the entries of replaced models do not pile up.
+pub fn cache_dir(state: &Path, precision: &str, threads: usize, sha256: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(state).map_err(|e| format!("{}: {e}", state.display()))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -259,13 +263,40 @@ pub fn cache_dir(state: &Path, precision: &str, threads: usize) -> Result<PathBu
     if !meta.is_dir() || meta.uid() != me {
         return Err(format!("{} is not a folder owned by this user (uid {me})", state.display()));
     }
-    let dir = state.join(CACHE_DIR).join(format!("{precision}-{}t", threads.max(1)));
+    let root = state.join(CACHE_DIR);
+    let dir = root.join(format!("{precision}-{}t-{}", threads.max(1), sha256.get(..12).unwrap_or(sha256)));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // A folder's time moves only when an entry is written: mark this one as used.
+    if let Err(e) = std::fs::File::open(&dir).and_then(|f| f.set_modified(std::time::SystemTime::now())) {
+        log::warn!("OpenVINO compiled-model cache {}: cannot mark it as used ({e}); it may be removed as unused after {} days", dir.display(), CACHE_KEEP.as_secs() / 86_400);
+    }
+    prune_cache(&root, &dir);
     Ok(dir)
 }
 
+/// How long a compiled-model cache entry that no process uses is kept (see [`cache_dir`]).
+pub const CACHE_KEEP: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Removes the entries of `root` other than `keep` last changed more than [`CACHE_KEEP`] ago.
+fn prune_cache(root: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let unused = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > CACHE_KEEP));
+        if path == keep || !unused {
+            continue;
+        }
+        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Ok(()) => log::info!("OpenVINO compiled-model cache: removed {}, unused for more than {} days", path.display(), CACHE_KEEP.as_secs() / 86_400),
+            Err(err) => log::warn!("OpenVINO compiled-model cache: cannot remove {}, unused for more than {} days: {err}", path.display(), CACHE_KEEP.as_secs() / 86_400),
+        }
+    }
+}
+
 /// The folder under `paths.state` that holds OpenVINO's compiled models, one sub-folder per
-/// precision and thread count (OpenVINO's own key covers the graph, the device and its version).
+/// precision, thread count and graph (OpenVINO's own key covers the graph, the device and its
+/// version).
 pub const CACHE_DIR: &str = "openvino-cache";
 
 /// Fields drop in declaration order: the request, then the compiled model, then the core that
