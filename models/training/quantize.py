@@ -15,7 +15,7 @@ and its parity against f32, both run by OpenVINO's CPU plugin as the appliance r
 - With `--equalize ALPHA`, each convolution's input channels are evened out first
   (equalize.py: a per-channel factor moved from the BN or previous convolution into the
   weights, the same function in float, checked within 1e-4), so that channels of very different
-  ranges share one activation scale better (3.1.3's variant: ALPHA 1.0).
+  ranges share one activation scale better (3.1.3's and 3.1.4's variants: ALPHA 1.0).
 - With `--head-shift`, the mean logit difference (int8 - f32) over the calibration rows is taken
   out of the int8 graph's float head bias (with `--parity-of`, of that graph, written to
   `--out`; the calibration rows are the quantization's only with the same `--prep` order,
