@@ -184,9 +184,9 @@ fn openvino_matches_tract_in_f32_and_in_bf16_within_parity() {
 /// (OpenVINO's LOADED_FROM_CACHE) and gives the same outputs as an uncached engine; a cache
 /// folder OpenVINO cannot take (a path that is not UTF-8) falls back to compiling without one;
 /// only a process that owns the state folder gets a cache, and the state folder is never made;
-/// one folder per graph, and entries unused for over `CACHE_KEEP` are removed on the next use.
+/// one folder per graph, marked as loaded at each load (which keeps it from pruning).
 #[test]
-fn openvino_compiled_model_cache_is_written_reused_pruned_and_never_fatal() {
+fn openvino_compiled_model_cache_is_written_reused_marked_and_never_fatal() {
     use ctsentry::engine::openvino::{cache_dir, OpenVinoEngine, CACHE_DIR};
     use std::os::unix::ffi::OsStrExt;
     let Some(lib) = openvino_library() else { return };
@@ -198,24 +198,13 @@ fn openvino_compiled_model_cache_is_written_reused_pruned_and_never_fatal() {
     let want = uncached.infer(&batch, n).unwrap();
     let state = tempfile::tempdir().unwrap();
     let sha = &model.manifest.model.sha256;
-    // Entries unused for over CACHE_KEEP go when the cache is next used; recent ones stay.
-    let root = state.path().join(CACHE_DIR);
-    let aged = |name: &str, days: u64| {
-        let p = root.join(name);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("1234.blob"), b"old").unwrap();
-        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
-        std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
-        p
-    };
-    let (old_release, old_model, recent) = (aged("f32-2t", 31), aged("bf16-2t-0123456789ab", 40), aged("int8-f32-2t-ba9876543210", 29));
-    let dir = cache_dir(state.path(), "f32", 2, sha).expect("a state folder this user owns gets a cache");
-    assert_eq!(dir, root.join(format!("f32-2t-{}", &sha[..12])));
-    assert!(!old_release.exists() && !old_model.exists(), "entries unused for over CACHE_KEEP were kept");
-    assert!(recent.join("1234.blob").exists(), "an entry used within CACHE_KEEP was removed");
-    let used = std::fs::metadata(&dir).unwrap().modified().unwrap();
-    assert!(used.elapsed().unwrap() < std::time::Duration::from_secs(60));
-    assert!(ctsentry::engine::openvino::CACHE_KEEP >= std::time::Duration::from_secs(86_400));
+    // One folder per graph, marked as loaded by each call (here: one left 40 days ago).
+    let dir = state.path().join(CACHE_DIR).join(format!("f32-2t-{}", &sha[..12]));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::open(&dir).unwrap().set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 86_400)).unwrap();
+    assert_eq!(cache_dir(state.path(), "f32", 2, sha).expect("a state folder this user owns gets a cache"), dir);
+    assert!(std::fs::metadata(&dir).unwrap().modified().unwrap().elapsed().unwrap() < std::time::Duration::from_secs(60), "the folder was not marked as loaded");
+    assert_eq!(ctsentry::engine::openvino::prune_cache(state.path()), 0, "the folder just loaded was pruned");
     let first = OpenVinoEngine::load(&model, &lib, "f32", 2, Some(&dir)).unwrap();
     assert!(!first.from_cache(), "nothing was cached yet");
     let files = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_file()).count();
@@ -241,6 +230,41 @@ fn openvino_compiled_model_cache_is_written_reused_pruned_and_never_fatal() {
         assert!(why.contains("not a folder owned by this user"), "{why}");
         assert!(!other.path().join(CACHE_DIR).exists(), "root left a cache in another user's state folder");
     }
+}
+
+/// Pruning the compiled-model cache (no OpenVINO needed): folders not loaded for over
+/// `CACHE_KEEP` go, with what they hold; recent folders, files and links (and what a link points
+/// to) stay; a state folder without a cache is no error.
+#[test]
+fn compiled_model_cache_folders_not_loaded_for_30_days_are_pruned() {
+    use ctsentry::engine::openvino::{prune_cache, CACHE_DIR, CACHE_KEEP};
+    use std::time::{Duration, SystemTime};
+    let state = tempfile::tempdir().unwrap();
+    assert_eq!(prune_cache(state.path()), 0);
+    let root = state.path().join(CACHE_DIR);
+    let aged = |p: &Path, days: u64| std::fs::File::open(p).unwrap().set_modified(SystemTime::now() - Duration::from_secs(days * 86_400)).unwrap();
+    let folder = |name: &str, days: u64| {
+        let p = root.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("1234.blob"), b"compiled").unwrap();
+        aged(&p, days);
+        p
+    };
+    let (old_release, old_model, recent) = (folder("f32-2t", 31), folder("bf16-2t-0123456789ab", 40), folder("int8-f32-2t-ba9876543210", 29));
+    let file = root.join("notes.txt");
+    std::fs::write(&file, b"an admin's").unwrap();
+    aged(&file, 90);
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("keep.blob"), b"not ours").unwrap();
+    aged(elsewhere.path(), 90);
+    let link = root.join("linked");
+    std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+    assert_eq!(CACHE_KEEP, Duration::from_secs(30 * 86_400), "the documented 30 days");
+    assert_eq!(prune_cache(state.path()), 2);
+    assert!(!old_release.exists() && !old_model.exists(), "folders not loaded for over CACHE_KEEP were kept");
+    assert!(recent.join("1234.blob").exists(), "a folder loaded within CACHE_KEEP was removed");
+    assert!(file.exists() && link.symlink_metadata().is_ok() && elsewhere.path().join("keep.blob").exists(), "a file, a link or its target was removed");
+    assert_eq!(prune_cache(state.path()), 0);
 }
 
 /// The tiny bundle with its int8 variant (models/testdata/tiny-densenet.int8.onnx, beside it as

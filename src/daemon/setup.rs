@@ -1,4 +1,5 @@
-//! Start-up: folders, lock, journal, feed, model and engine ([`prepare`]), the alert sinks, and
+//! Start-up: folders, lock, journal, feed, model and engine ([`prepare`], which also prunes the
+//! OpenVINO compiled-model cache), the alert sinks, and
 //! the visible wait while something of that cannot be set up ([`wait_for_setup`]).
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub(super) fn prepare(settings: &Settings, held: &mut Option<(PathBuf, std::fs::
     let (journal, state) = Journal::open(&p.state)?;
     let outbox = outbox::Outbox::open(&p.results).map_err(io(&p.results))?;
     let scorer = Scorer::from_settings(settings)?;
+    // With the lock held and this engine's cache folder marked: only this process prunes.
+    crate::engine::openvino::prune_cache(&p.state);
     let (_, lock) = held.take().expect("locked above");
     Ok(Prepared { lock, journal, state, outbox, scorer })
 }

@@ -252,9 +252,7 @@ pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
 /// run by root or another user must not leave files there that the daemon cannot replace, nor
 /// load blobs another user wrote. `state` itself is never created here.
 ///
-/// Each use marks the folder as used now; the cache's other entries (another model or variant,
-/// another precision or thread count, folders of older releases) that no process has used for
-/// [`CACHE_KEEP`] are removed, so the entries of replaced models do not pile up.
+/// Each call marks the folder as loaded now, which keeps it from [`prune_cache`].
 pub fn cache_dir(state: &Path, precision: &str, threads: usize, sha256: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(state).map_err(|e| format!("{}: {e}", state.display()))?;
@@ -263,35 +261,45 @@ pub fn cache_dir(state: &Path, precision: &str, threads: usize, sha256: &str) ->
     if !meta.is_dir() || meta.uid() != me {
         return Err(format!("{} is not a folder owned by this user (uid {me})", state.display()));
     }
-    let root = state.join(CACHE_DIR);
-    let dir = root.join(format!("{precision}-{}t-{}", threads.max(1), sha256.get(..12).unwrap_or(sha256)));
+    let dir = state.join(CACHE_DIR).join(format!("{precision}-{}t-{}", threads.max(1), sha256.get(..12).unwrap_or(sha256)));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // A folder's time moves only when an entry is written: mark this one as used.
+    // A folder's time moves only when an entry is written: mark this one as loaded.
     if let Err(e) = std::fs::File::open(&dir).and_then(|f| f.set_modified(std::time::SystemTime::now())) {
-        log::warn!("OpenVINO compiled-model cache {}: cannot mark it as used ({e}); it may be removed as unused after {} days", dir.display(), CACHE_KEEP.as_secs() / 86_400);
+        log::warn!("OpenVINO compiled-model cache {}: cannot mark it as loaded ({e}); the daemon may remove it after {} days", dir.display(), CACHE_KEEP.as_secs() / 86_400);
     }
-    prune_cache(&root, &dir);
     Ok(dir)
 }
 
-/// How long a compiled-model cache entry that no process uses is kept (see [`cache_dir`]).
+/// How long [`prune_cache`] keeps a compiled-model cache folder that no process has loaded.
 pub const CACHE_KEEP: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
-/// Removes the entries of `root` other than `keep` last changed more than [`CACHE_KEEP`] ago.
-fn prune_cache(root: &Path, keep: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+/// Removes the folders of `state`'s compiled-model cache that no process has loaded for
+/// [`CACHE_KEEP`] (a replaced model's or variant's, another precision's or thread count's, an
+/// older release's layout), logging each; returns how many. The daemon calls it once its own
+/// engine is loaded (so its own folder is marked), at each start: only the one process that holds
+/// the state folder's lock prunes. Files and links in the cache folder are left alone.
+pub fn prune_cache(state: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(state.join(CACHE_DIR)) else { return 0 };
+    let days = CACHE_KEEP.as_secs() / 86_400;
+    let mut removed = 0;
     for e in entries.flatten() {
-        let path = e.path();
-        let unused = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > CACHE_KEEP));
-        if path == keep || !unused {
+        // The entry's own type and time: a link is not followed.
+        let Ok(meta) = e.metadata() else { continue };
+        let unused = meta.modified().is_ok_and(|t| t.elapsed().is_ok_and(|age| age > CACHE_KEEP));
+        if !meta.is_dir() || !unused {
             continue;
         }
-        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        match removed {
-            Ok(()) => log::info!("OpenVINO compiled-model cache: removed {}, unused for more than {} days", path.display(), CACHE_KEEP.as_secs() / 86_400),
-            Err(err) => log::warn!("OpenVINO compiled-model cache: cannot remove {}, unused for more than {} days: {err}", path.display(), CACHE_KEEP.as_secs() / 86_400),
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => {
+                removed += 1;
+                log::info!("OpenVINO compiled-model cache: removed {}, not loaded for more than {days} days", e.path().display());
+            }
+            // Removed meanwhile by someone else: what was asked for.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => log::warn!("OpenVINO compiled-model cache: cannot remove {}, not loaded for more than {days} days: {err}", e.path().display()),
         }
     }
+    removed
 }
 
 /// The folder under `paths.state` that holds OpenVINO's compiled models, one sub-folder per

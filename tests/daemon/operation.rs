@@ -53,12 +53,21 @@ fn ack_reload_and_bad_reload_while_running() {
     let cfg = config(root, "");
     let log = root.join("daemon.log");
     let var = root.join("var");
+    // At its start the daemon prunes compiled-model cache folders no process loaded for 30 days.
+    let cache = var.join("state").join(ctsentry::engine::openvino::CACHE_DIR);
+    let (stale, fresh) = (cache.join("bf16-2t-0123456789ab"), cache.join("f32-2t-ba9876543210"));
+    for (p, days) in [(&stale, 31), (&fresh, 1)] {
+        std::fs::create_dir_all(p).unwrap();
+        std::fs::File::open(p).unwrap().set_modified(std::time::SystemTime::now() - Duration::from_secs(days * 86_400)).unwrap();
+    }
     let mut child = start(&cfg, &log);
     write_series(&root.join("src"), "dense", "1.2.826.0.1.3680043.8.498.21", 200, 4);
     std::fs::create_dir_all(var.join("incoming")).unwrap();
     drop_into(&root.join("src"), &var.join("incoming"));
     let results = var.join("results");
     assert!(wait_until(Duration::from_secs(60), || !finals(&results).is_empty()), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(!stale.exists() && fresh.exists(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("bf16-2t-0123456789ab, not loaded for more than 30 days"));
     // A broken config on SIGHUP is refused and the daemon keeps running.
     let good = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, good.replace("min_positive_slices = 2", "min_positive_slices = \"x\"")).unwrap();
