@@ -512,3 +512,60 @@ assert [c.name for _, _, c in E.pairs(grouped)] == ["c1"]
 "#,
     );
 }
+
+/// The quantizer ranking's graph surgery (`sensitivity.py`): it finds the quantizers of
+/// activations (not of weights), and taking one out removes it and its readers, every reader's
+/// consumer reading the float input instead: the graph then computes what the same graph built
+/// without that quantizer computes, and the rest is untouched; a name not in the graph stops it.
+#[test]
+fn a_quantizer_taken_out_leaves_the_rest_of_the_int8_graph_as_it_was() {
+    if !onnx_ready() {
+        return;
+    }
+    training_python(
+        r#"
+import numpy as np, onnx, onnxruntime as ort
+from onnx import helper as h, numpy_helper as nh, TensorProto as T
+import sensitivity as S
+rng = np.random.default_rng(5)
+c = lambda name, a: nh.from_array(np.asarray(a), name)
+inits = [c("w", rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)), c("w2", rng.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32)),
+         c("s", np.float32(0.02)), c("z", np.int8(0)), c("sw", np.float32(0.01)), c("s2", np.float32(0.05)), c("z2", np.uint8(0))]
+def graph(with_q2):
+    relu_out = "r" if not with_q2 else "r_dq_a"
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q1"),
+             h.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq1"),
+             h.make_node("QuantizeLinear", ["w", "sw", "z"], ["wq"], name="qw"),
+             h.make_node("DequantizeLinear", ["wq", "sw", "z"], ["wd"], name="dqw"),
+             h.make_node("Conv", ["xd", "wd"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c"], ["r"], name="relu")]
+    if with_q2:  # one quantizer, two readers
+        nodes += [h.make_node("QuantizeLinear", ["r", "s2", "z2"], ["rq"], name="q2"),
+                  h.make_node("DequantizeLinear", ["rq", "s2", "z2"], ["r_dq_a"], name="dq2a"),
+                  h.make_node("DequantizeLinear", ["rq", "s2", "z2"], ["r_dq_b"], name="dq2b")]
+    nodes += [h.make_node("Conv", [relu_out, "w2"], ["y"], name="conv2"),
+              h.make_node("ReduceMean", ["r_dq_b" if with_q2 else "r"], ["m"], name="mean", keepdims=0, axes=[2, 3])]
+    g = h.make_graph(nodes, "t", [h.make_tensor_value_info("x", T.FLOAT, [None, 3, 8, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [None, 2, 8, 8]), h.make_tensor_value_info("m", T.FLOAT, [None, 4])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+m, want = graph(True), graph(False)
+onnx.checker.check_model(m)
+assert S.activation_quantizers(m) == ["q1", "q2"], S.activation_quantizers(m)
+out = S.bypass(m, ["q2"])
+onnx.checker.check_model(out)
+names = [n.name for n in out.graph.node]
+assert "q2" not in names and "dq2a" not in names and "dq2b" not in names and {"q1", "dq1", "qw", "dqw"} <= set(names), names
+assert [n.name for n in m.graph.node if n.name == "q2"] == ["q2"], "the input graph was changed"
+run = lambda model, x: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y", "m"], {"x": x})
+x = rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
+for a, b in zip(run(out, x), run(want, x)):
+    assert np.allclose(a, b, rtol=1e-6, atol=1e-6)
+assert not np.allclose(run(m, x)[0], run(want, x)[0], rtol=1e-4, atol=1e-4), "the quantizer changed nothing: the test proves nothing"
+try:
+    S.bypass(m, ["q9"])
+    raise AssertionError("an unknown quantizer was accepted")
+except SystemExit as e:
+    assert "q9" in str(e)
+"#,
+    );
+}

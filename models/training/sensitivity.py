@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Which activation quantizers of an int8 QDQ graph cost the most, and the graph with the worst
+of them taken out (their input left in float).
+
+    python3 models/training/sensitivity.py --onnx models/densenet121-covid.onnx \
+        --int8 models/densenet121-covid.int8.onnx --prep /tmp/prep/ucsd ... --every 6 --out /tmp/sens
+    python3 models/training/sensitivity.py ... --ranking /tmp/sens/ranking.json --top 8 --out /tmp/top8
+
+- Ranking: every activation quantizer (a QuantizeLinear whose input is not a constant, with its
+  DequantizeLinear readers) is taken out of the graph alone, and the graph run by OpenVINO's CPU
+  plugin (rest f32, as quantize.py measures parity) on every `--every`-th row of the prep folders
+  given (rows the appliance scores: lung fraction >= 0.02); its cost is how much the mean squared
+  logit difference against the float model falls without it. Written to OUT/ranking.json, most
+  costly first. Measure it on development rows only, never on the slices a variant is judged on.
+- With `--ranking` and `--top K`: the int8 graph with the K most costly quantizers taken out,
+  written to OUT/NAME.int8.onnx (the same graph otherwise: weights and every other quantizer's
+  scale unchanged).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quantize import rows_of, run  # noqa: E402
+
+
+def activation_quantizers(model):
+    """Names of the QuantizeLinear nodes of `model` that quantize an activation (their input is
+    not an initialiser), in graph order."""
+    consts = {t.name for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in consts]
+
+
+def bypass(model, names):
+    """A copy of `model` without the QuantizeLinear nodes `names` and their DequantizeLinear
+    readers: whatever read a reader's output reads the quantizer's input instead."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    quant = {n.name: n for n in g.node if n.name in names}
+    if len(quant) != len(set(names)):
+        raise SystemExit(f"not in the graph: {sorted(set(names) - set(quant))}")
+    rename, drop = {}, set(quant)
+    for n in g.node:
+        if n.op_type == "DequantizeLinear":
+            q = next((q for q in quant.values() if q.output[0] == n.input[0]), None)
+            if q is not None:
+                rename[n.output[0]] = q.input[0]
+                drop.add(n.name)
+    readers = [n for n in g.node if n.name in drop]
+    if any(n.output[0] in [o.name for o in g.output] for n in readers):
+        raise SystemExit("a quantizer to take out feeds a graph output")
+    keep = [n for n in g.node if n.name not in drop]
+    for n in keep:
+        for i, x in enumerate(n.input):
+            if x in rename:
+                n.input[i] = rename[x]
+    del g.node[:]
+    g.node.extend(keep)
+    return m
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx", required=True, help="the float model")
+    ap.add_argument("--int8", required=True, help="its int8 QDQ graph")
+    ap.add_argument("--prep", action="append", default=[], help="development prep folders (ranking)")
+    ap.add_argument("--every", type=int, default=6)
+    ap.add_argument("--min-lung", type=float, default=0.02)
+    ap.add_argument("--ranking", help="a ranking.json of this graph: write the graph without its --top most costly quantizers")
+    ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    import onnx
+    import openvino as ov
+
+    os.makedirs(a.out, exist_ok=True)
+    model = onnx.load(a.int8)
+    if a.ranking:
+        r = json.load(open(a.ranking))
+        if os.path.basename(r["int8"]) != os.path.basename(a.int8) or r["quantizers"] != len(activation_quantizers(model)):
+            raise SystemExit(f"{a.ranking} ranks another graph")
+        names = [q["name"] for q in r["ranking"][: a.top]]
+        out = os.path.join(a.out, os.path.basename(a.int8))
+        onnx.save(bypass(model, names), out)
+        print(json.dumps({"out": out, "taken_out": names}))
+        return
+    if not a.prep:
+        ap.error("--prep (development rows) is needed to rank")
+    core = ov.Core()
+    folders = rows_of(a.prep, a.min_lung)
+    x = np.concatenate([np.asarray(xs[keep[:: a.every]], np.float32) for _, xs, _, keep in folders])
+    idx = list(range(len(x)))
+    logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+    cfg = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
+    ref = logit(run(core.compile_model(a.onnx, "CPU", cfg), x, idx)[0].astype(np.float64))
+
+    def cost(m):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.onnx")
+            onnx.save(m, path)
+            p = run(core.compile_model(path, "CPU", cfg), x, idx)[0]
+        d = logit(p.astype(np.float64)) - ref
+        return float(np.mean(d * d)), float(np.abs(p - 1 / (1 + np.exp(-ref))).max())
+
+    t0 = time.time()
+    base, base_max = cost(model)
+    print(f"{len(x)} rows; the whole graph: mean squared logit difference {base:.6f}, max |dprob| {base_max:.4f}", flush=True)
+    ranking = []
+    names = activation_quantizers(model)
+    for i, name in enumerate(names):
+        mse, mx = cost(bypass(model, [name]))
+        ranking.append({"name": name, "mse_without": mse, "gain": base - mse, "max_dprob_without": mx})
+        print(f"{i + 1}/{len(names)} {name}: {base - mse:+.6f}", flush=True)
+    ranking.sort(key=lambda r: -r["gain"])
+    json.dump({"int8": a.int8, "onnx": a.onnx, "prep": a.prep, "every": a.every, "rows": len(x), "quantizers": len(names),
+               "mse": base, "max_dprob": base_max, "seconds": round(time.time() - t0), "ranking": ranking},
+              open(os.path.join(a.out, "ranking.json"), "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
