@@ -265,6 +265,13 @@ fn compiled_model_cache_folders_not_loaded_for_30_days_are_pruned() {
     assert!(recent.join("1234.blob").exists(), "a folder loaded within CACHE_KEEP was removed");
     assert!(file.exists() && link.symlink_metadata().is_ok() && elsewhere.path().join("keep.blob").exists(), "a file, a link or its target was removed");
     assert_eq!(prune_cache(state.path()), 0);
+    if unsafe { libc::geteuid() } == 0 {
+        // Root prunes nothing in another user's state folder.
+        folder("f32-2t-0000000000aa", 40);
+        std::os::unix::fs::chown(state.path(), Some(4242), None).unwrap();
+        assert_eq!(prune_cache(state.path()), 0);
+        assert!(root.join("f32-2t-0000000000aa").exists());
+    }
 }
 
 /// The tiny bundle with its int8 variant (models/testdata/tiny-densenet.int8.onnx, beside it as

@@ -254,13 +254,7 @@ pub fn library(configured: Option<&Path>) -> Result<PathBuf, String> {
 ///
 /// Each call marks the folder as loaded now, which keeps it from [`prune_cache`].
 pub fn cache_dir(state: &Path, precision: &str, threads: usize, sha256: &str) -> Result<PathBuf, String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(state).map_err(|e| format!("{}: {e}", state.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != me {
-        return Err(format!("{} is not a folder owned by this user (uid {me})", state.display()));
-    }
+    owned(state)?;
     let dir = state.join(CACHE_DIR).join(format!("{precision}-{}t-{}", threads.max(1), sha256.get(..12).unwrap_or(sha256)));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // A folder's time moves only when an entry is written: mark this one as loaded.
@@ -270,6 +264,19 @@ pub fn cache_dir(state: &Path, precision: &str, threads: usize, sha256: &str) ->
     Ok(dir)
 }
 
+/// Whether `state` is a folder this process's user owns (or why not): only then does it keep a
+/// compiled-model cache there.
+fn owned(state: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(state).map_err(|e| format!("{}: {e}", state.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(format!("{} is not a folder owned by this user (uid {me})", state.display()));
+    }
+    Ok(())
+}
+
 /// How long [`prune_cache`] keeps a compiled-model cache folder that no process has loaded.
 pub const CACHE_KEEP: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
@@ -277,8 +284,12 @@ pub const CACHE_KEEP: std::time::Duration = std::time::Duration::from_secs(30 * 
 /// [`CACHE_KEEP`] (a replaced model's or variant's, another precision's or thread count's, an
 /// older release's layout), logging each; returns how many. The daemon calls it once its own
 /// engine is loaded (so its own folder is marked), at each start: only the one process that holds
-/// the state folder's lock prunes. Files and links in the cache folder are left alone.
+/// the state folder's lock prunes, and only in a state folder its user owns (as [`cache_dir`]).
+/// Files and links in the cache folder are left alone.
 pub fn prune_cache(state: &Path) -> usize {
+    if owned(state).is_err() {
+        return 0;
+    }
     let Ok(entries) = std::fs::read_dir(state.join(CACHE_DIR)) else { return 0 };
     let days = CACHE_KEEP.as_secs() / 86_400;
     let mut removed = 0;
