@@ -517,6 +517,7 @@ assert [c.name for _, _, c in E.pairs(grouped)] == ["c1"]
 /// activations (not of weights), and taking one out removes it and its readers, every reader's
 /// consumer reading the float input instead: the graph then computes what the same graph built
 /// without that quantizer computes, and the rest is untouched; a name not in the graph stops it.
+/// Rescaling widens only the quantizers of convolution outputs, as documented, never narrows.
 #[test]
 fn a_quantizer_taken_out_leaves_the_rest_of_the_int8_graph_as_it_was() {
     if !onnx_ready() {
@@ -566,6 +567,26 @@ try:
     raise AssertionError("an unknown quantizer was accepted")
 except SystemExit as e:
     assert "q9" in str(e)
+# Rescaling widens only the quantizers of convolution outputs (here the one before "y2"), to the
+# geometric mean of their scale and the one covering the largest |value| of the rows, never narrower.
+cw = [c("k", rng.normal(0, 1, (2, 3, 1, 1)).astype(np.float32)), c("t", np.float32(0.001)), c("zi", np.int8(0))]
+g = h.make_graph([h.make_node("Conv", ["x", "k"], ["cv"], name="cv"),
+                  h.make_node("QuantizeLinear", ["cv", "t", "zi"], ["cq"], name="qc"),
+                  h.make_node("DequantizeLinear", ["cq", "t", "zi"], ["y2"], name="dqc"),
+                  h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq2"], name="qx"),
+                  h.make_node("DequantizeLinear", ["xq2", "s", "z"], ["x2"], name="dqx")],
+                 "r", [h.make_tensor_value_info("x", T.FLOAT, [None, 3, 8, 8])],
+                 [h.make_tensor_value_info("y2", T.FLOAT, [None, 2, 8, 8]), h.make_tensor_value_info("x2", T.FLOAT, [None, 3, 8, 8])], cw + inits[2:4])
+r = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+rows = [rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(3)]
+big = max(float(np.abs(np.einsum("oc,nchw->nohw", nh.to_array(cw[0])[:, :, 0, 0], x)).max()) for x in rows)
+wide, changed = S.rescale(r, rows)
+scale = lambda model, name: float(next(nh.to_array(t) for t in model.graph.initializer if t.name == name))
+assert list(changed) == ["qc"], changed
+assert np.isclose(scale(wide, "t"), np.sqrt(0.001 * big / 127), rtol=1e-5), (scale(wide, "t"), big)
+assert scale(wide, "s") == scale(r, "s") == np.float32(0.02) and scale(r, "t") == np.float32(0.001)
+narrow, _ = S.rescale(wide, [x * 1e-3 for x in rows])
+assert scale(narrow, "t") == scale(wide, "t"), "a scale was narrowed"
 "#,
     );
 }

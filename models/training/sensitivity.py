@@ -15,6 +15,11 @@ of them taken out (their input left in float).
 - With `--ranking` and `--top K`: the int8 graph with the K most costly quantizers taken out,
   written to OUT/NAME.int8.onnx (the same graph otherwise: weights and every other quantizer's
   scale unchanged).
+- With `--rescale`: the int8 graph with the quantizers of convolution and pooling outputs (the
+  features entering DenseNet's concatenations and pools) given wider scales, the geometric mean
+  of their own and, where larger, the scale that covers the largest |value| over every 4th
+  calibration row (`--prep` in quantize.py's order, `--calib`, `--seed`: its rows); written to
+  OUT/NAME.int8.onnx with OUT/rescaled.json. Only scales change, so the graph runs as fast.
 """
 import argparse
 import json
@@ -26,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quantize import rows_of, run  # noqa: E402
+from quantize import calibration, rows_of, run  # noqa: E402
 
 
 def activation_quantizers(model):
@@ -67,6 +72,45 @@ def bypass(model, names):
     return m
 
 
+def rescale(model, rows):
+    """A copy of `model` whose activation quantizers of Conv and AveragePool outputs get the scale
+    sqrt(s * max(s, m / levels)): s their own, m the largest |input| over `rows` (run in
+    onnxruntime), levels 127 (int8) or 255 (uint8); and what changed, per quantizer."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper as nh
+
+    g = model.graph
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    quant = {n.name: n for n in g.node if n.name in activation_quantizers(model) and made_by.get(n.input[0]) in ("Conv", "AveragePool")}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for q in quant.values():
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(q.input[0], onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = list(quant)
+    largest = np.zeros(len(names))
+    for r in rows:
+        out = sess.run([quant[n].input[0] for n in names], {g.input[0].name: r})
+        largest = np.maximum(largest, [float(np.abs(v).max()) for v in out])
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init = {t.name: t for t in m.graph.initializer}
+    changed = {}
+    for n, big in zip(names, largest):
+        q = quant[n]
+        # The DequantizeLinear readers share these initialisers (NNCF's graphs): one change serves both.
+        readers = [d for d in m.graph.node if d.op_type == "DequantizeLinear" and q.output[0] in d.input]
+        if any(d.input[1] != q.input[1] for d in readers) or sum(q.input[1] in x.input for x in m.graph.node) != 1 + len(readers):
+            raise SystemExit(f"{n}: its scale is not shared by exactly its own quantize/dequantize pair")
+        levels = 127.0 if nh.to_array(init[q.input[2]]).dtype == np.int8 else 255.0
+        s = float(nh.to_array(init[q.input[1]]))
+        new = float(np.sqrt(s * max(s, big / levels)))
+        init[q.input[1]].CopyFrom(nh.from_array(np.array(new, np.float32), q.input[1]))
+        changed[n] = {"scale": s, "largest": float(big), "new": new}
+    return m, changed
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", required=True, help="the float model")
@@ -76,6 +120,9 @@ def main():
     ap.add_argument("--min-lung", type=float, default=0.02)
     ap.add_argument("--ranking", help="a ranking.json of this graph: write the graph without its --top most costly quantizers")
     ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--rescale", action="store_true", help="widen the scales of the quantizers of convolution and pooling outputs (see above)")
+    ap.add_argument("--calib", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import onnx
@@ -93,7 +140,16 @@ def main():
         print(json.dumps({"out": out, "taken_out": names}))
         return
     if not a.prep:
-        ap.error("--prep (development rows) is needed to rank")
+        ap.error("--prep is needed: development rows to rank, or the calibration folders to --rescale")
+    if a.rescale:
+        rows = [c["input"] for c in calibration(rows_of(a.prep, a.min_lung), a.calib, a.seed)][::4]
+        m, changed = rescale(model, rows)
+        out = os.path.join(a.out, os.path.basename(a.int8))
+        onnx.save(m, out)
+        json.dump({"int8": a.int8, "prep": a.prep, "calib": a.calib, "seed": a.seed, "rows": len(rows), "quantizers": changed},
+                  open(os.path.join(a.out, "rescaled.json"), "w"), indent=1)
+        print(json.dumps({"out": out, "rescaled": len(changed), "rows": len(rows)}))
+        return
     core = ov.Core()
     folders = rows_of(a.prep, a.min_lung)
     x = np.concatenate([np.asarray(xs[keep[:: a.every]], np.float32) for _, xs, _, keep in folders])
