@@ -234,7 +234,8 @@ fn openvino_compiled_model_cache_is_written_reused_marked_and_never_fatal() {
 
 /// Pruning the compiled-model cache (no OpenVINO needed): folders not loaded for over
 /// `CACHE_KEEP` go, with what they hold; recent folders, files and links (and what a link points
-/// to) stay; a state folder without a cache is no error.
+/// to) stay, and a cache folder that is a link is not followed; a state folder without a cache is no
+/// error.
 #[test]
 fn compiled_model_cache_folders_not_loaded_for_30_days_are_pruned() {
     use ctsentry::engine::openvino::{prune_cache, CACHE_DIR, CACHE_KEEP};
@@ -265,6 +266,15 @@ fn compiled_model_cache_folders_not_loaded_for_30_days_are_pruned() {
     assert!(recent.join("1234.blob").exists(), "a folder loaded within CACHE_KEEP was removed");
     assert!(file.exists() && link.symlink_metadata().is_ok() && elsewhere.path().join("keep.blob").exists(), "a file, a link or its target was removed");
     assert_eq!(prune_cache(state.path()), 0);
+    // A cache folder that is a link is not followed.
+    let linked_state = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let far = target.path().join("bf16-2t-0123456789ab");
+    std::fs::create_dir_all(&far).unwrap();
+    aged(&far, 90);
+    std::os::unix::fs::symlink(target.path(), linked_state.path().join(CACHE_DIR)).unwrap();
+    assert_eq!(prune_cache(linked_state.path()), 0);
+    assert!(far.exists(), "pruning followed a linked cache folder");
     if unsafe { libc::geteuid() } == 0 {
         // Root prunes nothing in another user's state folder.
         folder("f32-2t-0000000000aa", 40);

@@ -562,21 +562,27 @@ x = rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
 for a, b in zip(run(out, x), run(want, x)):
     assert np.allclose(a, b, rtol=1e-6, atol=1e-6)
 assert not np.allclose(run(m, x)[0], run(want, x)[0], rtol=1e-4, atol=1e-4), "the quantizer changed nothing: the test proves nothing"
-try:
-    S.bypass(m, ["q9"])
-    raise AssertionError("an unknown quantizer was accepted")
-except SystemExit as e:
-    assert "q9" in str(e)
+for wrong in (["q9"], ["conv"], ["qw"]):  # unknown, not a quantizer, a weight's quantizer
+    try:
+        S.bypass(m, wrong)
+        raise AssertionError(f"{wrong} was accepted")
+    except SystemExit as e:
+        assert wrong[0] in str(e), e
 # Rescaling widens only the quantizers of convolution outputs (here the one before "y2"), to the
 # geometric mean of their scale and the one covering the largest |value| of the rows, never narrower.
-cw = [c("k", rng.normal(0, 1, (2, 3, 1, 1)).astype(np.float32)), c("t", np.float32(0.001)), c("zi", np.int8(0))]
+cw = [c("k", rng.normal(0, 1, (2, 3, 1, 1)).astype(np.float32)), c("t", np.float32(0.001)), c("zi", np.int8(0)),
+      c("u", np.float32(0.001)), c("zu", np.uint8(0))]
 g = h.make_graph([h.make_node("Conv", ["x", "k"], ["cv"], name="cv"),
                   h.make_node("QuantizeLinear", ["cv", "t", "zi"], ["cq"], name="qc"),
                   h.make_node("DequantizeLinear", ["cq", "t", "zi"], ["y2"], name="dqc"),
+                  h.make_node("Relu", ["cv"], ["rl"], name="rl"),
+                  h.make_node("QuantizeLinear", ["rl", "u", "zu"], ["rq"], name="qr"),
+                  h.make_node("DequantizeLinear", ["rq", "u", "zu"], ["y3"], name="dqr"),
                   h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq2"], name="qx"),
                   h.make_node("DequantizeLinear", ["xq2", "s", "z"], ["x2"], name="dqx")],
                  "r", [h.make_tensor_value_info("x", T.FLOAT, [None, 3, 8, 8])],
-                 [h.make_tensor_value_info("y2", T.FLOAT, [None, 2, 8, 8]), h.make_tensor_value_info("x2", T.FLOAT, [None, 3, 8, 8])], cw + inits[2:4])
+                 [h.make_tensor_value_info("y2", T.FLOAT, [None, 2, 8, 8]), h.make_tensor_value_info("y3", T.FLOAT, [None, 2, 8, 8]),
+                  h.make_tensor_value_info("x2", T.FLOAT, [None, 3, 8, 8])], cw + inits[2:4])
 r = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 rows = [rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(3)]
 big = max(float(np.abs(np.einsum("oc,nchw->nohw", nh.to_array(cw[0])[:, :, 0, 0], x)).max()) for x in rows)
@@ -585,6 +591,7 @@ scale = lambda model, name: float(next(nh.to_array(t) for t in model.graph.initi
 assert list(changed) == ["qc"], changed
 assert np.isclose(scale(wide, "t"), np.sqrt(0.001 * big / 127), rtol=1e-5), (scale(wide, "t"), big)
 assert scale(wide, "s") == scale(r, "s") == np.float32(0.02) and scale(r, "t") == np.float32(0.001)
+assert scale(wide, "u") == scale(r, "u"), "a ReLU output's quantizer was rescaled"
 narrow, _ = S.rescale(wide, [x * 1e-3 for x in rows])
 assert scale(narrow, "t") == scale(wide, "t"), "a scale was narrowed"
 "#,

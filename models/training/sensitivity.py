@@ -5,6 +5,7 @@ of them taken out (their input left in float).
     python3 models/training/sensitivity.py --onnx models/densenet121-covid.onnx \
         --int8 models/densenet121-covid.int8.onnx --prep /tmp/prep/ucsd ... --every 6 --out /tmp/sens
     python3 models/training/sensitivity.py ... --ranking /tmp/sens/ranking.json --top 8 --out /tmp/top8
+    python3 models/training/sensitivity.py ... --prep (quantize.py's, in its order) --rescale --calib 600 --out /tmp/wide
 
 - Ranking: every activation quantizer (a QuantizeLinear whose input is not a constant, with its
   DequantizeLinear readers) is taken out of the graph alone, and the graph run by OpenVINO's CPU
@@ -42,31 +43,37 @@ def activation_quantizers(model):
 
 
 def bypass(model, names):
-    """A copy of `model` without the QuantizeLinear nodes `names` and their DequantizeLinear
-    readers: whatever read a reader's output reads the quantizer's input instead."""
+    """A copy of `model` without the activation quantizers `names` (see
+    [`activation_quantizers`]) and their DequantizeLinear readers: whatever read a reader's
+    output reads the quantizer's input instead. Stops on a name that is not an activation
+    quantizer, a quantizer read by anything but DequantizeLinear, or one that feeds a graph
+    output."""
     import onnx
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    quant = {n.name: n for n in g.node if n.name in names}
-    if len(quant) != len(set(names)):
-        raise SystemExit(f"not in the graph: {sorted(set(names) - set(quant))}")
-    rename, drop = {}, set(quant)
-    for n in g.node:
-        if n.op_type == "DequantizeLinear":
-            q = next((q for q in quant.values() if q.output[0] == n.input[0]), None)
-            if q is not None:
-                rename[n.output[0]] = q.input[0]
-                drop.add(n.name)
-    readers = [n for n in g.node if n.name in drop]
-    if any(n.output[0] in [o.name for o in g.output] for n in readers):
+    known = set(activation_quantizers(m))
+    if not set(names) <= known:
+        raise SystemExit(f"not activation quantizers of the graph: {sorted(set(names) - known)}")
+    quant = {n.output[0]: n for n in g.node if n.name in names}
+    rename, drop = {}, set()
+    for i, n in enumerate(g.node):
+        if any(x in quant for x in n.input):
+            if n.op_type != "DequantizeLinear":
+                raise SystemExit(f"{n.name or n.op_type} reads a quantizer to take out but is not a DequantizeLinear")
+            rename[n.output[0]] = quant[n.input[0]].input[0]
+            drop.add(i)
+    drop |= {i for i, n in enumerate(g.node) if n.output[0] in quant}
+    if set(rename) & {o.name for o in g.output}:
         raise SystemExit("a quantizer to take out feeds a graph output")
-    keep = [n for n in g.node if n.name not in drop]
+    keep = [n for i, n in enumerate(g.node) if i not in drop]
     for n in keep:
         for i, x in enumerate(n.input):
-            if x in rename:
-                n.input[i] = rename[x]
+            # A chain of quantizers taken out together resolves to the first one's input.
+            while x in rename:
+                x = rename[x]
+            n.input[i] = x
     del g.node[:]
     g.node.extend(keep)
     return m
@@ -82,6 +89,7 @@ def rescale(model, rows):
 
     g = model.graph
     made_by = {o: n.op_type for n in g.node for o in n.output}
+    consts = {t.name: nh.to_array(t) for t in g.initializer}
     quant = {n.name: n for n in g.node if n.name in activation_quantizers(model) and made_by.get(n.input[0]) in ("Conv", "AveragePool")}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -103,7 +111,10 @@ def rescale(model, rows):
         readers = [d for d in m.graph.node if d.op_type == "DequantizeLinear" and q.output[0] in d.input]
         if any(d.input[1] != q.input[1] for d in readers) or sum(q.input[1] in x.input for x in m.graph.node) != 1 + len(readers):
             raise SystemExit(f"{n}: its scale is not shared by exactly its own quantize/dequantize pair")
-        levels = 127.0 if nh.to_array(init[q.input[2]]).dtype == np.int8 else 255.0
+        zp = consts[q.input[2]]
+        if np.any(zp != 0) or zp.dtype not in (np.int8, np.uint8):
+            raise SystemExit(f"{n}: not a symmetric int8 or uint8 quantizer (zero point {zp})")
+        levels = 127.0 if zp.dtype == np.int8 else 255.0
         s = float(nh.to_array(init[q.input[1]]))
         new = float(np.sqrt(s * max(s, big / levels)))
         init[q.input[1]].CopyFrom(nh.from_array(np.array(new, np.float32), q.input[1]))
@@ -121,19 +132,25 @@ def main():
     ap.add_argument("--ranking", help="a ranking.json of this graph: write the graph without its --top most costly quantizers")
     ap.add_argument("--top", type=int, default=0)
     ap.add_argument("--rescale", action="store_true", help="widen the scales of the quantizers of convolution and pooling outputs (see above)")
-    ap.add_argument("--calib", type=int, default=600)
+    ap.add_argument("--calib", type=int, help="with --rescale: quantize.py's --calib for the graph (600 for the shipped one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    if a.ranking and a.rescale:
+        ap.error("--ranking (take quantizers out) or --rescale, not both")
+    if a.rescale and a.calib is None:
+        ap.error("--rescale needs --calib: quantize.py's, so that the rows are its calibration rows")
+    import hashlib
+
     import onnx
-    import openvino as ov
 
     os.makedirs(a.out, exist_ok=True)
     model = onnx.load(a.int8)
+    sha = hashlib.sha256(open(a.int8, "rb").read()).hexdigest()
     if a.ranking:
         r = json.load(open(a.ranking))
-        if os.path.basename(r["int8"]) != os.path.basename(a.int8) or r["quantizers"] != len(activation_quantizers(model)):
-            raise SystemExit(f"{a.ranking} ranks another graph")
+        if r.get("sha256") != sha:
+            raise SystemExit(f"{a.ranking} ranks another graph than {a.int8}")
         names = [q["name"] for q in r["ranking"][: a.top]]
         out = os.path.join(a.out, os.path.basename(a.int8))
         onnx.save(bypass(model, names), out)
@@ -146,10 +163,15 @@ def main():
         m, changed = rescale(model, rows)
         out = os.path.join(a.out, os.path.basename(a.int8))
         onnx.save(m, out)
-        json.dump({"int8": a.int8, "prep": a.prep, "calib": a.calib, "seed": a.seed, "rows": len(rows), "quantizers": changed},
+        import onnxruntime
+
+        json.dump({"int8": a.int8, "sha256": sha, "prep": a.prep, "calib": a.calib, "seed": a.seed, "rows": len(rows),
+                   "onnxruntime": onnxruntime.__version__, "quantizers": changed},
                   open(os.path.join(a.out, "rescaled.json"), "w"), indent=1)
         print(json.dumps({"out": out, "rescaled": len(changed), "rows": len(rows)}))
         return
+    import openvino as ov
+
     core = ov.Core()
     folders = rows_of(a.prep, a.min_lung)
     x = np.concatenate([np.asarray(xs[keep[:: a.every]], np.float32) for _, xs, _, keep in folders])
@@ -176,7 +198,7 @@ def main():
         ranking.append({"name": name, "mse_without": mse, "gain": base - mse, "max_dprob_without": mx})
         print(f"{i + 1}/{len(names)} {name}: {base - mse:+.6f}", flush=True)
     ranking.sort(key=lambda r: -r["gain"])
-    json.dump({"int8": a.int8, "onnx": a.onnx, "prep": a.prep, "every": a.every, "rows": len(x), "quantizers": len(names),
+    json.dump({"int8": a.int8, "sha256": sha, "onnx": a.onnx, "prep": a.prep, "every": a.every, "rows": len(x), "quantizers": len(names),
                "mse": base, "max_dprob": base_max, "seconds": round(time.time() - t0), "ranking": ranking},
               open(os.path.join(a.out, "ranking.json"), "w"), indent=1)
 

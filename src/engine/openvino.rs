@@ -290,7 +290,12 @@ pub fn prune_cache(state: &Path) -> usize {
     if owned(state).is_err() {
         return 0;
     }
-    let Ok(entries) = std::fs::read_dir(state.join(CACHE_DIR)) else { return 0 };
+    // The cache folder itself, not followed: a link planted there must not point pruning elsewhere.
+    let root = state.join(CACHE_DIR);
+    if !std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(&root) else { return 0 };
     let days = CACHE_KEEP.as_secs() / 86_400;
     let mut removed = 0;
     for e in entries.flatten() {
