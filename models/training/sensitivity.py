@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quantize import calibration, rows_of, run  # noqa: E402
+from quantize import calibration, compiled, rows_of, run  # noqa: E402
 
 
 def activation_quantizers(model):
@@ -90,7 +90,8 @@ def rescale(model, rows):
     g = model.graph
     made_by = {o: n.op_type for n in g.node for o in n.output}
     consts = {t.name: nh.to_array(t) for t in g.initializer}
-    quant = {n.name: n for n in g.node if n.name in activation_quantizers(model) and made_by.get(n.input[0]) in ("Conv", "AveragePool")}
+    acts = set(activation_quantizers(model))
+    quant = {n.name: n for n in g.node if n.name in acts and made_by.get(n.input[0]) in ("Conv", "AveragePool")}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for q in quant.values():
@@ -177,14 +178,14 @@ def main():
     x = np.concatenate([np.asarray(xs[keep[:: a.every]], np.float32) for _, xs, _, keep in folders])
     idx = list(range(len(x)))
     logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
-    cfg = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
-    ref = logit(run(core.compile_model(a.onnx, "CPU", cfg), x, idx)[0].astype(np.float64))
+    # Compiled as quantize.py's parity compiles: the rest in f32.
+    ref = logit(run(compiled(core, a.onnx, "f32"), x, idx)[0].astype(np.float64))
 
     def cost(m):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "m.onnx")
             onnx.save(m, path)
-            p = run(core.compile_model(path, "CPU", cfg), x, idx)[0]
+            p = run(compiled(core, path, "f32"), x, idx)[0]
         d = logit(p.astype(np.float64)) - ref
         return float(np.mean(d * d)), float(np.abs(p - 1 / (1 + np.exp(-ref))).max())
 
