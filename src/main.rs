@@ -91,6 +91,10 @@ enum Command {
         /// Folder for report.html, series.csv and reference.toml (the drift reference).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also score every series at f32 and measure the precision in use (bf16, int8) against
+        /// it, bounded as the manifest's int8 parity record is (twice the time or more)
+        #[arg(long)]
+        parity: bool,
         /// Root the CSV's paths are relative to.
         root: PathBuf,
     },
@@ -324,9 +328,9 @@ fn dispatch(cli: Cli, verbosity: Option<log::LevelFilter>) -> Result<u8, Failure
             s.ingest.display_window = assume_window;
             cmd_eval(&s, &labels, json, out.as_deref(), pick_threshold.as_deref(), &root)
         }
-        Command::Commission { labels, json, out, root } => {
+        Command::Commission { labels, json, out, parity, root } => {
             let s = settings(&config, verbosity, false)?;
-            cmd_commission(&s, &labels, json, out.as_deref(), &root)
+            cmd_commission(&s, &ctsentry::commission::Request { labels: &labels, root: &root, out: out.as_deref(), parity }, json)
         }
         Command::Doctor => {
             let report = ctsentry::doctor::run(&config);
@@ -418,9 +422,9 @@ fn cmd_score(s: &Settings, json: bool, paths: &[PathBuf]) -> Result<u8, Failure>
     Ok(if errors.is_empty() { 0 } else { 1 })
 }
 
-fn cmd_commission(s: &Settings, labels: &std::path::Path, json: bool, out: Option<&std::path::Path>, root: &std::path::Path) -> Result<u8, Failure> {
-    use ctsentry::commission::{run, CommissionError, Request};
-    let c = run(s, &Request { labels, root, out }).map_err(|e| match e {
+fn cmd_commission(s: &Settings, req: &ctsentry::commission::Request<'_>, json: bool) -> Result<u8, Failure> {
+    use ctsentry::commission::{run, CommissionError};
+    let c = run(s, req).map_err(|e| match e {
         CommissionError::Labels(_) | CommissionError::Setup(_) | CommissionError::Claims { .. } | CommissionError::Empty(_) => usage(e),
         e => Failure::from(anyhow::Error::new(e)),
     })?;
@@ -431,7 +435,7 @@ fn cmd_commission(s: &Settings, labels: &std::path::Path, json: bool, out: Optio
         println!("{}", serde_json::to_string(&c).expect("the result serialises"));
     } else {
         print!("{}", c.to_text());
-        if let Some(dir) = out {
+        if let Some(dir) = req.out {
             println!("report: {}", dir.join("report.html").display());
         }
     }

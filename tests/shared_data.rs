@@ -198,6 +198,57 @@ fn the_shipped_series_rule_holds_when_the_series_is_cut_thicker() {
     }
 }
 
+/// `commission --parity` on the shared COVID-CT-MD series with the bundle's int8 variant named, as a
+/// site checks a precision `auto` did not take before it names it: every series is scored at
+/// f32 too, and the run reports int8's parity against it as the manifest's record does (slices
+/// both scored, series, the largest difference, decisions, verdicts, AUC change, within or not),
+/// in the JSON, the text and the report. A box running f32 has nothing to compare and says so.
+#[test]
+fn commissioning_with_parity_measures_the_precision_in_use_against_f32() {
+    let Some(data) = common::shared_data("covid-ct-md/labels.csv") else { return };
+    if ctsentry::engine::openvino::library(None).is_err() {
+        return common::tool_missing("the OpenVINO library", "pip install openvino");
+    }
+    let root = data.join("covid-ct-md");
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/densenet121-covid.onnx");
+    let run = |precision: &str, json: bool| {
+        let cfg = dir.path().join(format!("{precision}.toml"));
+        let state = dir.path().join("state");
+        std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n[engine]\nprecision = \"{precision}\"\n[paths]\nstate = \"{}\"\n", shipped.display(), state.display())).unwrap();
+        let out = dir.path().join(precision);
+        let mut c = common::bin();
+        c.arg("--config").arg(&cfg).args(["commission", "--parity", "--labels"]).arg(root.join("labels.csv")).arg("--out").arg(&out).arg(&root);
+        if json {
+            c.arg("--json");
+        }
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stdout).into_owned(), std::fs::read_to_string(out.join("report.html")).unwrap())
+    };
+    let (out, report) = run("int8", true);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v["parity"];
+    assert_eq!(v["precision"], "int8");
+    let scored: usize = v["rows"].as_array().unwrap().iter().map(|r| r["slices"].as_u64().unwrap() as usize).sum();
+    let slices = p["slices"].as_u64().unwrap() as usize;
+    assert!(slices > 300 && slices <= scored, "slices both sent to the engine: {slices} of {scored}");
+    assert_eq!(p["series"].as_u64(), Some(3));
+    let max = p["max_abs_prob_diff"].as_f64().unwrap();
+    assert!(max > 0.0 && max < 0.05, "int8 differs from f32, by little: {max}");
+    assert_eq!(max, (max * 1e4).round() / 1e4, "rounded (up) to 4 decimals: {max}");
+    let auc_diff = p["auc_diff"].as_f64().unwrap();
+    assert!((0.0..0.005).contains(&auc_diff), "{auc_diff}");
+    assert!(p["decisions_flipped"].as_u64().unwrap() < 30, "{p}");
+    assert_eq!(p["series_verdicts_identical"], true);
+    assert_eq!(v["parity_verdicts_differ"].as_array().map(Vec::len), Some(0));
+    assert!(p["measured_with"].as_str().unwrap().contains("openvino int8 against openvino f32 on 3 series"), "{p}");
+    assert!(report.contains("Precision parity: int8 against f32 on these studies") && report.contains(&format!("max |Δprob| {max}")), "report.html");
+    let (text, report) = run("f32", false);
+    assert!(text.contains("precision parity     not measured: the engine runs openvino f32"), "{text}");
+    assert!(report.contains("<h2>Precision parity</h2><p>Not measured: the engine runs openvino f32"), "report.html");
+}
+
 /// `commission` on the shared COVID-CT-MD series, as a site would run it: P001 alerts (series
 /// sensitivity 1 of 1), normal001 stays quiet and cap001 (community-acquired pneumonia, which the
 /// model flags) alerts (specificity 1 of 2), each with its Wilson interval; every claim of the

@@ -225,6 +225,28 @@ set <code>[drift] reference</code> to it so that the daemon compares its recent 
             r.series
         );
     }
+    if let Some(p) = &c.parity {
+        let _ = write!(
+            h,
+            "<h2>Precision parity: {} against f32 on these studies</h2><p><b>{}</b>. {} of {} slice decisions differ (each precision at its own threshold). \
+Measured and bounded as the model's own int8 record; where it is within, this site may name <code>engine.precision = \"{}\"</code> in the config.</p>",
+            esc(&c.precision),
+            esc(&p.status()),
+            p.decisions_flipped.unwrap_or(0),
+            p.slices,
+            esc(&c.precision)
+        );
+        if !c.parity_verdicts_differ.is_empty() {
+            h += "<ul>";
+            for d in &c.parity_verdicts_differ {
+                let _ = write!(h, "<li>verdict differs: {}</li>", esc(d));
+            }
+            h += "</ul>";
+        }
+    }
+    if let Some(n) = &c.parity_note {
+        let _ = write!(h, "<h2>Precision parity</h2><p>Not measured: {}.</p>", esc(n));
+    }
     h += "<h2>Series</h2><table><tr><th class=\"l\">key</th><th class=\"l\">Series Instance UID</th><th>label</th><th>verdict</th><th>slices</th><th>positive</th><th>extent mm</th><th>share</th><th>max prob</th><th>mean prob</th><th>lung HU</th></tr>";
     for r in &c.rows {
         let alerted = r.verdict == Verdict::Positive;

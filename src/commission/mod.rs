@@ -11,6 +11,7 @@
 //! set in the config with its provenance (`[decision] threshold`, `threshold_provenance`).
 
 pub mod html;
+mod parity;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -73,6 +74,9 @@ pub struct Request<'a> {
     pub root: &'a Path,
     /// Where to write `report.html`, `series.csv` and `reference.toml` (none: nothing written).
     pub out: Option<&'a Path>,
+    /// Also score every series at f32 and measure the precision in use against it
+    /// ([`Commission::parity`]).
+    pub parity: bool,
 }
 
 /// One series of the run.
@@ -182,6 +186,13 @@ pub struct Commission {
     /// Every labelled slice's `(probability, label)`, for the ROC.
     #[serde(skip)]
     pub slice_scores: Vec<(f64, bool)>,
+    /// With `--parity`: the precision in use against f32 on these studies, measured and bounded
+    /// as the manifest's `[int8.parity]` record (`null`: not asked, or the engine runs f32).
+    pub parity: Option<crate::model::Int8Parity>,
+    /// With `--parity`: the series whose verdict differs at f32 (`UID: VERDICT here, VERDICT at f32`).
+    pub parity_verdicts_differ: Vec<String>,
+    /// With `--parity`: why nothing was compared, when nothing was.
+    pub parity_note: Option<String>,
 }
 
 /// The drift reference for `settings`: the site's (`[drift] reference`, a `reference.toml` of
@@ -322,6 +333,7 @@ pub fn run_id(unix: f64) -> String {
 pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, CommissionError> {
     let labels = prep::read_labels(req.labels)?;
     let sc = Scorer::from_settings(settings)?;
+    let f32 = if req.parity { parity::reference(settings, &sc)? } else { None };
     let claims =
         Claims::from_validation(&sc.model.manifest.validation).map_err(|reason| CommissionError::Claims { manifest: crate::model::manifest_path(&sc.model.path), reason })?;
     let mut names: Vec<&String> = labels.keys().collect();
@@ -333,7 +345,7 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         let f = req.root.join(n);
         folders.entry(f.parent().map(Path::to_path_buf).unwrap_or_default()).or_default().push(f);
     }
-    let scoring = Scoring { sc: &sc, labels: &labels, root: req.root, trained_on: sc.model.manifest.training_series() };
+    let scoring = Scoring { sc: &sc, f32: f32.as_ref(), labels: &labels, root: req.root, trained_on: sc.model.manifest.training_series() };
     let mut progress = crate::report::Progress::new("commissioning", labels.len());
     let (mut done, mut skipped, mut failed) = (Vec::<Scored>::new(), Vec::new(), Vec::new());
     let mut files_of: std::collections::HashMap<String, Vec<PathBuf>> = std::collections::HashMap::new();
@@ -367,6 +379,7 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         return Err(CommissionError::Empty(req.labels.to_path_buf()));
     }
     let slice_scores: Vec<(f64, bool)> = done.iter().flat_map(|d| d.slices.iter().copied()).collect();
+    let parities: Vec<parity::SeriesParity> = done.iter().filter_map(|d| d.parity.clone()).collect();
     let mut rows: Vec<SeriesRow> = done.into_iter().map(|d| d.row).collect();
     rows.sort_by(|a, b| a.series_uid.cmp(&b.series_uid));
     let (sensitivity, specificity) = series_rates(&rows, &sc.rule);
@@ -381,6 +394,18 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
     let id = run_id(now);
     let observations: Vec<Observation> = rows.iter().map(|r| Observation { alerted: r.verdict == Verdict::Positive, mean_prob: r.mean_prob, lung_hu: r.lung_hu }).collect();
     let m = &sc.model.manifest.model;
+    let parity_record = f32.as_ref().map(|f| {
+        let at_f32: Vec<(f64, bool)> = parities.iter().flat_map(|p| p.labelled_f32.iter().copied()).collect();
+        let what = format!(
+            "ctsentry commission --parity, run {id}: {} {} against {} f32 on {} series of this site's studies",
+            sc.engine.name(),
+            sc.engine.precision(),
+            f.engine.name(),
+            parities.len()
+        );
+        parity::record(&parities, auc, table::auc(&at_f32), crate::engine::openvino::Cpu::this().vnni, what)
+    });
+    let parity_note = (req.parity && f32.is_none()).then(|| format!("the engine runs {} f32: there is no other precision to compare", sc.engine.name()));
     let reference = Reference::from_observations(&observations, &format!("commission {id} ({} {})", m.name, m.version)).ok();
     let c = Commission {
         run_id: id,
@@ -411,6 +436,9 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         reference,
         rows,
         slice_scores,
+        parity: parity_record,
+        parity_verdicts_differ: parity::differing(&parities),
+        parity_note,
     };
     if let Some(dir) = req.out {
         write_outputs(&c, dir)?;
@@ -418,22 +446,27 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
     Ok(c)
 }
 
-/// One series scored: its row and its labelled slices' `(probability, label)`.
+/// One series scored: its row, its labelled slices' `(probability, label)` and, with `--parity`,
+/// its comparison with f32.
 struct Scored {
     row: SeriesRow,
     slices: Vec<(f64, bool)>,
+    parity: Option<parity::SeriesParity>,
 }
 
 /// What scoring a series for a commissioning run needs.
 struct Scoring<'a> {
     sc: &'a Scorer,
+    /// The f32 reference of `--parity`.
+    f32: Option<&'a Scorer>,
     labels: &'a std::collections::HashMap<String, u8>,
     root: &'a Path,
     trained_on: std::collections::HashSet<String>,
 }
 
 impl Scoring<'_> {
-    /// Scores `ser` as the daemon would; its row goes to `done`, or why it failed to `failed`.
+    /// Scores `ser` as the daemon would (and, with `--parity`, at f32); its row goes to `done`,
+    /// or why it failed to `failed`.
     fn score(&self, ser: &ingest::series::Series, done: &mut Vec<Scored>, failed: &mut Vec<String>) {
         let r = match self.sc.score(ser) {
             Ok(r) => r,
@@ -442,12 +475,21 @@ impl Scoring<'_> {
                 return;
             }
         };
+        let label_of = |f: &Path| self.labels.get(&prep::relative(f, self.root)).map(|&y| y == 1);
+        let parity = match self.f32.map(|f| f.score(ser).map_err(|e| e.to_string()).and_then(|at_f32| parity::compare(&r, &at_f32, label_of))) {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                failed.push(format!("{}: at f32 (--parity): {e}", ser.uid));
+                return;
+            }
+        };
         let mut label = false;
         let mut slices = Vec::new();
         for sl in &r.slices {
-            if let Some(&y) = self.labels.get(&prep::relative(&sl.file, self.root)) {
-                label |= y == 1;
-                slices.push((f64::from(sl.prob), y == 1));
+            if let Some(y) = label_of(&sl.file) {
+                label |= y;
+                slices.push((f64::from(sl.prob), y));
             }
         }
         let obs = Observation::of(r.decision.verdict == Verdict::Positive, r.slices.iter().filter(|s| s.skipped.is_none()).map(|s| (f64::from(s.prob), s.lung_hu)));
@@ -466,7 +508,7 @@ impl Scoring<'_> {
             trained_on: self.trained_on.contains(&ser.uid),
             evidence: r.evidence,
         };
-        done.push(Scored { row, slices });
+        done.push(Scored { row, slices, parity });
     }
 }
 
@@ -576,6 +618,18 @@ impl Commission {
         }
         for f in &self.failed_series {
             let _ = writeln!(t, "not scored: {f}");
+        }
+        if let Some(p) = &self.parity {
+            let _ = writeln!(t, "precision parity     {} against f32: {}", self.precision, p.status());
+            if let Some(n) = p.decisions_flipped {
+                let _ = writeln!(t, "                     {n} of {} slice decisions differ (each precision at its own threshold)", p.slices);
+            }
+            for d in &self.parity_verdicts_differ {
+                let _ = writeln!(t, "                     verdict differs: {d}");
+            }
+        }
+        if let Some(n) = &self.parity_note {
+            let _ = writeln!(t, "precision parity     not measured: {n}");
         }
         let _ = writeln!(t, "note: the slice AUC's interval treats slices as independent; slices of one series are not, so it is too narrow");
         let _ = writeln!(t, "{}", self.verdict_text());

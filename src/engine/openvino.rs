@@ -194,13 +194,13 @@ pub fn resolve_precision(wanted: Precision, cpu: Cpu, int8: Option<&Int8Info>) -
             Some(q) if q.parity.outside_bound().is_some() => choice(
                 "int8",
                 format!(
-                    "int8: configured, OUTSIDE the parity bound ({}): its decisions can differ from the validated f32 model's; commission it on this site's studies",
+                    "int8: configured, OUTSIDE the parity bound ({}): its decisions can differ from the validated f32 model's; commission it on this site's studies (ctsentry commission --parity)",
                     q.parity.outside_bound().unwrap_or_default()
                 ),
                 true,
             ),
             Some(q) if unmeasured(q) => {
-                choice("int8", "int8: configured; its parity was measured with VNNI, which this CPU lacks: commission it on this site's studies".into(), true)
+                choice("int8", "int8: configured; its parity was measured with VNNI, which this CPU lacks: commission it on this site's studies (ctsentry commission --parity)".into(), true)
             }
             Some(q) => choice("int8", format!("int8: configured; {}", q.parity.status()), false),
             None => Err("engine.precision = \"int8\": the model bundle has no int8 variant (no [int8] table in its manifest; models/README.md says how one is made)".into()),
