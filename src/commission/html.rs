@@ -244,6 +244,9 @@ Measured and bounded as the model's own int8 record; where it is within, this si
             h += "</ul>";
         }
     }
+    for f in &c.parity_failed {
+        let _ = write!(h, "<p><b>Not compared at f32</b> (the parity above leaves it out): {}</p>", esc(f));
+    }
     if let Some(n) = &c.parity_note {
         let _ = write!(h, "<h2>Precision parity</h2><p>Not measured: {}.</p>", esc(n));
     }

@@ -191,6 +191,9 @@ pub struct Commission {
     pub parity: Option<crate::model::Int8Parity>,
     /// With `--parity`: the series whose verdict differs at f32 (`UID: VERDICT here, VERDICT at f32`).
     pub parity_verdicts_differ: Vec<String>,
+    /// With `--parity`: the series that could not be scored at f32 (`UID: reason`); they count in
+    /// every other result, not in `parity`.
+    pub parity_failed: Vec<String>,
     /// With `--parity`: why nothing was compared, when nothing was.
     pub parity_note: Option<String>,
 }
@@ -333,7 +336,11 @@ pub fn run_id(unix: f64) -> String {
 pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, CommissionError> {
     let labels = prep::read_labels(req.labels)?;
     let sc = Scorer::from_settings(settings)?;
-    let f32 = if req.parity { parity::reference(settings, &sc)? } else { None };
+    let (f32, parity_note) = match req.parity.then(|| parity::reference(settings, &sc)) {
+        Some(Ok(f)) => (Some(f), None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
     let claims =
         Claims::from_validation(&sc.model.manifest.validation).map_err(|reason| CommissionError::Claims { manifest: crate::model::manifest_path(&sc.model.path), reason })?;
     let mut names: Vec<&String> = labels.keys().collect();
@@ -379,7 +386,8 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         return Err(CommissionError::Empty(req.labels.to_path_buf()));
     }
     let slice_scores: Vec<(f64, bool)> = done.iter().flat_map(|d| d.slices.iter().copied()).collect();
-    let parities: Vec<parity::SeriesParity> = done.iter().filter_map(|d| d.parity.clone()).collect();
+    let parities: Vec<parity::SeriesParity> = done.iter().filter_map(|d| d.parity.as_ref().and_then(|p| p.as_ref().ok()).cloned()).collect();
+    let parity_failed: Vec<String> = done.iter().filter_map(|d| d.parity.as_ref().and_then(|p| p.as_ref().err()).map(|e| format!("{}: {e}", d.row.series_uid))).collect();
     let mut rows: Vec<SeriesRow> = done.into_iter().map(|d| d.row).collect();
     rows.sort_by(|a, b| a.series_uid.cmp(&b.series_uid));
     let (sensitivity, specificity) = series_rates(&rows, &sc.rule);
@@ -395,7 +403,6 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
     let observations: Vec<Observation> = rows.iter().map(|r| Observation { alerted: r.verdict == Verdict::Positive, mean_prob: r.mean_prob, lung_hu: r.lung_hu }).collect();
     let m = &sc.model.manifest.model;
     let parity_record = f32.as_ref().map(|f| {
-        let at_f32: Vec<(f64, bool)> = parities.iter().flat_map(|p| p.labelled_f32.iter().copied()).collect();
         let what = format!(
             "ctsentry commission --parity, run {id}: {} {} against {} f32 on {} series of this site's studies",
             sc.engine.name(),
@@ -403,9 +410,8 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
             f.engine.name(),
             parities.len()
         );
-        parity::record(&parities, auc, table::auc(&at_f32), crate::engine::openvino::Cpu::this().vnni, what)
+        parity::record(&parities, crate::engine::openvino::Cpu::this().vnni, what)
     });
-    let parity_note = (req.parity && f32.is_none()).then(|| format!("the engine runs {} f32: there is no other precision to compare", sc.engine.name()));
     let reference = Reference::from_observations(&observations, &format!("commission {id} ({} {})", m.name, m.version)).ok();
     let c = Commission {
         run_id: id,
@@ -438,6 +444,7 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         slice_scores,
         parity: parity_record,
         parity_verdicts_differ: parity::differing(&parities),
+        parity_failed,
         parity_note,
     };
     if let Some(dir) = req.out {
@@ -451,7 +458,8 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
 struct Scored {
     row: SeriesRow,
     slices: Vec<(f64, bool)>,
-    parity: Option<parity::SeriesParity>,
+    /// With `--parity`: its comparison with f32, or why it could not be made.
+    parity: Option<Result<parity::SeriesParity, String>>,
 }
 
 /// What scoring a series for a commissioning run needs.
@@ -476,14 +484,10 @@ impl Scoring<'_> {
             }
         };
         let label_of = |f: &Path| self.labels.get(&prep::relative(f, self.root)).map(|&y| y == 1);
-        let parity = match self.f32.map(|f| f.score(ser).map_err(|e| e.to_string()).and_then(|at_f32| parity::compare(&r, &at_f32, label_of))) {
-            None => None,
-            Some(Ok(p)) => Some(p),
-            Some(Err(e)) => {
-                failed.push(format!("{}: at f32 (--parity): {e}", ser.uid));
-                return;
-            }
-        };
+        let parity = self.f32.map(|f| {
+            let at_f32 = f.score(ser).map_err(|e| e.to_string())?;
+            parity::compare(&ser.uid, (&r.slices, r.decision.verdict), (&at_f32.slices, at_f32.decision.verdict), label_of)
+        });
         let mut label = false;
         let mut slices = Vec::new();
         for sl in &r.slices {
@@ -627,6 +631,9 @@ impl Commission {
             for d in &self.parity_verdicts_differ {
                 let _ = writeln!(t, "                     verdict differs: {d}");
             }
+        }
+        for f in &self.parity_failed {
+            let _ = writeln!(t, "precision parity     not compared (the record leaves it out): {f}");
         }
         if let Some(n) = &self.parity_note {
             let _ = writeln!(t, "precision parity     not measured: {n}");

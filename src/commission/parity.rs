@@ -1,33 +1,43 @@
-//! `commission --parity`: the precision the box runs (bf16, int8) against f32 on the site's own
-//! studies, measured as the manifest's `[int8.parity]` record is on the development series
-//! (`scripts/parity.py`): the largest slice probability difference, the slice decisions that
-//! differ (each precision at its own threshold), the series verdicts, and the slice AUC change,
-//! judged against the same bound ([`crate::model::PARITY_MAX_PROB_DIFF`],
-//! [`crate::model::PARITY_MAX_AUC_DIFF`]). It lets a site check a precision `auto` did not take
-//! on its own studies before it names it in the config.
+//! `commission --parity`: the precision OpenVINO runs on this box (bf16, int8) against its f32 on
+//! the site's own studies, measured as `scripts/parity.py` measures the manifest's
+//! `[int8.parity]` record on the development series: the largest slice probability difference
+//! and the slice decisions that differ (each precision at its own threshold) over the slices both
+//! sent to the engine, the series verdicts, and the slice AUC change over the labelled slices both
+//! sent to the engine; judged against the same bound ([`crate::model::PARITY_MAX_PROB_DIFF`],
+//! [`crate::model::PARITY_MAX_AUC_DIFF`]). It lets a site check a precision on its own studies
+//! before it names it in the config.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::{Precision, Settings};
 use crate::decide::Verdict;
+use crate::eval::table;
 use crate::model::Int8Parity;
-use crate::score::{Scorer, SeriesScore, SetupError};
+use crate::score::{engine_named, rule_for, Scorer, SliceScore};
 
-/// The f32 scorer to compare `sc` with: the same config at `engine.precision = "f32"`, or `None`
-/// when `sc` runs f32 already (nothing to compare).
-pub(super) fn reference(settings: &Settings, sc: &Scorer) -> Result<Option<Scorer>, SetupError> {
-    if sc.engine.precision() == "f32" {
-        return Ok(None);
+/// The f32 reference for `sc`: the same model, preprocessor and config, with OpenVINO at
+/// `engine.precision = "f32"` (and f32's threshold); or why there is nothing to compare (an
+/// engine other than OpenVINO, f32 already, or no f32 engine to be had).
+pub(super) fn reference(settings: &Settings, sc: &Scorer) -> Result<Scorer, String> {
+    let (name, precision) = (sc.engine.name(), sc.engine.precision());
+    if name != "openvino" {
+        return Err(format!("the engine is {name} {precision}: --parity compares OpenVINO's bf16 or int8 with its f32"));
+    }
+    if precision == "f32" {
+        return Err("the engine runs openvino f32: there is no other precision to compare".into());
     }
     let mut f32 = settings.clone();
     f32.precision = Precision::F32;
-    Scorer::from_settings(&f32).map(Some)
+    let engine = engine_named(&sc.model, &f32, "openvino").map_err(|e| format!("OpenVINO f32 cannot be loaded: {e}"))?;
+    let rule = rule_for(&f32, &sc.model.manifest, engine.precision());
+    Ok(Scorer { model: sc.model.clone(), params: sc.params.clone(), engine, pre: Arc::clone(&sc.pre), rule })
 }
 
 /// One series scored at both precisions.
 #[derive(Debug, Clone)]
 pub(super) struct SeriesParity {
-    /// Largest |prob − prob at f32| over the slices both sent to the engine.
+    /// Largest |prob − prob at f32| over the slices both sent to the engine (NaN if any is).
     max_abs_prob_diff: f64,
     /// Slices both sent to the engine.
     compared: usize,
@@ -35,44 +45,53 @@ pub(super) struct SeriesParity {
     flipped: usize,
     /// `UID: VERDICT here, VERDICT at f32` where the series verdicts differ.
     differs: Option<String>,
-    /// The labelled slices' f32 `(probability, label)`, as the run's own AUC counts them.
-    pub(super) labelled_f32: Vec<(f64, bool)>,
+    /// The labelled slices both sent to the engine: `(probability, probability at f32, label)`.
+    labelled: Vec<(f64, f64, bool)>,
 }
 
-/// Compares `run` with `f32`, the same series scored by the reference; `label` gives a slice
-/// file's label where it has one. An error says why the two cannot be compared.
-pub(super) fn compare(run: &SeriesScore, f32: &SeriesScore, label: impl Fn(&Path) -> Option<bool>) -> Result<SeriesParity, String> {
-    if run.slices.len() != f32.slices.len() || run.slices.iter().zip(&f32.slices).any(|(a, b)| a.file != b.file) {
+/// The larger of two, NaN when either is.
+fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Compares series `uid` as scored (`here`: slices and verdict) with the same series scored by the
+/// reference (`f32`); `label` gives a slice file's label where it has one. An error says why the
+/// two cannot be compared.
+pub(super) fn compare(uid: &str, here: (&[SliceScore], Verdict), f32: (&[SliceScore], Verdict), label: impl Fn(&Path) -> Option<bool>) -> Result<SeriesParity, String> {
+    let ((a_slices, a_verdict), (b_slices, b_verdict)) = (here, f32);
+    if a_slices.len() != b_slices.len() || a_slices.iter().zip(b_slices).any(|(a, b)| a.file != b.file) {
         return Err("the f32 run assembled the series differently".into());
     }
     let word = |v: Verdict| if v == Verdict::Positive { "positive" } else { "negative" };
-    let (here, there) = (run.decision.verdict, f32.decision.verdict);
-    let differs = (here != there).then(|| format!("{}: {} here, {} at f32", run.uid, word(here), word(there)));
-    let mut p = SeriesParity { max_abs_prob_diff: 0.0, compared: 0, flipped: 0, differs, labelled_f32: Vec::new() };
-    for (a, b) in run.slices.iter().zip(&f32.slices) {
-        if a.skipped.is_none() && b.skipped.is_none() {
-            p.compared += 1;
-            p.max_abs_prob_diff = p.max_abs_prob_diff.max(f64::from((a.prob - b.prob).abs()));
-            p.flipped += usize::from(a.positive != b.positive);
-        }
+    let differs = (a_verdict != b_verdict).then(|| format!("{uid}: {} here, {} at f32", word(a_verdict), word(b_verdict)));
+    let mut p = SeriesParity { max_abs_prob_diff: 0.0, compared: 0, flipped: 0, differs, labelled: Vec::new() };
+    for (a, b) in a_slices.iter().zip(b_slices).filter(|(a, b)| a.skipped.is_none() && b.skipped.is_none()) {
+        p.compared += 1;
+        p.max_abs_prob_diff = max_nan(p.max_abs_prob_diff, f64::from((a.prob - b.prob).abs()));
+        p.flipped += usize::from(a.positive != b.positive);
         if let Some(y) = label(&b.file) {
-            p.labelled_f32.push((f64::from(b.prob), y));
+            p.labelled.push((f64::from(a.prob), f64::from(b.prob), y));
         }
     }
     Ok(p)
 }
 
-/// The record of `series`: `auc` is the run's slice AUC, `auc_f32` the reference's over the same
-/// slices; `vnni` whether this CPU gave OpenVINO VNNI; `what` how it was measured.
-/// Figures are rounded up to 4 decimals (as `scripts/parity.py` writes them), never down across
-/// the bound.
-pub(super) fn record(series: &[SeriesParity], auc: Option<f64>, auc_f32: Option<f64>, vnni: bool, what: String) -> Int8Parity {
-    // (less a hair, so that 0.021 stays 0.021 whatever its last binary digit)
-    let up = |x: f64| (x * 1e4 - 1e-6).ceil() / 1e4;
+/// The record of `series`, `vnni` whether this CPU gave OpenVINO VNNI, `what` how it was
+/// measured. The AUC change is NaN (outside the bound) where the labelled slices are of one
+/// class. Figures are rounded up to 4 decimals, never down into the bound.
+pub(super) fn record(series: &[SeriesParity], vnni: bool, what: String) -> Int8Parity {
+    // (less a relative hair, so that 0.021 stays 0.021 whatever its last binary digit)
+    let up = |x: f64| (x * 1e4 * (1.0 - 4.0 * f64::EPSILON)).ceil() / 1e4;
+    let labelled: Vec<&(f64, f64, bool)> = series.iter().flat_map(|s| &s.labelled).collect();
+    let here: Vec<(f64, bool)> = labelled.iter().map(|&&(p, _, y)| (p, y)).collect();
+    let at_f32: Vec<(f64, bool)> = labelled.iter().map(|&&(_, p, y)| (p, y)).collect();
     Int8Parity {
-        max_abs_prob_diff: up(series.iter().map(|s| s.max_abs_prob_diff).fold(0.0, f64::max)),
-        // No AUC (one class only) cannot show the change is within the bound.
-        auc_diff: match (auc, auc_f32) {
+        max_abs_prob_diff: up(series.iter().map(|s| s.max_abs_prob_diff).fold(0.0, max_nan)),
+        auc_diff: match (table::auc(&here), table::auc(&at_f32)) {
             (Some(a), Some(b)) => up((a - b).abs()),
             _ => f64::NAN,
         },
@@ -93,23 +112,66 @@ pub(super) fn differing(series: &[SeriesParity]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    fn slice(i: usize, prob: f32, threshold: f32, skipped: bool) -> SliceScore {
+        SliceScore {
+            file: PathBuf::from(format!("s/{i}.dcm")),
+            slice_index: i,
+            z: i as f64,
+            lung_fraction: if skipped { 0.0 } else { 0.3 },
+            prob: if skipped { 0.0 } else { prob },
+            positive: !skipped && prob >= threshold,
+            skipped: skipped.then(|| "no lung".to_string()),
+            cam: Vec::new(),
+            lung_hu: None,
+        }
+    }
+
+    /// Slices are matched by file; only those both sent to the engine count (a slice without lung
+    /// at either precision is left out, labelled or not); decisions at each precision's own
+    /// threshold; the AUC change over the labelled slices both scored.
+    #[test]
+    fn compare_counts_the_slices_both_scored_and_the_record_bounds_them() {
+        let here = [slice(0, 0.1, 0.19, true), slice(1, 0.30, 0.19, false), slice(2, 0.185, 0.19, false), slice(3, 0.60, 0.19, false), slice(4, 0.05, 0.19, false)];
+        let f32 = [slice(0, 0.1, 0.2, true), slice(1, 0.31, 0.2, false), slice(2, 0.205, 0.2, false), slice(3, 0.59, 0.2, false), slice(4, 0.9, 0.2, true)];
+        // Labels: 0 (skipped: not counted) positive, 1 negative, 2 positive, 3 positive; 4 unlabelled.
+        let label = |f: &Path| match f.to_str().unwrap() {
+            "s/0.dcm" | "s/2.dcm" | "s/3.dcm" => Some(true),
+            "s/1.dcm" => Some(false),
+            _ => None,
+        };
+        let p = compare("1.2.3", (&here, Verdict::Positive), (&f32, Verdict::Negative), label).unwrap();
+        assert_eq!((p.compared, p.flipped), (3, 1), "slices 1-3 both scored; slice 2 flips (0.185 < 0.19, 0.205 >= 0.2)");
+        assert!((p.max_abs_prob_diff - 0.02).abs() < 1e-6, "{}", p.max_abs_prob_diff);
+        assert_eq!(p.labelled.len(), 3);
+        let r = record(std::slice::from_ref(&p), true, "test".into());
+        assert_eq!((r.slices, r.series, r.decisions_flipped, r.series_verdicts_identical), (3, 1, Some(1), false));
+        assert_eq!(r.auc_diff, 0.0, "the same ranking at both precisions: slice 2 below the negative slice 1, slice 3 above it");
+        assert_eq!(differing(&[p]), ["1.2.3: positive here, negative at f32"]);
+        let moved = [slice(0, 0.1, 0.2, true), slice(1, 0.31, 0.2, false), slice(2, 0.205, 0.2, false), slice(3, 0.2, 0.2, false), slice(4, 0.9, 0.2, true)];
+        assert!(compare("1.2.3", (&here, Verdict::Positive), (&moved[..4], Verdict::Positive), label).is_err(), "different slices");
+        let p = compare("1.2.3", (&here, Verdict::Positive), (&moved, Verdict::Positive), label).unwrap();
+        let r = record(&[p], true, "test".into());
+        assert!(r.auc_diff > 0.3 && r.outside_bound().unwrap().contains("AUC change"), "slice 3 fell below the negative slice 1 at f32: {r:?}");
+    }
 
     fn part(max: f64, compared: usize, flipped: usize, same: bool) -> SeriesParity {
         let differs = (!same).then(|| "1.2.3: positive here, negative at f32".to_string());
-        SeriesParity { max_abs_prob_diff: max, compared, flipped, differs, labelled_f32: Vec::new() }
+        SeriesParity { max_abs_prob_diff: max, compared, flipped, differs, labelled: vec![(0.9, 0.9, true), (0.1, 0.1, false)] }
     }
 
     #[test]
-    fn the_record_takes_the_largest_difference_and_sums_the_rest() {
-        let r = record(&[part(0.004, 10, 0, true), part(0.01912, 20, 2, true)], Some(0.91), Some(0.912), true, "test".into());
-        assert_eq!((r.max_abs_prob_diff, r.slices, r.series, r.decisions_flipped), (0.0192, 30, 2, Some(2)));
-        assert!((r.auc_diff - 0.002).abs() < 1e-9 && r.series_verdicts_identical);
+    fn the_record_takes_the_largest_difference_rounds_it_up_and_sums_the_rest() {
+        let r = record(&[part(0.004, 10, 0, true), part(0.01912, 20, 2, true)], true, "test".into());
+        assert_eq!((r.max_abs_prob_diff, r.auc_diff, r.slices, r.series, r.decisions_flipped), (0.0192, 0.0, 30, 2, Some(2)));
         assert_eq!(r.outside_bound(), None);
-        // Rounded up, never down into the bound.
-        assert_eq!(record(&[part(0.020001, 1, 0, true)], Some(0.9), Some(0.9), true, "test".into()).max_abs_prob_diff, 0.0201);
-        let r = record(&[part(0.004, 10, 0, true), part(0.021, 20, 2, false)], Some(0.91), None, true, "test".into());
+        assert_eq!(record(&[part(0.020001, 1, 0, true)], true, "test".into()).max_abs_prob_diff, 0.0201, "rounded up, never down into the bound");
+        assert_eq!(record(&[part(0.021, 1, 0, true)], true, "test".into()).max_abs_prob_diff, 0.021);
+        let r = record(&[part(0.004, 10, 0, true), part(f64::NAN, 20, 2, false)], true, "test".into());
         let why = r.outside_bound().unwrap();
-        assert!(why.contains("0.021 > 0.02") && why.contains("AUC change NaN") && why.contains("series verdicts differ"), "{why}");
-        assert_eq!(differing(&[part(0.0, 1, 0, true), part(0.0, 1, 0, false)]), ["1.2.3: positive here, negative at f32"]);
+        assert!(why.contains("NaN") && why.contains("series verdicts differ"), "{why}");
+        let one_class = SeriesParity { labelled: vec![(0.9, 0.8, true)], ..part(0.001, 1, 0, true) };
+        assert!(record(&[one_class], true, "test".into()).outside_bound().unwrap().contains("AUC change NaN"));
     }
 }
