@@ -187,7 +187,8 @@ pub struct Commission {
     #[serde(skip)]
     pub slice_scores: Vec<(f64, bool)>,
     /// With `--parity`: the precision in use against f32 on these studies, measured and bounded
-    /// as the manifest's `[int8.parity]` record (`null`: not asked, or the engine runs f32).
+    /// as the manifest's `[int8.parity]` record (`null`: not asked, or nothing to compare, with
+    /// `parity_note` saying why).
     pub parity: Option<crate::model::Int8Parity>,
     /// With `--parity`: the series whose verdict differs at f32 (`UID: VERDICT here, VERDICT at f32`).
     pub parity_verdicts_differ: Vec<String>,
