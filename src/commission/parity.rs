@@ -1,11 +1,16 @@
 //! `commission --parity`: the precision OpenVINO runs on this box (bf16, int8) against its f32 on
-//! the site's own studies, measured as `scripts/parity.py` measures the manifest's
-//! `[int8.parity]` record on the development series: the largest slice probability difference
-//! and the slice decisions that differ (each precision at its own threshold) over the slices both
-//! sent to the engine, the series verdicts, and the slice AUC change over the labelled slices both
-//! sent to the engine; judged against the same bound ([`crate::model::PARITY_MAX_PROB_DIFF`],
+//! the site's own studies, measured as the manifest's `[int8.parity]` record is on the
+//! development series: the largest slice probability difference and the slice decisions that
+//! differ (each precision at its own threshold) over the slices both sent to the engine, the
+//! series verdicts, and the slice AUC change over the labelled slices both sent to the engine;
+//! judged against the same bound ([`crate::model::PARITY_MAX_PROB_DIFF`],
 //! [`crate::model::PARITY_MAX_AUC_DIFF`]). It lets a site check a precision on its own studies
 //! before it names it in the config.
+//!
+//! `scripts/parity.py`, which writes the manifest's record, takes the largest difference over
+//! every slice and the AUC over the slices the first precision sent to the engine, and rounds
+//! with a plain ceiling; the lung mask, and so which slices are skipped, does not depend on the
+//! precision, so the figures agree but for a last digit at most.
 
 use std::path::Path;
 use std::sync::Arc;
