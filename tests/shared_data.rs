@@ -212,21 +212,24 @@ fn commissioning_with_parity_measures_the_precision_in_use_against_f32() {
     let root = data.join("covid-ct-md");
     let dir = tempfile::tempdir().unwrap();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/densenet121-covid.onnx");
-    let run = |precision: &str, json: bool| {
+    let run = |precision: &str, json: bool, parity: bool| {
         let cfg = dir.path().join(format!("{precision}.toml"));
         let state = dir.path().join("state");
         std::fs::write(&cfg, format!("[model]\npath = \"{}\"\n[engine]\nprecision = \"{precision}\"\n[paths]\nstate = \"{}\"\n", shipped.display(), state.display())).unwrap();
-        let out = dir.path().join(precision);
+        let out = dir.path().join(format!("{precision}-{parity}"));
         let mut c = common::bin();
-        c.arg("--config").arg(&cfg).args(["commission", "--parity", "--labels"]).arg(root.join("labels.csv")).arg("--out").arg(&out).arg(&root);
+        c.arg("--config").arg(&cfg).args(["commission", "--labels"]).arg(root.join("labels.csv")).arg("--out").arg(&out).arg(&root);
         if json {
             c.arg("--json");
+        }
+        if parity {
+            c.arg("--parity");
         }
         let o = c.output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         (String::from_utf8_lossy(&o.stdout).into_owned(), std::fs::read_to_string(out.join("report.html")).unwrap())
     };
-    let (out, report) = run("int8", true);
+    let (out, report) = run("int8", true, true);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let p = &v["parity"];
     assert_eq!(v["precision"], "int8");
@@ -241,10 +244,16 @@ fn commissioning_with_parity_measures_the_precision_in_use_against_f32() {
     assert!(p["decisions_flipped"].as_u64().unwrap() < 30, "{p}");
     assert_eq!(p["series_verdicts_identical"], true);
     assert_eq!((v["parity_verdicts_differ"].as_array().map(Vec::len), v["parity_failed"].as_array().map(Vec::len)), (Some(0), Some(0)));
-    assert_eq!((v["series"].as_u64(), v["within_claims"].as_bool()), (Some(3), Some(true)), "the run's own results as without --parity");
+    let (plain, _) = run("int8", true, false);
+    let plain: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert!(plain["parity"].is_null() && plain["parity_note"].is_null(), "{}", plain["parity_note"]);
+    for key in ["series", "rows", "slice_auc", "sensitivity", "specificity", "within_claims", "operating_points", "failed_series"] {
+        assert!(!v[key].is_null(), "{key}");
+        assert_eq!(v[key], plain[key], "{key}: the run's own results as without --parity");
+    }
     assert!(p["measured_with"].as_str().unwrap().contains("openvino int8 against openvino f32 on 3 series"), "{p}");
     assert!(report.contains("Precision parity: int8 against f32 on these studies") && report.contains(&format!("max |Δprob| {max}")), "report.html");
-    let (text, report) = run("f32", false);
+    let (text, report) = run("f32", false, true);
     assert!(text.contains("precision parity     not measured: the engine runs openvino f32"), "{text}");
     assert!(report.contains("<h2>Precision parity</h2><p>Not measured: the engine runs openvino f32"), "report.html");
 }

@@ -228,7 +228,7 @@ set <code>[drift] reference</code> to it so that the daemon compares its recent 
     if let Some(p) = &c.parity {
         let _ = write!(
             h,
-            "<h2>Precision parity: {} against f32 on these studies</h2><p><b>{}</b>. {} of {} slice decisions differ (each precision at its own threshold). \
+            "<h2>Precision parity: {} against f32 on these studies</h2><p><b>{}</b>. {} of {} slice decisions differ (each precision at the threshold it runs with). \
 Measured and bounded as the model's own int8 record; where it is within, this site may name <code>engine.precision = \"{}\"</code> in the config.</p>",
             esc(&c.precision),
             esc(&p.status()),

@@ -403,7 +403,7 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
     let id = run_id(now);
     let observations: Vec<Observation> = rows.iter().map(|r| Observation { alerted: r.verdict == Verdict::Positive, mean_prob: r.mean_prob, lung_hu: r.lung_hu }).collect();
     let m = &sc.model.manifest.model;
-    let parity_record = f32.as_ref().map(|f| {
+    let parity_record = f32.as_ref().and_then(|f| {
         let what = format!(
             "ctsentry commission --parity, run {id}: {} {} against {} f32 on {} series of this site's studies",
             sc.engine.name(),
@@ -413,6 +413,10 @@ pub fn run(settings: &Settings, req: &Request<'_>) -> Result<Commission, Commiss
         );
         parity::record(&parities, crate::engine::openvino::Cpu::this().vnni, what)
     });
+    let parity_note = match (&f32, &parity_record) {
+        (Some(_), None) => Some("no series was scored at both precisions".to_string()),
+        _ => parity_note,
+    };
     let reference = Reference::from_observations(&observations, &format!("commission {id} ({} {})", m.name, m.version)).ok();
     let c = Commission {
         run_id: id,
@@ -627,7 +631,7 @@ impl Commission {
         if let Some(p) = &self.parity {
             let _ = writeln!(t, "precision parity     {} against f32: {}", self.precision, p.status());
             if let Some(n) = p.decisions_flipped {
-                let _ = writeln!(t, "                     {n} of {} slice decisions differ (each precision at its own threshold)", p.slices);
+                let _ = writeln!(t, "                     {n} of {} slice decisions differ (each precision at the threshold it runs with)", p.slices);
             }
             for d in &self.parity_verdicts_differ {
                 let _ = writeln!(t, "                     verdict differs: {d}");

@@ -1,7 +1,8 @@
 //! `commission --parity`: the precision OpenVINO runs on this box (bf16, int8) against its f32 on
 //! the site's own studies, measured as the manifest's `[int8.parity]` record is on the
 //! development series: the largest slice probability difference and the slice decisions that
-//! differ (each precision at its own threshold) over the slices both sent to the engine, the
+//! differ (each precision at the threshold it runs with: its own, or the config's
+//! `[decision] threshold` for both where set) over the slices both sent to the engine, the
 //! series verdicts, and the slice AUC change over the labelled slices both sent to the engine;
 //! judged against the same bound ([`crate::model::PARITY_MAX_PROB_DIFF`],
 //! [`crate::model::PARITY_MAX_AUC_DIFF`]). It lets a site check a precision on its own studies
@@ -87,14 +88,18 @@ pub(super) fn compare(uid: &str, here: (&[SliceScore], Verdict), f32: (&[SliceSc
 
 /// The record of `series`, `vnni` whether this CPU gave OpenVINO VNNI, `what` how it was
 /// measured. The AUC change is NaN (outside the bound) where the labelled slices are of one
-/// class. Figures are rounded up to 4 decimals, never down into the bound.
-pub(super) fn record(series: &[SeriesParity], vnni: bool, what: String) -> Int8Parity {
+/// class. Figures are rounded up to 4 decimals, never down into the bound. `None` where no series
+/// was compared: nothing measured is not a measurement outside the bound.
+pub(super) fn record(series: &[SeriesParity], vnni: bool, what: String) -> Option<Int8Parity> {
+    if series.is_empty() {
+        return None;
+    }
     // (less a relative hair, so that 0.021 stays 0.021 whatever its last binary digit)
     let up = |x: f64| (x * 1e4 * (1.0 - 4.0 * f64::EPSILON)).ceil() / 1e4;
     let labelled: Vec<&(f64, f64, bool)> = series.iter().flat_map(|s| &s.labelled).collect();
     let here: Vec<(f64, bool)> = labelled.iter().map(|&&(p, _, y)| (p, y)).collect();
     let at_f32: Vec<(f64, bool)> = labelled.iter().map(|&&(_, p, y)| (p, y)).collect();
-    Int8Parity {
+    Some(Int8Parity {
         max_abs_prob_diff: up(series.iter().map(|s| s.max_abs_prob_diff).fold(0.0, max_nan)),
         auc_diff: match (table::auc(&here), table::auc(&at_f32)) {
             (Some(a), Some(b)) => up((a - b).abs()),
@@ -106,7 +111,7 @@ pub(super) fn record(series: &[SeriesParity], vnni: bool, what: String) -> Int8P
         vnni,
         decisions_flipped: Some(series.iter().map(|s| s.flipped).sum()),
         measured_with: what,
-    }
+    })
 }
 
 /// The series whose verdict differs between the precisions (`UID: VERDICT here, VERDICT at f32`).
@@ -150,14 +155,14 @@ mod tests {
         assert_eq!((p.compared, p.flipped), (3, 1), "slices 1-3 both scored; slice 2 flips (0.185 < 0.19, 0.205 >= 0.2)");
         assert!((p.max_abs_prob_diff - 0.02).abs() < 1e-6, "{}", p.max_abs_prob_diff);
         assert_eq!(p.labelled.len(), 3);
-        let r = record(std::slice::from_ref(&p), true, "test".into());
+        let r = record(std::slice::from_ref(&p), true, "test".into()).unwrap();
         assert_eq!((r.slices, r.series, r.decisions_flipped, r.series_verdicts_identical), (3, 1, Some(1), false));
         assert_eq!(r.auc_diff, 0.0, "the same ranking at both precisions: slice 2 below the negative slice 1, slice 3 above it");
         assert_eq!(differing(&[p]), ["1.2.3: positive here, negative at f32"]);
         let moved = [slice(0, 0.1, 0.2, true), slice(1, 0.31, 0.2, false), slice(2, 0.205, 0.2, false), slice(3, 0.2, 0.2, false), slice(4, 0.9, 0.2, true)];
         assert!(compare("1.2.3", (&here, Verdict::Positive), (&moved[..4], Verdict::Positive), label).is_err(), "different slices");
         let p = compare("1.2.3", (&here, Verdict::Positive), (&moved, Verdict::Positive), label).unwrap();
-        let r = record(&[p], true, "test".into());
+        let r = record(&[p], true, "test".into()).unwrap();
         assert!(r.auc_diff > 0.3 && r.outside_bound().unwrap().contains("AUC change"), "slice 3 fell below the negative slice 1 at f32: {r:?}");
     }
 
@@ -168,15 +173,16 @@ mod tests {
 
     #[test]
     fn the_record_takes_the_largest_difference_rounds_it_up_and_sums_the_rest() {
-        let r = record(&[part(0.004, 10, 0, true), part(0.01912, 20, 2, true)], true, "test".into());
+        let r = record(&[part(0.004, 10, 0, true), part(0.01912, 20, 2, true)], true, "test".into()).unwrap();
         assert_eq!((r.max_abs_prob_diff, r.auc_diff, r.slices, r.series, r.decisions_flipped), (0.0192, 0.0, 30, 2, Some(2)));
         assert_eq!(r.outside_bound(), None);
-        assert_eq!(record(&[part(0.020001, 1, 0, true)], true, "test".into()).max_abs_prob_diff, 0.0201, "rounded up, never down into the bound");
-        assert_eq!(record(&[part(0.021, 1, 0, true)], true, "test".into()).max_abs_prob_diff, 0.021);
-        let r = record(&[part(0.004, 10, 0, true), part(f64::NAN, 20, 2, false)], true, "test".into());
+        assert_eq!(record(&[part(0.020001, 1, 0, true)], true, "test".into()).unwrap().max_abs_prob_diff, 0.0201, "rounded up, never down into the bound");
+        assert_eq!(record(&[part(0.021, 1, 0, true)], true, "test".into()).unwrap().max_abs_prob_diff, 0.021);
+        let r = record(&[part(0.004, 10, 0, true), part(f64::NAN, 20, 2, false)], true, "test".into()).unwrap();
         let why = r.outside_bound().unwrap();
         assert!(why.contains("NaN") && why.contains("series verdicts differ"), "{why}");
         let one_class = SeriesParity { labelled: vec![(0.9, 0.8, true)], ..part(0.001, 1, 0, true) };
-        assert!(record(&[one_class], true, "test".into()).outside_bound().unwrap().contains("AUC change NaN"));
+        assert!(record(&[one_class], true, "test".into()).unwrap().outside_bound().unwrap().contains("AUC change NaN"));
+        assert!(record(&[], true, "test".into()).is_none(), "no series compared: no record, a note");
     }
 }
