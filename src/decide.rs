@@ -54,6 +54,16 @@ pub enum Verdict {
     Negative,
 }
 
+impl Verdict {
+    /// The word results and journals use: `positive` or `negative` (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Positive => "positive",
+            Verdict::Negative => "negative",
+        }
+    }
+}
+
 /// One slice as the series rule sees it, in series order.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SliceEvidence {
@@ -139,6 +149,13 @@ pub struct SeriesDecision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_reads_as_it_serialises() {
+        for v in [Verdict::Positive, Verdict::Negative] {
+            assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{}\"", v.as_str()));
+        }
+    }
 
     fn rule(min_positive_slices: usize, extent: f64, share: f64) -> Rule {
         Rule {

@@ -535,7 +535,7 @@ fn write_outputs(c: &Commission, dir: &Path) -> Result<(), CommissionError> {
             r.series_key,
             prep::csv_field(&r.series_uid),
             u8::from(r.label),
-            if r.verdict == Verdict::Positive { "positive" } else { "negative" },
+            r.verdict.as_str(),
             r.slices,
             r.positives,
             r.max_prob,

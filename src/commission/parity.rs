@@ -72,8 +72,7 @@ pub(super) fn compare(uid: &str, here: (&[SliceScore], Verdict), f32: (&[SliceSc
     if a_slices.len() != b_slices.len() || a_slices.iter().zip(b_slices).any(|(a, b)| a.file != b.file) {
         return Err("the f32 run assembled the series differently".into());
     }
-    let word = |v: Verdict| if v == Verdict::Positive { "positive" } else { "negative" };
-    let differs = (a_verdict != b_verdict).then(|| format!("{uid}: {} here, {} at f32", word(a_verdict), word(b_verdict)));
+    let differs = (a_verdict != b_verdict).then(|| format!("{uid}: {} here, {} at f32", a_verdict.as_str(), b_verdict.as_str()));
     let mut p = SeriesParity { max_abs_prob_diff: 0.0, compared: 0, flipped: 0, differs, labelled: Vec::new() };
     for (a, b) in a_slices.iter().zip(b_slices).filter(|(a, b)| a.skipped.is_none() && b.skipped.is_none()) {
         p.compared += 1;

@@ -145,7 +145,7 @@ impl Daemon {
                 .collect();
             self.spool_export(&o, &summary, &in_order);
         }
-        let verdict = if d.verdict == Verdict::Positive { "positive" } else { "negative" };
+        let verdict = d.verdict.as_str();
         if !self.record(Record::Final {
             t,
             series: uid.to_string(),
